@@ -1,0 +1,5 @@
+//! # reflex-runtime
+//!
+//! Running controllers: the controller builder and its workers, leader election on a Lease, an
+//! event recorder, metrics and health endpoints, and signal handling. It joins
+//! `reflex-informer` (the cache) and `reflex-workqueue` (the work).
