@@ -585,3 +585,82 @@ async fn run_returns_promptly_after_cancellation_during_backoff() {
         "no time passed while stopping"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn paged_rv_zero_list_makes_later_relists_paged_too() {
+    let source = MemorySource::new();
+    for i in 0..600 {
+        source.apply(cm(&format!("o{i:03}"), "1")).unwrap();
+    }
+    let r = start(&source, ReflectorOptions::default());
+    r.wait_watching().await;
+    source.inject_watch_error(ApiStatus::gone("too old resource version"));
+    wait_until("relisted", || r.handle.relists() == 2).await;
+    let lists = r.lists();
+    assert_eq!(lists.len(), 4, "two pages per list");
+    assert_eq!(lists[2].resource_version.as_deref(), Some("600"));
+    assert_eq!(
+        lists[2].limit,
+        Some(500),
+        "the server has no watch cache: keep paging"
+    );
+    r.assert_converges().await;
+    r.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn too_many_requests_on_watch_backs_off_and_rewatches_without_relisting() {
+    let source = MemorySource::new();
+    source.apply(cm("a", "1")).unwrap();
+    source.fail_next_watch(SourceError::Status(ApiStatus::new(
+        429,
+        "TooManyRequests",
+        "slow down",
+    )));
+    let started = tokio::time::Instant::now();
+    let r = start(&source, ReflectorOptions::default());
+    r.wait_watching().await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(800),
+        "backed off"
+    );
+    assert_eq!(r.handle.relists(), 1);
+    assert_eq!(r.watches().len(), 2);
+    assert!(r.errors.lock().is_empty());
+    r.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn streaming_list_honours_changes_during_initial_events_and_retries_expired_rv_consistently()
+{
+    let source = MemorySource::new();
+    source.apply(cm("a", "1")).unwrap();
+    let r = start(
+        &source,
+        ReflectorOptions {
+            streaming_lists: true,
+            ..Default::default()
+        },
+    );
+    wait_until("synced", || r.handle.relists() == 1).await;
+    // Force a new round whose streaming list at the last rv is refused as expired.
+    source.fail_next_watch(gone());
+    source.inject_watch_error(ApiStatus::gone("too old resource version"));
+    source.apply(cm("b", "1")).unwrap();
+    wait_until("resynced", || r.handle.relists() == 2).await;
+    let rvs: Vec<_> = r
+        .watches()
+        .iter()
+        .map(|w| (w.resource_version.clone(), w.send_initial_events))
+        .collect();
+    assert_eq!(
+        rvs,
+        [
+            (String::new(), true),
+            ("1".to_owned(), true),
+            (String::new(), true)
+        ]
+    );
+    r.assert_converges().await;
+    r.stop().await;
+}
