@@ -664,3 +664,29 @@ async fn streaming_list_honours_changes_during_initial_events_and_retries_expire
     r.assert_converges().await;
     r.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn cancelled_before_running_makes_no_request() {
+    let source = MemorySource::<ConfigMap>::new();
+    let sink = Arc::new(RecordingSink::default());
+    let reflector = Reflector::new(Arc::new(source.clone()), sink, ReflectorOptions::default());
+    let shutdown = CancellationToken::new();
+    shutdown.cancel();
+    reflector.run(shutdown).await;
+    assert!(source.requests().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn watch_closed_at_once_without_events_counts_as_a_failure_and_relists() {
+    let source = MemorySource::new();
+    source.apply(cm("a", "1")).unwrap();
+    let r = start(&source, ReflectorOptions::default());
+    r.wait_watching().await;
+    source.close_watches();
+    wait_until("relisted", || r.handle.relists() == 2).await;
+    assert!(r.errors.lock()[0].contains("without any event"));
+    r.wait_watching().await;
+    source.apply(cm("b", "1")).unwrap();
+    r.assert_converges().await;
+    r.stop().await;
+}
