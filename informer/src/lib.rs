@@ -10,3 +10,5 @@
 
 pub mod fifo;
 pub mod key;
+pub mod reflector;
+pub mod source;
