@@ -421,7 +421,11 @@ mod tests {
         assert_eq!(when(3), MS(100), "third token in 100 ms");
         assert_eq!(when(1), MS(200), "reservations queue up");
         tokio::time::advance(MS(300)).await;
-        assert_eq!(when(4), Duration::ZERO, "debt of 2 paid, one token refilled");
+        assert_eq!(
+            when(4),
+            Duration::ZERO,
+            "debt of 2 paid, one token refilled"
+        );
         assert_eq!(when(4), MS(100), "and used");
         tokio::time::advance(Duration::from_secs(10)).await;
         assert_eq!(when(5), Duration::ZERO, "refilled up to burst");
