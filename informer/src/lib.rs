@@ -10,3 +10,4 @@
 
 pub mod fifo;
 pub mod key;
+pub mod store;
