@@ -8,6 +8,8 @@
 //! | [`key`] | object keys (`namespace/name`) |
 //! | [`fifo`] | the seam between the Reflector and the delta queue |
 
+pub mod delta_fifo;
 pub mod fifo;
 pub mod key;
+pub mod lister;
 pub mod store;
