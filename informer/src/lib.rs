@@ -7,9 +7,11 @@
 //! |---|---|
 //! | [`key`] | object keys (`namespace/name`) |
 //! | [`fifo`] | the seam between the Reflector and the delta queue |
+//! | [`processor`] | fan-out of notifications to event handlers |
 
 pub mod delta_fifo;
 pub mod fifo;
 pub mod key;
 pub mod lister;
+pub mod processor;
 pub mod store;
