@@ -767,3 +767,412 @@ impl<K> Registration<K> {
         removed
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use std::collections::BTreeMap;
+
+    fn cm(name: &str, rv: &str) -> Arc<ConfigMap> {
+        let mut cm = ConfigMap::default();
+        cm.metadata.name = Some(name.into());
+        cm.metadata.resource_version = Some(rv.into());
+        Arc::new(cm)
+    }
+
+    fn name(cm: &ConfigMap) -> String {
+        cm.metadata.name.clone().unwrap_or_default()
+    }
+
+    /// Every call a handler received, as `(kind, name, rv)` strings.
+    type Log = Arc<Mutex<Vec<(String, String, String)>>>;
+
+    fn recorder(log: Log, seen: mpsc::UnboundedSender<()>) -> FnHandler<ConfigMap> {
+        let (l1, l2, l3) = (log.clone(), log.clone(), log);
+        let (s1, s2, s3) = (seen.clone(), seen.clone(), seen);
+        let rv = |c: &ConfigMap| c.metadata.resource_version.clone().unwrap_or_default();
+        handler_fn()
+            .on_add(move |o: &Arc<ConfigMap>, initial| {
+                let kind = if initial { "add-initial" } else { "add" };
+                l1.lock().push((kind.into(), name(o), rv(o)));
+                let _ = s1.send(());
+            })
+            .on_update(move |_old, new: &Arc<ConfigMap>| {
+                l2.lock().push(("update".into(), name(new), rv(new)));
+                let _ = s2.send(());
+            })
+            .on_delete(move |o: &DeltaObject<ConfigMap>| {
+                let o = o.object().expect("object");
+                l3.lock().push(("delete".into(), name(o), rv(o)));
+                let _ = s3.send(());
+            })
+    }
+
+    async fn recv_n(rx: &mut mpsc::UnboundedReceiver<()>, n: usize) {
+        for _ in 0..n {
+            rx.recv().await.expect("handler channel open");
+        }
+    }
+
+    fn start(p: &Processor<ConfigMap>) -> (CancellationToken, JoinHandle<()>) {
+        let token = CancellationToken::new();
+        let run = tokio::spawn({
+            let p = p.clone();
+            let token = token.clone();
+            async move { p.run(token).await.expect("first run") }
+        });
+        (token, run)
+    }
+
+    fn add(name: &str, rv: &str) -> Notification<ConfigMap> {
+        Notification::Add {
+            obj: cm(name, rv),
+            is_in_initial_list: false,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn blocked_handler_does_not_delay_other_handlers_or_the_producer() {
+        let p = Processor::<ConfigMap>::new(Duration::ZERO);
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let release_rx = Mutex::new(release_rx);
+        let (entered_tx, mut entered_rx) = mpsc::unbounded_channel();
+        let blocked = p
+            .add_handler(
+                handler_fn().on_add(move |_: &Arc<ConfigMap>, _| {
+                    let _ = entered_tx.send(());
+                    // Blocks its worker thread until the test releases it.
+                    let _ = release_rx.lock().recv();
+                }),
+                Duration::ZERO,
+                Vec::new(),
+            )
+            .unwrap();
+        let log: Log = Arc::default();
+        let (seen_tx, mut seen_rx) = mpsc::unbounded_channel();
+        p.add_handler(recorder(log.clone(), seen_tx), Duration::ZERO, Vec::new())
+            .unwrap();
+        let (token, run) = start(&p);
+        for i in 0..100 {
+            p.distribute(&add(&format!("o{i}"), "1"), false);
+        }
+        recv_n(&mut entered_rx, 1).await;
+        recv_n(&mut seen_rx, 100).await;
+        assert_eq!(log.lock().len(), 100);
+        assert_eq!(blocked.handled(), 0, "the blocked handler is still in its first call");
+        assert_eq!(blocked.pending(), 99);
+        for _ in 0..100 {
+            release_tx.send(()).unwrap();
+        }
+        recv_n(&mut entered_rx, 99).await;
+        token.cancel();
+        run.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn panicking_handler_is_counted_and_keeps_receiving() {
+        let p = Processor::<ConfigMap>::new(Duration::ZERO);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let reg = p
+            .add_handler(
+                handler_fn().on_add(move |o: &Arc<ConfigMap>, _| {
+                    let _ = tx.send(name(o));
+                    assert!(name(o) != "bad", "handler rejects {}", name(o));
+                }),
+                Duration::ZERO,
+                Vec::new(),
+            )
+            .unwrap();
+        let log: Log = Arc::default();
+        let (seen_tx, mut seen_rx) = mpsc::unbounded_channel();
+        p.add_handler(recorder(log.clone(), seen_tx), Duration::ZERO, Vec::new())
+            .unwrap();
+        let (token, run) = start(&p);
+        for n in ["a", "bad", "b", "bad", "c"] {
+            p.distribute(&add(n, "1"), false);
+        }
+        let mut got = Vec::new();
+        for _ in 0..5 {
+            got.push(rx.recv().await.unwrap());
+        }
+        recv_n(&mut seen_rx, 5).await;
+        assert_eq!(got, ["a", "bad", "b", "bad", "c"]);
+        // The last call may still be returning; wait until it is accounted for.
+        while reg.handled() < 5 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(reg.panics(), 2);
+        assert_eq!(p.panics(), 2);
+        assert_eq!(log.lock().len(), 5, "the other handler saw everything");
+        token.cancel();
+        run.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn each_handler_sees_notifications_in_order_and_its_view_matches() {
+        let p = Processor::<ConfigMap>::new(Duration::ZERO);
+        let logs: Vec<Log> = (0..3).map(|_| Log::default()).collect();
+        let (seen_tx, mut seen_rx) = mpsc::unbounded_channel();
+        for log in &logs {
+            p.add_handler(recorder(log.clone(), seen_tx.clone()), Duration::ZERO, Vec::new())
+                .unwrap();
+        }
+        let (token, run) = start(&p);
+        let script = [
+            add("a", "1"),
+            add("b", "2"),
+            Notification::Update {
+                old: cm("a", "1"),
+                new: cm("a", "3"),
+            },
+            Notification::Delete(DeltaObject::Object(cm("b", "4"))),
+            add("c", "5"),
+        ];
+        for n in &script {
+            p.distribute(n, false);
+        }
+        recv_n(&mut seen_rx, 3 * script.len()).await;
+        for log in &logs {
+            let mut view = BTreeMap::new();
+            for (kind, n, rv) in log.lock().iter() {
+                if kind == "delete" {
+                    view.remove(n);
+                } else {
+                    view.insert(n.clone(), rv.clone());
+                }
+            }
+            let expected: BTreeMap<String, String> = [("a", "3"), ("c", "5")]
+                .iter()
+                .map(|(n, rv)| (n.to_string(), rv.to_string()))
+                .collect();
+            assert_eq!(view, expected);
+            let kinds: Vec<String> = log.lock().iter().map(|e| e.0.clone()).collect();
+            assert_eq!(kinds, ["add", "add", "update", "delete", "add"]);
+        }
+        token.cancel();
+        run.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn notifications_share_the_cached_arc_never_a_copy() {
+        let p = Processor::<ConfigMap>::new(Duration::ZERO);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        for _ in 0..2 {
+            let tx = tx.clone();
+            p.add_handler(
+                handler_fn().on_add(move |o: &Arc<ConfigMap>, _| {
+                    let _ = tx.send(o.clone());
+                }),
+                Duration::ZERO,
+                Vec::new(),
+            )
+            .unwrap();
+        }
+        let (token, run) = start(&p);
+        let obj = cm("a", "1");
+        p.distribute(
+            &Notification::Add {
+                obj: obj.clone(),
+                is_in_initial_list: false,
+            },
+            false,
+        );
+        for _ in 0..2 {
+            assert!(Arc::ptr_eq(&rx.recv().await.unwrap(), &obj));
+        }
+        token.cancel();
+        run.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn registration_syncs_after_upstream_sync_and_its_initial_adds_are_handled() {
+        let p = Processor::<ConfigMap>::new(Duration::ZERO);
+        let log: Log = Arc::default();
+        let (seen_tx, mut seen_rx) = mpsc::unbounded_channel();
+        let reg = p
+            .add_handler(
+                recorder(log.clone(), seen_tx),
+                Duration::ZERO,
+                vec![cm("x", "1"), cm("y", "2")],
+            )
+            .unwrap();
+        // Queued, not handled yet (not running), and upstream not synced.
+        assert!(!reg.has_synced());
+        p.set_upstream_synced();
+        assert!(!reg.has_synced(), "two initial adds still unhandled");
+        p.distribute(&add("z", "3"), false);
+        let (token, run) = start(&p);
+        recv_n(&mut seen_rx, 3).await;
+        let waited = tokio::spawn({
+            let reg = reg.clone();
+            async move { reg.wait_for_sync().await }
+        });
+        assert!(waited.await.unwrap());
+        assert!(reg.has_synced());
+        let kinds: Vec<String> = log.lock().iter().map(|e| e.0.clone() + &e.1).collect();
+        assert_eq!(kinds, ["add-initialx", "add-initialy", "addz"]);
+        token.cancel();
+        run.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn handler_panicking_on_an_initial_add_still_syncs() {
+        let p = Processor::<ConfigMap>::new(Duration::ZERO);
+        p.set_upstream_synced();
+        let reg = p
+            .add_handler(
+                handler_fn().on_add(|_: &Arc<ConfigMap>, _| panic!("boom")),
+                Duration::ZERO,
+                vec![cm("x", "1")],
+            )
+            .unwrap();
+        let (token, run) = start(&p);
+        assert!(reg.wait_for_sync().await);
+        assert_eq!(reg.panics(), 1);
+        token.cancel();
+        run.await.unwrap();
+    }
+
+    #[test]
+    fn resync_periods_follow_client_go_rules() {
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        // (name, check period, earlier handlers' requests, started?, request,
+        //  expected effective of the new one, expected check after, expected earlier effective)
+        type Case = (&'static str, Duration, Vec<Duration>, bool, Duration, Duration, Duration, Vec<Duration>);
+        let cases: Vec<Case> = vec![
+            ("zero request means none", s(30), vec![], false, s(0), s(0), s(30), vec![]),
+            ("check period zero disables", s(0), vec![], false, s(10), s(0), s(0), vec![]),
+            ("below one second is raised", s(30), vec![], false, ms(10), s(1), s(1), vec![]),
+            ("longer request kept", s(30), vec![], false, s(60), s(60), s(30), vec![]),
+            ("before start a shorter request lowers the check period", s(30), vec![s(30), s(60)], false, s(10), s(10), s(10), vec![s(30), s(60)]),
+            ("after start a shorter request is raised to the check period", s(30), vec![], true, s(10), s(30), s(30), vec![]),
+            ("before start earlier handlers get max(requested, check)", s(30), vec![s(20)], false, s(5), s(5), s(5), vec![s(20)]),
+        ];
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        for (name, check, earlier, started, request, effective, check_after, earlier_after) in cases {
+            rt.block_on(async {
+                let p = Processor::<ConfigMap>::new(check);
+                let regs: Vec<_> = earlier
+                    .iter()
+                    .map(|r| p.add_handler(handler_fn(), *r, Vec::new()).unwrap())
+                    .collect();
+                let (token, run) = if started {
+                    let (t, r) = start(&p);
+                    while !matches!(*p.inner.state.lock(), RunState::Running(_)) {
+                        tokio::task::yield_now().await;
+                    }
+                    (Some(t), Some(r))
+                } else {
+                    (None, None)
+                };
+                let reg = p.add_handler(handler_fn(), request, Vec::new()).unwrap();
+                assert_eq!(reg.resync_period(), effective, "{name}: effective");
+                assert_eq!(p.resync_check_period(), check_after, "{name}: check period");
+                let got: Vec<Duration> = regs.iter().map(Registration::resync_period).collect();
+                assert_eq!(got, earlier_after, "{name}: earlier handlers");
+                if let (Some(t), Some(r)) = (token, run) {
+                    t.cancel();
+                    r.await.unwrap();
+                }
+            });
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn resync_notifications_reach_only_handlers_due_for_resync() {
+        let p = Processor::<ConfigMap>::new(Duration::from_secs(10));
+        let fast_log: Log = Arc::default();
+        let slow_log: Log = Arc::default();
+        let none_log: Log = Arc::default();
+        let (seen_tx, mut seen_rx) = mpsc::unbounded_channel();
+        p.add_handler(recorder(fast_log.clone(), seen_tx.clone()), Duration::from_secs(10), Vec::new())
+            .unwrap();
+        p.add_handler(recorder(slow_log.clone(), seen_tx.clone()), Duration::from_secs(30), Vec::new())
+            .unwrap();
+        p.add_handler(recorder(none_log.clone(), seen_tx), Duration::ZERO, Vec::new())
+            .unwrap();
+        let (token, run) = start(&p);
+        let sync = Notification::Update {
+            old: cm("a", "1"),
+            new: cm("a", "1"),
+        };
+        // Every listener starts syncing: a resync-like update before the first check reaches all.
+        p.distribute(&sync, true);
+        recv_n(&mut seen_rx, 3).await;
+        let mut counts = Vec::new();
+        for _ in 0..3 {
+            tokio::time::advance(Duration::from_secs(10)).await;
+            let any = p.should_resync(Instant::now());
+            p.distribute(&sync, true);
+            counts.push(any);
+        }
+        // Non-sync updates reach everyone regardless.
+        p.distribute(
+            &Notification::Update {
+                old: cm("a", "1"),
+                new: cm("a", "2"),
+            },
+            false,
+        );
+        // fast: initial + 3 resyncs + 1 update; slow: initial + resync at 30 s + update; none: initial + update.
+        recv_n(&mut seen_rx, 5 + 3 + 2).await;
+        assert_eq!(counts, [true, true, true]);
+        assert_eq!(fast_log.lock().len(), 5);
+        assert_eq!(slow_log.lock().len(), 3);
+        assert_eq!(none_log.lock().len(), 2);
+        token.cancel();
+        run.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn removed_handler_receives_nothing_more() {
+        let p = Processor::<ConfigMap>::new(Duration::ZERO);
+        let kept: Log = Arc::default();
+        let gone: Log = Arc::default();
+        let (seen_tx, mut seen_rx) = mpsc::unbounded_channel();
+        let (gone_tx, mut gone_rx) = mpsc::unbounded_channel();
+        p.add_handler(recorder(kept.clone(), seen_tx), Duration::ZERO, Vec::new())
+            .unwrap();
+        let reg = p
+            .add_handler(recorder(gone.clone(), gone_tx), Duration::ZERO, Vec::new())
+            .unwrap();
+        let (token, run) = start(&p);
+        p.distribute(&add("a", "1"), false);
+        recv_n(&mut gone_rx, 1).await;
+        assert!(reg.remove());
+        assert!(!reg.remove(), "second removal reports nothing removed");
+        assert_eq!(p.handler_count(), 1);
+        p.distribute(&add("b", "2"), false);
+        recv_n(&mut seen_rx, 2).await;
+        assert_eq!(gone.lock().len(), 1);
+        assert!(!reg.wait_for_sync().await, "a removed registration never syncs");
+        token.cancel();
+        run.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn stopped_processor_refuses_new_handlers_and_a_second_run() {
+        let p = Processor::<ConfigMap>::new(Duration::ZERO);
+        let (token, run) = start(&p);
+        while !matches!(*p.inner.state.lock(), RunState::Running(_)) {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            p.run(CancellationToken::new()).await,
+            Err(ProcessorError::AlreadyStarted)
+        );
+        token.cancel();
+        run.await.unwrap();
+        assert!(p.is_stopped());
+        assert_eq!(
+            p.add_handler(handler_fn(), Duration::ZERO, Vec::new()).unwrap_err(),
+            ProcessorError::Stopped
+        );
+        assert_eq!(
+            p.run(CancellationToken::new()).await,
+            Err(ProcessorError::Stopped)
+        );
+    }
+}
