@@ -287,3 +287,48 @@ async fn empty_initial_list_still_syncs() {
     run.await.unwrap().unwrap();
     assert!(informer.is_stopped());
 }
+
+#[tokio::test(start_paused = true)]
+async fn resync_updates_with_equal_resource_versions_reach_only_handlers_due_for_resync() {
+    let source = MemorySource::<ConfigMap>::new();
+    for i in 0..5 {
+        source.apply(cm(&format!("o{i}"), "0")).unwrap();
+    }
+    let informer = SharedIndexInformer::new(
+        Arc::new(source.clone()),
+        InformerOptions {
+            default_resync: Duration::from_secs(10),
+            ..Default::default()
+        },
+    );
+    let counter = |n: Arc<Mutex<usize>>| {
+        handler_fn().on_update(move |old: &Arc<ConfigMap>, new: &Arc<ConfigMap>| {
+            assert_eq!(rv(old), rv(new), "only resyncs happen in this test");
+            *n.lock() += 1;
+        })
+    };
+    let resyncing: Arc<Mutex<usize>> = Arc::default();
+    let silent: Arc<Mutex<usize>> = Arc::default();
+    informer
+        .add_event_handler(counter(resyncing.clone()))
+        .unwrap();
+    informer
+        .add_event_handler_with_resync(counter(silent.clone()), Duration::ZERO)
+        .unwrap();
+    let shutdown = CancellationToken::new();
+    let run = tokio::spawn({
+        let informer = informer.clone();
+        let shutdown = shutdown.clone();
+        async move { informer.run(shutdown).await }
+    });
+    assert!(informer.wait_for_sync().await);
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    assert_eq!(*resyncing.lock(), 10, "two resyncs of five objects");
+    assert_eq!(
+        *silent.lock(),
+        0,
+        "a handler without resync gets no resync updates"
+    );
+    shutdown.cancel();
+    run.await.unwrap().unwrap();
+}
