@@ -34,7 +34,8 @@
 //!
 //! Shutdown (cancel the token given to [`ControllerOptions::shutdown`]): workers stop taking
 //! keys, in-flight reconciles finish within [`ControllerOptions::shutdown_grace`] (those still
-//! running then are abandoned and counted), the queue is shut down, handlers are removed, the
+//! running then are abandoned and counted), the queue is shut down (keys still waiting are
+//! dropped: a restarted controller lists everything again), handlers are removed, the
 //! informers the controller started are stopped, and `run` returns a [`ControllerSummary`].
 //!
 //! ```no_run
@@ -101,7 +102,7 @@ use reflex_informer::informer::{InformerError, SharedIndexInformer};
 use reflex_informer::key::ObjectKey;
 use reflex_informer::processor::handler_fn;
 use reflex_workqueue::{RateLimitingQueue, default_controller_rate_limiter};
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -635,21 +636,23 @@ where
             counters: metrics.counters.clone(),
             stop: options.shutdown.clone(),
         });
-        let mut handles: Vec<JoinHandle<()>> = (0..workers)
-            .map(|id| {
-                let w = shared.clone();
-                tokio::spawn(w.run_loop().instrument(tracing::info_span!(
-                    parent: &span,
-                    "worker",
-                    worker = id
-                )))
-            })
-            .collect();
+        let mut worker_set = JoinSet::new();
+        for id in 0..workers {
+            let w = shared.clone();
+            worker_set.spawn(w.run_loop().instrument(tracing::info_span!(
+                parent: &span,
+                "worker",
+                worker = id
+            )));
+        }
 
         options.shutdown.cancelled().await;
         tracing::info!(parent: &span, "shutting down: finishing in-flight reconciles");
         let grace = options.shutdown_grace;
-        let finished = tokio::time::timeout(grace, join_all(handles.iter_mut())).await;
+        let finished = tokio::time::timeout(grace, async {
+            while worker_set.join_next().await.is_some() {}
+        })
+        .await;
         if finished.is_err() {
             let in_flight = queue.queue().processing_len() as u64;
             metrics
@@ -657,16 +660,12 @@ where
                 .abandoned
                 .fetch_add(in_flight, Ordering::Relaxed);
             tracing::warn!(parent: &span, abandoned = in_flight, grace = ?grace, "grace period over, abandoning reconciles");
-            for h in &handles {
-                h.abort();
-            }
-            let _ = join_all(handles).await;
-            queue.shut_down();
-        } else {
-            // Nothing is in flight any more, so the drain returns at once; bounded anyway.
-            let _ = tokio::time::timeout(grace, queue.shut_down_with_drain()).await;
-            queue.shut_down();
+            worker_set.abort_all();
+            while worker_set.join_next().await.is_some() {}
         }
+        // Every worker has returned, so nothing is in flight: the drain has nothing to wait
+        // for, and keys still queued are dropped (the next start lists everything anyway).
+        queue.shut_down();
         stop_all(removers).await;
         let summary = metrics.snapshot();
         tracing::info!(parent: &span, reconciles = summary.reconciles, errors = summary.errors, requeues = summary.requeues, panics = summary.panics, "controller stopped");
