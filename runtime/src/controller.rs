@@ -597,7 +597,7 @@ where
             () = options.shutdown.cancelled() => None,
             r = async {
                 match options.sync_timeout {
-                    Some(t) => tokio::time::timeout(t, sync).await.unwrap_or_else(|_| Err(None)),
+                    Some(t) => tokio::time::timeout(t, sync).await.unwrap_or(Err(None)),
                     None => sync.await,
                 }
             } => Some(r),
