@@ -43,10 +43,10 @@
 //! use std::time::Duration;
 //! use k8s_openapi::api::apps::v1::Deployment;
 //! use k8s_openapi::api::core::v1::ConfigMap;
-//! use reflex_informer::informer::{InformerOptions, SharedIndexInformer};
+//! use reflex_informer::factory::{FactoryOptions, SharedInformerFactory};
 //! use reflex_informer::key::ObjectKey;
 //! use reflex_informer::lister::Lister;
-//! use reflex_runtime::controller::{Action, Controller, default_error_policy};
+//! use reflex_runtime::controller::{Action, Controller, ControllerOptions, default_error_policy};
 //!
 //! #[derive(Debug, thiserror::Error)]
 //! #[error("reconcile failed: {0}")]
@@ -67,21 +67,25 @@
 //!
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! let client = kube::Client::try_default().await?;
-//! let deployments = SharedIndexInformer::new(
-//!     Arc::new(kube::Api::<Deployment>::all(client.clone())),
-//!     InformerOptions::default(),
-//! );
-//! let config_maps = SharedIndexInformer::new(
-//!     Arc::new(kube::Api::<ConfigMap>::all(client)),
-//!     InformerOptions::default(),
-//! );
+//! let factory = SharedInformerFactory::new(client, FactoryOptions::default());
+//! let deployments = factory.informer::<Deployment>();
+//! let config_maps = factory.informer::<ConfigMap>();
+//! factory.start(); // the factory runs and stops these informers, not the controller
+//! let shutdown = tokio_util::sync::CancellationToken::new(); // cancel on SIGTERM
 //! let ctx = Arc::new(Ctx { deployments: deployments.lister() });
 //! let summary = Controller::new(deployments)
 //!     .owns(config_maps)
 //!     .workers(4)
+//!     .options(ControllerOptions {
+//!         name: "configmap-per-deployment".into(),
+//!         sync_timeout: Some(Duration::from_secs(120)),
+//!         shutdown,
+//!         ..ControllerOptions::default()
+//!     })
 //!     .run(reconcile, default_error_policy, ctx)
 //!     .await?;
 //! println!("{} reconciles, {} errors", summary.reconciles, summary.errors);
+//! factory.shutdown().await;
 //! # Ok(())
 //! # }
 //! ```
