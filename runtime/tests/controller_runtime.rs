@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 use reflex_informer::informer::{InformerOptions, SharedIndexInformer};
 use reflex_informer::key::ObjectKey;
 use reflex_informer::source::SourceError;
-use reflex_informer::source::memory::MemorySource;
+use reflex_informer::source::memory::{MemorySource, RecordedRequest};
 use reflex_runtime::controller::{
     Action, Controller, ControllerError, ControllerOptions, ControllerSummary, ErrorAction,
     default_error_policy, predicates,
@@ -594,4 +594,71 @@ async fn informers_already_running_are_left_running() {
     assert_eq!(cms.processor().handler_count(), 0, "handlers removed");
     informer_stop.cancel();
     informer_run.await.unwrap().unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn deletions_seen_only_by_a_relist_enqueue_the_primary_and_the_owner() {
+    let cm_source = MemorySource::<ConfigMap>::new();
+    cm_source.apply(config_map("gone", "1")).unwrap();
+    let secret_source = MemorySource::<Secret>::new();
+    secret_source
+        .apply(owned_secret("child", "parent", true))
+        .unwrap();
+    let cms = informer(&cm_source);
+    let (ctx, mut rx) = Ctx::with_channel();
+    *ctx.lister_informer.lock() = Some(cms.clone());
+    let shutdown = CancellationToken::new();
+    let run = tokio::spawn(
+        Controller::new(cms)
+            .owns(informer(&secret_source))
+            .options(options(&shutdown))
+            .run(ok_reconcile, default_error_policy, ctx.clone()),
+    );
+    let mut initial = vec![rx.recv().await.unwrap().0, rx.recv().await.unwrap().0];
+    initial.sort();
+    assert_eq!(initial, vec![key("gone"), key("parent")]);
+    // Each watch ends and cannot be reopened, so the reflector relists; the deletions in
+    // between are only noticed as missing from the list (tombstones).
+    for (close, fail, delete) in [
+        (
+            Box::new(|| cm_source.close_watches()) as Box<dyn Fn()>,
+            Box::new(|| cm_source.fail_next_watch(SourceError::InvalidRequest("x".into())))
+                as Box<dyn Fn()>,
+            Box::new(|| {
+                cm_source.delete(&key("gone")).unwrap();
+            }) as Box<dyn Fn()>,
+        ),
+        (
+            Box::new(|| secret_source.close_watches()),
+            Box::new(|| secret_source.fail_next_watch(SourceError::InvalidRequest("x".into()))),
+            Box::new(|| {
+                secret_source.delete(&key("child")).unwrap();
+            }),
+        ),
+    ] {
+        fail();
+        close();
+        delete();
+    }
+    let mut after = vec![rx.recv().await.unwrap(), rx.recv().await.unwrap()];
+    after.sort();
+    assert_eq!(after, vec![(key("gone"), false), (key("parent"), false)]);
+    let lists = |requests: Vec<RecordedRequest>| {
+        requests
+            .iter()
+            .filter(|r| matches!(r, RecordedRequest::List(_)))
+            .count()
+    };
+    assert_eq!(
+        lists(cm_source.requests()),
+        2,
+        "the deletion came from a relist"
+    );
+    assert_eq!(
+        lists(secret_source.requests()),
+        2,
+        "the deletion came from a relist"
+    );
+    shutdown.cancel();
+    assert_eq!(run.await.unwrap().unwrap().reconciles, 4);
 }
