@@ -293,8 +293,27 @@ struct Watched<C> {
     name: String,
     informer: SharedIndexInformer<C>,
     mapper: Mapper<C>,
-    /// `Some` for the primary: skip updates it rejects (resync skipping is always on there).
-    primary_filter: Option<Option<UpdateFilter<C>>>,
+    role: Role<C>,
+}
+
+/// What an informer is to the controller.
+enum Role<C> {
+    /// The primary resource: an update is enqueued if `filter` (when set) accepts it; a
+    /// tombstone's key is the primary's key.
+    Primary { filter: Option<UpdateFilter<C>> },
+    /// A child or watched resource: an update enqueues the keys of the old and the new object.
+    Related,
+}
+
+impl<C> Clone for Role<C> {
+    fn clone(&self) -> Self {
+        match self {
+            Role::Primary { filter } => Role::Primary {
+                filter: filter.clone(),
+            },
+            Role::Related => Role::Related,
+        }
+    }
 }
 
 fn enqueue_all(queue: &Queue, keys: Vec<ObjectKey>) {
@@ -322,27 +341,21 @@ where
             self.mapper.clone(),
             self.mapper.clone(),
         );
-        let primary_filter = self.primary_filter.clone();
-        let is_primary = primary_filter.is_some();
+        let role = self.role.clone();
+        let is_primary = matches!(role, Role::Primary { .. });
         let handler = handler_fn::<C>()
             .on_add(move |obj, _| enqueue_all(&q_add, m_add(obj)))
             .on_update(move |old, new| {
-                match &primary_filter {
-                    Some(filter) => {
-                        if old.meta().resource_version == new.meta().resource_version {
-                            return; // a resync: nothing changed
+                if old.meta().resource_version == new.meta().resource_version {
+                    return; // a resync: nothing changed
+                }
+                match &role {
+                    Role::Primary { filter } => {
+                        if filter.as_ref().is_none_or(|accept| accept(old, new)) {
+                            enqueue_all(&q_upd, m_upd(new));
                         }
-                        if let Some(filter) = filter
-                            && !filter(old, new)
-                        {
-                            return;
-                        }
-                        enqueue_all(&q_upd, m_upd(new));
                     }
-                    None => {
-                        if old.meta().resource_version == new.meta().resource_version {
-                            return;
-                        }
+                    Role::Related => {
                         // Both: a child moved between owners, or a mapping changed.
                         let mut keys = m_upd(old);
                         for key in m_upd(new) {
@@ -475,7 +488,7 @@ where
             name,
             informer,
             mapper,
-            primary_filter: None,
+            role: Role::Related,
         }));
         self
     }
@@ -495,7 +508,7 @@ where
             name,
             informer,
             mapper: Arc::new(mapper),
-            primary_filter: None,
+            role: Role::Related,
         }));
         self
     }
@@ -556,7 +569,7 @@ where
             name: format!("primary:{}", short_type::<K>()),
             informer: primary,
             mapper: primary_mapper,
-            primary_filter: Some(filter),
+            role: Role::Primary { filter },
         })];
         involved.extend(others);
 
