@@ -662,3 +662,37 @@ async fn deletions_seen_only_by_a_relist_enqueue_the_primary_and_the_owner() {
     shutdown.cancel();
     assert_eq!(run.await.unwrap().unwrap().reconciles, 4);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_replacement_queue_paces_the_retries() {
+    use reflex_workqueue::{ItemExponentialFailure, RateLimitingQueue};
+    let source = MemorySource::<ConfigMap>::new();
+    source.apply(config_map("a", "1")).unwrap();
+    let (ctx, mut rx) = Ctx::with_channel();
+    let shutdown = CancellationToken::new();
+    let queue = RateLimitingQueue::new(ItemExponentialFailure::new(
+        Duration::from_secs(1),
+        Duration::from_secs(3),
+    ));
+    let run = tokio::spawn(
+        Controller::new(informer(&source))
+            .queue(queue)
+            .options(options(&shutdown))
+            .run(
+                |key, ctx: Arc<Ctx>| async move {
+                    ctx.record(&key);
+                    Err::<Action, _>(Failed)
+                },
+                default_error_policy,
+                ctx.clone(),
+            ),
+    );
+    for _ in 0..4 {
+        rx.recv().await.unwrap();
+    }
+    shutdown.cancel();
+    run.await.unwrap().unwrap();
+    let gaps: Vec<Duration> = ctx.times().windows(2).map(|w| w[1] - w[0]).collect();
+    let s = Duration::from_secs;
+    assert_eq!(gaps[..3], [s(1), s(2), s(3)]);
+}
