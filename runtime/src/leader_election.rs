@@ -67,6 +67,7 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::retry::{Backoff, ConflictError, retry_on_conflict};
 
@@ -510,6 +511,13 @@ impl<S: LeaseStore> LeaderElector<S> {
         Ok(())
     }
 
+    /// Forgets the observed record after a lost term: we no longer claim to lead (nor know who
+    /// does) until the next successful read.
+    fn forget_leadership(&self) {
+        self.observed.lock().lease = None;
+        self.state.send_replace(LeaderState::default());
+    }
+
     /// Records a freshly read or written Lease; the observation time moves only when the record
     /// (spec) changed.
     fn observe(&self, lease: Lease) {
@@ -648,7 +656,6 @@ impl<S: LeaseStore> LeaderElector<S> {
         reported: &mut Option<String>,
         callbacks: &mut LeaderCallbacks,
     ) -> bool {
-        let _span = tracing::debug_span!("acquire", lease = self.store.name(), identity = %self.config.identity).entered();
         loop {
             let acquired = tokio::select! {
                 biased;
@@ -755,7 +762,15 @@ impl<S: LeaseStore> LeaderElector<S> {
     /// Campaigns until leading, leads until the lease is lost or `shutdown` is cancelled, then
     /// returns. `on_stopped_leading` is always called before returning; the lease is released on
     /// shutdown when [`release_on_cancel`](LeaderElectionConfig::release_on_cancel) is set.
-    pub async fn run(&self, shutdown: &CancellationToken, mut callbacks: LeaderCallbacks) -> RunOutcome {
+    pub async fn run(&self, shutdown: &CancellationToken, callbacks: LeaderCallbacks) -> RunOutcome {
+        self.run_term(shutdown, callbacks).instrument(self.span()).await
+    }
+
+    fn span(&self) -> tracing::Span {
+        tracing::info_span!("leader_election", lease = self.store.name(), identity = %self.config.identity)
+    }
+
+    async fn run_term(&self, shutdown: &CancellationToken, mut callbacks: LeaderCallbacks) -> RunOutcome {
         let mut reported = None;
         let outcome = if self.acquire(shutdown, &mut reported, &mut callbacks).await {
             let leading = CancellationToken::new();
@@ -765,7 +780,10 @@ impl<S: LeaseStore> LeaderElector<S> {
             let renewal = self.renew(shutdown, &mut reported, &mut callbacks).await;
             leading.cancel();
             match renewal {
-                Renewal::Lost => RunOutcome::LostLeadership,
+                Renewal::Lost => {
+                    self.forget_leadership();
+                    RunOutcome::LostLeadership
+                }
                 Renewal::Shutdown => {
                     self.release_if_configured().await;
                     RunOutcome::Shutdown
@@ -796,7 +814,15 @@ impl<S: LeaseStore> LeaderElector<S> {
     /// campaigning again or releasing the lease, so two terms never overlap in this process and a
     /// standby never starts while this replica still works. The future must therefore stop
     /// promptly once `leading` is cancelled.
-    pub async fn run_while_leader<F, Fut, T>(&self, shutdown: &CancellationToken, mut work: F) -> Option<T>
+    pub async fn run_while_leader<F, Fut, T>(&self, shutdown: &CancellationToken, work: F) -> Option<T>
+    where
+        F: FnMut(CancellationToken) -> Fut,
+        Fut: Future<Output = T>,
+    {
+        self.run_terms(shutdown, work).instrument(self.span()).await
+    }
+
+    async fn run_terms<F, Fut, T>(&self, shutdown: &CancellationToken, mut work: F) -> Option<T>
     where
         F: FnMut(CancellationToken) -> Fut,
         Fut: Future<Output = T>,
@@ -827,6 +853,7 @@ impl<S: LeaseStore> LeaderElector<S> {
                     return None;
                 }
                 Renewal::Lost => {
+                    self.forget_leadership();
                     tracing::info!(lease = self.store.name(), identity = %self.config.identity, "term ended, campaigning again");
                 }
             }
