@@ -15,5 +15,5 @@
 // pub mod events;
 pub mod leader_election;
 pub mod retry;
-// pub mod serve;
+pub mod serve;
 pub mod signal;
