@@ -12,7 +12,7 @@
 //! | [`serve`] | `/metrics`, `/healthz`, `/readyz` over HTTP |
 //! | [`signal`] | a shutdown token cancelled on SIGINT or SIGTERM |
 
-// pub mod events;
+pub mod events;
 pub mod leader_election;
 pub mod retry;
 pub mod serve;
