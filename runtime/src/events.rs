@@ -134,8 +134,15 @@ impl KubeEventSink {
 
 fn api_error(namespace: &str, name: &str, e: kube::Error) -> EventError {
     match &e {
-        kube::Error::Api(s) if s.code == 404 => EventError::NotFound { namespace: namespace.into(), name: name.into() },
-        _ => EventError::Api { namespace: namespace.into(), name: name.into(), source: Box::new(e) },
+        kube::Error::Api(s) if s.code == 404 => EventError::NotFound {
+            namespace: namespace.into(),
+            name: name.into(),
+        },
+        _ => EventError::Api {
+            namespace: namespace.into(),
+            name: name.into(),
+            source: Box::new(e),
+        },
     }
 }
 
@@ -149,7 +156,12 @@ impl EventSink for KubeEventSink {
             .map_err(|e| api_error(ns, name, e))
     }
 
-    async fn patch_series(&self, namespace: &str, name: &str, series: &EventSeries) -> Result<Event, EventError> {
+    async fn patch_series(
+        &self,
+        namespace: &str,
+        name: &str,
+        series: &EventSeries,
+    ) -> Result<Event, EventError> {
         let patch = serde_json::json!({ "series": series });
         Api::<Event>::namespaced(self.client.clone(), namespace)
             .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
@@ -180,7 +192,11 @@ impl InMemoryEventSink {
     /// Stored Events, sorted by namespace and name.
     pub fn events(&self) -> Vec<Event> {
         let inner = self.inner.lock();
-        let mut out: Vec<_> = inner.events.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut out: Vec<_> = inner
+            .events
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out.into_iter().map(|(_, e)| e).collect()
     }
@@ -209,11 +225,22 @@ impl EventSink for InMemoryEventSink {
         Ok(event.clone())
     }
 
-    async fn patch_series(&self, namespace: &str, name: &str, series: &EventSeries) -> Result<Event, EventError> {
+    async fn patch_series(
+        &self,
+        namespace: &str,
+        name: &str,
+        series: &EventSeries,
+    ) -> Result<Event, EventError> {
         let mut inner = self.inner.lock();
         inner.patches += 1;
-        let Some(event) = inner.events.get_mut(&(namespace.to_owned(), name.to_owned())) else {
-            return Err(EventError::NotFound { namespace: namespace.into(), name: name.into() });
+        let Some(event) = inner
+            .events
+            .get_mut(&(namespace.to_owned(), name.to_owned()))
+        else {
+            return Err(EventError::NotFound {
+                namespace: namespace.into(),
+                name: name.into(),
+            });
         };
         event.series = Some(series.clone());
         Ok(event.clone())
@@ -241,7 +268,10 @@ pub struct RecorderConfig {
 
 impl RecorderConfig {
     /// Defaults for the given reporting controller and instance.
-    pub fn new(reporting_controller: impl Into<String>, reporting_instance: impl Into<String>) -> Self {
+    pub fn new(
+        reporting_controller: impl Into<String>,
+        reporting_instance: impl Into<String>,
+    ) -> Self {
         Self {
             reporting_controller: reporting_controller.into(),
             reporting_instance: reporting_instance.into(),
@@ -293,7 +323,11 @@ impl RecorderTask {
 impl EventRecorder {
     /// Starts the writing task on `sink`; it stops when `shutdown` is cancelled, after writing the
     /// events already queued and the pending series counts.
-    pub fn new<S: EventSink>(sink: S, config: RecorderConfig, shutdown: CancellationToken) -> (Self, RecorderTask) {
+    pub fn new<S: EventSink>(
+        sink: S,
+        config: RecorderConfig,
+        shutdown: CancellationToken,
+    ) -> (Self, RecorderTask) {
         let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
         let counters = Arc::new(Counters::default());
         let worker = Worker {
@@ -310,7 +344,14 @@ impl EventRecorder {
 
     /// Queues an Event about `regarding`; never blocks. Dropped (and counted) when the queue is
     /// full or the recorder has stopped.
-    pub fn publish(&self, regarding: &ObjectReference, type_: EventType, reason: &str, action: &str, note: &str) {
+    pub fn publish(
+        &self,
+        regarding: &ObjectReference,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: &str,
+    ) {
         let event = Publish {
             regarding: regarding.clone(),
             type_,
@@ -359,7 +400,14 @@ type ObjectKey = (String, String, String, String, String, String);
 
 fn object_key(r: &ObjectReference) -> ObjectKey {
     let s = |o: &Option<String>| o.clone().unwrap_or_default();
-    (s(&r.api_version), s(&r.kind), s(&r.namespace), s(&r.name), s(&r.uid), s(&r.field_path))
+    (
+        s(&r.api_version),
+        s(&r.kind),
+        s(&r.namespace),
+        s(&r.name),
+        s(&r.uid),
+        s(&r.field_path),
+    )
 }
 
 struct SeriesEntry {
@@ -388,8 +436,12 @@ struct Worker<S> {
 impl<S: EventSink> Worker<S> {
     async fn run(mut self, mut rx: mpsc::Receiver<Publish>, shutdown: CancellationToken) {
         let start = Instant::now();
-        let mut finish = tokio::time::interval_at(start + self.config.series_window, self.config.series_window);
-        let mut refresh = tokio::time::interval_at(start + self.config.series_refresh, self.config.series_refresh);
+        let mut finish =
+            tokio::time::interval_at(start + self.config.series_window, self.config.series_window);
+        let mut refresh = tokio::time::interval_at(
+            start + self.config.series_refresh,
+            self.config.series_refresh,
+        );
         finish.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -416,8 +468,12 @@ impl<S: EventSink> Worker<S> {
         let now = Instant::now();
         let burst = f64::from(self.config.spam_burst);
         let rate = 1.0 / self.config.spam_refill.as_secs_f64().max(f64::MIN_POSITIVE);
-        let bucket = self.buckets.entry(object.clone()).or_insert(Bucket { tokens: burst, updated: now });
-        bucket.tokens = (bucket.tokens + now.duration_since(bucket.updated).as_secs_f64() * rate).min(burst);
+        let bucket = self.buckets.entry(object.clone()).or_insert(Bucket {
+            tokens: burst,
+            updated: now,
+        });
+        bucket.tokens =
+            (bucket.tokens + now.duration_since(bucket.updated).as_secs_f64() * rate).min(burst);
         bucket.updated = now;
         if bucket.tokens >= 1.0 {
             bucket.tokens -= 1.0;
@@ -464,7 +520,12 @@ impl<S: EventSink> Worker<S> {
             );
             return;
         }
-        let namespace = p.regarding.namespace.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| "default".into());
+        let namespace = p
+            .regarding
+            .namespace
+            .clone()
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| "default".into());
         let object_name = p.regarding.name.clone().unwrap_or_default();
         let name = format!("{object_name}.{:x}", self.unique_nanos(now));
         let event = Event {
@@ -507,11 +568,21 @@ impl<S: EventSink> Worker<S> {
 
     /// Writes the series of `key`; a vanished Event is created again with the series.
     async fn write_series(&mut self, key: &IsoKey, namespace: &str, name: &str) {
-        let Some(entry) = self.series.get_mut(key) else { return };
-        let series = EventSeries { count: entry.count, last_observed_time: MicroTime(entry.last_observed) };
+        let Some(entry) = self.series.get_mut(key) else {
+            return;
+        };
+        let series = EventSeries {
+            count: entry.count,
+            last_observed_time: MicroTime(entry.last_observed),
+        };
         entry.dirty = false;
         match self.sink.patch_series(namespace, name, &series).await {
-            Ok(_) => tracing::trace!(namespace, event = name, count = series.count, "event series written"),
+            Ok(_) => tracing::trace!(
+                namespace,
+                event = name,
+                count = series.count,
+                "event series written"
+            ),
             Err(EventError::NotFound { .. }) => {
                 self.counters.failed.fetch_add(1, Ordering::Relaxed);
                 self.series.remove(key);
@@ -552,7 +623,11 @@ impl<S: EventSink> Worker<S> {
             }
             self.series.remove(&key);
         }
-        let full_after = self.config.spam_refill.saturating_mul(self.config.spam_burst);
-        self.buckets.retain(|_, b| now.duration_since(b.updated) < full_after);
+        let full_after = self
+            .config
+            .spam_refill
+            .saturating_mul(self.config.spam_burst);
+        self.buckets
+            .retain(|_, b| now.duration_since(b.updated) < full_after);
     }
 }

@@ -84,7 +84,9 @@ pub enum LeaderElectionError {
         field: &'static str,
     },
     /// `lease_duration <= renew_deadline`: a leader could lose the lease before giving up leading.
-    #[error("lease duration {lease_duration:?} must be greater than renew deadline {renew_deadline:?}")]
+    #[error(
+        "lease duration {lease_duration:?} must be greater than renew deadline {renew_deadline:?}"
+    )]
     LeaseDurationNotAboveRenewDeadline {
         /// The configured lease duration.
         lease_duration: Duration,
@@ -92,7 +94,9 @@ pub enum LeaderElectionError {
         renew_deadline: Duration,
     },
     /// `renew_deadline <= 1.2 * retry_period`: a renewal could not be retried before the deadline.
-    #[error("renew deadline {renew_deadline:?} must be greater than 1.2 x retry period {retry_period:?}")]
+    #[error(
+        "renew deadline {renew_deadline:?} must be greater than 1.2 x retry period {retry_period:?}"
+    )]
     RenewDeadlineTooShort {
         /// The configured renew deadline.
         renew_deadline: Duration,
@@ -162,9 +166,15 @@ pub trait LeaseStore: Send + Sync {
     /// Reads the Lease; `None` when it does not exist.
     fn get(&self) -> impl Future<Output = Result<Option<Lease>, LeaderElectionError>> + Send;
     /// Creates the Lease.
-    fn create(&self, lease: &Lease) -> impl Future<Output = Result<Lease, LeaderElectionError>> + Send;
+    fn create(
+        &self,
+        lease: &Lease,
+    ) -> impl Future<Output = Result<Lease, LeaderElectionError>> + Send;
     /// Replaces the Lease, guarded by `lease.metadata.resource_version`.
-    fn replace(&self, lease: &Lease) -> impl Future<Output = Result<Lease, LeaderElectionError>> + Send;
+    fn replace(
+        &self,
+        lease: &Lease,
+    ) -> impl Future<Output = Result<Lease, LeaderElectionError>> + Send;
 }
 
 /// A [`LeaseStore`] backed by the API server.
@@ -177,14 +187,26 @@ pub struct KubeLease {
 impl KubeLease {
     /// The Lease `name` in `api`'s namespace.
     pub fn new(api: Api<Lease>, name: impl Into<String>) -> Self {
-        Self { api, name: name.into() }
+        Self {
+            api,
+            name: name.into(),
+        }
     }
 
-    fn map_err(&self, e: kube::Error, on_conflict: fn(String) -> LeaderElectionError) -> LeaderElectionError {
+    fn map_err(
+        &self,
+        e: kube::Error,
+        on_conflict: fn(String) -> LeaderElectionError,
+    ) -> LeaderElectionError {
         match &e {
             kube::Error::Api(s) if s.code == 409 => on_conflict(self.name.clone()),
-            kube::Error::Api(s) if s.code == 404 => LeaderElectionError::NotFound { name: self.name.clone() },
-            _ => LeaderElectionError::Api { name: self.name.clone(), source: Box::new(e) },
+            kube::Error::Api(s) if s.code == 404 => LeaderElectionError::NotFound {
+                name: self.name.clone(),
+            },
+            _ => LeaderElectionError::Api {
+                name: self.name.clone(),
+                source: Box::new(e),
+            },
         }
     }
 }
@@ -236,7 +258,10 @@ pub struct InMemoryLease {
 impl InMemoryLease {
     /// An absent Lease called `name`.
     pub fn new(name: impl Into<String>) -> Self {
-        Self { name: name.into(), state: Arc::default() }
+        Self {
+            name: name.into(),
+            state: Arc::default(),
+        }
     }
 
     /// The stored Lease, if any.
@@ -267,7 +292,9 @@ impl InMemoryLease {
 
     fn check_available(&self, s: &MemState) -> Result<(), LeaderElectionError> {
         if s.unavailable {
-            return Err(LeaderElectionError::Unavailable { name: self.name.clone() });
+            return Err(LeaderElectionError::Unavailable {
+                name: self.name.clone(),
+            });
         }
         Ok(())
     }
@@ -289,7 +316,9 @@ impl LeaseStore for InMemoryLease {
             let s = self.state.lock();
             self.check_available(&s)?;
             if s.lease.is_some() {
-                return Err(LeaderElectionError::AlreadyExists { name: self.name.clone() });
+                return Err(LeaderElectionError::AlreadyExists {
+                    name: self.name.clone(),
+                });
             }
         }
         Ok(self.force_write(lease.clone()))
@@ -300,10 +329,14 @@ impl LeaseStore for InMemoryLease {
             let s = self.state.lock();
             self.check_available(&s)?;
             let Some(current) = &s.lease else {
-                return Err(LeaderElectionError::NotFound { name: self.name.clone() });
+                return Err(LeaderElectionError::NotFound {
+                    name: self.name.clone(),
+                });
             };
             if current.metadata.resource_version != lease.metadata.resource_version {
-                return Err(LeaderElectionError::Conflict { name: self.name.clone() });
+                return Err(LeaderElectionError::Conflict {
+                    name: self.name.clone(),
+                });
             }
         }
         Ok(self.force_write(lease.clone()))
@@ -374,7 +407,8 @@ impl LeaderElectionConfig {
     }
 
     fn lease_seconds(&self) -> i32 {
-        let secs = self.lease_duration.as_secs() + u64::from(self.lease_duration.subsec_nanos() > 0);
+        let secs =
+            self.lease_duration.as_secs() + u64::from(self.lease_duration.subsec_nanos() > 0);
         i32::try_from(secs).unwrap_or(i32::MAX)
     }
 }
@@ -455,7 +489,11 @@ enum Renewal {
 }
 
 fn holder(lease: &Lease) -> &str {
-    lease.spec.as_ref().and_then(|s| s.holder_identity.as_deref()).unwrap_or("")
+    lease
+        .spec
+        .as_ref()
+        .and_then(|s| s.holder_identity.as_deref())
+        .unwrap_or("")
 }
 
 fn now_micro() -> MicroTime {
@@ -469,7 +507,10 @@ impl<S: LeaseStore> LeaderElector<S> {
         Ok(Self {
             store,
             config,
-            observed: Mutex::new(Observed { lease: None, observed_at: Instant::now() }),
+            observed: Mutex::new(Observed {
+                lease: None,
+                observed_at: Instant::now(),
+            }),
             state: watch::Sender::new(LeaderState::default()),
         })
     }
@@ -481,13 +522,21 @@ impl<S: LeaseStore> LeaderElector<S> {
 
     /// Whether the last observed record names us as holder.
     pub fn is_leader(&self) -> bool {
-        self.observed.lock().lease.as_ref().is_some_and(|l| holder(l) == self.config.identity)
+        self.observed
+            .lock()
+            .lease
+            .as_ref()
+            .is_some_and(|l| holder(l) == self.config.identity)
     }
 
     /// The holder of the last observed record, if any.
     pub fn leader(&self) -> Option<String> {
         let o = self.observed.lock();
-        o.lease.as_ref().map(holder).filter(|h| !h.is_empty()).map(str::to_owned)
+        o.lease
+            .as_ref()
+            .map(holder)
+            .filter(|h| !h.is_empty())
+            .map(str::to_owned)
     }
 
     /// A receiver of [`LeaderState`] changes: who leads, and whether it is us.
@@ -499,7 +548,10 @@ impl<S: LeaseStore> LeaderElector<S> {
     /// observed is older than `lease_duration + tolerance`. Passes when we do not lead.
     pub fn check(&self, tolerance: Duration) -> Result<(), LeaderElectionError> {
         let o = self.observed.lock();
-        let leading = o.lease.as_ref().is_some_and(|l| holder(l) == self.config.identity);
+        let leading = o
+            .lease
+            .as_ref()
+            .is_some_and(|l| holder(l) == self.config.identity);
         if !leading {
             return Ok(());
         }
@@ -576,7 +628,10 @@ impl<S: LeaseStore> LeaderElector<S> {
         };
         let Some(current) = current else {
             let lease = Lease {
-                metadata: ObjectMeta { name: Some(lease_name.to_owned()), ..ObjectMeta::default() },
+                metadata: ObjectMeta {
+                    name: Some(lease_name.to_owned()),
+                    ..ObjectMeta::default()
+                },
                 spec: Some(LeaseSpec {
                     holder_identity: Some(id.to_owned()),
                     lease_duration_seconds: Some(self.config.lease_seconds()),
@@ -588,7 +643,11 @@ impl<S: LeaseStore> LeaderElector<S> {
             };
             return match self.store.create(&lease).await {
                 Ok(written) => {
-                    tracing::info!(lease = lease_name, identity = id, "lease created, now leading");
+                    tracing::info!(
+                        lease = lease_name,
+                        identity = id,
+                        "lease created, now leading"
+                    );
                     self.observe(written);
                     true
                 }
@@ -603,10 +662,16 @@ impl<S: LeaseStore> LeaderElector<S> {
         let old = current.spec.clone().unwrap_or_default();
         let old_holder = old.holder_identity.as_deref().unwrap_or("");
         if !old_holder.is_empty() && old_holder != id {
-            let duration = Duration::from_secs(old.lease_duration_seconds.unwrap_or(0).max(0) as u64);
+            let duration =
+                Duration::from_secs(old.lease_duration_seconds.unwrap_or(0).max(0) as u64);
             let observed_at = self.observed.lock().observed_at;
             if observed_at + duration > Instant::now() {
-                tracing::trace!(lease = lease_name, identity = id, holder = old_holder, "lease held by another candidate");
+                tracing::trace!(
+                    lease = lease_name,
+                    identity = id,
+                    holder = old_holder,
+                    "lease held by another candidate"
+                );
                 return false;
             }
         }
@@ -615,7 +680,11 @@ impl<S: LeaseStore> LeaderElector<S> {
         lease.spec = Some(LeaseSpec {
             holder_identity: Some(id.to_owned()),
             lease_duration_seconds: Some(self.config.lease_seconds()),
-            acquire_time: if renewing { old.acquire_time.clone() } else { Some(now.clone()) },
+            acquire_time: if renewing {
+                old.acquire_time.clone()
+            } else {
+                Some(now.clone())
+            },
             renew_time: Some(now),
             lease_transitions: Some(if renewing {
                 old.lease_transitions.unwrap_or(0)
@@ -627,7 +696,12 @@ impl<S: LeaseStore> LeaderElector<S> {
         match self.store.replace(&lease).await {
             Ok(written) => {
                 if !renewing {
-                    tracing::info!(lease = lease_name, identity = id, previous = old_holder, "lease acquired, now leading");
+                    tracing::info!(
+                        lease = lease_name,
+                        identity = id,
+                        previous = old_holder,
+                        "lease acquired, now leading"
+                    );
                 }
                 self.observe(written);
                 true
@@ -762,15 +836,25 @@ impl<S: LeaseStore> LeaderElector<S> {
     /// Campaigns until leading, leads until the lease is lost or `shutdown` is cancelled, then
     /// returns. `on_stopped_leading` is always called before returning; the lease is released on
     /// shutdown when [`release_on_cancel`](LeaderElectionConfig::release_on_cancel) is set.
-    pub async fn run(&self, shutdown: &CancellationToken, callbacks: LeaderCallbacks) -> RunOutcome {
-        self.run_term(shutdown, callbacks).instrument(self.span()).await
+    pub async fn run(
+        &self,
+        shutdown: &CancellationToken,
+        callbacks: LeaderCallbacks,
+    ) -> RunOutcome {
+        self.run_term(shutdown, callbacks)
+            .instrument(self.span())
+            .await
     }
 
     fn span(&self) -> tracing::Span {
         tracing::info_span!("leader_election", lease = self.store.name(), identity = %self.config.identity)
     }
 
-    async fn run_term(&self, shutdown: &CancellationToken, mut callbacks: LeaderCallbacks) -> RunOutcome {
+    async fn run_term(
+        &self,
+        shutdown: &CancellationToken,
+        mut callbacks: LeaderCallbacks,
+    ) -> RunOutcome {
         let mut reported = None;
         let outcome = if self.acquire(shutdown, &mut reported, &mut callbacks).await {
             let leading = CancellationToken::new();
@@ -814,7 +898,11 @@ impl<S: LeaseStore> LeaderElector<S> {
     /// campaigning again or releasing the lease, so two terms never overlap in this process and a
     /// standby never starts while this replica still works. The future must therefore stop
     /// promptly once `leading` is cancelled.
-    pub async fn run_while_leader<F, Fut, T>(&self, shutdown: &CancellationToken, work: F) -> Option<T>
+    pub async fn run_while_leader<F, Fut, T>(
+        &self,
+        shutdown: &CancellationToken,
+        work: F,
+    ) -> Option<T>
     where
         F: FnMut(CancellationToken) -> Fut,
         Fut: Future<Output = T>,

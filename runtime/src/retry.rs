@@ -125,7 +125,8 @@ impl Iterator for BackoffIter {
         } else {
             1.0
         };
-        self.next = Duration::try_from_secs_f64(base.as_secs_f64() * factor).unwrap_or(Duration::MAX);
+        self.next =
+            Duration::try_from_secs_f64(base.as_secs_f64() * factor).unwrap_or(Duration::MAX);
         let jitter = if self.policy.jitter.is_finite() && self.policy.jitter > 0.0 {
             base.mul_f64(self.policy.jitter * rand::random::<f64>())
         } else {
@@ -156,7 +157,12 @@ where
     f.retry(backoff)
         .sleep(tokio::time::sleep)
         .when(ConflictError::is_conflict)
-        .notify(|_, wait| tracing::debug!(wait_ms = wait.as_millis() as u64, "write conflicted, retrying"))
+        .notify(|_, wait| {
+            tracing::debug!(
+                wait_ms = wait.as_millis() as u64,
+                "write conflicted, retrying"
+            )
+        })
         .await
 }
 
@@ -198,11 +204,28 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn retries_only_conflicts_and_returns_last_conflict_when_steps_run_out() {
-        let cases: &[(&str, &[Result<u32, u16>], Result<u32, u16>, u32)] = &[
+        type Answer = Result<u32, u16>;
+        // (name, scripted answers, expected result, expected attempts)
+        let cases: &[(&str, &[Answer], Answer, u32)] = &[
             ("success first time", &[Ok(1)], Ok(1), 1),
-            ("success after two conflicts", &[Err(409), Err(409), Ok(7)], Ok(7), 3),
-            ("non-conflict returned at once", &[Err(500), Ok(1)], Err(500), 1),
-            ("not found returned at once", &[Err(409), Err(404), Ok(1)], Err(404), 2),
+            (
+                "success after two conflicts",
+                &[Err(409), Err(409), Ok(7)],
+                Ok(7),
+                3,
+            ),
+            (
+                "non-conflict returned at once",
+                &[Err(500), Ok(1)],
+                Err(500),
+                1,
+            ),
+            (
+                "not found returned at once",
+                &[Err(409), Err(404), Ok(1)],
+                Err(404),
+                2,
+            ),
             ("conflicts exhaust five steps", &[Err(409)], Err(409), 5),
         ];
         for (name, script, want, attempts) in cases {
@@ -217,7 +240,10 @@ mod tests {
         let delays: Vec<_> = Backoff::default().delays().collect();
         assert_eq!(delays.len(), 4);
         for d in delays {
-            assert!(d >= Duration::from_millis(10) && d <= Duration::from_millis(11), "{d:?}");
+            assert!(
+                d >= Duration::from_millis(10) && d <= Duration::from_millis(11),
+                "{d:?}"
+            );
         }
     }
 
@@ -237,8 +263,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn conflicts_wait_between_attempts_on_tokio_clock() {
         let start = tokio::time::Instant::now();
-        let b = Backoff { jitter: 0.0, ..Backoff::default() };
-        let out: Result<(), kube::Error> = retry_on_conflict(b, || async { Err(status(409)) }).await;
+        let b = Backoff {
+            jitter: 0.0,
+            ..Backoff::default()
+        };
+        let out: Result<(), kube::Error> =
+            retry_on_conflict(b, || async { Err(status(409)) }).await;
         assert!(out.unwrap_err().is_conflict());
         assert_eq!(start.elapsed(), Duration::from_millis(40));
     }

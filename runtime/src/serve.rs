@@ -86,7 +86,9 @@ pub struct ServeConfig {
 
 impl Default for ServeConfig {
     fn default() -> Self {
-        Self { addr: SocketAddr::from(([127, 0, 0, 1], 8080)) }
+        Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        }
     }
 }
 
@@ -111,7 +113,10 @@ pub struct HealthServer {
 impl HealthServer {
     /// A server with no checks (always alive and ready) and no metrics.
     pub fn new(config: ServeConfig) -> Self {
-        Self { config, shared: Shared::default() }
+        Self {
+            config,
+            shared: Shared::default(),
+        }
     }
 
     /// Serves `registry` on `/metrics`.
@@ -151,7 +156,9 @@ impl HealthServer {
     /// then lets open connections finish their current request.
     pub async fn start(self, shutdown: CancellationToken) -> Result<ServeHandle, ServeError> {
         let addr = self.config.addr;
-        let listener = TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServeError::Bind { addr, source })?;
         let local_addr = listener.local_addr().map_err(ServeError::LocalAddr)?;
         let shared = Arc::new(self.shared);
         let task = tokio::spawn(serve(listener, shared, shutdown));
@@ -214,7 +221,10 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancellatio
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static(content_type));
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
     resp
 }
 
@@ -238,7 +248,11 @@ fn run_checks(checks: &[(String, Check)], body: &mut String) -> bool {
 
 fn respond(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return text(StatusCode::METHOD_NOT_ALLOWED, PLAIN, "method not allowed\n".into());
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            PLAIN,
+            "method not allowed\n".into(),
+        );
     }
     match req.uri().path() {
         "/metrics" => {
@@ -247,15 +261,31 @@ fn respond(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
                 && let Err(error) = prometheus_client::encoding::text::encode(&mut body, registry)
             {
                 tracing::error!(%error, "encoding metrics failed");
-                return text(StatusCode::INTERNAL_SERVER_ERROR, PLAIN, "encoding metrics failed\n".into());
+                return text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    PLAIN,
+                    "encoding metrics failed\n".into(),
+                );
             }
-            text(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", body)
+            text(
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                body,
+            )
         }
         "/healthz" | "/livez" => {
             let mut body = String::new();
             let ok = run_checks(&shared.liveness, &mut body);
-            body.push_str(if ok { "healthz check passed\n" } else { "healthz check failed\n" });
-            let status = if ok { StatusCode::OK } else { StatusCode::INTERNAL_SERVER_ERROR };
+            body.push_str(if ok {
+                "healthz check passed\n"
+            } else {
+                "healthz check failed\n"
+            });
+            let status = if ok {
+                StatusCode::OK
+            } else {
+                StatusCode::INTERNAL_SERVER_ERROR
+            };
             text(status, PLAIN, body)
         }
         "/readyz" => {
@@ -270,8 +300,16 @@ fn respond(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
                     state.is_leader
                 );
             }
-            body.push_str(if ok { "readyz check passed\n" } else { "readyz check failed\n" });
-            let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+            body.push_str(if ok {
+                "readyz check passed\n"
+            } else {
+                "readyz check failed\n"
+            });
+            let status = if ok {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
             text(status, PLAIN, body)
         }
         _ => text(StatusCode::NOT_FOUND, PLAIN, "not found\n".into()),

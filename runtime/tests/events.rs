@@ -19,7 +19,14 @@ fn pod(namespace: Option<&str>, name: &str) -> ObjectReference {
     }
 }
 
-fn start(config: RecorderConfig) -> (EventRecorder, reflex_runtime::events::RecorderTask, InMemoryEventSink, CancellationToken) {
+fn start(
+    config: RecorderConfig,
+) -> (
+    EventRecorder,
+    reflex_runtime::events::RecorderTask,
+    InMemoryEventSink,
+    CancellationToken,
+) {
     let sink = InMemoryEventSink::new();
     let shutdown = CancellationToken::new();
     let (recorder, task) = EventRecorder::new(sink.clone(), config, shutdown.clone());
@@ -37,23 +44,58 @@ async fn settle() {
 #[tokio::test(start_paused = true)]
 async fn first_publish_creates_event_with_name_namespace_and_reporting_fields() {
     let (rec, task, sink, shutdown) = start(config());
-    rec.publish(&pod(Some("apps"), "web-0"), EventType::Warning, "BackOff", "Restart", "restarting");
-    rec.publish(&pod(None, "node-1"), EventType::Normal, "Ready", "Check", "node ready");
+    rec.publish(
+        &pod(Some("apps"), "web-0"),
+        EventType::Warning,
+        "BackOff",
+        "Restart",
+        "restarting",
+    );
+    rec.publish(
+        &pod(None, "node-1"),
+        EventType::Normal,
+        "Ready",
+        "Check",
+        "node ready",
+    );
     settle().await;
     let events = sink.events();
     assert_eq!(events.len(), 2);
-    let apps = events.iter().find(|e| e.metadata.namespace.as_deref() == Some("apps")).unwrap();
+    let apps = events
+        .iter()
+        .find(|e| e.metadata.namespace.as_deref() == Some("apps"))
+        .unwrap();
     let name = apps.metadata.name.as_deref().unwrap();
     let (object, hex) = name.split_once('.').unwrap();
     assert_eq!(object, "web-0");
-    assert!(!hex.is_empty() && hex.chars().all(|c| c.is_ascii_hexdigit()), "{name}");
+    assert!(
+        !hex.is_empty() && hex.chars().all(|c| c.is_ascii_hexdigit()),
+        "{name}"
+    );
     assert_eq!(apps.type_.as_deref(), Some("Warning"));
-    assert_eq!((apps.reason.as_deref(), apps.action.as_deref(), apps.note.as_deref()), (Some("BackOff"), Some("Restart"), Some("restarting")));
-    assert_eq!(apps.reporting_controller.as_deref(), Some("example.com/ctl"));
+    assert_eq!(
+        (
+            apps.reason.as_deref(),
+            apps.action.as_deref(),
+            apps.note.as_deref()
+        ),
+        (Some("BackOff"), Some("Restart"), Some("restarting"))
+    );
+    assert_eq!(
+        apps.reporting_controller.as_deref(),
+        Some("example.com/ctl")
+    );
     assert_eq!(apps.reporting_instance.as_deref(), Some("pod-a"));
     assert!(apps.event_time.is_some() && apps.series.is_none());
-    let cluster = events.iter().find(|e| e.regarding.as_ref().unwrap().name.as_deref() == Some("node-1")).unwrap();
-    assert_eq!(cluster.metadata.namespace.as_deref(), Some("default"), "namespace defaults to default");
+    let cluster = events
+        .iter()
+        .find(|e| e.regarding.as_ref().unwrap().name.as_deref() == Some("node-1"))
+        .unwrap();
+    assert_eq!(
+        cluster.metadata.namespace.as_deref(),
+        Some("default"),
+        "namespace defaults to default"
+    );
     shutdown.cancel();
     task.join().await;
 }
@@ -94,22 +136,51 @@ async fn ongoing_series_is_written_every_refresh_period() {
         tokio::time::sleep(Duration::from_secs(60)).await;
     }
     let (creates, patches) = sink.writes();
-    assert_eq!((creates, patches), (1, 2), "count-2 patch, then one refresh at 30 min");
+    assert_eq!(
+        (creates, patches),
+        (1, 2),
+        "count-2 patch, then one refresh at 30 min"
+    );
     assert_eq!(sink.events()[0].series.as_ref().map(|s| s.count), Some(30));
     shutdown.cancel();
     task.join().await;
-    assert_eq!(sink.events()[0].series.as_ref().map(|s| s.count), Some(32), "shutdown flushes the series");
+    assert_eq!(
+        sink.events()[0].series.as_ref().map(|s| s.count),
+        Some(32),
+        "shutdown flushes the series"
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn events_differing_in_any_identity_field_are_not_aggregated() {
-    let base = (pod(Some("apps"), "web-0"), EventType::Normal, "Scaled", "Scale", "to 3");
+    let base = (
+        pod(Some("apps"), "web-0"),
+        EventType::Normal,
+        "Scaled",
+        "Scale",
+        "to 3",
+    );
     let variants = [
-        ("other object", (pod(Some("apps"), "web-1"), base.1, base.2, base.3, base.4)),
-        ("other type", (base.0.clone(), EventType::Warning, base.2, base.3, base.4)),
-        ("other reason", (base.0.clone(), base.1, "Resized", base.3, base.4)),
-        ("other action", (base.0.clone(), base.1, base.2, "Resize", base.4)),
-        ("other note", (base.0.clone(), base.1, base.2, base.3, "to 4")),
+        (
+            "other object",
+            (pod(Some("apps"), "web-1"), base.1, base.2, base.3, base.4),
+        ),
+        (
+            "other type",
+            (base.0.clone(), EventType::Warning, base.2, base.3, base.4),
+        ),
+        (
+            "other reason",
+            (base.0.clone(), base.1, "Resized", base.3, base.4),
+        ),
+        (
+            "other action",
+            (base.0.clone(), base.1, base.2, "Resize", base.4),
+        ),
+        (
+            "other note",
+            (base.0.clone(), base.1, base.2, base.3, "to 4"),
+        ),
     ];
     for (name, v) in variants {
         let (rec, task, sink, shutdown) = start(config());
@@ -131,7 +202,13 @@ async fn spam_filter_allows_burst_then_one_new_event_per_refill_per_object() {
     }
     settle().await;
     assert_eq!((sink.writes().0, rec.filtered()), (25, 5));
-    rec.publish(&b, EventType::Normal, "Step", "Run", "other object has its own bucket");
+    rec.publish(
+        &b,
+        EventType::Normal,
+        "Step",
+        "Run",
+        "other object has its own bucket",
+    );
     // Repeats of an existing event are counted in its series, never filtered.
     rec.publish(&a, EventType::Normal, "Step", "Run", "step 0");
     settle().await;
@@ -141,7 +218,13 @@ async fn spam_filter_allows_burst_then_one_new_event_per_refill_per_object() {
     settle().await;
     assert_eq!(rec.filtered(), 6);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    rec.publish(&a, EventType::Normal, "Step", "Run", "one token back after 5 minutes");
+    rec.publish(
+        &a,
+        EventType::Normal,
+        "Step",
+        "Run",
+        "one token back after 5 minutes",
+    );
     settle().await;
     assert_eq!((sink.writes().0, rec.filtered()), (27, 6));
     shutdown.cancel();
@@ -150,10 +233,19 @@ async fn spam_filter_allows_burst_then_one_new_event_per_refill_per_object() {
 
 #[tokio::test(start_paused = true)]
 async fn publish_never_waits_and_counts_drops_when_queue_full() {
-    let (rec, task, sink, shutdown) = start(RecorderConfig { queue_capacity: 2, ..config() });
+    let (rec, task, sink, shutdown) = start(RecorderConfig {
+        queue_capacity: 2,
+        ..config()
+    });
     // The recorder task cannot run until this test task yields, so the queue fills.
     for i in 0..10 {
-        rec.publish(&pod(Some("apps"), "web-0"), EventType::Normal, "Step", "Run", &format!("{i}"));
+        rec.publish(
+            &pod(Some("apps"), "web-0"),
+            EventType::Normal,
+            "Step",
+            "Run",
+            &format!("{i}"),
+        );
     }
     assert_eq!(rec.dropped(), 8);
     settle().await;
@@ -166,13 +258,29 @@ async fn publish_never_waits_and_counts_drops_when_queue_full() {
 async fn shutdown_writes_events_already_queued() {
     let (rec, task, sink, shutdown) = start(config());
     for i in 0..3 {
-        rec.publish(&pod(Some("apps"), "web-0"), EventType::Normal, "Step", "Run", &format!("{i}"));
+        rec.publish(
+            &pod(Some("apps"), "web-0"),
+            EventType::Normal,
+            "Step",
+            "Run",
+            &format!("{i}"),
+        );
     }
     shutdown.cancel();
     task.join().await;
     assert_eq!(sink.writes().0, 3);
-    rec.publish(&pod(Some("apps"), "web-0"), EventType::Normal, "Step", "Run", "late");
-    assert_eq!(rec.dropped(), 1, "publishing after shutdown is counted as dropped");
+    rec.publish(
+        &pod(Some("apps"), "web-0"),
+        EventType::Normal,
+        "Step",
+        "Run",
+        "late",
+    );
+    assert_eq!(
+        rec.dropped(),
+        1,
+        "publishing after shutdown is counted as dropped"
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -7,7 +7,8 @@ use std::time::Duration;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use parking_lot::Mutex;
 use reflex_runtime::leader_election::{
-    InMemoryLease, LeaderCallbacks, LeaderElectionConfig, LeaderElectionError, LeaderElector, RunOutcome,
+    InMemoryLease, LeaderCallbacks, LeaderElectionConfig, LeaderElectionError, LeaderElector,
+    RunOutcome,
 };
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -15,7 +16,10 @@ use tokio_util::sync::CancellationToken;
 type Elector = Arc<LeaderElector<InMemoryLease>>;
 
 fn config(id: &str) -> LeaderElectionConfig {
-    LeaderElectionConfig { jitter_factor: 0.0, ..LeaderElectionConfig::new(id) }
+    LeaderElectionConfig {
+        jitter_factor: 0.0,
+        ..LeaderElectionConfig::new(id)
+    }
 }
 
 fn elector(store: &InMemoryLease, id: &str) -> Elector {
@@ -26,7 +30,11 @@ fn spec(store: &InMemoryLease) -> LeaseSpec {
     store.lease().and_then(|l| l.spec).expect("lease exists")
 }
 
-fn spawn_run(e: &Elector, shutdown: &CancellationToken, cb: LeaderCallbacks) -> tokio::task::JoinHandle<RunOutcome> {
+fn spawn_run(
+    e: &Elector,
+    shutdown: &CancellationToken,
+    cb: LeaderCallbacks,
+) -> tokio::task::JoinHandle<RunOutcome> {
     let (e, shutdown) = (e.clone(), shutdown.clone());
     tokio::spawn(async move { e.run(&shutdown, cb).await })
 }
@@ -39,30 +47,62 @@ async fn wait_leader(e: &Elector) {
 fn config_validation_rejects_bad_timings_and_empty_identity() {
     let s = Duration::from_secs;
     let base = LeaderElectionConfig::new("a");
-    let cases: Vec<(&str, LeaderElectionConfig, fn(&LeaderElectionError) -> bool)> = vec![
-        ("empty identity", LeaderElectionConfig::new(""), |e| matches!(e, LeaderElectionError::EmptyIdentity)),
-        ("zero retry", LeaderElectionConfig { retry_period: s(0), ..base.clone() }, |e| {
-            matches!(e, LeaderElectionError::ZeroDuration { .. })
-        }),
-        ("lease equals deadline", LeaderElectionConfig { lease_duration: s(10), ..base.clone() }, |e| {
-            matches!(e, LeaderElectionError::LeaseDurationNotAboveRenewDeadline { .. })
+    type Expect = fn(&LeaderElectionError) -> bool;
+    let cases: Vec<(&str, LeaderElectionConfig, Expect)> = vec![
+        ("empty identity", LeaderElectionConfig::new(""), |e| {
+            matches!(e, LeaderElectionError::EmptyIdentity)
         }),
         (
+            "zero retry",
+            LeaderElectionConfig {
+                retry_period: s(0),
+                ..base.clone()
+            },
+            |e| matches!(e, LeaderElectionError::ZeroDuration { .. }),
+        ),
+        (
+            "lease equals deadline",
+            LeaderElectionConfig {
+                lease_duration: s(10),
+                ..base.clone()
+            },
+            |e| {
+                matches!(
+                    e,
+                    LeaderElectionError::LeaseDurationNotAboveRenewDeadline { .. }
+                )
+            },
+        ),
+        (
             "deadline within 1.2 retry",
-            LeaderElectionConfig { renew_deadline: Duration::from_millis(2400), ..base.clone() },
+            LeaderElectionConfig {
+                renew_deadline: Duration::from_millis(2400),
+                ..base.clone()
+            },
             |e| matches!(e, LeaderElectionError::RenewDeadlineTooShort { .. }),
         ),
-        ("negative jitter", LeaderElectionConfig { jitter_factor: -1.0, ..base.clone() }, |e| {
-            matches!(e, LeaderElectionError::InvalidJitter(_))
-        }),
+        (
+            "negative jitter",
+            LeaderElectionConfig {
+                jitter_factor: -1.0,
+                ..base.clone()
+            },
+            |e| matches!(e, LeaderElectionError::InvalidJitter(_)),
+        ),
     ];
     for (name, cfg, expected) in cases {
         let err = cfg.validate().expect_err(name);
         assert!(expected(&err), "{name}: {err:?}");
-        assert!(LeaderElector::new(InMemoryLease::new("l"), cfg).is_err(), "{name}");
+        assert!(
+            LeaderElector::new(InMemoryLease::new("l"), cfg).is_err(),
+            "{name}"
+        );
     }
     assert_eq!(base.validate().ok(), Some(()));
-    assert_eq!((base.lease_duration, base.renew_deadline, base.retry_period), (s(15), s(10), s(2)));
+    assert_eq!(
+        (base.lease_duration, base.renew_deadline, base.retry_period),
+        (s(15), s(10), s(2))
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -84,7 +124,10 @@ async fn first_candidate_acquires_and_renews_keeping_acquire_time_while_other_fo
     let later = spec(&store);
     assert!(a.is_leader() && !b.is_leader());
     assert_eq!(b.leader().as_deref(), Some("a"));
-    assert_eq!(later.acquire_time, first.acquire_time, "renewal keeps acquireTime");
+    assert_eq!(
+        later.acquire_time, first.acquire_time,
+        "renewal keeps acquireTime"
+    );
     assert_eq!(later.lease_transitions, Some(0));
     // One renewal per retry period (2 s).
     assert_eq!(store.writes() - writes, 30);
@@ -109,10 +152,17 @@ async fn expired_lease_is_taken_over_after_lease_duration_of_local_observation()
     let took = crashed.elapsed();
     // Last renewal at most one retry period before the crash, seen at most one retry period late by
     // b, which then takes over at its first attempt after 15 s of no change.
-    assert!(took > Duration::from_secs(13) && took <= Duration::from_secs(19), "took {took:?}");
+    assert!(
+        took > Duration::from_secs(13) && took <= Duration::from_secs(19),
+        "took {took:?}"
+    );
     let s = spec(&store);
     assert_eq!(s.holder_identity.as_deref(), Some("b"));
-    assert_eq!(s.lease_transitions, Some(1), "takeover increments leaseTransitions");
+    assert_eq!(
+        s.lease_transitions,
+        Some(1),
+        "takeover increments leaseTransitions"
+    );
     shutdown.cancel();
     tb.await.unwrap();
 }
@@ -133,7 +183,11 @@ async fn released_lease_is_taken_over_within_one_retry_period() {
     assert_eq!(released.lease_duration_seconds, Some(1));
     let at = Instant::now();
     wait_leader(&b).await;
-    assert!(at.elapsed() <= Duration::from_secs(2), "handover took {:?}", at.elapsed());
+    assert!(
+        at.elapsed() <= Duration::from_secs(2),
+        "handover took {:?}",
+        at.elapsed()
+    );
     assert_eq!(spec(&store).lease_transitions, Some(1));
     stop_b.cancel();
     tb.await.unwrap();
@@ -159,8 +213,14 @@ async fn leader_that_cannot_renew_within_deadline_cancels_its_leading_token_befo
     let cut = Instant::now();
     leading.cancelled().await;
     let lost = cut.elapsed();
-    assert!(lost > Duration::from_secs(10) && lost <= Duration::from_secs(12), "lost after {lost:?}");
-    assert!(lost < Duration::from_secs(15), "stops before anyone may take over");
+    assert!(
+        lost > Duration::from_secs(10) && lost <= Duration::from_secs(12),
+        "lost after {lost:?}"
+    );
+    assert!(
+        lost < Duration::from_secs(15),
+        "stops before anyone may take over"
+    );
     assert_eq!(ta.await.unwrap(), RunOutcome::LostLeadership);
     assert_eq!(*stopped.lock(), 1);
 }
@@ -168,9 +228,15 @@ async fn leader_that_cannot_renew_within_deadline_cancels_its_leading_token_befo
 #[tokio::test(start_paused = true)]
 async fn simultaneous_candidates_elect_exactly_one_leader() {
     let store = InMemoryLease::new("lock");
-    let electors: Vec<Elector> = ["a", "b", "c"].iter().map(|id| elector(&store, id)).collect();
+    let electors: Vec<Elector> = ["a", "b", "c"]
+        .iter()
+        .map(|id| elector(&store, id))
+        .collect();
     let shutdown = CancellationToken::new();
-    let tasks: Vec<_> = electors.iter().map(|e| spawn_run(e, &shutdown, LeaderCallbacks::new())).collect();
+    let tasks: Vec<_> = electors
+        .iter()
+        .map(|e| spawn_run(e, &shutdown, LeaderCallbacks::new()))
+        .collect();
     tokio::time::sleep(Duration::from_secs(30)).await;
     let leaders: Vec<_> = electors.iter().filter(|e| e.is_leader()).collect();
     assert_eq!(leaders.len(), 1);
@@ -217,7 +283,10 @@ async fn stopped_leading_is_called_even_when_never_led() {
     stop_b.cancel();
     assert_eq!(tb.await.unwrap(), RunOutcome::Shutdown);
     assert_eq!((*started.lock(), *stopped.lock()), (0, 1));
-    assert!(a.is_leader(), "a standby's shutdown does not release the leader's lease");
+    assert!(
+        a.is_leader(),
+        "a standby's shutdown does not release the leader's lease"
+    );
     shutdown.cancel();
     ta.await.unwrap();
 }
@@ -232,7 +301,11 @@ async fn new_leader_callback_reports_each_holder_change() {
     let seen = Arc::new(Mutex::new(Vec::<String>::new()));
     let s = seen.clone();
     let stop_b = CancellationToken::new();
-    let tb = spawn_run(&b, &stop_b, LeaderCallbacks::new().on_new_leader(move |h| s.lock().push(h.to_owned())));
+    let tb = spawn_run(
+        &b,
+        &stop_b,
+        LeaderCallbacks::new().on_new_leader(move |h| s.lock().push(h.to_owned())),
+    );
     tokio::time::sleep(Duration::from_secs(10)).await;
     stop_a.cancel();
     ta.await.unwrap();
@@ -257,9 +330,15 @@ async fn check_fails_once_leader_has_not_renewed_for_lease_duration_plus_toleran
     ta.abort();
     let _ = ta.await;
     tokio::time::sleep(Duration::from_secs(18)).await;
-    assert!(a.check(tolerance).is_ok(), "19 s since the last renewal is within 15 s + 5 s");
+    assert!(
+        a.check(tolerance).is_ok(),
+        "19 s since the last renewal is within 15 s + 5 s"
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(matches!(a.check(tolerance), Err(LeaderElectionError::RenewalOverdue { .. })));
+    assert!(matches!(
+        a.check(tolerance),
+        Err(LeaderElectionError::RenewalOverdue { .. })
+    ));
 }
 
 #[tokio::test(start_paused = true)]
@@ -301,7 +380,10 @@ async fn run_while_leader_runs_work_only_while_leading_and_finishes_it_before_ha
     store.set_unavailable(false);
     tokio::time::sleep(Duration::from_secs(30)).await;
     assert!(b.is_leader());
-    assert_eq!(*log.lock(), vec!["a start", "a end", "b start", "b end", "b start"]);
+    assert_eq!(
+        *log.lock(),
+        vec!["a start", "a end", "b start", "b end", "b start"]
+    );
     stop_b.cancel();
     assert_eq!(tb.await.unwrap(), None);
 }
