@@ -243,6 +243,7 @@ struct MemState {
     lease: Option<Lease>,
     resource_version: u64,
     unavailable: bool,
+    injected_conflicts: u32,
     writes: u64,
 }
 
@@ -283,6 +284,12 @@ impl InMemoryLease {
     /// Makes every request fail with [`LeaderElectionError::Unavailable`] while `true`.
     pub fn set_unavailable(&self, unavailable: bool) {
         self.state.lock().unavailable = unavailable;
+    }
+
+    /// Makes the next `n` replaces fail with [`LeaderElectionError::Conflict`], as if another
+    /// writer had always just written first.
+    pub fn inject_conflicts(&self, n: u32) {
+        self.state.lock().injected_conflicts = n;
     }
 
     /// Number of successful writes so far.
@@ -326,8 +333,14 @@ impl LeaseStore for InMemoryLease {
 
     async fn replace(&self, lease: &Lease) -> Result<Lease, LeaderElectionError> {
         {
-            let s = self.state.lock();
+            let mut s = self.state.lock();
             self.check_available(&s)?;
+            if s.injected_conflicts > 0 {
+                s.injected_conflicts -= 1;
+                return Err(LeaderElectionError::Conflict {
+                    name: self.name.clone(),
+                });
+            }
             let Some(current) = &s.lease else {
                 return Err(LeaderElectionError::NotFound {
                     name: self.name.clone(),

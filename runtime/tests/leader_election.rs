@@ -387,3 +387,37 @@ async fn run_while_leader_runs_work_only_while_leading_and_finishes_it_before_ha
     stop_b.cancel();
     assert_eq!(tb.await.unwrap(), None);
 }
+
+#[tokio::test(start_paused = true)]
+async fn release_on_shutdown_retries_conflicting_writes() {
+    let store = InMemoryLease::new("lock");
+    let a = elector(&store, "a");
+    let shutdown = CancellationToken::new();
+    let ta = spawn_run(&a, &shutdown, LeaderCallbacks::new());
+    wait_leader(&a).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    store.inject_conflicts(3);
+    shutdown.cancel();
+    assert_eq!(ta.await.unwrap(), RunOutcome::Shutdown);
+    assert_eq!(spec(&store).holder_identity.as_deref(), Some(""));
+    assert!(!a.is_leader());
+}
+
+#[tokio::test(start_paused = true)]
+async fn run_while_leader_returns_work_output_and_releases_when_work_ends_itself() {
+    let store = InMemoryLease::new("lock");
+    let a = elector(&store, "a");
+    let shutdown = CancellationToken::new();
+    let out = a
+        .run_while_leader(&shutdown, |_leading| async {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            42
+        })
+        .await;
+    assert_eq!(out, Some(42));
+    assert_eq!(
+        spec(&store).holder_identity.as_deref(),
+        Some(""),
+        "lease released"
+    );
+}
