@@ -9,7 +9,7 @@
 //! | path | answer |
 //! |---|---|
 //! | `/metrics` | the [`Registry`] in OpenMetrics text |
-//! | `/healthz` | 200 when every liveness check passes (e.g. [`LeaderElector::check`]), else 500 |
+//! | `/healthz` (also `/livez`) | 200 when every liveness check passes (e.g. [`LeaderElector::check`]), else 500 |
 //! | `/readyz` | 200 when every readiness check passes (e.g. "caches synced"), else 503; the body also reports the leader |
 //!
 //! Each check is a cheap synchronous closure (read an atomic or a flag); the body lists each check as
