@@ -69,7 +69,13 @@ enum Op {
 fn indexes_follow_adds_updates_and_deletes_with_multiple_values() {
     use Op::*;
     // (name, ops, expected (user -> pods) after the ops, expected index values)
-    let cases: &[(&str, &[Op], &[(&str, &[&str])], &[&str])] = &[
+    type Case<'a> = (
+        &'a str,
+        &'a [Op],
+        &'a [(&'a str, &'a [&'a str])],
+        &'a [&'a str],
+    );
+    let cases: &[Case] = &[
         (
             "each value lists every object that has it",
             &[
@@ -369,7 +375,7 @@ fn readers_always_see_items_and_indexes_consistent_while_a_writer_writes() {
         let mut covered = 0;
         for value in snap.list_index_values(BY_USER).unwrap() {
             for obj in snap.by_index(BY_USER, &value).unwrap() {
-                assert_eq!(users_of(&obj), [value.clone()]);
+                assert_eq!(users_of(&obj), std::slice::from_ref(&value));
                 covered += 1;
             }
         }

@@ -174,7 +174,8 @@ fn a_lister_sees_writes_made_after_it_was_created() {
 
 #[test]
 fn malformed_selector_strings_are_typed_errors() {
-    let cases: &[(&str, fn(&SelectorError) -> bool)] = &[
+    type Check = fn(&SelectorError) -> bool;
+    let cases: &[(&str, Check)] = &[
         ("=web", |e| matches!(e, SelectorError::MissingKey { .. })),
         ("app=web,,tier", |e| {
             matches!(e, SelectorError::MissingKey { .. })
