@@ -8,7 +8,10 @@
 //! | [`key`] | object keys (`namespace/name`) |
 //! | [`fifo`] | the seam between the Reflector and the delta queue |
 
+pub mod delta_fifo;
 pub mod fifo;
 pub mod key;
 pub mod reflector;
 pub mod source;
+pub mod lister;
+pub mod store;
