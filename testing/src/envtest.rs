@@ -123,9 +123,29 @@ pub fn bin_dir() -> PathBuf {
     target.join("envtest").join(KUBERNETES_VERSION).join("bin")
 }
 
+/// How to start an [`Environment`].
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Directory holding `etcd` and `kube-apiserver`; defaults to [`bin_dir`].
+    pub bin_dir: PathBuf,
+    /// Extra kube-apiserver flags appended after the harness's own, e.g. `--watch-cache=false`
+    /// (every read goes to etcd) or `--min-request-timeout=7` (watches end sooner).
+    pub apiserver_args: Vec<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            bin_dir: bin_dir(),
+            apiserver_args: Vec::new(),
+        }
+    }
+}
+
 /// A running etcd + kube-apiserver pair; killed and cleaned up on [`Environment::stop`] or drop.
 pub struct Environment {
     bin_dir: PathBuf,
+    apiserver_args: Vec<String>,
     data: tempfile::TempDir,
     etcd: Option<Child>,
     apiserver: Option<Child>,
@@ -138,13 +158,13 @@ pub struct Environment {
 impl Environment {
     /// Starts etcd and kube-apiserver from [`bin_dir`] and waits until the API server is ready.
     pub async fn start() -> Result<Self, EnvtestError> {
-        Self::start_in(bin_dir()).await
+        Self::start_with(Options::default()).await
     }
 
-    /// Like [`Environment::start`], but turns missing binaries into `Ok(None)` (after printing why)
-    /// unless `REFLEX_REQUIRE_ENVTEST=1`, so suites skip on machines without a control plane.
-    pub async fn start_or_skip() -> Result<Option<Self>, EnvtestError> {
-        match Self::start().await {
+    /// Like [`Environment::start_with`], but turns missing binaries into `Ok(None)` (after printing
+    /// why) unless `REFLEX_REQUIRE_ENVTEST=1`, so suites skip on machines without a control plane.
+    pub async fn start_or_skip(options: Options) -> Result<Option<Self>, EnvtestError> {
+        match Self::start_with(options).await {
             Err(EnvtestError::BinaryMissing { binary, path })
                 if std::env::var(REQUIRE_ENV).as_deref() != Ok("1") =>
             {
@@ -158,8 +178,12 @@ impl Environment {
         }
     }
 
-    /// Starts the control plane from the binaries in `bin_dir`.
-    pub async fn start_in(bin_dir: PathBuf) -> Result<Self, EnvtestError> {
+    /// Starts the control plane as `options` say.
+    pub async fn start_with(options: Options) -> Result<Self, EnvtestError> {
+        let Options {
+            bin_dir,
+            apiserver_args,
+        } = options;
         for binary in ["etcd", "kube-apiserver"] {
             let path = bin_dir.join(binary);
             if !path.is_file() {
@@ -176,6 +200,7 @@ impl Environment {
         let client = client_from(&kubeconfig).await?;
         let mut env = Environment {
             bin_dir,
+            apiserver_args,
             data,
             etcd: None,
             apiserver: None,
@@ -220,7 +245,11 @@ impl Environment {
         let range = etcd_post(self.etcd_port, "/v3/kv/range", r#"{"key":"AA=="}"#).await?;
         let revision = range
             .pointer("/header/revision")
-            .and_then(|r| r.as_str().and_then(|s| s.parse::<i64>().ok()).or(r.as_i64()))
+            .and_then(|r| {
+                r.as_str()
+                    .and_then(|s| s.parse::<i64>().ok())
+                    .or(r.as_i64())
+            })
             .ok_or_else(|| EnvtestError::Etcd {
                 endpoint: "/v3/kv/range",
                 message: format!("no header.revision in {range}"),
@@ -242,7 +271,10 @@ impl Environment {
     }
 
     fn kill_all(&mut self) {
-        for child in [self.apiserver.take(), self.etcd.take()].into_iter().flatten() {
+        for child in [self.apiserver.take(), self.etcd.take()]
+            .into_iter()
+            .flatten()
+        {
             kill(child);
         }
     }
@@ -293,13 +325,19 @@ impl Environment {
             "--disable-admission-plugins=ServiceAccount".to_owned(),
             "--authorization-mode=RBAC".to_owned(),
             "--advertise-address=127.0.0.1".to_owned(),
-        ];
+        ]
+        .into_iter()
+        .chain(self.apiserver_args.iter().cloned())
+        .collect::<Vec<_>>();
         let child = self.spawn("kube-apiserver", &args)?;
         self.apiserver = Some(child);
         self.wait_ready("kube-apiserver", |client| async move {
             let request = http::Request::get("/readyz").body(Vec::new());
             match request {
-                Ok(req) => client.request_text(req).await.is_ok_and(|t| t.trim() == "ok"),
+                Ok(req) => client
+                    .request_text(req)
+                    .await
+                    .is_ok_and(|t| t.trim() == "ok"),
                 Err(_) => false,
             }
         })
@@ -327,14 +365,22 @@ impl Environment {
             .map_err(io_err(format!("spawning {component}")))
     }
 
-    async fn wait_ready<F, Fut>(&mut self, component: &'static str, probe: F) -> Result<(), EnvtestError>
+    async fn wait_ready<F, Fut>(
+        &mut self,
+        component: &'static str,
+        probe: F,
+    ) -> Result<(), EnvtestError>
     where
         F: Fn(kube::Client) -> Fut,
         Fut: std::future::Future<Output = bool>,
     {
         let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
         loop {
-            let child = if component == "etcd" { &mut self.etcd } else { &mut self.apiserver };
+            let child = if component == "etcd" {
+                &mut self.etcd
+            } else {
+                &mut self.apiserver
+            };
             if let Some(proc) = child.as_mut()
                 && let Ok(Some(status)) = proc.try_wait()
             {
@@ -412,16 +458,20 @@ fn write_credentials(dir: &Path, apiserver_port: u16) -> Result<PathBuf, Envtest
     let ca_key = KeyPair::generate().map_err(cert_err("the CA key"))?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(cert_err("the CA"))?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(DnType::CommonName, "reflex-envtest-ca");
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "reflex-envtest-ca");
     let ca_cert = ca_params.self_signed(&ca_key).map_err(cert_err("the CA"))?;
     let issuer = Issuer::new(ca_params, ca_key);
     let serving_key = KeyPair::generate().map_err(cert_err("the serving key"))?;
-    let mut serving =
-        CertificateParams::new(vec!["localhost".to_owned()]).map_err(cert_err("the serving certificate"))?;
+    let mut serving = CertificateParams::new(vec!["localhost".to_owned()])
+        .map_err(cert_err("the serving certificate"))?;
     serving
         .subject_alt_names
         .push(SanType::IpAddress(Ipv4Addr::LOCALHOST.into()));
-    serving.distinguished_name.push(DnType::CommonName, "kube-apiserver");
+    serving
+        .distinguished_name
+        .push(DnType::CommonName, "kube-apiserver");
     let serving_cert = serving
         .signed_by(&serving_key, &issuer)
         .map_err(cert_err("the serving certificate"))?;
@@ -526,7 +576,10 @@ async fn http_call(
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(rest)
     } else {
         rest.to_owned()
@@ -537,7 +590,9 @@ async fn http_call(
 fn dechunk(mut rest: &str) -> String {
     let mut out = String::new();
     while let Some((size, tail)) = rest.split_once("\r\n") {
-        let Ok(size) = usize::from_str_radix(size.trim(), 16) else { break };
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
         if size == 0 || tail.len() < size {
             break;
         }
