@@ -601,3 +601,48 @@ fn dechunk(mut rest: &str) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunked_gateway_bodies_are_reassembled() {
+        let cases = [
+            ("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n", "hello world"),
+            ("0\r\n\r\n", ""),
+            ("3\r\nab", ""),
+            ("zz\r\nabc\r\n", ""),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(dechunk(input), expected, "input {input:?}");
+        }
+    }
+
+    #[test]
+    fn log_tail_keeps_only_the_last_lines() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("x.log");
+        let text: String = (0..100).map(|i| format!("line {i}\n")).collect();
+        std::fs::write(&path, text).expect("write");
+        let tail = log_tail(&path);
+        assert_eq!(tail.lines().count(), LOG_TAIL_LINES);
+        assert_eq!(tail.lines().last(), Some("line 99"));
+    }
+
+    #[tokio::test]
+    async fn a_missing_binary_is_a_typed_error_naming_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let options = Options {
+            bin_dir: dir.path().to_owned(),
+            apiserver_args: Vec::new(),
+        };
+        match Environment::start_with(options).await {
+            Err(EnvtestError::BinaryMissing { binary, path }) => {
+                assert_eq!(binary, "etcd");
+                assert_eq!(path, dir.path().join("etcd"));
+            }
+            other => panic!("expected BinaryMissing, got {other:?}"),
+        }
+    }
+}
