@@ -317,7 +317,7 @@ impl Environment {
             format!("--tls-cert-file={}", p("serving.crt")),
             format!("--tls-private-key-file={}", p("serving.key")),
             format!("--token-auth-file={}", p("tokens.csv")),
-            format!("--service-account-key-file={}", p("sa.key")),
+            format!("--service-account-key-file={}", p("sa.pub")),
             format!("--service-account-signing-key-file={}", p("sa.key")),
             "--service-account-issuer=https://127.0.0.1/reflex-envtest".to_owned(),
             "--service-cluster-ip-range=10.0.0.0/24".to_owned(),
@@ -481,6 +481,7 @@ fn write_credentials(dir: &Path, apiserver_port: u16) -> Result<PathBuf, Envtest
         ("serving.crt", serving_cert.pem()),
         ("serving.key", serving_key.serialize_pem()),
         ("sa.key", sa_key.serialize_pem()),
+        ("sa.pub", sa_key.public_key_pem()),
         (
             "tokens.csv",
             format!("{ADMIN_TOKEN},reflex-admin,reflex-admin-uid,\"system:masters\"\n"),

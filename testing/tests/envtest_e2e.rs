@@ -217,8 +217,12 @@ async fn etcd_compaction_makes_an_old_resource_version_answer_410() {
     assert!(matches!(first, WatchEvent::Added(_)), "got {first:?}");
     drop(before);
 
+    // A watch from version V starts reading etcd at V + 1, so compaction must pass V + 1.
+    api.create(&PostParams::default(), &config_map("newest", "v1"))
+        .await
+        .expect("create newest");
     let compacted = env.compact_etcd().await.expect("compact");
-    assert!(compacted > old_version.parse::<i64>().expect("numeric RV"));
+    assert!(compacted > old_version.parse::<i64>().expect("numeric RV") + 1);
 
     let mut after = api
         .watch(&WatchParams::default(), &old_version)
