@@ -57,6 +57,11 @@ async fn configmaps_are_created_listed_in_pages_and_watched() {
     };
     assert!(env.kubeconfig().is_file(), "kubeconfig written");
     let client = env.client();
+    let version = client.apiserver_version().await.expect("GET /version");
+    assert_eq!(
+        (version.major.as_str(), version.minor.as_str()),
+        ("1", "35")
+    );
     namespace(&client, "paging").await;
     let api = Api::<ConfigMap>::namespaced(client, "paging");
     let names: Vec<String> = (0..7).map(|i| format!("cm-{i}")).collect();
