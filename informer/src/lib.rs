@@ -11,7 +11,7 @@
 pub mod delta_fifo;
 pub mod fifo;
 pub mod key;
+pub mod lister;
 pub mod reflector;
 pub mod source;
-pub mod lister;
 pub mod store;
