@@ -14,7 +14,9 @@ fn cm(name: &str) -> ConfigMap {
 async fn fail_next_fails_exactly_n_matching_requests() {
     let server = FakeApiServer::start().await.unwrap();
     let api: Api<ConfigMap> = Api::namespaced(server.client().unwrap(), "default");
-    server.faults().fail_next(2, 403, Some("list"), Some("configmaps"));
+    server
+        .faults()
+        .fail_next(2, 403, Some("list"), Some("configmaps"));
     api.create(&PostParams::default(), &cm("a")).await.unwrap();
     for _ in 0..2 {
         match api.list(&ListParams::default()).await.unwrap_err() {
@@ -22,7 +24,10 @@ async fn fail_next_fails_exactly_n_matching_requests() {
             other => panic!("{other:?}"),
         }
     }
-    assert_eq!(api.list(&ListParams::default()).await.unwrap().items.len(), 1);
+    assert_eq!(
+        api.list(&ListParams::default()).await.unwrap().items.len(),
+        1
+    );
 }
 
 #[tokio::test]
@@ -30,7 +35,11 @@ async fn drop_watches_ends_open_streams() {
     let server = FakeApiServer::start().await.unwrap();
     let api: Api<ConfigMap> = Api::namespaced(server.client().unwrap(), "default");
     let rv = server.resource_version().to_string();
-    let mut stream = api.watch(&WatchParams::default(), &rv).await.unwrap().boxed();
+    let mut stream = api
+        .watch(&WatchParams::default(), &rv)
+        .await
+        .unwrap()
+        .boxed();
     assert_eq!(server.faults().watch_count(), 1);
     server.faults().drop_watches();
     assert!(stream.try_next().await.unwrap().is_none());
@@ -41,7 +50,11 @@ async fn raw_bytes_reach_open_watches() {
     let server = FakeApiServer::start().await.unwrap();
     let api: Api<ConfigMap> = Api::namespaced(server.client().unwrap(), "default");
     let rv = server.resource_version().to_string();
-    let mut stream = api.watch(&WatchParams::default(), &rv).await.unwrap().boxed();
+    let mut stream = api
+        .watch(&WatchParams::default(), &rv)
+        .await
+        .unwrap()
+        .boxed();
     assert_eq!(server.faults().watch_count(), 1);
     server.faults().inject_watch_bytes(&b"{not json\n"[..]);
     assert!(stream.try_next().await.is_err());
@@ -54,14 +67,20 @@ async fn delay_and_pause_hold_responses() {
     server.faults().pause();
     let pending = tokio::spawn({
         let api = api.clone();
-        async move { api.list(&ListParams::default()).await.map(|l| l.items.len()) }
+        async move {
+            api.list(&ListParams::default())
+                .await
+                .map(|l| l.items.len())
+        }
     });
     tokio::task::yield_now().await;
     assert!(!pending.is_finished());
     server.faults().resume();
     assert_eq!(pending.await.unwrap().unwrap(), 0);
 
-    server.faults().set_delay(Some(std::time::Duration::from_secs(30)));
+    server
+        .faults()
+        .set_delay(Some(std::time::Duration::from_secs(30)));
     let start = tokio::time::Instant::now();
     api.list(&ListParams::default()).await.unwrap();
     assert!(start.elapsed() >= std::time::Duration::from_secs(30));
