@@ -288,7 +288,7 @@ fn hex(s: &str) -> String {
 }
 
 fn unhex(s: &str) -> Option<String> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     let bytes: Option<Vec<u8>> = (0..s.len())
@@ -517,10 +517,10 @@ fn list(
     let mut cont = None;
     let mut remaining = 0usize;
     for ((ons, oname), o) in objs.iter() {
-        if let Some(sa) = &start_after {
-            if (ons, oname) <= (&sa.0, &sa.1) {
-                continue;
-            }
+        if let Some(sa) = &start_after
+            && (ons, oname) <= (&sa.0, &sa.1)
+        {
+            continue;
         }
         if t.ns.as_ref().is_some_and(|n| n != ons) || !sel.matches(o) {
             continue;
