@@ -4,3 +4,6 @@
 //! harness that starts a real kube-apiserver and etcd (envtest).
 
 pub mod envtest;
+pub mod fake;
+
+pub use fake::{FakeApiServer, FakeConfig, FakeError, FaultHandle};
