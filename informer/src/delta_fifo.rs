@@ -628,3 +628,81 @@ where
         DeltaFifo::len(self)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delta(kind: DeltaType, tombstone: bool, tag: &str) -> Delta<String> {
+        let obj = Arc::new(tag.to_owned());
+        let object = if tombstone {
+            DeltaObject::Tombstone(DeletedFinalStateUnknown {
+                key: ObjectKey::new(None::<&str>, "k"),
+                obj: Some(obj),
+            })
+        } else {
+            DeltaObject::Object(obj)
+        };
+        Delta { kind, object }
+    }
+
+    #[test]
+    fn dedup_collapses_only_two_trailing_deletions() {
+        use DeltaType::*;
+        // (case, deltas as (kind, tombstone, tag), expected tags after dedupe)
+        type Case<'a> = (&'a str, &'a [(DeltaType, bool, &'a str)], &'a [&'a str]);
+        let cases: &[Case] = &[
+            ("empty", &[], &[]),
+            ("single deletion", &[(Deleted, false, "a")], &["a"]),
+            (
+                "real then real keeps the older",
+                &[(Deleted, false, "a"), (Deleted, false, "b")],
+                &["a"],
+            ),
+            (
+                "real then tombstone keeps the real",
+                &[(Deleted, false, "a"), (Deleted, true, "b")],
+                &["a"],
+            ),
+            (
+                "tombstone then real keeps the real",
+                &[(Deleted, true, "a"), (Deleted, false, "b")],
+                &["b"],
+            ),
+            (
+                "tombstone then tombstone keeps the newer",
+                &[(Deleted, true, "a"), (Deleted, true, "b")],
+                &["b"],
+            ),
+            (
+                "added then deleted is not collapsed",
+                &[(Added, false, "a"), (Deleted, false, "b")],
+                &["a", "b"],
+            ),
+            (
+                "added then updated is not collapsed",
+                &[(Added, false, "a"), (Updated, false, "b")],
+                &["a", "b"],
+            ),
+            (
+                "earlier deltas are untouched",
+                &[
+                    (Added, false, "a"),
+                    (Deleted, true, "b"),
+                    (Deleted, false, "c"),
+                ],
+                &["a", "c"],
+            ),
+        ];
+        for (name, input, want) in cases {
+            let mut deltas: Vec<Delta<String>> =
+                input.iter().map(|(k, t, tag)| delta(*k, *t, tag)).collect();
+            dedup_deletions(&mut deltas);
+            let got: Vec<&str> = deltas
+                .iter()
+                .map(|d| d.object.object().unwrap().as_str())
+                .collect();
+            assert_eq!(got, *want, "case {name}");
+        }
+    }
+}

@@ -10,6 +10,11 @@
 //! | [`factory`] | `SharedInformerFactory`: one shared informer per resource |
 //! | [`informer`] | `SharedIndexInformer`: reflector, FIFO, store and handlers joined |
 //! | [`processor`] | fan-out of notifications to event handlers |
+//! | [`source`] | `ListWatch`: where objects come from (kube::Api, in-memory) |
+//! | [`reflector`] | list-then-watch into the FIFO, with resourceVersion bookkeeping |
+//! | [`delta_fifo`] | `DeltaFifo`: per-key queue of deltas between Reflector and informer |
+//! | [`store`] | `Indexer`: the lock-free, indexed cache of `Arc<K>` |
+//! | [`lister`] | `Lister`: typed reads of the cache, by namespace, selector and index |
 
 pub mod delta_fifo;
 pub mod factory;

@@ -348,3 +348,45 @@ where
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requirements_split_at_commas_outside_parentheses() {
+        let cases: &[(&str, &[&str])] = &[
+            ("", &[""]),
+            ("a=b", &["a=b"]),
+            ("a=b,c", &["a=b", "c"]),
+            ("x in (a,b),y", &["x in (a,b)", "y"]),
+            ("x notin (a,b),y in (c,d)", &["x notin (a,b)", "y in (c,d)"]),
+        ];
+        for (text, want) in cases {
+            assert_eq!(split_requirements(text), *want, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn label_keys_and_values_follow_kubernetes_rules() {
+        for (key, ok) in [
+            ("app", true),
+            ("app.kubernetes.io/name", true),
+            ("a_b-c.d", true),
+            ("", false),
+            ("/name", false),
+            ("UPPER.example/name", false),
+            (&"x".repeat(64) as &str, false),
+        ] {
+            assert_eq!(valid_key(key), ok, "key {key:?}");
+        }
+        for (value, ok) in [
+            ("", true),
+            ("v1.2_3-x", true),
+            ("a b", false),
+            ("a/b", false),
+        ] {
+            assert_eq!(valid_value(value), ok, "value {value:?}");
+        }
+    }
+}

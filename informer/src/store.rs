@@ -18,6 +18,11 @@
 //!   any number of questions (`list`, `by_index`, `get_by_key`) about the same instant.
 //!
 //! The benchmark `informer/benches/store.rs` compares this with a `parking_lot::RwLock<HashMap>`.
+//! The trade is deliberate: a single write costs several microseconds (path copying) instead of
+//! well under one, and a point read is about 1.5x slower, but a read never queues behind a
+//! writer: while a writer swaps in whole relists, the median `get_by_key` stayed under 1 µs here
+//! against about 9 µs with the read-write lock. Writes are bounded by the watch rate (thousands
+//! per second at most), reads by the number of workers, so the read side is the one to protect.
 //!
 //! # Contract
 //!

@@ -5,9 +5,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::ObjectMeta;
-use reflex_informer::delta_fifo::{
-    DeltaFifo, Fifo, KnownObjects, PopError, Popped, ProcessError,
-};
+use reflex_informer::delta_fifo::{DeltaFifo, Fifo, KnownObjects, PopError, Popped, ProcessError};
 use reflex_informer::fifo::{Delta, DeltaType, FifoError, ReflectorSink};
 use reflex_informer::key::ObjectKey;
 use reflex_informer::store::Indexer;
@@ -139,16 +137,18 @@ async fn queue_semantics_table() {
             known: &[],
             use_known: false,
             ops: &[Add("a", 10), Update("a", 12), Delete("a", 15)],
-            expect: &[(
-                "a",
-                &[obj(Added, 10), obj(Updated, 12), obj(Deleted, 15)],
-            )],
+            expect: &[("a", &[obj(Added, 10), obj(Updated, 12), obj(Deleted, 15)])],
         },
         Case {
             name: "a key keeps its first position (no line jumping)",
             known: &[],
             use_known: false,
-            ops: &[Add("foo", 10), Add("bar", 1), Add("foo", 11), Add("zab", 30)],
+            ops: &[
+                Add("foo", 10),
+                Add("bar", 1),
+                Add("foo", 11),
+                Add("zab", 30),
+            ],
             expect: &[
                 ("foo", &[obj(Added, 10), obj(Added, 11)]),
                 ("bar", &[obj(Added, 1)]),
@@ -269,7 +269,10 @@ async fn queue_semantics_table() {
             known: &[("a", 1), ("b", 1)],
             use_known: true,
             ops: &[Page(&[("a", 2)]), Begin, Page(&[("b", 2)]), Done],
-            expect: &[("a", &[obj(Replaced, 2), tomb(2)]), ("b", &[obj(Replaced, 2)])],
+            expect: &[
+                ("a", &[obj(Replaced, 2), tomb(2)]),
+                ("b", &[obj(Replaced, 2)]),
+            ],
         },
         Case {
             name: "update of a known key is an Updated delta, not a resync",
@@ -314,11 +317,36 @@ async fn has_synced_table() {
     let cases: &[(&str, &[Op], usize, bool)] = &[
         ("nothing happened", &[], 0, false),
         ("watch events alone do not sync", &[Add("a", 1)], 1, false),
-        ("an empty first relist syncs at once", &[Page(&[]), Done], 0, true),
-        ("an empty first relist with no page syncs at once", &[Done], 0, true),
-        ("listed items not popped", &[Page(&[("a", 1), ("b", 2)]), Done], 0, false),
-        ("one of two listed items popped", &[Page(&[("a", 1), ("b", 2)]), Done], 1, false),
-        ("every listed item popped", &[Page(&[("a", 1), ("b", 2)]), Done], 2, true),
+        (
+            "an empty first relist syncs at once",
+            &[Page(&[]), Done],
+            0,
+            true,
+        ),
+        (
+            "an empty first relist with no page syncs at once",
+            &[Done],
+            0,
+            true,
+        ),
+        (
+            "listed items not popped",
+            &[Page(&[("a", 1), ("b", 2)]), Done],
+            0,
+            false,
+        ),
+        (
+            "one of two listed items popped",
+            &[Page(&[("a", 1), ("b", 2)]), Done],
+            1,
+            false,
+        ),
+        (
+            "every listed item popped",
+            &[Page(&[("a", 1), ("b", 2)]), Done],
+            2,
+            true,
+        ),
         (
             "a key listed twice counts once",
             &[Page(&[("a", 1), ("a", 2)]), Done],
@@ -518,7 +546,10 @@ async fn an_object_without_a_name_is_a_key_error() {
         .replace_page(vec![cm("a", 1), Arc::new(ConfigMap::default())])
         .unwrap_err();
     assert!(matches!(err, FifoError::Key(_)));
-    assert!(fifo.is_empty(), "a page with an unkeyable object is not queued at all");
+    assert!(
+        fifo.is_empty(),
+        "a page with an unkeyable object is not queued at all"
+    );
 }
 
 #[tokio::test]
@@ -569,10 +600,13 @@ async fn works_through_the_dyn_fifo_trait() {
     assert!(fifo.has_synced());
     fifo.close();
     let mut process = |_p: Popped<ConfigMap>| Ok(());
-    assert!(matches!(fifo.pop(&mut process).await, Err(PopError::Closed)));
+    assert!(matches!(
+        fifo.pop(&mut process).await,
+        Err(PopError::Closed)
+    ));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn delete_of_a_key_being_processed_is_not_lost() {
     // The key is popped (no longer queued) and not yet in the store when the delete arrives:
     // the delete must wait for processing, then see the stored object and queue.
@@ -595,13 +629,18 @@ async fn delete_of_a_key_being_processed_is_not_lost() {
         for _ in 0..1000 {
             std::thread::yield_now();
         }
-        store_w.add(p.deltas[0].object.object().unwrap().clone()).unwrap();
+        store_w
+            .add(p.deltas[0].object.object().unwrap().clone())
+            .unwrap();
         Ok(())
     })
     .await
     .unwrap();
     deleter.join().unwrap();
-    let next = pop(&fifo).await;
+    // Paused clock: if nothing was queued, the idle runtime jumps to the deadline at once.
+    let next = tokio::time::timeout(std::time::Duration::from_secs(1), pop(&fifo))
+        .await
+        .expect("the delete was lost");
     assert_eq!(summarize(&next.deltas), [obj(Deleted, 2)]);
 }
 

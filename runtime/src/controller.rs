@@ -71,8 +71,7 @@
 //! let deployments = factory.informer::<Deployment>();
 //! let config_maps = factory.informer::<ConfigMap>();
 //! factory.start(); // the factory runs and stops these informers, not the controller
-//! // Cancel it to stop; `reflex_runtime::signal::shutdown_token()` cancels on SIGINT/SIGTERM.
-//! let shutdown = tokio_util::sync::CancellationToken::new();
+//! let shutdown = reflex_runtime::signal::shutdown_token()?; // SIGINT/SIGTERM
 //! let ctx = Arc::new(Ctx { deployments: deployments.lister() });
 //! let summary = Controller::new(deployments)
 //!     .owns(config_maps)
@@ -207,8 +206,9 @@ pub struct ControllerOptions {
     pub sync_timeout: Option<Duration>,
     /// How long in-flight reconciles may run after shutdown was requested. Default 30 s.
     pub shutdown_grace: Duration,
-    /// Cancel to shut the controller down gracefully (for SIGINT/SIGTERM, the `signal`
-    /// module's `shutdown_token()`). Default: a token nobody cancels.
+    /// Cancel to shut the controller down gracefully (for SIGINT/SIGTERM, use
+    /// [`signal::shutdown_token`](crate::signal::shutdown_token)). Default: a token nobody
+    /// cancels.
     pub shutdown: CancellationToken,
 }
 

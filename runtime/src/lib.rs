@@ -1,10 +1,24 @@
 //! # reflex-runtime
 //!
-//! Running controllers: the controller builder and its workers, leader election on a Lease, an
-//! event recorder, metrics and health endpoints, and signal handling. It joins
-//! `reflex-informer` (the cache) and `reflex-workqueue` (the work).
+//! Running controllers: leader election on a Lease, an event recorder, retries on conflict, metrics
+//! and health endpoints, and signal handling, and the controller (joining `reflex-informer`, the
+//! cache, and `reflex-workqueue`, the work).
+//!
+//! | module | what it gives |
+//! |---|---|
+//! | [`controller`] | `Controller<K>`: informers -> rate-limited queue of keys -> `reconcile` workers |
+//! | [`leader_election`] | one active replica among many, on a `coordination.k8s.io/v1` Lease |
+//! | [`events`] | `events.k8s.io/v1` Events, written off the caller's path, repeats folded into series |
+//! | [`retry`] | `retry_on_conflict` for read-modify-write loops |
+//! | [`serve`] | `/metrics`, `/healthz`, `/readyz` over HTTP |
+//! | [`signal`] | a shutdown token cancelled on SIGINT or SIGTERM |
 
 pub mod controller;
+pub mod events;
+pub mod leader_election;
+pub mod retry;
+pub mod serve;
+pub mod signal;
 
 pub use controller::{
     Action, Controller, ControllerError, ControllerMetrics, ControllerOptions, ControllerSummary,

@@ -1,0 +1,302 @@
+//! Event recorder guarantees, over an in-memory sink with tokio's paused clock. The recorder's task
+//! runs on the same single-threaded test runtime; a short paused-clock sleep lets it drain its queue
+//! (time only advances once every task is idle).
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use reflex_runtime::events::{EventRecorder, EventType, InMemoryEventSink, RecorderConfig};
+use tokio_util::sync::CancellationToken;
+
+fn pod(namespace: Option<&str>, name: &str) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Pod".into()),
+        namespace: namespace.map(Into::into),
+        name: Some(name.into()),
+        uid: Some(format!("uid-{name}")),
+        ..ObjectReference::default()
+    }
+}
+
+fn start(
+    config: RecorderConfig,
+) -> (
+    EventRecorder,
+    reflex_runtime::events::RecorderTask,
+    InMemoryEventSink,
+    CancellationToken,
+) {
+    let sink = InMemoryEventSink::new();
+    let shutdown = CancellationToken::new();
+    let (recorder, task) = EventRecorder::new(sink.clone(), config, shutdown.clone());
+    (recorder, task, sink, shutdown)
+}
+
+fn config() -> RecorderConfig {
+    RecorderConfig::new("example.com/ctl", "pod-a")
+}
+
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(1)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn first_publish_creates_event_with_name_namespace_and_reporting_fields() {
+    let (rec, task, sink, shutdown) = start(config());
+    rec.publish(
+        &pod(Some("apps"), "web-0"),
+        EventType::Warning,
+        "BackOff",
+        "Restart",
+        "restarting",
+    );
+    rec.publish(
+        &pod(None, "node-1"),
+        EventType::Normal,
+        "Ready",
+        "Check",
+        "node ready",
+    );
+    settle().await;
+    let events = sink.events();
+    assert_eq!(events.len(), 2);
+    let apps = events
+        .iter()
+        .find(|e| e.metadata.namespace.as_deref() == Some("apps"))
+        .unwrap();
+    let name = apps.metadata.name.as_deref().unwrap();
+    let (object, hex) = name.split_once('.').unwrap();
+    assert_eq!(object, "web-0");
+    assert!(
+        !hex.is_empty() && hex.chars().all(|c| c.is_ascii_hexdigit()),
+        "{name}"
+    );
+    assert_eq!(apps.type_.as_deref(), Some("Warning"));
+    assert_eq!(
+        (
+            apps.reason.as_deref(),
+            apps.action.as_deref(),
+            apps.note.as_deref()
+        ),
+        (Some("BackOff"), Some("Restart"), Some("restarting"))
+    );
+    assert_eq!(
+        apps.reporting_controller.as_deref(),
+        Some("example.com/ctl")
+    );
+    assert_eq!(apps.reporting_instance.as_deref(), Some("pod-a"));
+    assert!(apps.event_time.is_some() && apps.series.is_none());
+    let cluster = events
+        .iter()
+        .find(|e| e.regarding.as_ref().unwrap().name.as_deref() == Some("node-1"))
+        .unwrap();
+    assert_eq!(
+        cluster.metadata.namespace.as_deref(),
+        Some("default"),
+        "namespace defaults to default"
+    );
+    shutdown.cancel();
+    task.join().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn repeated_identical_events_within_window_form_one_series() {
+    let (rec, task, sink, shutdown) = start(config());
+    let p = pod(Some("apps"), "web-0");
+    for _ in 0..5 {
+        rec.publish(&p, EventType::Warning, "BackOff", "Restart", "restarting");
+        settle().await;
+    }
+    // One create; the second occurrence patched count 2 at once; later ones wait for a flush.
+    assert_eq!(sink.writes(), (1, 1));
+    assert_eq!(sink.events()[0].series.as_ref().map(|s| s.count), Some(2));
+    // After a quiet window the series ends with its final count.
+    tokio::time::sleep(Duration::from_secs(13 * 60)).await;
+    assert_eq!(sink.writes(), (1, 2));
+    assert_eq!(sink.events().len(), 1);
+    assert_eq!(sink.events()[0].series.as_ref().map(|s| s.count), Some(5));
+    // A repeat after the series ended starts a new Event.
+    rec.publish(&p, EventType::Warning, "BackOff", "Restart", "restarting");
+    settle().await;
+    assert_eq!(sink.events().len(), 2);
+    shutdown.cancel();
+    task.join().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn ongoing_series_is_written_every_refresh_period() {
+    let (rec, task, sink, shutdown) = start(config());
+    let p = pod(Some("apps"), "web-0");
+    // One repeat a minute, at half minutes (never on a timer tick), for 32 minutes: the series
+    // never ends, the refresh at 30 min writes it.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    for _ in 0..32 {
+        rec.publish(&p, EventType::Normal, "Sync", "Reconcile", "synced");
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    }
+    let (creates, patches) = sink.writes();
+    assert_eq!(
+        (creates, patches),
+        (1, 2),
+        "count-2 patch, then one refresh at 30 min"
+    );
+    assert_eq!(sink.events()[0].series.as_ref().map(|s| s.count), Some(30));
+    shutdown.cancel();
+    task.join().await;
+    assert_eq!(
+        sink.events()[0].series.as_ref().map(|s| s.count),
+        Some(32),
+        "shutdown flushes the series"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn events_differing_in_any_identity_field_are_not_aggregated() {
+    let base = (
+        pod(Some("apps"), "web-0"),
+        EventType::Normal,
+        "Scaled",
+        "Scale",
+        "to 3",
+    );
+    let variants = [
+        (
+            "other object",
+            (pod(Some("apps"), "web-1"), base.1, base.2, base.3, base.4),
+        ),
+        (
+            "other type",
+            (base.0.clone(), EventType::Warning, base.2, base.3, base.4),
+        ),
+        (
+            "other reason",
+            (base.0.clone(), base.1, "Resized", base.3, base.4),
+        ),
+        (
+            "other action",
+            (base.0.clone(), base.1, base.2, "Resize", base.4),
+        ),
+        (
+            "other note",
+            (base.0.clone(), base.1, base.2, base.3, "to 4"),
+        ),
+    ];
+    for (name, v) in variants {
+        let (rec, task, sink, shutdown) = start(config());
+        rec.publish(&base.0, base.1, base.2, base.3, base.4);
+        rec.publish(&v.0, v.1, v.2, v.3, v.4);
+        settle().await;
+        assert_eq!(sink.writes(), (2, 0), "{name}");
+        shutdown.cancel();
+        task.join().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn spam_filter_allows_burst_then_one_new_event_per_refill_per_object() {
+    let (rec, task, sink, shutdown) = start(config());
+    let (a, b) = (pod(Some("apps"), "a"), pod(Some("apps"), "b"));
+    for i in 0..30 {
+        rec.publish(&a, EventType::Normal, "Step", "Run", &format!("step {i}"));
+    }
+    settle().await;
+    assert_eq!((sink.writes().0, rec.filtered()), (25, 5));
+    rec.publish(
+        &b,
+        EventType::Normal,
+        "Step",
+        "Run",
+        "other object has its own bucket",
+    );
+    // Repeats of an existing event are counted in its series, never filtered.
+    rec.publish(&a, EventType::Normal, "Step", "Run", "step 0");
+    settle().await;
+    assert_eq!((sink.writes(), rec.filtered()), ((26, 1), 5));
+    tokio::time::sleep(Duration::from_secs(299)).await;
+    rec.publish(&a, EventType::Normal, "Step", "Run", "too early");
+    settle().await;
+    assert_eq!(rec.filtered(), 6);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    rec.publish(
+        &a,
+        EventType::Normal,
+        "Step",
+        "Run",
+        "one token back after 5 minutes",
+    );
+    settle().await;
+    assert_eq!((sink.writes().0, rec.filtered()), (27, 6));
+    shutdown.cancel();
+    task.join().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn publish_never_waits_and_counts_drops_when_queue_full() {
+    let (rec, task, sink, shutdown) = start(RecorderConfig {
+        queue_capacity: 2,
+        ..config()
+    });
+    // The recorder task cannot run until this test task yields, so the queue fills.
+    for i in 0..10 {
+        rec.publish(
+            &pod(Some("apps"), "web-0"),
+            EventType::Normal,
+            "Step",
+            "Run",
+            &format!("{i}"),
+        );
+    }
+    assert_eq!(rec.dropped(), 8);
+    settle().await;
+    assert_eq!(sink.writes().0, 2);
+    shutdown.cancel();
+    task.join().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_writes_events_already_queued() {
+    let (rec, task, sink, shutdown) = start(config());
+    for i in 0..3 {
+        rec.publish(
+            &pod(Some("apps"), "web-0"),
+            EventType::Normal,
+            "Step",
+            "Run",
+            &format!("{i}"),
+        );
+    }
+    shutdown.cancel();
+    task.join().await;
+    assert_eq!(sink.writes().0, 3);
+    rec.publish(
+        &pod(Some("apps"), "web-0"),
+        EventType::Normal,
+        "Step",
+        "Run",
+        "late",
+    );
+    assert_eq!(
+        rec.dropped(),
+        1,
+        "publishing after shutdown is counted as dropped"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn vanished_event_ends_its_series_and_next_repeat_creates_anew() {
+    let (rec, task, sink, shutdown) = start(config());
+    let p = pod(Some("apps"), "web-0");
+    rec.publish(&p, EventType::Normal, "Sync", "Reconcile", "synced");
+    settle().await;
+    sink.clear();
+    rec.publish(&p, EventType::Normal, "Sync", "Reconcile", "synced");
+    settle().await;
+    assert_eq!(rec.failed(), 1);
+    rec.publish(&p, EventType::Normal, "Sync", "Reconcile", "synced");
+    settle().await;
+    assert_eq!(sink.writes().0, 2);
+    assert_eq!(sink.events().len(), 1);
+    shutdown.cancel();
+    task.join().await;
+}
