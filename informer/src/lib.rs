@@ -8,6 +8,7 @@
 //! | [`key`] | object keys (`namespace/name`) |
 //! | [`fifo`] | the seam between the Reflector and the delta queue |
 
+pub mod decode;
 pub mod fifo;
 pub mod key;
 pub mod reflector;
