@@ -15,7 +15,9 @@
 //! | [`delta_fifo`] | `DeltaFifo`: per-key queue of deltas between Reflector and informer |
 //! | [`store`] | `Indexer`: the lock-free, indexed cache of `Arc<K>` |
 //! | [`lister`] | `Lister`: typed reads of the cache, by namespace, selector and index |
+//! | [`decode`] | decoding that skips what nobody reads (`managedFields`, configured paths) while parsing |
 
+pub mod decode;
 pub mod delta_fifo;
 pub mod factory;
 pub mod fifo;

@@ -40,7 +40,7 @@ use super::{
 #[derive(Clone)]
 pub struct MetadataOnly<K>(pub kube::Api<K>);
 
-fn to_kube_list(p: &ListParams) -> kube::api::ListParams {
+pub(crate) fn to_kube_list(p: &ListParams) -> kube::api::ListParams {
     let resource_version = p.resource_version.clone().filter(|rv| !rv.is_empty());
     let version_match = match (&resource_version, p.resource_version_match) {
         (Some(_), Some(ResourceVersionMatch::NotOlderThan)) => Some(VersionMatch::NotOlderThan),
@@ -58,7 +58,7 @@ fn to_kube_list(p: &ListParams) -> kube::api::ListParams {
     }
 }
 
-fn to_kube_watch(p: &WatchParams) -> kube::api::WatchParams {
+pub(crate) fn to_kube_watch(p: &WatchParams) -> kube::api::WatchParams {
     kube::api::WatchParams {
         label_selector: p.label_selector.clone(),
         field_selector: p.field_selector.clone(),

@@ -21,6 +21,7 @@
 
 pub mod api;
 pub mod memory;
+pub mod raw;
 
 use std::error::Error as StdError;
 use std::fmt;

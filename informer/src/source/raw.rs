@@ -1,0 +1,337 @@
+//! [`ListWatch`] over `kube::Client`'s raw HTTP API, decoding with the skipping [`Decoder`].
+//!
+//! [`kube::Api`] decodes every list page and watch event into the full object before anyone can
+//! look at it. [`RawApi`] sends the same requests (the same query parameters as the
+//! [`api`](super::api) source) through [`kube::Client::send`], reads the response bytes itself and
+//! decodes them with a [`Decoder`]: `metadata.managedFields` and any configured path are skipped
+//! while parsing, list items go one by one straight into the page's vector, and watch lines are
+//! split and decoded as they arrive. `K` may be a full type or a projection (see
+//! [`impl_projection!`](crate::impl_projection)).
+//!
+//! Errors map as in the [`api`](super::api) source: a non-2xx response carrying a `Status`
+//! becomes [`SourceError::Status`] (so 410 is [`is_gone`](SourceError::is_gone)), a body that is
+//! not a `Status` becomes a status with the HTTP code, a line that cannot be decoded is a
+//! [`SourceError::Malformed`] item (the watch goes on), a broken connection is
+//! [`SourceError::Transport`].
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use k8s_openapi::api::core::v1::Pod;
+//! use reflex_informer::decode::{DecodeOptions, SkipPath};
+//! use reflex_informer::source::raw::RawApi;
+//! use reflex_informer::source::{ListParams, ListWatch};
+//!
+//! let client = kube::Client::try_default().await?;
+//! let pods: RawApi<Pod> = RawApi::namespaced(client, "default").with_decode_options(
+//!     &DecodeOptions::default().skip(SkipPath::pointer("/status/conditions")?),
+//! );
+//! let page = pods.list(&ListParams { limit: Some(500), ..Default::default() }).await?;
+//! assert!(page.items.iter().all(|p| p.metadata.managed_fields.is_none()));
+//! # Ok(()) }
+//! ```
+
+use std::fmt;
+use std::marker::PhantomData;
+
+use bytes::{Bytes, BytesMut};
+use futures::stream::{self, BoxStream};
+use futures::{FutureExt, StreamExt};
+use http_body_util::BodyExt;
+use kube::client::Body;
+use serde::de::DeserializeOwned;
+use tracing::Instrument;
+
+use super::api::{from_kube_error, from_kube_status, to_kube_list, to_kube_watch};
+use super::{
+    ApiStatus, ListFuture, ListParams, ListWatch, SourceError, WatchEvent, WatchFuture, WatchParams,
+};
+use crate::decode::{DecodeError, DecodeOptions, Decoder};
+
+/// Lists and watches `K` at one URL path through a [`kube::Client`], decoding with a
+/// [`Decoder`] (by default: skip `metadata.managedFields`).
+pub struct RawApi<K> {
+    client: kube::Client,
+    request: kube::core::Request,
+    decoder: Decoder,
+    _k: PhantomData<fn() -> K>,
+}
+
+impl<K> Clone for RawApi<K> {
+    fn clone(&self) -> Self {
+        RawApi {
+            client: self.client.clone(),
+            request: kube::core::Request::new(self.request.url_path.clone()),
+            decoder: self.decoder.clone(),
+            _k: PhantomData,
+        }
+    }
+}
+
+impl<K> fmt::Debug for RawApi<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RawApi")
+            .field("url_path", &self.request.url_path)
+            .field("decoder", &self.decoder)
+            .finish()
+    }
+}
+
+impl<K: kube::Resource> RawApi<K>
+where
+    K::DynamicType: Default,
+{
+    /// `K` in every namespace (or a cluster-scoped `K`).
+    pub fn all(client: kube::Client) -> Self {
+        Self::all_with(client, &K::DynamicType::default())
+    }
+
+    /// `K` in one namespace.
+    pub fn namespaced(client: kube::Client, namespace: &str) -> Self {
+        Self::namespaced_with(client, namespace, &K::DynamicType::default())
+    }
+}
+
+impl<K: kube::Resource> RawApi<K> {
+    /// `K` in every namespace, for a `K` with runtime type information (for example
+    /// `DynamicObject` and an [`ApiResource`](kube::core::ApiResource)).
+    pub fn all_with(client: kube::Client, dt: &K::DynamicType) -> Self {
+        Self::at(client, K::url_path(dt, None))
+    }
+
+    /// `K` in one namespace, for a `K` with runtime type information.
+    pub fn namespaced_with(client: kube::Client, namespace: &str, dt: &K::DynamicType) -> Self {
+        Self::at(client, K::url_path(dt, Some(namespace)))
+    }
+}
+
+impl<K> RawApi<K> {
+    /// `K` at an explicit collection URL path (`/api/v1/namespaces/ns/pods`).
+    pub fn at(client: kube::Client, url_path: impl Into<String>) -> Self {
+        RawApi {
+            client,
+            request: kube::core::Request::new(url_path),
+            decoder: Decoder::default(),
+            _k: PhantomData,
+        }
+    }
+
+    /// This source, decoding with `options` instead of the default (skip managedFields only).
+    pub fn with_decode_options(mut self, options: &DecodeOptions) -> Self {
+        self.decoder = Decoder::new(options);
+        self
+    }
+
+    /// The decoder in use.
+    pub fn decoder(&self) -> &Decoder {
+        &self.decoder
+    }
+
+    /// The collection's URL path.
+    pub fn url_path(&self) -> &str {
+        &self.request.url_path
+    }
+}
+
+fn malformed(context: String, err: DecodeError) -> SourceError {
+    SourceError::Malformed {
+        context,
+        source: Some(Box::new(err)),
+    }
+}
+
+/// Sends `request`; a non-2xx response becomes [`SourceError::Status`] (from its `Status` body,
+/// or from the HTTP code and body text when it has none), like kube's own error handling.
+async fn send(
+    client: &kube::Client,
+    request: http::Request<Vec<u8>>,
+    what: &str,
+) -> Result<http::Response<Body>, SourceError> {
+    let response = client
+        .send(request.map(Body::from))
+        .await
+        .map_err(|e| from_kube_error(e, what))?;
+    let code = response.status();
+    if code.is_success() {
+        return Ok(response);
+    }
+    let body = response
+        .into_body()
+        .collect_bytes()
+        .await
+        .map_err(|e| from_kube_error(e, what))?;
+    let status = match serde_json::from_slice::<kube::core::Status>(&body) {
+        Ok(status) => {
+            let mut status = from_kube_status(&status);
+            if status.code == 0 {
+                status.code = code.as_u16();
+            }
+            status
+        }
+        Err(_) => ApiStatus::new(
+            code.as_u16(),
+            code.canonical_reason().unwrap_or("Unknown"),
+            String::from_utf8_lossy(&body).trim(),
+        ),
+    };
+    Err(SourceError::Status(status))
+}
+
+/// Whether a body read error is the server ending a long watch by closing the connection
+/// mid-chunk, which ends the watch rather than failing it.
+fn is_unexpected_eof(err: &kube::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::UnexpectedEof)
+            || e.to_string().contains("unexpected EOF during chunk")
+        {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// The state of a watch stream: the body, the bytes after the last full line, and whether the
+/// body has ended.
+struct Lines<K> {
+    body: BoxStream<'static, Result<Bytes, kube::Error>>,
+    buf: BytesMut,
+    ended: bool,
+    decoder: Decoder,
+    what: String,
+    _k: PhantomData<fn() -> K>,
+}
+
+impl<K: DeserializeOwned> Lines<K> {
+    /// The next event, error or end of the watch.
+    async fn next(&mut self) -> Option<Result<WatchEvent<K>, SourceError>> {
+        loop {
+            if let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
+                let line = self.buf.split_to(pos + 1);
+                let line = line[..pos].trim_ascii();
+                if line.is_empty() {
+                    continue;
+                }
+                return Some(self.decode(line));
+            }
+            if self.ended {
+                let rest = std::mem::take(&mut self.buf);
+                let rest = rest.trim_ascii();
+                if rest.is_empty() {
+                    return None;
+                }
+                return match self.decoder.decode_event(rest) {
+                    Ok(event) => Some(Ok(event)),
+                    Err(DecodeError::Json { source, .. }) if source.is_eof() => {
+                        // The connection closed in the middle of an event: the watch ended,
+                        // and is resumed from the last resourceVersion like any other end.
+                        tracing::debug!(watch = %self.what, bytes = rest.len(), "watch ended mid-event");
+                        None
+                    }
+                    Err(e) => Some(Err(malformed(self.what.clone(), e))),
+                };
+            }
+            match self.body.next().await {
+                Some(Ok(chunk)) => self.buf.extend_from_slice(&chunk),
+                Some(Err(e)) if is_unexpected_eof(&e) => {
+                    tracing::debug!(watch = %self.what, error = %e, "watch connection closed");
+                    self.ended = true;
+                }
+                Some(Err(e)) => {
+                    self.ended = true;
+                    self.buf.clear();
+                    return Some(Err(SourceError::Transport(Box::new(e))));
+                }
+                None => self.ended = true,
+            }
+        }
+    }
+
+    fn decode(&self, line: &[u8]) -> Result<WatchEvent<K>, SourceError> {
+        self.decoder.decode_event(line).map_err(|e| {
+            tracing::warn!(watch = %self.what, error = %e, "undecodable watch event");
+            malformed(self.what.clone(), e)
+        })
+    }
+}
+
+impl<K> ListWatch<K> for RawApi<K>
+where
+    K: DeserializeOwned + Send + 'static,
+{
+    fn list(&self, params: &ListParams) -> ListFuture<K> {
+        let client = self.client.clone();
+        let decoder = self.decoder.clone();
+        let url = self.request.url_path.clone();
+        let request = self.request.list(&to_kube_list(params));
+        let span = tracing::debug_span!(
+            "raw_list",
+            resource = %url,
+            resource_version = params.resource_version.as_deref().unwrap_or(""),
+            limit = params.limit,
+        );
+        async move {
+            let what = format!("list of {url}");
+            let request =
+                request.map_err(|e| SourceError::InvalidRequest(format!("{what}: {e}")))?;
+            let response = send(&client, request, &what).await?;
+            let body = response
+                .into_body()
+                .collect_bytes()
+                .await
+                .map_err(|e| from_kube_error(e, &what))?;
+            let page = decoder
+                .decode_list(&body)
+                .map_err(|e| malformed(what.clone(), e))?;
+            tracing::debug!(
+                items = page.items.len(),
+                bytes = body.len(),
+                resource_version = %page.resource_version,
+                "decoded list page"
+            );
+            Ok(page)
+        }
+        .instrument(span)
+        .boxed()
+    }
+
+    fn watch(&self, params: &WatchParams) -> WatchFuture<K> {
+        let client = self.client.clone();
+        let decoder = self.decoder.clone();
+        let url = self.request.url_path.clone();
+        let rv = params.resource_version.clone();
+        let request = self.request.watch(&to_kube_watch(params), &rv);
+        let span = tracing::debug_span!("raw_watch", resource = %url, resource_version = %rv);
+        async move {
+            let what = format!("watch of {url} from {rv:?}");
+            let mut request =
+                request.map_err(|e| SourceError::InvalidRequest(format!("{what}: {e}")))?;
+            // One event per line is all this reader splits; keep the stream uncompressed.
+            request
+                .headers_mut()
+                .entry(http::header::ACCEPT_ENCODING)
+                .or_insert(http::HeaderValue::from_static("identity"));
+            let response = send(&client, request, &what).await?;
+            let lines = Lines::<K> {
+                body: response.into_body().into_data_stream().boxed(),
+                buf: BytesMut::new(),
+                ended: false,
+                decoder,
+                what,
+                _k: PhantomData,
+            };
+            let events = stream::unfold(lines, |mut lines| async move {
+                let item = lines.next().await?;
+                Some((item, lines))
+            });
+            Ok(events.boxed())
+        }
+        .instrument(span)
+        .boxed()
+    }
+
+    fn describe(&self) -> String {
+        format!("{} (raw)", self.request.url_path)
+    }
+}
