@@ -36,10 +36,12 @@ use serde::de::DeserializeOwned;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::decode::DecodeOptions;
 use crate::informer::{InformerOptions, SharedIndexInformer, Transform};
 use crate::reflector::ReflectorOptions;
 use crate::source::ListWatch;
 use crate::source::api::MetadataOnly;
+use crate::source::raw::RawApi;
 use crate::store::Indexer;
 
 /// Options shared by every informer of a factory.
@@ -58,6 +60,10 @@ pub struct FactoryOptions {
     pub resync_per_type: HashMap<String, Duration>,
     /// Base reflector options (the selectors above are applied on top).
     pub reflector: ReflectorOptions,
+    /// What typed and dynamic informers skip while decoding lists and watch events. The default
+    /// skips `metadata.managedFields`, which controllers almost never read and which is about a
+    /// quarter of a typical object's JSON; use [`DecodeOptions::full`] to keep it.
+    pub decode: DecodeOptions,
 }
 
 /// A started or not yet started informer, with its concrete type erased.
@@ -167,9 +173,28 @@ impl SharedInformerFactory {
         }
     }
 
-    /// The cluster-wide API of a typed resource; the namespace option is applied as the field
-    /// selector `metadata.namespace=<ns>` (kube offers no namespaced constructor generic over the
-    /// scope), so a namespaced factory still needs list/watch rights across namespaces.
+    /// The source of typed objects: list and watch through [`RawApi`], which skips what
+    /// [`FactoryOptions::decode`] names while parsing; scoped to the factory's namespace unless
+    /// `K` is cluster-scoped.
+    fn typed_source<K>(&self) -> RawApi<K>
+    where
+        K: kube::Resource,
+        K::DynamicType: Default,
+        K::Scope: 'static,
+    {
+        let cluster_scoped =
+            TypeId::of::<K::Scope>() == TypeId::of::<k8s_openapi::ClusterResourceScope>();
+        let api = match &self.options.namespace {
+            Some(ns) if !cluster_scoped => RawApi::namespaced(self.client.clone(), ns),
+            _ => RawApi::all(self.client.clone()),
+        };
+        api.with_decode_options(&self.options.decode)
+    }
+
+    /// The cluster-wide API of a typed resource, for metadata-only informers; the namespace
+    /// option is applied as the field selector `metadata.namespace=<ns>` (kube offers no
+    /// namespaced constructor generic over the scope), so a namespaced factory's metadata
+    /// informers still need list/watch rights across namespaces.
     fn typed_api<K>(&self) -> kube::Api<K>
     where
         K: kube::Resource,
@@ -229,11 +254,12 @@ impl SharedInformerFactory {
     where
         K: kube::Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
         K::DynamicType: Default + Send + Sync + 'static,
+        K::Scope: 'static,
     {
         let name = std::any::type_name::<K>().to_owned();
         self.get_or_create(name, |options| {
-            let source: Arc<dyn ListWatch<K>> = Arc::new(self.typed_api::<K>());
-            SharedIndexInformer::new(source, self.typed_options(options))
+            let source: Arc<dyn ListWatch<K>> = Arc::new(self.typed_source::<K>());
+            SharedIndexInformer::new(source, options)
         })
     }
 
@@ -246,10 +272,11 @@ impl SharedInformerFactory {
         );
         self.get_or_create(name, |options| {
             let api = match &self.options.namespace {
-                Some(ns) => kube::Api::namespaced_with(self.client.clone(), ns, resource),
-                None => kube::Api::all_with(self.client.clone(), resource),
+                Some(ns) => RawApi::namespaced_with(self.client.clone(), ns, resource),
+                None => RawApi::all_with(self.client.clone(), resource),
             };
-            let source: Arc<dyn ListWatch<DynamicObject>> = Arc::new(api);
+            let source: Arc<dyn ListWatch<DynamicObject>> =
+                Arc::new(api.with_decode_options(&self.options.decode));
             SharedIndexInformer::with_indexer(
                 source,
                 Indexer::with_dyntype(resource.clone()),
