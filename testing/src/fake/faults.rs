@@ -1,0 +1,86 @@
+//! Fault injection state shared between the handle and the request path.
+//!
+//! Faults are consumed per request before routing, so they apply uniformly to every verb and
+//! resource the server speaks, and the handle can flip them while requests are in flight.
+
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::watch;
+
+use super::status::ApiError;
+
+/// Fail the next requests matching a verb/resource filter.
+#[derive(Debug, Clone)]
+struct FailRule {
+    remaining: usize,
+    error: ApiError,
+    verb: Option<String>,
+    resource: Option<String>,
+}
+
+/// Pending faults.
+#[derive(Debug)]
+pub struct Faults {
+    rules: Mutex<Vec<FailRule>>,
+    delay: Mutex<Option<Duration>>,
+    paused_tx: watch::Sender<bool>,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Self {
+            rules: Mutex::new(Vec::new()),
+            delay: Mutex::new(None),
+            paused_tx: watch::channel(false).0,
+        }
+    }
+}
+
+impl Faults {
+    /// Adds a rule failing the next `n` matching requests.
+    pub fn fail_next(&self, n: usize, error: ApiError, verb: Option<&str>, resource: Option<&str>) {
+        self.rules.lock().push(FailRule {
+            remaining: n,
+            error,
+            verb: verb.map(String::from),
+            resource: resource.map(String::from),
+        });
+    }
+
+    /// Consumes one matching failure, if any.
+    pub fn take_failure(&self, verb: &str, resource: &str) -> Option<ApiError> {
+        let mut rules = self.rules.lock();
+        let idx = rules.iter().position(|r| {
+            r.remaining > 0
+                && r.verb.as_deref().is_none_or(|v| v == verb)
+                && r.resource.as_deref().is_none_or(|x| x == resource)
+        })?;
+        rules[idx].remaining -= 1;
+        let err = rules[idx].error.clone();
+        rules.retain(|r| r.remaining > 0);
+        Some(err)
+    }
+
+    /// Sets or clears the response delay.
+    pub fn set_delay(&self, d: Option<Duration>) {
+        *self.delay.lock() = d;
+    }
+
+    /// The current delay.
+    pub fn delay(&self) -> Option<Duration> {
+        *self.delay.lock()
+    }
+
+    /// Pauses or resumes request handling.
+    pub fn set_paused(&self, paused: bool) {
+        self.paused_tx.send_replace(paused);
+    }
+
+    /// Waits while paused.
+    pub async fn wait_resumed(&self) {
+        let mut rx = self.paused_tx.subscribe();
+        // The sender lives as long as `self`, so `wait_for` only fails if it is dropped.
+        let _ = rx.wait_for(|p| !*p).await;
+    }
+}

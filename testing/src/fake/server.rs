@@ -1,0 +1,614 @@
+//! HTTP routing: maps Kubernetes REST paths and query parameters onto the storage.
+//!
+//! Paths are parsed by hand (`/api/v1/...`, `/apis/{g}/{v}/...`, optional `watch/`, optional
+//! `namespaces/{ns}/`), so any registered resource, including CRD-defined ones, is served by the
+//! same code without per-kind routes.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+
+use super::faults::Faults;
+use super::patch::{json_patch, merge_patch};
+use super::resources::{ResKey, api_group, groups, resource_list};
+use super::selectors::{FieldSelector, LabelSelector, Selectors};
+use super::status::ApiError;
+use super::storage::{Storage, WatchFrom};
+use super::watch::{WatchOptions, stream};
+
+/// Response body type.
+pub type Body = BoxBody<Bytes, Infallible>;
+
+/// Shared server state.
+pub struct Shared {
+    /// Storage.
+    pub storage: Mutex<Storage>,
+    /// Faults.
+    pub faults: Faults,
+    /// Bookmark interval.
+    pub bookmark_interval: Duration,
+}
+
+fn json_response(code: u16, v: &Value) -> Response<Body> {
+    let body = serde_json::to_vec(v).unwrap_or_default();
+    let mut r = Response::new(Full::new(Bytes::from(body)).boxed());
+    *r.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn error_response(e: &ApiError) -> Response<Body> {
+    json_response(e.code, &e.to_status())
+}
+
+/// Handles one request; never panics, always answers.
+pub async fn handle(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    shared.faults.wait_resumed().await;
+    if let Some(d) = shared.faults.delay() {
+        tokio::time::sleep(d).await;
+    }
+    let (parts, body) = req.into_parts();
+    let body = match body.collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return Ok(error_response(&ApiError::bad_request(format!(
+                "reading body: {e}"
+            ))));
+        }
+    };
+    let query: HashMap<String, String> = parts
+        .uri
+        .query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default();
+    let content_type = parts
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json")
+        .to_string();
+    Ok(route(
+        &shared,
+        &parts.method,
+        parts.uri.path(),
+        &query,
+        &content_type,
+        &body,
+    )
+    .unwrap_or_else(|e| error_response(&e)))
+}
+
+struct Target {
+    res: ResKey,
+    ns: Option<String>,
+    name: Option<String>,
+    sub: Option<String>,
+    watch_path: bool,
+}
+
+fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+}
+
+fn route(
+    shared: &Shared,
+    method: &Method,
+    path: &str,
+    q: &HashMap<String, String>,
+    ct: &str,
+    body: &Bytes,
+) -> Result<Response<Body>, ApiError> {
+    let segs: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
+    let st = || shared.storage.lock();
+    match segs.as_slice() {
+        ["version"] => {
+            return Ok(json_response(
+                200,
+                &json!({"major": "1", "minor": "35", "gitVersion": "v1.35.0-reflex-fake", "gitCommit": "", "gitTreeState": "clean", "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.25", "compiler": "gc", "platform": "linux/amd64"}),
+            ));
+        }
+        ["healthz" | "readyz" | "livez"] => {
+            let mut r = Response::new(Full::new(Bytes::from_static(b"ok")).boxed());
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain"),
+            );
+            return Ok(r);
+        }
+        ["api"] => {
+            return Ok(json_response(
+                200,
+                &json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]}),
+            ));
+        }
+        ["apis"] => {
+            let s = st();
+            let gs: Vec<Value> = groups(s.defs())
+                .iter()
+                .map(|(g, vs)| api_group(g, vs))
+                .collect();
+            return Ok(json_response(
+                200,
+                &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": gs}),
+            ));
+        }
+        ["api", "v1"] => {
+            let s = st();
+            let defs: Vec<_> = s
+                .defs()
+                .filter(|d| d.group.is_empty() && d.version == "v1")
+                .collect();
+            return Ok(json_response(200, &resource_list(&defs, "v1")));
+        }
+        ["apis", g] => {
+            let s = st();
+            let gs = groups(s.defs());
+            let vs = gs.get(*g).ok_or_else(|| {
+                ApiError::new(
+                    404,
+                    "NotFound",
+                    "the server could not find the requested resource",
+                )
+            })?;
+            return Ok(json_response(200, &api_group(g, vs)));
+        }
+        ["apis", g, v] => {
+            let s = st();
+            let defs: Vec<_> = s
+                .defs()
+                .filter(|d| d.group == *g && d.version == *v)
+                .collect();
+            if defs.is_empty() {
+                return Err(ApiError::new(
+                    404,
+                    "NotFound",
+                    "the server could not find the requested resource",
+                ));
+            }
+            return Ok(json_response(
+                200,
+                &resource_list(&defs, &format!("{g}/{v}")),
+            ));
+        }
+        _ => {}
+    }
+    let (group, version, rest) = match segs.as_slice() {
+        ["api", v, rest @ ..] => ("", *v, rest),
+        ["apis", g, v, rest @ ..] => (*g, *v, rest),
+        _ => {
+            return Err(ApiError::new(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+            ));
+        }
+    };
+    let (watch_path, rest) = match rest {
+        ["watch", r @ ..] => (true, r),
+        r => (false, r),
+    };
+    let t = match rest {
+        ["namespaces", ns, plural, tail @ ..]
+            if !(tail.is_empty() && matches!(*plural, "status" | "finalize")) =>
+        {
+            let (name, sub) = match tail {
+                [] => (None, None),
+                [n] => (Some(n.to_string()), None),
+                [n, s] => (Some(n.to_string()), Some(s.to_string())),
+                _ => {
+                    return Err(ApiError::new(
+                        404,
+                        "NotFound",
+                        "the server could not find the requested resource",
+                    ));
+                }
+            };
+            Target {
+                res: ResKey {
+                    group: group.into(),
+                    version: version.into(),
+                    plural: plural.to_string(),
+                },
+                ns: Some(ns.to_string()),
+                name,
+                sub,
+                watch_path,
+            }
+        }
+        [plural, tail @ ..] => {
+            let (name, sub) = match tail {
+                [] => (None, None),
+                [n] => (Some(n.to_string()), None),
+                [n, s] => (Some(n.to_string()), Some(s.to_string())),
+                _ => {
+                    return Err(ApiError::new(
+                        404,
+                        "NotFound",
+                        "the server could not find the requested resource",
+                    ));
+                }
+            };
+            Target {
+                res: ResKey {
+                    group: group.into(),
+                    version: version.into(),
+                    plural: plural.to_string(),
+                },
+                ns: None,
+                name,
+                sub,
+                watch_path,
+            }
+        }
+        [] => {
+            return Err(ApiError::new(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+            ));
+        }
+    };
+    resource(shared, method, t, q, ct, body)
+}
+
+fn selectors(q: &HashMap<String, String>) -> Result<Selectors, ApiError> {
+    Ok(Selectors {
+        labels: LabelSelector::parse(q.get("labelSelector").map(String::as_str).unwrap_or(""))?,
+        fields: FieldSelector::parse(q.get("fieldSelector").map(String::as_str).unwrap_or(""))?,
+    })
+}
+
+fn parse_rv(s: &str) -> Result<u64, ApiError> {
+    s.parse()
+        .map_err(|_| ApiError::bad_request(format!("invalid resource version: {s:?}")))
+}
+
+fn hex(s: &str) -> String {
+    s.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<String> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect();
+    String::from_utf8(bytes?).ok()
+}
+
+fn resource(
+    shared: &Shared,
+    method: &Method,
+    t: Target,
+    q: &HashMap<String, String>,
+    ct: &str,
+    body: &Bytes,
+) -> Result<Response<Body>, ApiError> {
+    let def = shared.storage.lock().def(&t.res)?;
+    let is_watch = t.watch_path || q.get("watch").is_some_and(|w| w == "true" || w == "1");
+    let verb = match (method, &t.name, is_watch) {
+        (&Method::GET, _, true) => "watch",
+        (&Method::GET, Some(_), _) => "get",
+        (&Method::GET, None, _) => "list",
+        (&Method::POST, None, _) => "create",
+        (&Method::PUT, Some(_), _) => "update",
+        (&Method::PATCH, Some(_), _) => "patch",
+        (&Method::DELETE, Some(_), _) => "delete",
+        (&Method::DELETE, None, _) => "deletecollection",
+        _ => return Err(ApiError::method_not_allowed()),
+    };
+    if let Some(e) = shared.faults.take_failure(verb, &def.plural) {
+        return Err(e);
+    }
+    if def.namespaced && t.ns.is_none() && !matches!(verb, "list" | "watch") {
+        return Err(ApiError::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        ));
+    }
+    if !def.namespaced && t.ns.is_some() {
+        return Err(ApiError::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        ));
+    }
+    let status_only = match t.sub.as_deref() {
+        None => false,
+        Some("status") if def.status => true,
+        Some(_) => {
+            return Err(ApiError::new(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+            ));
+        }
+    };
+    let ns = t.ns.clone().unwrap_or_default();
+    let name = t.name.clone().unwrap_or_default();
+    tracing::debug!(resource = %def.plural, namespace = %ns, name = %name, verb, "request");
+    match verb {
+        "get" => Ok(json_response(
+            200,
+            &*shared.storage.lock().get(&t.res, &ns, &name)?,
+        )),
+        "list" => list(shared, &t, q),
+        "watch" => watch(shared, &t, q),
+        "create" => {
+            let obj = parse_body(body)?;
+            let created = shared.storage.lock().create(&t.res, &ns, obj)?;
+            Ok(json_response(201, &created))
+        }
+        "update" => {
+            let obj = parse_body(body)?;
+            Ok(json_response(
+                200,
+                &*shared
+                    .storage
+                    .lock()
+                    .update(&t.res, &ns, &name, obj, status_only)?,
+            ))
+        }
+        "patch" => {
+            let patch = parse_body(body)?;
+            let media = ct.split(';').next().unwrap_or_default().trim();
+            let mut s = shared.storage.lock();
+            if media == "application/apply-patch+yaml" {
+                if q.get("fieldManager").is_none_or(String::is_empty) {
+                    return Err(ApiError::invalid(
+                        "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch",
+                    ));
+                }
+                if s.get(&t.res, &ns, &name).is_err() && !status_only {
+                    let mut obj = patch;
+                    obj["metadata"]["name"] = json!(name);
+                    return Ok(json_response(201, &*s.create(&t.res, &ns, obj)?));
+                }
+            }
+            let current = s.get(&t.res, &ns, &name)?;
+            let mut doc = (*current).clone();
+            match media {
+                "application/json-patch+json" => json_patch(&mut doc, &patch)?,
+                "application/merge-patch+json"
+                | "application/strategic-merge-patch+json"
+                | "application/apply-patch+yaml" => merge_patch(&mut doc, &patch),
+                other => {
+                    return Err(ApiError::new(
+                        415,
+                        "UnsupportedMediaType",
+                        format!("the body of the request was in an unknown format: {other}"),
+                    ));
+                }
+            }
+            // A patch carrying a resourceVersion is a precondition; otherwise it applies to the latest.
+            let precondition = patch.pointer("/metadata/resourceVersion").cloned();
+            doc["metadata"]["resourceVersion"] =
+                precondition.unwrap_or_else(|| current["metadata"]["resourceVersion"].clone());
+            Ok(json_response(
+                200,
+                &*s.update(&t.res, &ns, &name, doc, status_only)?,
+            ))
+        }
+        "delete" => {
+            let opts = if body.is_empty() {
+                json!({})
+            } else {
+                parse_body(body)?
+            };
+            Ok(json_response(
+                200,
+                &*shared.storage.lock().delete(&t.res, &ns, &name, &opts)?,
+            ))
+        }
+        _ => {
+            let sel = selectors(q)?;
+            let mut s = shared.storage.lock();
+            let objs = s.snapshot(&t.res, None)?;
+            let mut items = Vec::new();
+            for ((ons, oname), o) in objs {
+                if (t.ns.is_none() || ons == ns) && sel.matches(&o) {
+                    items.push(s.delete(&t.res, &ons, &oname, &json!({}))?);
+                }
+            }
+            let items: Vec<&Value> = items.iter().map(|a| &**a).collect();
+            Ok(json_response(
+                200,
+                &json!({"apiVersion": def.api_version(), "kind": format!("{}List", def.kind), "metadata": {"resourceVersion": s.current_rv().to_string()}, "items": items}),
+            ))
+        }
+    }
+}
+
+fn list(
+    shared: &Shared,
+    t: &Target,
+    q: &HashMap<String, String>,
+) -> Result<Response<Body>, ApiError> {
+    let def = shared.storage.lock().def(&t.res)?;
+    let sel = selectors(q)?;
+    let limit: usize = match q.get("limit") {
+        Some(l) => l
+            .parse()
+            .map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}")))?,
+        None => 0,
+    };
+    let rv = q.get("resourceVersion").map(String::as_str).unwrap_or("");
+    let rv_match = q
+        .get("resourceVersionMatch")
+        .map(String::as_str)
+        .unwrap_or("");
+    let s = shared.storage.lock();
+    let (at, start_after) = match q.get("continue").filter(|c| !c.is_empty()) {
+        Some(token) => {
+            let decoded =
+                unhex(token).ok_or_else(|| ApiError::bad_request("continue key is not valid"))?;
+            let (rv_s, key) = decoded
+                .split_once('\n')
+                .ok_or_else(|| ApiError::bad_request("continue key is not valid"))?;
+            let rv = parse_rv(rv_s)?;
+            if rv < s.oldest_rv() {
+                return Err(ApiError::gone(
+                    "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
+                ));
+            }
+            let (kns, kname) = key
+                .split_once('/')
+                .ok_or_else(|| ApiError::bad_request("continue key is not valid"))?;
+            (rv, Some((kns.to_string(), kname.to_string())))
+        }
+        None => {
+            let at = match (rv, rv_match) {
+                ("" | "0", "") | ("", "NotOlderThan") | ("0", "NotOlderThan") => s.current_rv(),
+                (n, "NotOlderThan" | "") => {
+                    let n = parse_rv(n)?;
+                    if n > s.current_rv() {
+                        return Err(ApiError::new(
+                            504,
+                            "Timeout",
+                            format!(
+                                "Too large resource version: {n}, current: {}",
+                                s.current_rv()
+                            ),
+                        ));
+                    }
+                    s.current_rv()
+                }
+                ("" | "0", "Exact") => {
+                    return Err(ApiError::invalid(
+                        "resourceVersionMatch: Forbidden: resourceVersionMatch \"Exact\" is forbidden for resourceVersion \"\" or \"0\"",
+                    ));
+                }
+                (n, "Exact") => parse_rv(n)?,
+                (_, other) => {
+                    return Err(ApiError::invalid(format!(
+                        "resourceVersionMatch: Unsupported value: {other:?}"
+                    )));
+                }
+            };
+            (at, None)
+        }
+    };
+    let objs = s.snapshot(&t.res, Some(at))?;
+    drop(s);
+    let mut items: Vec<&Value> = Vec::new();
+    let mut cont = None;
+    let mut remaining = 0usize;
+    for ((ons, oname), o) in objs.iter() {
+        if let Some(sa) = &start_after {
+            if (ons, oname) <= (&sa.0, &sa.1) {
+                continue;
+            }
+        }
+        if t.ns.as_ref().is_some_and(|n| n != ons) || !sel.matches(o) {
+            continue;
+        }
+        if limit > 0 && items.len() == limit {
+            if cont.is_none() {
+                let last = items.last().map(|l| {
+                    let m = |f: &str| {
+                        l.pointer(&format!("/metadata/{f}"))
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_string()
+                    };
+                    (
+                        if def.namespaced {
+                            m("namespace")
+                        } else {
+                            String::new()
+                        },
+                        m("name"),
+                    )
+                });
+                if let Some((lns, lname)) = last {
+                    cont = Some(hex(&format!("{at}\n{lns}/{lname}")));
+                }
+            }
+            remaining += 1;
+            continue;
+        }
+        items.push(o);
+    }
+    let mut meta = json!({"resourceVersion": at.to_string()});
+    if let Some(c) = cont {
+        meta["continue"] = json!(c);
+        meta["remainingItemCount"] = json!(remaining);
+    }
+    Ok(json_response(
+        200,
+        &json!({"apiVersion": def.api_version(), "kind": format!("{}List", def.kind), "metadata": meta, "items": items}),
+    ))
+}
+
+fn watch(
+    shared: &Shared,
+    t: &Target,
+    q: &HashMap<String, String>,
+) -> Result<Response<Body>, ApiError> {
+    let sel = selectors(q)?;
+    let rv = q.get("resourceVersion").map(String::as_str).unwrap_or("");
+    let send_initial = q.get("sendInitialEvents").is_some_and(|v| v == "true");
+    if send_initial && q.get("resourceVersionMatch").map(String::as_str) != Some("NotOlderThan") {
+        return Err(ApiError::invalid(
+            "resourceVersionMatch: Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
+        ));
+    }
+    let from = match rv {
+        "" | "0" => WatchFrom::Current,
+        _ if send_initial => WatchFrom::Current,
+        n => WatchFrom::After(parse_rv(n)?),
+    };
+    let bookmarks = q
+        .get("allowWatchBookmarks")
+        .is_some_and(|v| v == "true")
+        .then_some(shared.bookmark_interval);
+    let timeout = match q.get("timeoutSeconds") {
+        Some(s) => Some(Duration::from_secs(s.parse().map_err(|_| {
+            ApiError::bad_request(format!("invalid timeoutSeconds {s:?}"))
+        })?)),
+        None => None,
+    };
+    let (def, start) = {
+        let mut s = shared.storage.lock();
+        let def = s.def(&t.res)?;
+        let start = s.watch(&t.res, t.ns.as_deref(), &sel, from)?;
+        (def, start)
+    };
+    let opts = WatchOptions {
+        namespace: t.ns.clone(),
+        selectors: sel,
+        bookmarks,
+        timeout,
+        initial_end_bookmark: send_initial,
+    };
+    let frames = stream(def, start, opts).map(|b| Ok::<_, Infallible>(Frame::data(b)));
+    let mut r = Response::new(BodyExt::boxed(StreamBody::new(frames)));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    Ok(r)
+}

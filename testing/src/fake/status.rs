@@ -1,0 +1,118 @@
+//! API errors as `metav1.Status`.
+//!
+//! Every failure the fake server reports goes through [`ApiError`], so clients always receive a
+//! `Status` object with the HTTP code and `reason` a real apiserver would use; `kube::Client` turns
+//! these into `kube::Error::Api` with the same fields.
+
+use serde_json::{Value, json};
+
+/// A failed API request, rendered as a `metav1.Status` body.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{code} {reason}: {message}")]
+pub struct ApiError {
+    /// HTTP status code.
+    pub code: u16,
+    /// `metav1.StatusReason`, e.g. `NotFound`.
+    pub reason: &'static str,
+    /// Human readable message.
+    pub message: String,
+    /// `details.name`, `details.group`, `details.kind` when known.
+    pub details: Option<(String, String, String)>,
+}
+
+impl ApiError {
+    /// A new error with a code, reason and message.
+    pub fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            reason,
+            message: message.into(),
+            details: None,
+        }
+    }
+
+    /// 400 BadRequest.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(400, "BadRequest", message)
+    }
+
+    /// 404 NotFound for a named object of a resource.
+    pub fn not_found(group: &str, plural: &str, name: &str) -> Self {
+        let gr = if group.is_empty() {
+            plural.to_string()
+        } else {
+            format!("{plural}.{group}")
+        };
+        let mut e = Self::new(404, "NotFound", format!("{gr} \"{name}\" not found"));
+        e.details = Some((name.to_string(), group.to_string(), plural.to_string()));
+        e
+    }
+
+    /// 409 AlreadyExists.
+    pub fn already_exists(group: &str, plural: &str, name: &str) -> Self {
+        let gr = if group.is_empty() {
+            plural.to_string()
+        } else {
+            format!("{plural}.{group}")
+        };
+        let mut e = Self::new(
+            409,
+            "AlreadyExists",
+            format!("{gr} \"{name}\" already exists"),
+        );
+        e.details = Some((name.to_string(), group.to_string(), plural.to_string()));
+        e
+    }
+
+    /// 409 Conflict for a stale resourceVersion or failed precondition.
+    pub fn conflict(group: &str, plural: &str, name: &str, why: &str) -> Self {
+        let gr = if group.is_empty() {
+            plural.to_string()
+        } else {
+            format!("{plural}.{group}")
+        };
+        let mut e = Self::new(
+            409,
+            "Conflict",
+            format!("Operation cannot be fulfilled on {gr} \"{name}\": {why}"),
+        );
+        e.details = Some((name.to_string(), group.to_string(), plural.to_string()));
+        e
+    }
+
+    /// 422 Invalid.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(422, "Invalid", message)
+    }
+
+    /// 410 Expired (resourceVersion or continue token too old).
+    pub fn gone(message: impl Into<String>) -> Self {
+        Self::new(410, "Expired", message)
+    }
+
+    /// 405 MethodNotAllowed.
+    pub fn method_not_allowed() -> Self {
+        Self::new(
+            405,
+            "MethodNotAllowed",
+            "the server does not allow this method on the requested resource",
+        )
+    }
+
+    /// The `metav1.Status` JSON body.
+    pub fn to_status(&self) -> Value {
+        let mut s = json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.message,
+            "reason": self.reason,
+            "code": self.code,
+        });
+        if let Some((name, group, kind)) = &self.details {
+            s["details"] = json!({ "name": name, "group": group, "kind": kind });
+        }
+        s
+    }
+}
