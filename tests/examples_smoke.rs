@@ -1,0 +1,203 @@
+//! Smoke tests for the examples: each one runs the built example binary in its embedded mode (no
+//! cluster) with a deterministic exit condition and checks what it printed.
+//!
+//! `cargo test` builds the examples before running integration tests, into
+//! `<target>/<profile>/examples/<name>`; this test binary lives in `<target>/<profile>/deps`, so the
+//! examples are found next to it. Running the binaries (rather than `cargo run --example`) keeps
+//! these tests fast and free of cargo locks.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+/// The built example `name`, beside this test binary.
+fn example_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary knows its own path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test binaries live in <target>/<profile>/deps");
+    let path = profile_dir
+        .join("examples")
+        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        path.exists(),
+        "example binary {} is missing: run through `cargo test`, which builds the examples",
+        path.display()
+    );
+    path
+}
+
+/// Runs the example with `args`, killing it after `limit` (a hung example fails the test instead
+/// of hanging it). Returns its output once it exited.
+fn run_example(name: &str, args: &[&str], limit: Duration) -> Output {
+    let mut child = Command::new(example_binary(name))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the example starts");
+    let started = Instant::now();
+    loop {
+        if child.try_wait().expect("can poll the example").is_some() {
+            break;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let output = child.wait_with_output().expect("collect output");
+            panic!(
+                "{name} did not exit within {limit:?}\nstdout:\n{}\nstderr:\n{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let output = child.wait_with_output().expect("collect output");
+    assert!(
+        output.status.success(),
+        "{name} failed with {}\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// The value of a `| name | value |` row in the last metrics table printed.
+fn last_table_value(stdout: &str, metric: &str) -> Option<String> {
+    stdout.lines().rev().find_map(|line| {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        (cells.len() == 4 && cells[1] == metric).then(|| cells[2].to_string())
+    })
+}
+
+#[test]
+fn workqueue_demo_retries_each_key_its_planned_number_of_times_and_counts_them() {
+    // 2 producers x 4 keys: key n fails n % 3 times, so 0 + 1 + 2 + 0 = 3 retries per producer.
+    let output = run_example(
+        "workqueue-demo",
+        &[
+            "--rounds",
+            "1",
+            "--producers",
+            "2",
+            "--items",
+            "4",
+            "--workers",
+            "2",
+            "--work-ms",
+            "1",
+            "--base-delay-ms",
+            "5",
+            "--interval-ms",
+            "10",
+        ],
+        Duration::from_secs(60),
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let succeeded = stdout
+        .lines()
+        .filter(|l| l.contains("succeeded  after"))
+        .count();
+    let failed = stdout
+        .lines()
+        .filter(|l| l.contains("failed     retry in"))
+        .count();
+    assert_eq!(succeeded, 8, "{stdout}");
+    assert_eq!(failed, 6, "{stdout}");
+    // Key 2 fails twice, so it succeeds on its third attempt.
+    assert!(
+        stdout.lines().any(|l| {
+            let cells: Vec<&str> = l.split_whitespace().collect();
+            cells.get(2..6) == Some(&["p0-2", "3", "succeeded", "after"][..])
+        }),
+        "{stdout}"
+    );
+    assert_eq!(
+        last_table_value(&stdout, "retries").as_deref(),
+        Some("6"),
+        "{stdout}"
+    );
+    // Every key once, plus once more per retry.
+    assert_eq!(
+        last_table_value(&stdout, "adds").as_deref(),
+        Some("14"),
+        "{stdout}"
+    );
+    assert_eq!(
+        last_table_value(&stdout, "succeeded").as_deref(),
+        Some("8"),
+        "{stdout}"
+    );
+    assert_eq!(
+        last_table_value(&stdout, "depth").as_deref(),
+        Some("0"),
+        "{stdout}"
+    );
+}
+
+/// The `N claims, total ...` summary lines, in the order printed.
+fn pvc_totals(stdout: &str) -> Vec<String> {
+    stdout
+        .lines()
+        .filter(|l| l.contains(" claims, total "))
+        .map(|l| l.split(", limit").next().unwrap_or(l).to_string())
+        .collect()
+}
+
+#[test]
+fn pvcwatch_reports_both_limit_crossings_and_returns_to_the_seeded_total_after_one_workload_cycle()
+{
+    // One workload cycle is 7 changes: two claims created, one bound, a volume grown, both new
+    // claims deleted and the volume shrunk back.
+    let output = run_example(
+        "pvcwatch",
+        &["--exit-after-events", "7", "--interval-ms", "20"],
+        Duration::from_secs(60),
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("NAME"), "{stdout}");
+    assert!(stdout.contains("STATUS"), "{stdout}");
+    assert!(stdout.contains("CAPACITY"), "{stdout}");
+    assert!(stdout.contains("shop/postgres-data-0"), "{stdout}");
+    assert!(stdout.contains("team-a/legacy-export"), "{stdout}");
+    assert!(stdout.contains("12Gb (malformed)"), "{stdout}");
+    assert!(
+        stdout.contains("! team-a/legacy-export: unknown suffix"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("ADDED    team-a/burst-a"), "{stdout}");
+    assert!(stdout.contains("DELETED  team-a/burst-b"), "{stdout}");
+    let above = stdout.find(">>> ABOVE the limit").expect("crossed above");
+    let below = stdout
+        .find("<<< back BELOW the limit")
+        .expect("crossed back below");
+    assert!(above < below, "{stdout}");
+    assert!(stdout.contains("7 changes seen"), "{stdout}");
+    let totals = pvc_totals(&stdout);
+    assert_eq!(totals.len(), 2, "{stdout}");
+    assert_eq!(
+        totals[0], totals[1],
+        "one cycle ends where it started:\n{stdout}"
+    );
+    assert!(totals[0].starts_with("20 claims"), "{stdout}");
+}
+
+#[test]
+fn pvcwatch_filters_by_namespace_and_label_selector() {
+    let output = run_example(
+        "pvcwatch",
+        &["-n", "shop", "-l", "app=redis", "--exit-after-events", "0"],
+        Duration::from_secs(60),
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let totals = pvc_totals(&stdout);
+    assert_eq!(
+        totals.first().map(String::as_str),
+        Some("5 claims, total 10Gi (5.0% of 200Gi)"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("postgres"), "{stdout}");
+}
