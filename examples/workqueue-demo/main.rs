@@ -361,22 +361,3 @@ async fn main() -> std::process::ExitCode {
         }
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::planned_failures;
-
-    #[test]
-    fn planned_failures_follow_the_key_index_modulo_three() {
-        for (key, failures) in [
-            ("p0-0", 0),
-            ("p1-1", 1),
-            ("p0-2", 2),
-            ("p3-5", 2),
-            ("p0-9", 0),
-            ("odd", 0),
-        ] {
-            assert_eq!(planned_failures(key), failures, "{key}");
-        }
-    }
-}
