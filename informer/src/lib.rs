@@ -7,8 +7,15 @@
 //! |---|---|
 //! | [`key`] | object keys (`namespace/name`) |
 //! | [`fifo`] | the seam between the Reflector and the delta queue |
+//! | [`informer`] | `SharedIndexInformer`: reflector, FIFO, store and handlers joined |
+//! | [`processor`] | fan-out of notifications to event handlers |
 
+pub mod delta_fifo;
 pub mod fifo;
+pub mod informer;
 pub mod key;
+pub mod lister;
+pub mod processor;
 pub mod reflector;
 pub mod source;
+pub mod store;

@@ -1,0 +1,630 @@
+//! The DeltaFIFO: a queue of per-object change lists between the Reflector and the informer.
+//!
+//! # Why
+//!
+//! The Reflector produces changes faster than handlers may consume them, and a controller only
+//! ever cares about the *latest* state of an object plus what happened to it. The DeltaFIFO
+//! (client-go's classic `DeltaFIFO` with `EmitDeltaTypeReplaced`) therefore keeps one queue entry
+//! per object key and accumulates that object's [`Delta`]s under it, so a burst of updates to one
+//! object costs one pop, yet no change is lost and none is reordered.
+//!
+//! # Contract
+//!
+//! - **One entry per key.** A key appears in the queue once however many deltas it has; it keeps
+//!   its *first* position until popped (no line jumping). [`DeltaFifo::pop`] hands over the key's
+//!   whole delta list, oldest first.
+//! - **Deletion dedupe.** When the last two deltas of a key are both `Deleted`, they collapse into
+//!   one: the older one is kept (it carries the real object) unless it is a
+//!   [`DeletedFinalStateUnknown`] tombstone, then the newer one is kept. No other coalescing
+//!   happens (`Added` then `Updated` stays two deltas).
+//! - **Ignored deletes.** `delete` of a key that is neither queued nor in the known objects (the
+//!   Indexer) is dropped: there is nothing the informer could tell a handler about.
+//! - **Relist, page by page.** [`replace_page`](ReflectorSink::replace_page) appends a `Replaced`
+//!   delta for every listed object (even after a `Deleted`) and remembers its key;
+//!   [`replace_done`](ReflectorSink::replace_done) then appends `Deleted` with a
+//!   [`DeletedFinalStateUnknown`] tombstone for every queued key and every known key that no page
+//!   listed, carrying the newest queued object (a tombstone's object unwrapped) or the known
+//!   object. Tombstones come after the listed objects. [`replace_begin`](ReflectorSink::replace_begin)
+//!   forgets the keys of an abandoned relist.
+//! - **Requeue.** If the processing closure returns [`ProcessError::Requeue`], the deltas go back
+//!   at the *front* of the queue; deltas that arrived for the key meanwhile are kept after them.
+//! - **Synced.** [`DeltaFifo::has_synced`] is true once the first relist is complete
+//!   (`replace_done` returned) and every key that relist queued has been popped. The *initial
+//!   population* is the set of keys queued by any page or by the tombstones of that first relist;
+//!   popping a key removes it from the set (a key popped before `replace_done`, between pages,
+//!   counts as popped); a requeued key goes back into the set. Watch events before the first relist
+//!   do not make the FIFO synced. The `is_in_initial_list` flag of a pop is `!has_synced()` at the
+//!   moment the key is taken.
+//! - **Resync.** [`DeltaFifo::resync`] appends a `Sync` delta (the cached object) for every known
+//!   key with nothing queued, so a stale object never overtakes a queued change.
+//! - **Close.** After [`DeltaFifo::close`], pending and future pops return
+//!   [`PopError::Closed`] at once (queued deltas are dropped: the informer is stopping), and
+//!   writes return [`FifoError::Closed`].
+//! - **One consumer.** Pops are serialized. While the closure runs, writes that consult the known
+//!   objects (`delete`, `replace_done`, `resync`) wait, so the store and the queue never disagree
+//!   about a key in flight; `add`, `update` and `replace_page` do not wait. The closure must not
+//!   call back into the FIFO's `delete`, `replace_done` or `resync`.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use k8s_openapi::api::core::v1::ConfigMap;
+//! use kube::api::ObjectMeta;
+//! use reflex_informer::delta_fifo::DeltaFifo;
+//! use reflex_informer::fifo::{DeltaType, ReflectorSink};
+//! use reflex_informer::store::Indexer;
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let cm = |name: &str| Arc::new(ConfigMap {
+//!     metadata: ObjectMeta { namespace: Some("ns".into()), name: Some(name.into()), ..Default::default() },
+//!     ..Default::default()
+//! });
+//! let store = Indexer::<ConfigMap>::new();
+//! let fifo = DeltaFifo::new(Some(Arc::new(store.clone())));
+//! fifo.replace_page(vec![cm("a")]).unwrap();
+//! fifo.replace_done("10").unwrap();
+//! fifo.update(cm("a")).unwrap();
+//! assert!(!fifo.has_synced());
+//! let kinds = fifo
+//!     .pop(|popped| {
+//!         assert!(popped.is_in_initial_list);
+//!         Ok(popped.deltas.iter().map(|d| d.kind).collect::<Vec<_>>())
+//!     })
+//!     .await
+//!     .unwrap();
+//! assert_eq!(kinds, [DeltaType::Replaced, DeltaType::Updated]);
+//! assert!(fifo.has_synced());
+//! # }
+//! ```
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::error::Error as StdError;
+use std::fmt;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use crate::fifo::{
+    DeletedFinalStateUnknown, Delta, DeltaObject, DeltaType, FifoError, ReflectorSink,
+};
+use crate::key::ObjectKey;
+use crate::store::{Indexer, KeyFunc, meta_key_func};
+
+/// A boxed error from a processing closure.
+pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
+
+/// The objects the informer already has, as the DeltaFIFO needs to see them: to ignore deletes
+/// of unknown keys, to tombstone keys a relist no longer lists, and to resync.
+///
+/// Implemented by [`Indexer`].
+pub trait KnownObjects<K>: Send + Sync {
+    /// Every known key.
+    fn list_keys(&self) -> Vec<ObjectKey>;
+    /// The known object under `key`.
+    fn get_by_key(&self, key: &ObjectKey) -> Option<Arc<K>>;
+}
+
+impl<K: Send + Sync + 'static> KnownObjects<K> for Indexer<K> {
+    fn list_keys(&self) -> Vec<ObjectKey> {
+        Indexer::list_keys(self)
+    }
+
+    fn get_by_key(&self, key: &ObjectKey) -> Option<Arc<K>> {
+        Indexer::get_by_key(self, key)
+    }
+}
+
+/// What a pop hands to the processing closure: one key and everything that happened to it.
+#[derive(Debug)]
+pub struct Popped<K> {
+    /// The object's key.
+    pub key: ObjectKey,
+    /// The key's deltas, oldest first; never empty.
+    pub deltas: Vec<Delta<K>>,
+    /// Whether the FIFO had not yet synced when this key was taken (the deltas belong to the
+    /// initial list, as far as a handler is concerned).
+    pub is_in_initial_list: bool,
+}
+
+impl<K> Popped<K> {
+    /// The newest delta.
+    pub fn newest(&self) -> Option<&Delta<K>> {
+        self.deltas.last()
+    }
+}
+
+/// What a processing closure reports when it could not process a key's deltas.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    /// Put the deltas back at the front of the queue and try again later.
+    #[error("processing failed, deltas requeued: {0}")]
+    Requeue(#[source] BoxError),
+    /// Give up on these deltas (they are dropped).
+    #[error("processing failed: {0}")]
+    Failed(#[source] BoxError),
+}
+
+/// Why a pop did not process anything successfully.
+#[derive(Debug, thiserror::Error)]
+pub enum PopError {
+    /// The FIFO is closed.
+    #[error("the FIFO is closed")]
+    Closed,
+    /// The closure asked for a requeue; the deltas of `key` are back at the front.
+    #[error("processing {key} failed, deltas requeued")]
+    Requeued {
+        /// The key whose deltas were requeued.
+        key: ObjectKey,
+        /// The closure's error.
+        #[source]
+        source: BoxError,
+    },
+    /// The closure failed; the deltas of `key` were dropped.
+    #[error("processing {key} failed, deltas dropped")]
+    Failed {
+        /// The key whose deltas were dropped.
+        key: ObjectKey,
+        /// The closure's error.
+        #[source]
+        source: BoxError,
+    },
+}
+
+/// The processing closure of [`Fifo::pop`]: it may run once per pop.
+pub type ProcessFn<'a, K> = dyn FnMut(Popped<K>) -> Result<(), ProcessError> + Send + 'a;
+
+/// The queue interface the informer drives: a [`ReflectorSink`] that can be popped.
+///
+/// [`DeltaFifo`] is the classic implementation; an in-order FIFO (client-go 1.36's `RealFIFO`)
+/// can implement this trait and be chosen as an informer option without touching the Reflector
+/// or the processor. The trait is dyn-compatible (`Arc<dyn Fifo<K>>`).
+pub trait Fifo<K>: ReflectorSink<K> {
+    /// Waits for the next key, hands its deltas to `process`, and applies the closure's verdict
+    /// (see [`DeltaFifo::pop`]).
+    fn pop<'a>(&'a self, process: &'a mut ProcessFn<'a, K>) -> BoxFuture<'a, Result<(), PopError>>;
+    /// Whether the first relist completed and every key it queued was popped.
+    fn has_synced(&self) -> bool;
+    /// Queues a `Sync` for every known key with nothing queued.
+    fn resync(&self) -> Result<(), FifoError>;
+    /// Closes the FIFO: pops return [`PopError::Closed`] promptly, writes fail.
+    fn close(&self);
+    /// Whether [`close`](Fifo::close) was called.
+    fn is_closed(&self) -> bool;
+    /// How many keys are queued.
+    fn len(&self) -> usize;
+    /// Whether no key is queued.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The relist in progress: keys listed by its pages so far.
+#[derive(Default)]
+struct Relist {
+    seen: HashSet<ObjectKey>,
+}
+
+struct State<K> {
+    items: HashMap<ObjectKey, Vec<Delta<K>>>,
+    queue: VecDeque<ObjectKey>,
+    relist: Option<Relist>,
+    /// True once the first relist's `replace_done` ran.
+    initial_relist_done: bool,
+    /// Keys queued by the first relist and not popped yet.
+    initial_pending: HashSet<ObjectKey>,
+    closed: bool,
+}
+
+impl<K> State<K> {
+    fn has_synced(&self) -> bool {
+        self.initial_relist_done && self.initial_pending.is_empty()
+    }
+
+    /// Appends a delta for `key`, queueing the key if new; applies the deletion dedupe.
+    fn push(&mut self, key: ObjectKey, delta: Delta<K>) {
+        match self.items.get_mut(&key) {
+            Some(deltas) => {
+                deltas.push(delta);
+                dedup_deletions(deltas);
+            }
+            None => {
+                self.queue.push_back(key.clone());
+                self.items.insert(key, vec![delta]);
+            }
+        }
+    }
+
+    /// Puts popped deltas back at the front, before any that arrived meanwhile.
+    fn requeue(&mut self, key: ObjectKey, mut deltas: Vec<Delta<K>>) {
+        if let Some(newer) = self.items.remove(&key) {
+            if let Some(pos) = self.queue.iter().position(|k| *k == key) {
+                self.queue.remove(pos);
+            }
+            for delta in newer {
+                deltas.push(delta);
+                dedup_deletions(&mut deltas);
+            }
+        }
+        self.queue.push_front(key.clone());
+        self.items.insert(key, deltas);
+    }
+}
+
+/// Collapses the last two deltas when both are deletions (see the module contract).
+fn dedup_deletions<K>(deltas: &mut Vec<Delta<K>>) {
+    let n = deltas.len();
+    if n < 2 {
+        return;
+    }
+    let (older, newer) = (&deltas[n - 2], &deltas[n - 1]);
+    if older.kind != DeltaType::Deleted || newer.kind != DeltaType::Deleted {
+        return;
+    }
+    if older.object.is_tombstone() {
+        deltas.swap_remove(n - 2);
+    } else {
+        deltas.pop();
+    }
+}
+
+/// Client-go's classic DeltaFIFO. See the [module docs](self) for the contract.
+pub struct DeltaFifo<K> {
+    state: Mutex<State<K>>,
+    /// Serializes processing with the writes that consult `known`.
+    processing: Mutex<()>,
+    notify: Notify,
+    known: Option<Arc<dyn KnownObjects<K>>>,
+    key_fn: KeyFunc<K>,
+}
+
+impl<K> fmt::Debug for DeltaFifo<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.state.lock();
+        f.debug_struct("DeltaFifo")
+            .field("queued", &state.queue.len())
+            .field("synced", &state.has_synced())
+            .field("closed", &state.closed)
+            .finish()
+    }
+}
+
+impl<K> DeltaFifo<K>
+where
+    K: kube::Resource + Send + Sync + 'static,
+{
+    /// A FIFO for a typed resource. `known` is the informer's store (`None`: deletes of keys not
+    /// queued are ignored, relists only tombstone queued keys, resync does nothing).
+    pub fn new(known: Option<Arc<dyn KnownObjects<K>>>) -> Self
+    where
+        K::DynamicType: Default + Send + Sync + 'static,
+    {
+        Self::with_key_func(meta_key_func::<K>(K::DynamicType::default()), known)
+    }
+}
+
+impl<K> DeltaFifo<K>
+where
+    K: Send + Sync + 'static,
+{
+    /// A FIFO with a custom key function (use the store's, [`Indexer::key_func`], so both agree).
+    pub fn with_key_func(key_fn: KeyFunc<K>, known: Option<Arc<dyn KnownObjects<K>>>) -> Self {
+        DeltaFifo {
+            state: Mutex::new(State {
+                items: HashMap::new(),
+                queue: VecDeque::new(),
+                relist: None,
+                initial_relist_done: false,
+                initial_pending: HashSet::new(),
+                closed: false,
+            }),
+            processing: Mutex::new(()),
+            notify: Notify::new(),
+            known,
+            key_fn,
+        }
+    }
+
+    fn open_state(&self) -> Result<parking_lot::MutexGuard<'_, State<K>>, FifoError> {
+        let state = self.state.lock();
+        if state.closed {
+            Err(FifoError::Closed)
+        } else {
+            Ok(state)
+        }
+    }
+
+    fn enqueue(&self, kind: DeltaType, obj: Arc<K>) -> Result<(), FifoError> {
+        let key = (self.key_fn)(&obj)?;
+        let mut state = self.open_state()?;
+        state.push(
+            key,
+            Delta {
+                kind,
+                object: DeltaObject::Object(obj),
+            },
+        );
+        drop(state);
+        self.notify.notify_one();
+        Ok(())
+    }
+
+    /// Waits for a queued key, removes it, and calls `process` with its deltas.
+    ///
+    /// - `Ok(t)`: the closure's result.
+    /// - [`ProcessError::Requeue`]: the deltas go back at the front, merged before newer deltas
+    ///   for the key; returns [`PopError::Requeued`].
+    /// - [`ProcessError::Failed`]: the deltas are dropped; returns [`PopError::Failed`].
+    /// - [`PopError::Closed`] as soon as the FIFO is closed.
+    ///
+    /// Cancel-safe: dropping the future while it waits loses nothing.
+    pub async fn pop<T, F>(&self, process: F) -> Result<T, PopError>
+    where
+        F: FnOnce(Popped<K>) -> Result<T, ProcessError>,
+    {
+        loop {
+            let notified = self.notify.notified();
+            {
+                let _processing = self.processing.lock();
+                let mut state = self.state.lock();
+                if state.closed {
+                    return Err(PopError::Closed);
+                }
+                if let Some(key) = state.queue.pop_front() {
+                    let is_in_initial_list = !state.has_synced();
+                    let was_initial = state.initial_pending.remove(&key);
+                    let deltas = state.items.remove(&key).unwrap_or_default();
+                    drop(state);
+                    tracing::trace!(key = %key, deltas = deltas.len(), is_in_initial_list, "popped");
+                    let popped = Popped {
+                        key: key.clone(),
+                        deltas,
+                        is_in_initial_list,
+                    };
+                    // A requeue needs the deltas back: keep a cheap copy (Arc clones).
+                    let copy = popped.deltas.clone();
+                    return match process(popped) {
+                        Ok(t) => Ok(t),
+                        Err(ProcessError::Requeue(source)) => {
+                            let mut state = self.state.lock();
+                            if was_initial {
+                                state.initial_pending.insert(key.clone());
+                            }
+                            state.requeue(key.clone(), copy);
+                            drop(state);
+                            self.notify.notify_one();
+                            Err(PopError::Requeued { key, source })
+                        }
+                        Err(ProcessError::Failed(source)) => Err(PopError::Failed { key, source }),
+                    };
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Whether the first relist completed and every key it queued was popped.
+    pub fn has_synced(&self) -> bool {
+        self.state.lock().has_synced()
+    }
+
+    /// Queues a `Sync` delta (the cached object) for every known key with nothing queued.
+    pub fn resync(&self) -> Result<(), FifoError> {
+        let Some(known) = &self.known else {
+            return Ok(());
+        };
+        let _processing = self.processing.lock();
+        let mut state = self.open_state()?;
+        let mut queued = 0usize;
+        for key in known.list_keys() {
+            if state.items.contains_key(&key) {
+                continue;
+            }
+            if let Some(obj) = known.get_by_key(&key) {
+                state.push(
+                    key,
+                    Delta {
+                        kind: DeltaType::Sync,
+                        object: DeltaObject::Object(obj),
+                    },
+                );
+                queued += 1;
+            }
+        }
+        drop(state);
+        tracing::debug!(queued, "resync queued Sync deltas");
+        if queued > 0 {
+            self.notify.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Closes the FIFO: waiting and future pops return [`PopError::Closed`]; writes fail.
+    pub fn close(&self) {
+        self.state.lock().closed = true;
+        self.notify.notify_waiters();
+        self.notify.notify_one();
+    }
+
+    /// Whether [`close`](Self::close) was called.
+    pub fn is_closed(&self) -> bool {
+        self.state.lock().closed
+    }
+
+    /// How many keys are queued.
+    pub fn len(&self) -> usize {
+        self.state.lock().queue.len()
+    }
+
+    /// Whether no key is queued.
+    pub fn is_empty(&self) -> bool {
+        self.state.lock().queue.is_empty()
+    }
+
+    /// The queued keys, in queue order.
+    pub fn list_keys(&self) -> Vec<ObjectKey> {
+        self.state.lock().queue.iter().cloned().collect()
+    }
+
+    /// A copy of the deltas queued for `key` (cheap: objects are `Arc`s).
+    pub fn deltas_of(&self, key: &ObjectKey) -> Option<Vec<Delta<K>>> {
+        self.state.lock().items.get(key).cloned()
+    }
+}
+
+impl<K> ReflectorSink<K> for DeltaFifo<K>
+where
+    K: Send + Sync + 'static,
+{
+    fn add(&self, obj: Arc<K>) -> Result<(), FifoError> {
+        self.enqueue(DeltaType::Added, obj)
+    }
+
+    fn update(&self, obj: Arc<K>) -> Result<(), FifoError> {
+        self.enqueue(DeltaType::Updated, obj)
+    }
+
+    fn delete(&self, obj: Arc<K>) -> Result<(), FifoError> {
+        let key = (self.key_fn)(&obj)?;
+        let _processing = self.processing.lock();
+        let mut state = self.open_state()?;
+        let known = self
+            .known
+            .as_ref()
+            .is_some_and(|known| known.get_by_key(&key).is_some());
+        if !known && !state.items.contains_key(&key) {
+            tracing::trace!(key = %key, "delete of an unknown key ignored");
+            return Ok(());
+        }
+        state.push(
+            key,
+            Delta {
+                kind: DeltaType::Deleted,
+                object: DeltaObject::Object(obj),
+            },
+        );
+        drop(state);
+        self.notify.notify_one();
+        Ok(())
+    }
+
+    fn replace_begin(&self) {
+        self.state.lock().relist = Some(Relist::default());
+    }
+
+    fn replace_page(&self, items: Vec<Arc<K>>) -> Result<(), FifoError> {
+        // Key everything first, so a page is queued entirely or not at all.
+        let keyed = items
+            .into_iter()
+            .map(|obj| Ok(((self.key_fn)(&obj)?, obj)))
+            .collect::<Result<Vec<_>, FifoError>>()?;
+        let mut state = self.open_state()?;
+        let initial = !state.initial_relist_done;
+        let count = keyed.len();
+        for (key, obj) in keyed {
+            let relist = state.relist.get_or_insert_with(Relist::default);
+            relist.seen.insert(key.clone());
+            if initial {
+                state.initial_pending.insert(key.clone());
+            }
+            state.push(
+                key,
+                Delta {
+                    kind: DeltaType::Replaced,
+                    object: DeltaObject::Object(obj),
+                },
+            );
+        }
+        drop(state);
+        tracing::trace!(items = count, "relist page queued");
+        if count > 0 {
+            self.notify.notify_one();
+        }
+        Ok(())
+    }
+
+    fn replace_done(&self, resource_version: &str) -> Result<(), FifoError> {
+        let _processing = self.processing.lock();
+        let mut state = self.open_state()?;
+        let seen = state.relist.take().unwrap_or_default().seen;
+        let initial = !state.initial_relist_done;
+        let mut tombstones: Vec<(ObjectKey, Option<Arc<K>>)> = Vec::new();
+        for (key, deltas) in &state.items {
+            if seen.contains(key) {
+                continue;
+            }
+            let newest = deltas.last().and_then(|d| d.object.object().cloned());
+            tombstones.push((key.clone(), newest));
+        }
+        if let Some(known) = &self.known {
+            for key in known.list_keys() {
+                if seen.contains(&key) || state.items.contains_key(&key) {
+                    continue;
+                }
+                let obj = known.get_by_key(&key);
+                tombstones.push((key, obj));
+            }
+        }
+        let deleted = tombstones.len();
+        for (key, obj) in tombstones {
+            if initial {
+                state.initial_pending.insert(key.clone());
+            }
+            let tombstone = DeletedFinalStateUnknown {
+                key: key.clone(),
+                obj,
+            };
+            state.push(
+                key,
+                Delta {
+                    kind: DeltaType::Deleted,
+                    object: DeltaObject::Tombstone(tombstone),
+                },
+            );
+        }
+        state.initial_relist_done = true;
+        let synced = state.has_synced();
+        drop(state);
+        tracing::debug!(
+            resource_version,
+            listed = seen.len(),
+            deleted,
+            initial,
+            synced,
+            "relist complete"
+        );
+        if deleted > 0 {
+            self.notify.notify_one();
+        }
+        Ok(())
+    }
+}
+
+impl<K> Fifo<K> for DeltaFifo<K>
+where
+    K: Send + Sync + 'static,
+{
+    fn pop<'a>(&'a self, process: &'a mut ProcessFn<'a, K>) -> BoxFuture<'a, Result<(), PopError>> {
+        Box::pin(DeltaFifo::pop(self, process))
+    }
+
+    fn has_synced(&self) -> bool {
+        DeltaFifo::has_synced(self)
+    }
+
+    fn resync(&self) -> Result<(), FifoError> {
+        DeltaFifo::resync(self)
+    }
+
+    fn close(&self) {
+        DeltaFifo::close(self)
+    }
+
+    fn is_closed(&self) -> bool {
+        DeltaFifo::is_closed(self)
+    }
+
+    fn len(&self) -> usize {
+        DeltaFifo::len(self)
+    }
+}

@@ -1,0 +1,508 @@
+//! `SharedIndexInformer`: one reflector, one FIFO, one store and one processor for a resource.
+//!
+//! Contract (as client-go's `SharedInformer`):
+//! - The store ([`indexer`](SharedIndexInformer::indexer), [`lister`](SharedIndexInformer::lister))
+//!   is eventually consistent with the server: once changes stop, it holds exactly the server's
+//!   objects at their resourceVersions.
+//! - The store is updated *before* handlers hear about a change, so a handler that reads the
+//!   lister sees at least that change.
+//! - Every handler sees, in order, an `on_add` per object first seen, `on_update(old, new)` per
+//!   change, and `on_delete` per removal (the last object, or a
+//!   [`DeletedFinalStateUnknown`](crate::fifo::DeletedFinalStateUnknown) tombstone). Changes may
+//!   be coalesced (a key is the identity, not the UID). A relist or resync may deliver
+//!   `on_update(o, o)` with equal resourceVersions; such updates go only to handlers whose own
+//!   resync period is due (or to all when no handler resyncs).
+//! - A handler added after start first gets `on_add(obj, true)` for every object already cached,
+//!   atomically with respect to delta processing: it misses nothing and sees nothing twice.
+//! - Each handler runs in its own task with its own buffer (see [`processor`](crate::processor)).
+//!
+//! ```
+//! use std::sync::Arc;
+//! use k8s_openapi::api::core::v1::ConfigMap;
+//! use reflex_informer::informer::{InformerOptions, SharedIndexInformer};
+//! use reflex_informer::processor::handler_fn;
+//! use reflex_informer::source::memory::MemorySource;
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! let source = MemorySource::<ConfigMap>::new();
+//! let mut cm = ConfigMap::default();
+//! cm.metadata.namespace = Some("default".into());
+//! cm.metadata.name = Some("settings".into());
+//! source.apply(cm).unwrap();
+//!
+//! let informer = SharedIndexInformer::new(Arc::new(source.clone()), InformerOptions::default());
+//! let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+//! informer
+//!     .add_event_handler(handler_fn().on_add(move |cm: &Arc<ConfigMap>, _| {
+//!         let _ = tx.send(cm.metadata.name.clone());
+//!     }))
+//!     .unwrap();
+//! let shutdown = tokio_util::sync::CancellationToken::new();
+//! let run = tokio::spawn({
+//!     let informer = informer.clone();
+//!     let shutdown = shutdown.clone();
+//!     async move { informer.run(shutdown).await }
+//! });
+//! assert!(informer.wait_for_sync().await);
+//! assert_eq!(informer.lister().indexer().len(), 1);
+//! assert_eq!(rx.recv().await.unwrap().as_deref(), Some("settings"));
+//! shutdown.cancel();
+//! run.await.unwrap().unwrap();
+//! # }
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::delta_fifo::{DeltaFifo, KnownObjects, PopError, Popped, ProcessError};
+use crate::fifo::{DeltaObject, DeltaType, FifoError, ReflectorSink};
+use crate::lister::Lister;
+use crate::processor::{
+    Notification, Processor, ProcessorError, Registration, ResourceEventHandler,
+};
+use crate::reflector::{Reflector, ReflectorHandle, ReflectorOptions, WatchErrorHandler};
+use crate::source::ListWatch;
+use crate::store::{Indexer, StoreError};
+
+/// Rewrites an object before it enters the FIFO and the store (for example to drop
+/// `managedFields`). It receives the only reference to a freshly decoded object, so
+/// `Arc::unwrap_or_clone` does not copy. It may run more than once on an object: keep it
+/// idempotent.
+pub type Transform<K> = Arc<dyn Fn(Arc<K>) -> Arc<K> + Send + Sync>;
+
+/// Why the informer refused a request.
+#[derive(Debug, thiserror::Error)]
+pub enum InformerError {
+    /// The informer was stopped; it takes no new handlers and cannot run again.
+    #[error("the informer was stopped")]
+    Stopped,
+    /// The request is only valid before [`SharedIndexInformer::run`].
+    #[error("{0} is only allowed before the informer starts")]
+    AlreadyStarted(&'static str),
+    /// The processor refused the handler.
+    #[error("event handler registration failed")]
+    Processor(#[source] ProcessorError),
+    /// The store refused an index.
+    #[error("adding an index failed")]
+    Store(#[source] StoreError),
+}
+
+/// Options of a [`SharedIndexInformer`].
+#[derive(Debug, Clone, Default)]
+pub struct InformerOptions {
+    /// The default resync period of handlers added with
+    /// [`add_event_handler`](SharedIndexInformer::add_event_handler) (zero: no resync).
+    pub default_resync: Duration,
+    /// How the reflector lists and watches.
+    pub reflector: ReflectorOptions,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum RunState {
+    Idle,
+    Running,
+    Stopped,
+}
+
+struct Inner<K> {
+    source: Arc<dyn ListWatch<K>>,
+    options: InformerOptions,
+    indexer: Indexer<K>,
+    fifo: Arc<DeltaFifo<K>>,
+    processor: Processor<K>,
+    /// Held while a popped key's deltas go to the store and the processor, and while a late
+    /// handler receives the store's content: the two never interleave.
+    block_deltas: Mutex<()>,
+    transform: Mutex<Option<Transform<K>>>,
+    error_handler: Mutex<Option<WatchErrorHandler>>,
+    state: Mutex<RunState>,
+    reflector: Mutex<Option<ReflectorHandle>>,
+    synced: AtomicBool,
+    synced_changed: Notify,
+    stopped: CancellationToken,
+}
+
+/// A shared, indexed informer; a cheap-clone handle. See the [module docs](self).
+pub struct SharedIndexInformer<K> {
+    inner: Arc<Inner<K>>,
+}
+
+impl<K> Clone for SharedIndexInformer<K> {
+    fn clone(&self) -> Self {
+        SharedIndexInformer {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<K> fmt::Debug for SharedIndexInformer<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedIndexInformer")
+            .field("state", &*self.inner.state.lock())
+            .field("synced", &self.inner.synced.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+fn resource_version<K: kube::Resource>(obj: &K) -> Option<&str> {
+    obj.meta().resource_version.as_deref()
+}
+
+impl<K> SharedIndexInformer<K>
+where
+    K: kube::Resource + Send + Sync + 'static,
+    K::DynamicType: Default + Send + Sync + 'static,
+{
+    /// An informer over `source` for a typed resource (keys `namespace/name`).
+    pub fn new(source: Arc<dyn ListWatch<K>>, options: InformerOptions) -> Self {
+        Self::with_indexer(source, Indexer::new(), options)
+    }
+}
+
+impl<K> SharedIndexInformer<K>
+where
+    K: kube::Resource + Send + Sync + 'static,
+{
+    /// An informer over `source` filling `indexer` (use this for `DynamicObject`, whose store
+    /// needs its `ApiResource`: `Indexer::with_dyntype`).
+    pub fn with_indexer(
+        source: Arc<dyn ListWatch<K>>,
+        indexer: Indexer<K>,
+        options: InformerOptions,
+    ) -> Self {
+        let known: Arc<dyn KnownObjects<K>> = Arc::new(indexer.clone());
+        let fifo = Arc::new(DeltaFifo::with_key_func(indexer.key_func(), Some(known)));
+        SharedIndexInformer {
+            inner: Arc::new(Inner {
+                source,
+                processor: Processor::new(options.default_resync),
+                options,
+                indexer,
+                fifo,
+                block_deltas: Mutex::new(()),
+                transform: Mutex::new(None),
+                error_handler: Mutex::new(None),
+                state: Mutex::new(RunState::Idle),
+                reflector: Mutex::new(None),
+                synced: AtomicBool::new(false),
+                synced_changed: Notify::new(),
+                stopped: CancellationToken::new(),
+            }),
+        }
+    }
+
+    /// Adds a handler with the informer's default resync period; see
+    /// [`add_event_handler_with_resync`](Self::add_event_handler_with_resync).
+    pub fn add_event_handler(
+        &self,
+        handler: impl ResourceEventHandler<K>,
+    ) -> Result<Registration<K>, InformerError> {
+        self.add_event_handler_with_resync(handler, self.inner.options.default_resync)
+    }
+
+    /// Adds a handler with its own resync period (client-go's rules, see
+    /// [`Processor`]). Works before and after start; a late handler first receives `on_add(obj,
+    /// true)` for every cached object. After the informer stopped: [`InformerError::Stopped`].
+    pub fn add_event_handler_with_resync(
+        &self,
+        handler: impl ResourceEventHandler<K>,
+        resync: Duration,
+    ) -> Result<Registration<K>, InformerError> {
+        let _block = self.inner.block_deltas.lock();
+        if *self.inner.state.lock() == RunState::Stopped {
+            return Err(InformerError::Stopped);
+        }
+        let initial = self.inner.indexer.list();
+        self.inner
+            .processor
+            .add_handler(handler, resync, initial)
+            .map_err(|e| match e {
+                ProcessorError::Stopped => InformerError::Stopped,
+                other => InformerError::Processor(other),
+            })
+    }
+
+    /// Sets the transform applied to every object before it enters the FIFO and the store.
+    pub fn set_transform(&self, transform: Transform<K>) -> Result<(), InformerError> {
+        if *self.inner.state.lock() != RunState::Idle {
+            return Err(InformerError::AlreadyStarted("set_transform"));
+        }
+        *self.inner.transform.lock() = Some(transform);
+        Ok(())
+    }
+
+    /// Sets the handler called with every error that ends a list-and-watch round.
+    pub fn set_watch_error_handler(&self, handler: WatchErrorHandler) -> Result<(), InformerError> {
+        if *self.inner.state.lock() != RunState::Idle {
+            return Err(InformerError::AlreadyStarted("set_watch_error_handler"));
+        }
+        *self.inner.error_handler.lock() = Some(handler);
+        Ok(())
+    }
+
+    /// Registers an index function (indexing cached objects at once if running).
+    pub fn add_indexers<F>(&self, name: &str, func: F) -> Result<(), InformerError>
+    where
+        F: Fn(&K) -> Vec<String> + Send + Sync + 'static,
+    {
+        self.inner
+            .indexer
+            .add_indexer(name, func)
+            .map_err(InformerError::Store)
+    }
+
+    /// Whether the initial list has been fully applied to the store.
+    pub fn has_synced(&self) -> bool {
+        self.inner.synced.load(Ordering::Acquire)
+    }
+
+    /// Waits until [`has_synced`](Self::has_synced); false if the informer stopped first.
+    pub async fn wait_for_sync(&self) -> bool {
+        loop {
+            let notified = self.inner.synced_changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.has_synced() {
+                return true;
+            }
+            if self.inner.stopped.is_cancelled() {
+                return false;
+            }
+            tokio::select! {
+                () = notified => {}
+                () = self.inner.stopped.cancelled() => {}
+            }
+        }
+    }
+
+    /// The resourceVersion the reflector last synced to (`""` before the first list).
+    pub fn last_sync_resource_version(&self) -> String {
+        self.inner
+            .reflector
+            .lock()
+            .as_ref()
+            .map(ReflectorHandle::last_sync_resource_version)
+            .unwrap_or_default()
+    }
+
+    /// The store.
+    pub fn indexer(&self) -> &Indexer<K> {
+        &self.inner.indexer
+    }
+
+    /// A lister over the store.
+    pub fn lister(&self) -> Lister<K> {
+        Lister::new(self.inner.indexer.clone())
+    }
+
+    /// Whether [`run`](Self::run) has returned.
+    pub fn is_stopped(&self) -> bool {
+        *self.inner.state.lock() == RunState::Stopped
+    }
+
+    /// The processor (handler count, panics).
+    pub fn processor(&self) -> &Processor<K> {
+        &self.inner.processor
+    }
+
+    fn mark_synced_if(&self) {
+        if !self.inner.synced.load(Ordering::Acquire) && self.inner.fifo.has_synced() {
+            self.inner.synced.store(true, Ordering::Release);
+            self.inner.processor.set_upstream_synced();
+            self.inner.synced_changed.notify_waiters();
+            tracing::info!(resource = %self.inner.source.describe(), "informer synced");
+        }
+    }
+
+    /// Runs the reflector, the processing loop and the handler tasks until `shutdown` is
+    /// cancelled; returns once they all stopped. An informer runs once.
+    pub async fn run(&self, shutdown: CancellationToken) -> Result<(), InformerError> {
+        {
+            let mut state = self.inner.state.lock();
+            match *state {
+                RunState::Idle => *state = RunState::Running,
+                RunState::Running => return Err(InformerError::AlreadyStarted("run")),
+                RunState::Stopped => return Err(InformerError::Stopped),
+            }
+        }
+        let resource = self.inner.source.describe();
+        let span = tracing::info_span!("informer", resource = %resource);
+        let _enter = span.enter();
+        let sink: Arc<dyn ReflectorSink<K>> = Arc::new(InformerSink {
+            informer: self.clone(),
+            transform: self.inner.transform.lock().clone(),
+        });
+        let mut reflector = Reflector::new(
+            self.inner.source.clone(),
+            sink,
+            self.inner.options.reflector.clone(),
+        );
+        if let Some(handler) = self.inner.error_handler.lock().clone() {
+            reflector.set_watch_error_handler(handler);
+        }
+        *self.inner.reflector.lock() = Some(reflector.handle());
+        let token = shutdown.child_token();
+        let reflector_task = tokio::spawn(reflector.run(token.clone()));
+        let processor_task = tokio::spawn({
+            let processor = self.inner.processor.clone();
+            let token = token.clone();
+            async move { processor.run(token).await }
+        });
+        self.processing_loop(&token).await;
+        // Stop everything (also when the loop ended because the FIFO closed).
+        token.cancel();
+        self.inner.fifo.close();
+        if let Err(e) = reflector_task.await {
+            tracing::error!(error = %e, "reflector task failed");
+        }
+        match processor_task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "processor refused to run"),
+            Err(e) => tracing::error!(error = %e, "processor task failed"),
+        }
+        {
+            let _block = self.inner.block_deltas.lock();
+            *self.inner.state.lock() = RunState::Stopped;
+        }
+        self.inner.stopped.cancel();
+        tracing::info!("informer stopped");
+        Ok(())
+    }
+
+    async fn processing_loop(&self, token: &CancellationToken) {
+        let check = self.inner.processor.resync_check_period();
+        let mut resync = (!check.is_zero()).then(|| {
+            let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + check, check);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            interval
+        });
+        loop {
+            let tick = async {
+                match resync.as_mut() {
+                    Some(interval) => {
+                        interval.tick().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                () = token.cancelled() => return,
+                () = tick => {
+                    if self.inner.processor.should_resync(tokio::time::Instant::now()) {
+                        tracing::debug!("resync");
+                        if let Err(e) = self.inner.fifo.resync() {
+                            tracing::warn!(error = %e, "resync failed");
+                        }
+                    }
+                }
+                popped = self.inner.fifo.pop(|popped| self.handle_deltas(popped)) => match popped {
+                    Ok(()) => self.mark_synced_if(),
+                    Err(PopError::Closed) => return,
+                    Err(e) => tracing::warn!(error = %e, "processing deltas failed"),
+                },
+            }
+        }
+    }
+
+    fn handle_deltas(&self, popped: Popped<K>) -> Result<(), ProcessError> {
+        let _block = self.inner.block_deltas.lock();
+        let Popped {
+            key,
+            deltas,
+            is_in_initial_list,
+        } = popped;
+        let processor = &self.inner.processor;
+        for delta in deltas {
+            match delta.kind {
+                DeltaType::Sync | DeltaType::Replaced | DeltaType::Added | DeltaType::Updated => {
+                    let DeltaObject::Object(obj) = delta.object else {
+                        tracing::warn!(key = %key, "tombstone in a non-delete delta; ignored");
+                        continue;
+                    };
+                    let old = self
+                        .inner
+                        .indexer
+                        .update(obj.clone())
+                        .map_err(|e| ProcessError::Failed(Box::new(e)))?;
+                    match old {
+                        Some(old) => {
+                            let is_sync = resource_version(&*old) == resource_version(&*obj);
+                            tracing::trace!(key = %key, resource_version = ?resource_version(&*obj), is_sync, "update");
+                            processor.distribute(&Notification::Update { old, new: obj }, is_sync);
+                        }
+                        None => {
+                            tracing::trace!(key = %key, resource_version = ?resource_version(&*obj), "add");
+                            processor.distribute(
+                                &Notification::Add {
+                                    obj,
+                                    is_in_initial_list,
+                                },
+                                false,
+                            );
+                        }
+                    }
+                }
+                DeltaType::Deleted => {
+                    self.inner.indexer.delete_key(&key);
+                    tracing::trace!(key = %key, tombstone = delta.object.is_tombstone(), "delete");
+                    processor.distribute(&Notification::Delete(delta.object), false);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The reflector's sink: applies the transform, forwards to the FIFO, and notices when the
+/// FIFO synced without anything to pop (an empty initial list).
+struct InformerSink<K> {
+    informer: SharedIndexInformer<K>,
+    transform: Option<Transform<K>>,
+}
+
+impl<K> InformerSink<K> {
+    fn apply(&self, obj: Arc<K>) -> Arc<K> {
+        match &self.transform {
+            Some(t) => t(obj),
+            None => obj,
+        }
+    }
+}
+
+impl<K> ReflectorSink<K> for InformerSink<K>
+where
+    K: kube::Resource + Send + Sync + 'static,
+{
+    fn add(&self, obj: Arc<K>) -> Result<(), FifoError> {
+        self.informer.inner.fifo.add(self.apply(obj))
+    }
+    fn update(&self, obj: Arc<K>) -> Result<(), FifoError> {
+        self.informer.inner.fifo.update(self.apply(obj))
+    }
+    fn delete(&self, obj: Arc<K>) -> Result<(), FifoError> {
+        self.informer.inner.fifo.delete(self.apply(obj))
+    }
+    fn replace_begin(&self) {
+        self.informer.inner.fifo.replace_begin();
+    }
+    fn replace_page(&self, items: Vec<Arc<K>>) -> Result<(), FifoError> {
+        let items = items.into_iter().map(|o| self.apply(o)).collect();
+        self.informer.inner.fifo.replace_page(items)
+    }
+    fn replace_done(&self, resource_version: &str) -> Result<(), FifoError> {
+        self.informer.inner.fifo.replace_done(resource_version)?;
+        self.informer.mark_synced_if();
+        Ok(())
+    }
+    fn bookmark(&self, resource_version: &str) {
+        self.informer.inner.fifo.bookmark(resource_version);
+    }
+}

@@ -1,0 +1,558 @@
+//! The Indexer: the informer's thread-safe, indexed cache of objects.
+//!
+//! # Why it looks like this
+//!
+//! An informer has one writer (the task that pops the DeltaFIFO) and many readers (listers in
+//! every reconcile worker, handlers, health checks). client-go guards its `threadSafeMap` with a
+//! read-write lock, so a `List()` copying 100k pointers holds the lock for milliseconds and a
+//! writer (and, behind the writer, every other reader) waits for it.
+//!
+//! Here the whole state, objects *and* indexes, is an immutable snapshot built from persistent
+//! maps ([`imbl`]) and published through an [`arc_swap::ArcSwap`]:
+//!
+//! - readers `load()` the current snapshot without taking any lock; a reader never waits for a
+//!   writer and a writer never waits for a reader;
+//! - writers are serialized by a mutex, copy the snapshot (`O(1)`: persistent maps share their
+//!   nodes), apply the change (`O(log n)` path copying) and publish the new snapshot atomically;
+//! - every read sees one consistent state: a [`Snapshot`] taken with [`Indexer::snapshot`] answers
+//!   any number of questions (`list`, `by_index`, `get_by_key`) about the same instant.
+//!
+//! The benchmark `informer/benches/store.rs` compares this with a `parking_lot::RwLock<HashMap>`.
+//!
+//! # Contract
+//!
+//! - Objects are stored as `Arc<K>` and handed out as clones of that `Arc`: nothing is deep-cloned.
+//! - Objects are keyed by [`ObjectKey`] (`namespace/name`), computed from `metadata` by the key
+//!   function given at construction ([`Indexer::new`] for typed resources,
+//!   [`Indexer::with_dyntype`] for `DynamicObject` and friends whose dynamic type is not
+//!   `Default`).
+//! - Index functions (`Fn(&K) -> Vec<String>`) are registered by name; the namespace index
+//!   [`NAMESPACE_INDEX`] is built in. Registering an index while objects are stored indexes them
+//!   at once. Every write keeps every index up to date; a value whose set of keys becomes empty
+//!   is removed (so [`Indexer::list_index_values`] only names values in use).
+//! - Asking for an index that was never registered is a [`StoreError::UnknownIndex`], not an
+//!   empty answer; asking for a value nobody has is an empty answer.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use k8s_openapi::api::core::v1::ConfigMap;
+//! use kube::api::ObjectMeta;
+//! use reflex_informer::store::{Indexer, NAMESPACE_INDEX};
+//!
+//! fn cm(ns: &str, name: &str) -> Arc<ConfigMap> {
+//!     Arc::new(ConfigMap {
+//!         metadata: ObjectMeta {
+//!             namespace: Some(ns.into()),
+//!             name: Some(name.into()),
+//!             ..Default::default()
+//!         },
+//!         ..Default::default()
+//!     })
+//! }
+//!
+//! let store = Indexer::<ConfigMap>::new();
+//! store.add(cm("default", "a")).unwrap();
+//! store.add(cm("kube-system", "b")).unwrap();
+//! // An index added later indexes what is already stored.
+//! store
+//!     .add_indexer("by-name-length", |cm: &ConfigMap| {
+//!         vec![cm.metadata.name.as_deref().unwrap_or("").len().to_string()]
+//!     })
+//!     .unwrap();
+//! assert_eq!(store.by_index(NAMESPACE_INDEX, "default").unwrap().len(), 1);
+//! assert_eq!(store.by_index("by-name-length", "1").unwrap().len(), 2);
+//! assert!(store.by_index("no-such-index", "x").is_err());
+//! ```
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+
+use crate::key::{KeyError, ObjectKey};
+
+/// Name of the built-in index that maps a namespace to the keys of the objects in it.
+///
+/// Cluster-scoped objects have no namespace and are not in this index.
+pub const NAMESPACE_INDEX: &str = "namespace";
+
+/// Computes an object's key. See [`meta_key_func`] for the standard one.
+pub type KeyFunc<K> = Arc<dyn Fn(&K) -> Result<ObjectKey, KeyError> + Send + Sync>;
+
+/// Computes the values under which an object is indexed (zero, one or many).
+pub type IndexFunc<K> = Arc<dyn Fn(&K) -> Vec<String> + Send + Sync>;
+
+/// The standard key function: `namespace/name` from the object's metadata. `dyntype` is only
+/// used to name the kind when an object has no name.
+///
+/// ```
+/// use k8s_openapi::api::core::v1::Pod;
+/// use reflex_informer::store::meta_key_func;
+///
+/// let key_of = meta_key_func::<Pod>(());
+/// assert!(key_of(&Pod::default()).is_err());
+/// ```
+pub fn meta_key_func<K>(dyntype: K::DynamicType) -> KeyFunc<K>
+where
+    K: kube::Resource,
+    K::DynamicType: Send + Sync + 'static,
+{
+    Arc::new(move |obj: &K| ObjectKey::from_meta::<K>(obj.meta(), &dyntype))
+}
+
+/// The namespace index function behind [`NAMESPACE_INDEX`].
+pub fn namespace_index_func<K: kube::Resource>(obj: &K) -> Vec<String> {
+    match obj.meta().namespace.as_deref() {
+        Some(ns) if !ns.is_empty() => vec![ns.to_owned()],
+        _ => Vec::new(),
+    }
+}
+
+/// Why a store operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The object could not be keyed (it has no name).
+    #[error("cannot key object: {0}")]
+    Key(#[from] KeyError),
+    /// The named index was never registered.
+    #[error("index with name {name:?} does not exist")]
+    UnknownIndex {
+        /// The index name asked for.
+        name: String,
+    },
+    /// An index with this name is already registered.
+    #[error("indexer conflict: an index named {name:?} is already registered")]
+    IndexExists {
+        /// The index name that was registered twice.
+        name: String,
+    },
+}
+
+type KeySet = imbl::OrdSet<ObjectKey>;
+type ValueMap = imbl::HashMap<String, KeySet>;
+
+/// One consistent, immutable state of an [`Indexer`]: objects, index functions and indexes.
+///
+/// Taking a snapshot is lock-free and `O(1)`; it stays valid (and unchanged) however the
+/// indexer is written afterwards. Use it to answer several questions about the same instant.
+pub struct Snapshot<K> {
+    items: imbl::HashMap<ObjectKey, Arc<K>>,
+    index_funcs: imbl::OrdMap<Arc<str>, IndexFunc<K>>,
+    indices: imbl::HashMap<Arc<str>, ValueMap>,
+}
+
+impl<K> Clone for Snapshot<K> {
+    fn clone(&self) -> Self {
+        Snapshot {
+            items: self.items.clone(),
+            index_funcs: self.index_funcs.clone(),
+            indices: self.indices.clone(),
+        }
+    }
+}
+
+impl<K> fmt::Debug for Snapshot<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("items", &self.items.len())
+            .field("indices", &self.index_funcs.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl<K> Snapshot<K> {
+    fn empty() -> Self {
+        Snapshot {
+            items: imbl::HashMap::new(),
+            index_funcs: imbl::OrdMap::new(),
+            indices: imbl::HashMap::new(),
+        }
+    }
+
+    /// The object stored under `key`.
+    pub fn get_by_key(&self, key: &ObjectKey) -> Option<Arc<K>> {
+        self.items.get(key).cloned()
+    }
+
+    /// Whether an object is stored under `key`.
+    pub fn contains_key(&self, key: &ObjectKey) -> bool {
+        self.items.contains_key(key)
+    }
+
+    /// Every stored object, in no particular order.
+    pub fn list(&self) -> Vec<Arc<K>> {
+        self.items.values().cloned().collect()
+    }
+
+    /// Every stored key, in no particular order.
+    pub fn list_keys(&self) -> Vec<ObjectKey> {
+        self.items.keys().cloned().collect()
+    }
+
+    /// Iterates over the stored `(key, object)` pairs without copying them out.
+    pub fn iter(&self) -> impl Iterator<Item = (&ObjectKey, &Arc<K>)> {
+        self.items.iter()
+    }
+
+    /// How many objects are stored.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Whether nothing is stored.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// The registered index names, sorted.
+    pub fn index_names(&self) -> Vec<String> {
+        self.index_funcs.keys().map(|n| n.to_string()).collect()
+    }
+
+    fn values_of(&self, name: &str) -> Result<&ValueMap, StoreError> {
+        self.indices
+            .get(name)
+            .ok_or_else(|| StoreError::UnknownIndex { name: name.into() })
+    }
+
+    /// The keys indexed under `value` in index `name`, sorted.
+    pub fn index_keys(&self, name: &str, value: &str) -> Result<Vec<ObjectKey>, StoreError> {
+        Ok(self
+            .values_of(name)?
+            .get(value)
+            .map(|keys| keys.iter().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    /// The objects indexed under `value` in index `name`, in key order.
+    pub fn by_index(&self, name: &str, value: &str) -> Result<Vec<Arc<K>>, StoreError> {
+        Ok(self
+            .values_of(name)?
+            .get(value)
+            .map(|keys| {
+                keys.iter()
+                    .filter_map(|k| self.items.get(k).cloned())
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// How many objects are indexed under `value` in index `name`.
+    pub fn index_count(&self, name: &str, value: &str) -> Result<usize, StoreError> {
+        Ok(self
+            .values_of(name)?
+            .get(value)
+            .map_or(0, |keys| keys.len()))
+    }
+
+    /// Every value of index `name` that at least one object has, sorted.
+    pub fn list_index_values(&self, name: &str) -> Result<Vec<String>, StoreError> {
+        let mut values: Vec<String> = self.values_of(name)?.keys().cloned().collect();
+        values.sort_unstable();
+        Ok(values)
+    }
+
+    /// The objects that share at least one value of index `name` with `obj` (deduplicated, in
+    /// key order). `obj` itself need not be stored.
+    pub fn index(&self, name: &str, obj: &K) -> Result<Vec<Arc<K>>, StoreError> {
+        let func = self
+            .index_funcs
+            .get(name)
+            .ok_or_else(|| StoreError::UnknownIndex { name: name.into() })?;
+        let values = self.values_of(name)?;
+        let mut keys = BTreeSet::new();
+        for value in func(obj) {
+            if let Some(set) = values.get(&value) {
+                keys.extend(set.iter().cloned());
+            }
+        }
+        Ok(keys
+            .iter()
+            .filter_map(|k| self.items.get(k).cloned())
+            .collect())
+    }
+
+    /// Moves `key` from the index values of `old` to those of `new`, for every index.
+    fn reindex(&mut self, key: &ObjectKey, old: Option<&K>, new: Option<&K>) {
+        for (name, func) in self.index_funcs.iter() {
+            let old_values: BTreeSet<String> = old
+                .map(|o| func(o))
+                .unwrap_or_default()
+                .into_iter()
+                .collect();
+            let new_values: BTreeSet<String> = new
+                .map(|n| func(n))
+                .unwrap_or_default()
+                .into_iter()
+                .collect();
+            if old_values == new_values {
+                continue;
+            }
+            let values = self.indices.entry(name.clone()).or_default();
+            for gone in old_values.difference(&new_values) {
+                let now_empty = match values.get_mut(gone) {
+                    Some(keys) => {
+                        keys.remove(key);
+                        keys.is_empty()
+                    }
+                    None => false,
+                };
+                if now_empty {
+                    values.remove(gone);
+                }
+            }
+            for added in new_values.difference(&old_values) {
+                values.entry(added.clone()).or_default().insert(key.clone());
+            }
+        }
+    }
+
+    fn put(&mut self, key: ObjectKey, obj: Arc<K>) -> Option<Arc<K>> {
+        let old = self.items.insert(key.clone(), obj.clone());
+        self.reindex(&key, old.as_deref(), Some(&obj));
+        old
+    }
+
+    fn take(&mut self, key: &ObjectKey) -> Option<Arc<K>> {
+        let old = self.items.remove(key)?;
+        self.reindex(key, Some(&old), None);
+        Some(old)
+    }
+
+    fn build_index(&self, func: &IndexFunc<K>) -> ValueMap {
+        let mut values = ValueMap::new();
+        for (key, obj) in self.items.iter() {
+            let own: BTreeSet<String> = func(obj).into_iter().collect();
+            for value in own {
+                values.entry(value).or_default().insert(key.clone());
+            }
+        }
+        values
+    }
+}
+
+struct Shared<K> {
+    current: ArcSwap<Snapshot<K>>,
+    writer: Mutex<()>,
+    key_fn: KeyFunc<K>,
+}
+
+/// A thread-safe, indexed store of `Arc<K>` with lock-free reads. See the [module docs](self).
+///
+/// Cloning an `Indexer` is cheap and every clone is the same store.
+pub struct Indexer<K> {
+    shared: Arc<Shared<K>>,
+}
+
+impl<K> Clone for Indexer<K> {
+    fn clone(&self) -> Self {
+        Indexer {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<K> fmt::Debug for Indexer<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Indexer")
+            .field(&self.shared.current.load())
+            .finish()
+    }
+}
+
+impl<K> Default for Indexer<K>
+where
+    K: kube::Resource + Send + Sync + 'static,
+    K::DynamicType: Default + Send + Sync + 'static,
+{
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<K> Indexer<K>
+where
+    K: kube::Resource + Send + Sync + 'static,
+{
+    /// An empty store for a typed resource, keyed by `namespace/name`, with the namespace index.
+    pub fn new() -> Self
+    where
+        K::DynamicType: Default + Send + Sync + 'static,
+    {
+        Self::with_dyntype(K::DynamicType::default())
+    }
+
+    /// An empty store for a resource whose dynamic type is needed (e.g.
+    /// `DynamicObject` with its `ApiResource`), with the namespace index.
+    pub fn with_dyntype(dyntype: K::DynamicType) -> Self
+    where
+        K::DynamicType: Send + Sync + 'static,
+    {
+        Self::with_key_func(meta_key_func::<K>(dyntype))
+    }
+
+    /// An empty store with a custom key function, with the namespace index.
+    pub fn with_key_func(key_fn: KeyFunc<K>) -> Self {
+        let mut snapshot = Snapshot::empty();
+        let name: Arc<str> = Arc::from(NAMESPACE_INDEX);
+        snapshot
+            .index_funcs
+            .insert(name.clone(), Arc::new(namespace_index_func::<K>));
+        snapshot.indices.insert(name, ValueMap::new());
+        Indexer {
+            shared: Arc::new(Shared {
+                current: ArcSwap::from_pointee(snapshot),
+                writer: Mutex::new(()),
+                key_fn,
+            }),
+        }
+    }
+}
+
+impl<K> Indexer<K>
+where
+    K: Send + Sync + 'static,
+{
+    /// The key this store files `obj` under.
+    pub fn key_of(&self, obj: &K) -> Result<ObjectKey, KeyError> {
+        (self.shared.key_fn)(obj)
+    }
+
+    /// The key function, for a DeltaFIFO or anything that must agree with this store on keys.
+    pub fn key_func(&self) -> KeyFunc<K> {
+        self.shared.key_fn.clone()
+    }
+
+    /// The current state, lock-free. It never changes afterwards.
+    pub fn snapshot(&self) -> Arc<Snapshot<K>> {
+        self.shared.current.load_full()
+    }
+
+    /// Applies `change` to a copy of the current state and publishes it, writers serialized.
+    fn write<R>(&self, change: impl FnOnce(&mut Snapshot<K>) -> R) -> R {
+        let _writer = self.shared.writer.lock();
+        let mut next = Snapshot::clone(&self.shared.current.load());
+        let out = change(&mut next);
+        self.shared.current.store(Arc::new(next));
+        out
+    }
+
+    /// Registers an index function under `name` and indexes every stored object with it.
+    ///
+    /// A name already registered (including [`NAMESPACE_INDEX`]) is a
+    /// [`StoreError::IndexExists`].
+    pub fn add_indexer<F>(&self, name: &str, func: F) -> Result<(), StoreError>
+    where
+        F: Fn(&K) -> Vec<String> + Send + Sync + 'static,
+    {
+        let func: IndexFunc<K> = Arc::new(func);
+        self.write(|s| {
+            if s.index_funcs.contains_key(name) {
+                return Err(StoreError::IndexExists { name: name.into() });
+            }
+            let values = s.build_index(&func);
+            let name: Arc<str> = Arc::from(name);
+            s.index_funcs.insert(name.clone(), func);
+            s.indices.insert(name, values);
+            Ok(())
+        })
+    }
+
+    /// Stores `obj` (inserting or replacing); returns the object it replaced.
+    pub fn add(&self, obj: Arc<K>) -> Result<Option<Arc<K>>, StoreError> {
+        let key = self.key_of(&obj)?;
+        Ok(self.write(|s| s.put(key, obj)))
+    }
+
+    /// Stores `obj` (same as [`add`](Self::add): the store does not distinguish them).
+    pub fn update(&self, obj: Arc<K>) -> Result<Option<Arc<K>>, StoreError> {
+        self.add(obj)
+    }
+
+    /// Removes the object with `obj`'s key; returns what was stored, if anything.
+    pub fn delete(&self, obj: &K) -> Result<Option<Arc<K>>, StoreError> {
+        let key = self.key_of(obj)?;
+        Ok(self.delete_key(&key))
+    }
+
+    /// Removes the object stored under `key`; returns it, if any.
+    pub fn delete_key(&self, key: &ObjectKey) -> Option<Arc<K>> {
+        if !self.shared.current.load().contains_key(key) {
+            return None;
+        }
+        self.write(|s| s.take(key))
+    }
+
+    /// Replaces the whole content with `objs` (indexes rebuilt), as one atomic change.
+    ///
+    /// Nothing is changed if any object cannot be keyed.
+    pub fn replace(&self, objs: impl IntoIterator<Item = Arc<K>>) -> Result<(), StoreError> {
+        let mut items = imbl::HashMap::new();
+        for obj in objs {
+            items.insert(self.key_of(&obj)?, obj);
+        }
+        self.write(|s| {
+            s.items = items;
+            let rebuilt: Vec<(Arc<str>, ValueMap)> = s
+                .index_funcs
+                .iter()
+                .map(|(name, func)| (name.clone(), s.build_index(func)))
+                .collect();
+            s.indices = rebuilt.into_iter().collect();
+        });
+        Ok(())
+    }
+
+    /// The object stored under `key`.
+    pub fn get_by_key(&self, key: &ObjectKey) -> Option<Arc<K>> {
+        self.shared.current.load().get_by_key(key)
+    }
+
+    /// The stored object with `obj`'s key.
+    pub fn get(&self, obj: &K) -> Result<Option<Arc<K>>, StoreError> {
+        let key = self.key_of(obj)?;
+        Ok(self.get_by_key(&key))
+    }
+
+    /// Every stored object (one consistent snapshot), in no particular order.
+    pub fn list(&self) -> Vec<Arc<K>> {
+        self.shared.current.load().list()
+    }
+
+    /// Every stored key (one consistent snapshot), in no particular order.
+    pub fn list_keys(&self) -> Vec<ObjectKey> {
+        self.shared.current.load().list_keys()
+    }
+
+    /// How many objects are stored.
+    pub fn len(&self) -> usize {
+        self.shared.current.load().len()
+    }
+
+    /// Whether nothing is stored.
+    pub fn is_empty(&self) -> bool {
+        self.shared.current.load().is_empty()
+    }
+
+    /// The objects indexed under `value` in index `name`, in key order.
+    pub fn by_index(&self, name: &str, value: &str) -> Result<Vec<Arc<K>>, StoreError> {
+        self.shared.current.load().by_index(name, value)
+    }
+
+    /// The keys indexed under `value` in index `name`, sorted.
+    pub fn index_keys(&self, name: &str, value: &str) -> Result<Vec<ObjectKey>, StoreError> {
+        self.shared.current.load().index_keys(name, value)
+    }
+
+    /// Every value of index `name` that at least one object has, sorted.
+    pub fn list_index_values(&self, name: &str) -> Result<Vec<String>, StoreError> {
+        self.shared.current.load().list_index_values(name)
+    }
+
+    /// The objects sharing at least one value of index `name` with `obj`.
+    pub fn index(&self, name: &str, obj: &K) -> Result<Vec<Arc<K>>, StoreError> {
+        self.shared.current.load().index(name, obj)
+    }
+}

@@ -1,0 +1,334 @@
+//! SharedIndexInformer over the in-memory source: handler delivery and convergence under faults.
+//!
+//! After every scripted fault the convergence invariant must hold: the store equals the
+//! source's final state key for key and resourceVersion for resourceVersion, and every
+//! handler's view (built only from its notifications) equals it too.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use parking_lot::Mutex;
+use reflex_informer::fifo::DeltaObject;
+use reflex_informer::informer::{InformerError, InformerOptions, SharedIndexInformer};
+use reflex_informer::key::ObjectKey;
+use reflex_informer::processor::handler_fn;
+use reflex_informer::source::memory::MemorySource;
+use reflex_informer::source::{ApiStatus, SourceError};
+use tokio_util::sync::CancellationToken;
+
+type View = Arc<Mutex<BTreeMap<String, String>>>;
+
+fn cm(name: &str, data: &str) -> ConfigMap {
+    let mut cm = ConfigMap::default();
+    cm.metadata.namespace = Some("ns".into());
+    cm.metadata.name = Some(name.into());
+    cm.data = Some([("v".to_string(), data.to_string())].into());
+    cm
+}
+
+fn key_of(cm: &ConfigMap) -> String {
+    ObjectKey::new(
+        cm.metadata.namespace.as_deref(),
+        cm.metadata.name.as_deref().unwrap_or_default(),
+    )
+    .to_string()
+}
+
+fn rv(cm: &ConfigMap) -> String {
+    cm.metadata.resource_version.clone().unwrap_or_default()
+}
+
+/// A handler whose view is what its notifications say the cache holds; it panics on objects
+/// named `panic-*` after recording them (a panicking handler must still converge).
+fn viewer(view: View) -> reflex_informer::processor::FnHandler<ConfigMap> {
+    let (a, u, d) = (view.clone(), view.clone(), view);
+    handler_fn()
+        .on_add(move |o: &Arc<ConfigMap>, _| {
+            a.lock().insert(key_of(o), rv(o));
+            assert!(
+                !o.metadata
+                    .name
+                    .as_deref()
+                    .unwrap_or_default()
+                    .starts_with("panic-"),
+                "scripted panic"
+            );
+        })
+        .on_update(move |_, o: &Arc<ConfigMap>| {
+            u.lock().insert(key_of(o), rv(o));
+        })
+        .on_delete(move |o: &DeltaObject<ConfigMap>| {
+            let key = match o {
+                DeltaObject::Object(o) => key_of(o),
+                DeltaObject::Tombstone(t) => t.key.to_string(),
+            };
+            d.lock().remove(&key);
+        })
+}
+
+fn source_state(source: &MemorySource<ConfigMap>) -> BTreeMap<String, String> {
+    source
+        .objects()
+        .iter()
+        .map(|(k, o)| (k.to_string(), rv(o)))
+        .collect()
+}
+
+fn store_state(informer: &SharedIndexInformer<ConfigMap>) -> BTreeMap<String, String> {
+    informer
+        .indexer()
+        .list()
+        .iter()
+        .map(|o| (key_of(o), rv(o)))
+        .collect()
+}
+
+/// Waits (in paused virtual time) until store and views equal the source; fails after 10
+/// virtual minutes.
+async fn assert_converges(
+    source: &MemorySource<ConfigMap>,
+    informer: &SharedIndexInformer<ConfigMap>,
+    views: &[View],
+    case: &str,
+) {
+    let want = source_state(source);
+    for _ in 0..6000 {
+        if store_state(informer) == want && views.iter().all(|v| *v.lock() == want) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(store_state(informer), want, "{case}: store");
+    for v in views {
+        assert_eq!(*v.lock(), want, "{case}: handler view");
+    }
+}
+
+type Fault = fn(&MemorySource<ConfigMap>);
+
+#[tokio::test(start_paused = true)]
+async fn store_and_every_handler_view_converge_to_the_source_after_faults() {
+    let faults: Vec<(&str, Fault)> = vec![
+        ("watch closed every 3 events", |s| {
+            s.close_watches_every(Some(3))
+        }),
+        ("410 mid-watch", |s| {
+            s.compact();
+            s.inject_watch_error(ApiStatus::gone("too old resource version"));
+        }),
+        ("410 mid-list (continue token expired)", |s| {
+            s.fail_list_page(2, SourceError::Status(ApiStatus::gone("continue expired")));
+            s.compact();
+            s.inject_watch_error(ApiStatus::gone("too old resource version"));
+        }),
+        ("ERROR event", |s| {
+            s.inject_watch_error(ApiStatus::new(500, "InternalError", "boom"))
+        }),
+        ("malformed event", |s| s.inject_malformed_event()),
+        ("all watches dropped", |s| s.close_watches()),
+    ];
+    for (case, fault) in faults {
+        let source = MemorySource::<ConfigMap>::new();
+        for i in 0..30 {
+            source.apply(cm(&format!("o{i}"), "0")).unwrap();
+        }
+        let informer = SharedIndexInformer::new(
+            Arc::new(source.clone()),
+            InformerOptions {
+                reflector: reflex_informer::reflector::ReflectorOptions {
+                    page_size: Some(7),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        );
+        let views: Vec<View> = (0..2).map(|_| View::default()).collect();
+        for v in &views {
+            informer.add_event_handler(viewer(v.clone())).unwrap();
+        }
+        let shutdown = CancellationToken::new();
+        let run = tokio::spawn({
+            let informer = informer.clone();
+            let shutdown = shutdown.clone();
+            async move { informer.run(shutdown).await }
+        });
+        assert!(informer.wait_for_sync().await, "{case}: synced");
+        assert_converges(&source, &informer, &views, case).await;
+
+        fault(&source);
+        for i in 0..30 {
+            match i % 3 {
+                0 => drop(source.apply(cm(&format!("o{i}"), "1")).unwrap()),
+                1 => drop(source.delete(&ObjectKey::new(Some("ns"), format!("o{i}")))),
+                _ => drop(source.apply(cm(&format!("new{i}"), "1")).unwrap()),
+            }
+            if i == 15 {
+                fault(&source);
+            }
+        }
+        source.apply(cm("panic-1", "x")).unwrap();
+        source.close_watches_every(None);
+        assert_converges(&source, &informer, &views, case).await;
+        assert!(!informer.last_sync_resource_version().is_empty());
+        shutdown.cancel();
+        run.await.unwrap().unwrap();
+        assert!(informer.processor().handler_count() == 0 || informer.is_stopped());
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn late_handler_gets_every_cached_object_as_initial_then_live_changes_once() {
+    let source = MemorySource::<ConfigMap>::new();
+    for i in 0..10 {
+        source.apply(cm(&format!("o{i}"), "0")).unwrap();
+    }
+    let informer = SharedIndexInformer::new(Arc::new(source.clone()), InformerOptions::default());
+    let shutdown = CancellationToken::new();
+    let run = tokio::spawn({
+        let informer = informer.clone();
+        let shutdown = shutdown.clone();
+        async move { informer.run(shutdown).await }
+    });
+    assert!(informer.wait_for_sync().await);
+    let adds: Arc<Mutex<Vec<(String, bool)>>> = Arc::default();
+    let view = View::default();
+    let a = adds.clone();
+    let v = view.clone();
+    let reg = informer
+        .add_event_handler(
+            handler_fn()
+                .on_add(move |o: &Arc<ConfigMap>, initial| {
+                    a.lock().push((key_of(o), initial));
+                    v.lock().insert(key_of(o), rv(o));
+                })
+                .on_update({
+                    let v = view.clone();
+                    move |_, o: &Arc<ConfigMap>| {
+                        v.lock().insert(key_of(o), rv(o));
+                    }
+                }),
+        )
+        .unwrap();
+    assert!(reg.wait_for_sync().await);
+    source.apply(cm("late", "1")).unwrap();
+    source.apply(cm("o1", "1")).unwrap();
+    assert_converges(&source, &informer, &[view], "late handler").await;
+    let adds = adds.lock().clone();
+    let initial: Vec<_> = adds.iter().filter(|(_, i)| *i).collect();
+    assert_eq!(
+        initial.len(),
+        10,
+        "every cached object once, flagged initial"
+    );
+    assert_eq!(
+        adds.len(),
+        11,
+        "then the new object once, not initial: {adds:?}"
+    );
+    assert_eq!(adds[10], ("ns/late".to_string(), false));
+    shutdown.cancel();
+    run.await.unwrap().unwrap();
+    assert!(matches!(
+        informer.add_event_handler(handler_fn()),
+        Err(InformerError::Stopped)
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn transform_runs_before_objects_reach_the_store_and_handlers() {
+    let source = MemorySource::<ConfigMap>::new();
+    source.apply(cm("a", "secret")).unwrap();
+    let informer = SharedIndexInformer::new(Arc::new(source.clone()), InformerOptions::default());
+    informer
+        .set_transform(Arc::new(|o: Arc<ConfigMap>| {
+            let mut o = Arc::unwrap_or_clone(o);
+            o.data = None;
+            Arc::new(o)
+        }))
+        .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    informer
+        .add_event_handler(handler_fn().on_add(move |o: &Arc<ConfigMap>, _| {
+            let _ = tx.send(o.data.is_none());
+        }))
+        .unwrap();
+    let shutdown = CancellationToken::new();
+    let run = tokio::spawn({
+        let informer = informer.clone();
+        let shutdown = shutdown.clone();
+        async move { informer.run(shutdown).await }
+    });
+    assert!(informer.wait_for_sync().await);
+    assert!(rx.recv().await.unwrap());
+    assert!(informer.indexer().list().iter().all(|o| o.data.is_none()));
+    assert!(matches!(
+        informer.set_transform(Arc::new(|o| o)),
+        Err(InformerError::AlreadyStarted(_))
+    ));
+    shutdown.cancel();
+    run.await.unwrap().unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn empty_initial_list_still_syncs() {
+    let source = MemorySource::<ConfigMap>::new();
+    let informer = SharedIndexInformer::new(Arc::new(source.clone()), InformerOptions::default());
+    assert!(!informer.has_synced());
+    let shutdown = CancellationToken::new();
+    let run = tokio::spawn({
+        let informer = informer.clone();
+        let shutdown = shutdown.clone();
+        async move { informer.run(shutdown).await }
+    });
+    assert!(informer.wait_for_sync().await);
+    shutdown.cancel();
+    run.await.unwrap().unwrap();
+    assert!(informer.is_stopped());
+}
+
+#[tokio::test(start_paused = true)]
+async fn resync_updates_with_equal_resource_versions_reach_only_handlers_due_for_resync() {
+    let source = MemorySource::<ConfigMap>::new();
+    for i in 0..5 {
+        source.apply(cm(&format!("o{i}"), "0")).unwrap();
+    }
+    let informer = SharedIndexInformer::new(
+        Arc::new(source.clone()),
+        InformerOptions {
+            default_resync: Duration::from_secs(10),
+            ..Default::default()
+        },
+    );
+    let counter = |n: Arc<Mutex<usize>>| {
+        handler_fn().on_update(move |old: &Arc<ConfigMap>, new: &Arc<ConfigMap>| {
+            assert_eq!(rv(old), rv(new), "only resyncs happen in this test");
+            *n.lock() += 1;
+        })
+    };
+    let resyncing: Arc<Mutex<usize>> = Arc::default();
+    let silent: Arc<Mutex<usize>> = Arc::default();
+    informer
+        .add_event_handler(counter(resyncing.clone()))
+        .unwrap();
+    informer
+        .add_event_handler_with_resync(counter(silent.clone()), Duration::ZERO)
+        .unwrap();
+    let shutdown = CancellationToken::new();
+    let run = tokio::spawn({
+        let informer = informer.clone();
+        let shutdown = shutdown.clone();
+        async move { informer.run(shutdown).await }
+    });
+    assert!(informer.wait_for_sync().await);
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    assert_eq!(*resyncing.lock(), 10, "two resyncs of five objects");
+    assert_eq!(
+        *silent.lock(),
+        0,
+        "a handler without resync gets no resync updates"
+    );
+    shutdown.cancel();
+    run.await.unwrap().unwrap();
+}
