@@ -76,6 +76,12 @@ pub async fn handle(
         .query()
         .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
         .unwrap_or_default();
+    let accept = parts
+        .headers
+        .get(http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
     let content_type = parts
         .headers
         .get(http::header::CONTENT_TYPE)
@@ -84,6 +90,7 @@ pub async fn handle(
         .to_string();
     Ok(route(
         &shared,
+        &accept,
         &parts.method,
         parts.uri.path(),
         &query,
@@ -108,6 +115,7 @@ fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
 
 fn route(
     shared: &Shared,
+    accept: &str,
     method: &Method,
     path: &str,
     q: &HashMap<String, String>,
@@ -125,6 +133,31 @@ fn route(
             return Ok(json_response(
                 200,
                 &json!({"major": "1", "minor": "35", "gitVersion": "v1.35.0-reflex-fake", "gitCommit": "", "gitTreeState": "clean", "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.25", "compiler": "gc", "platform": "linux/amd64"}),
+            ));
+        }
+        // An empty OpenAPI document: kubectl's client-side validation finds no schema for the
+        // object's kind and accepts it (a 404 here makes `kubectl apply` fail). kubectl asks for
+        // the gnostic protobuf form, hand-encoded here: swagger = "2.0", info {title, version}.
+        ["openapi", "v2"] if accept.contains("protobuf") => {
+            let mut doc = vec![0x0a, 3];
+            doc.extend_from_slice(b"2.0");
+            doc.extend_from_slice(&[0x12, 21, 0x0a, 10]);
+            doc.extend_from_slice(b"Kubernetes");
+            doc.extend_from_slice(&[0x12, 7]);
+            doc.extend_from_slice(b"v1.35.0");
+            let mut r = Response::new(Full::new(Bytes::from(doc)).boxed());
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static(
+                    "application/com.github.proto-openapi.spec.v2.v1.0+protobuf",
+                ),
+            );
+            return Ok(r);
+        }
+        ["openapi", "v2"] => {
+            return Ok(json_response(
+                200,
+                &json!({"swagger": "2.0", "info": {"title": "Kubernetes", "version": "v1.35.0"}, "paths": {}, "definitions": {}}),
             ));
         }
         ["healthz" | "readyz" | "livez"] => {
@@ -288,7 +321,7 @@ fn hex(s: &str) -> String {
 }
 
 fn unhex(s: &str) -> Option<String> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     let bytes: Option<Vec<u8>> = (0..s.len())
@@ -517,10 +550,10 @@ fn list(
     let mut cont = None;
     let mut remaining = 0usize;
     for ((ons, oname), o) in objs.iter() {
-        if let Some(sa) = &start_after {
-            if (ons, oname) <= (&sa.0, &sa.1) {
-                continue;
-            }
+        if let Some(sa) = &start_after
+            && (ons, oname) <= (&sa.0, &sa.1)
+        {
+            continue;
         }
         if t.ns.as_ref().is_some_and(|n| n != ons) || !sel.matches(o) {
             continue;

@@ -403,10 +403,11 @@ impl Storage {
             });
             Some(defs)
         } else {
-            if d.status && d.plural != "namespaces" {
-                if let Some(m) = obj.as_object_mut() {
-                    m.remove("status");
-                }
+            if d.status
+                && d.plural != "namespaces"
+                && let Some(m) = obj.as_object_mut()
+            {
+                m.remove("status");
             }
             None
         };
@@ -571,14 +572,15 @@ impl Storage {
     }
 
     fn after_delete(&mut self, d: &ResourceDef, obj: &Value) {
-        if d.plural == "customresourcedefinitions" && d.group == "apiextensions.k8s.io" {
-            if let Ok(defs) = defs_from_crd(obj) {
-                for d in defs {
-                    self.defs.remove(&d.key());
-                    self.objects.remove(&d.key());
-                    let key = d.key();
-                    self.watchers.retain(|w| w.res != key);
-                }
+        if d.plural == "customresourcedefinitions"
+            && d.group == "apiextensions.k8s.io"
+            && let Ok(defs) = defs_from_crd(obj)
+        {
+            for d in defs {
+                self.defs.remove(&d.key());
+                self.objects.remove(&d.key());
+                let key = d.key();
+                self.watchers.retain(|w| w.res != key);
             }
         }
     }
@@ -596,34 +598,32 @@ impl Storage {
         if let Some(uid) = options
             .pointer("/preconditions/uid")
             .and_then(Value::as_str)
+            && uid != meta_str(&old, "uid")
         {
-            if uid != meta_str(&old, "uid") {
-                return Err(ApiError::conflict(
-                    &d.group,
-                    &d.plural,
-                    name,
-                    &format!(
-                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
-                        meta_str(&old, "uid")
-                    ),
-                ));
-            }
+            return Err(ApiError::conflict(
+                &d.group,
+                &d.plural,
+                name,
+                &format!(
+                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                    meta_str(&old, "uid")
+                ),
+            ));
         }
         if let Some(rv) = options
             .pointer("/preconditions/resourceVersion")
             .and_then(Value::as_str)
+            && rv != meta_str(&old, "resourceVersion")
         {
-            if rv != meta_str(&old, "resourceVersion") {
-                return Err(ApiError::conflict(
-                    &d.group,
-                    &d.plural,
-                    name,
-                    &format!(
-                        "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
-                        meta_str(&old, "resourceVersion")
-                    ),
-                ));
-            }
+            return Err(ApiError::conflict(
+                &d.group,
+                &d.plural,
+                name,
+                &format!(
+                    "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
+                    meta_str(&old, "resourceVersion")
+                ),
+            ));
         }
         let key = (
             if d.namespaced {

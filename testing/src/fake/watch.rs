@@ -155,3 +155,52 @@ async fn sleep_until(at: Option<Instant>) {
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fake::resources::ResKey;
+    use crate::fake::storage::{Storage, WatchFrom};
+    use futures::StreamExt;
+
+    #[tokio::test]
+    async fn a_watcher_that_falls_behind_ends_with_a_410_error_event() {
+        let mut s = Storage::new(100, 2);
+        let res = ResKey {
+            group: String::new(),
+            version: "v1".into(),
+            plural: "configmaps".into(),
+        };
+        let def = s.def(&res).unwrap();
+        let start = s
+            .watch(
+                &res,
+                None,
+                &Selectors::default(),
+                WatchFrom::After(s.current_rv()),
+            )
+            .unwrap();
+        for i in 0..3 {
+            s.create(
+                &res,
+                "default",
+                json!({"metadata": {"name": format!("c{i}")}}),
+            )
+            .unwrap();
+        }
+        let opts = WatchOptions {
+            namespace: None,
+            selectors: Selectors::default(),
+            bookmarks: None,
+            timeout: None,
+            initial_end_bookmark: false,
+        };
+        let lines: Vec<Value> = stream(def, start, opts)
+            .map(|b| serde_json::from_slice(&b).unwrap())
+            .collect()
+            .await;
+        let types: Vec<&str> = lines.iter().map(|l| l["type"].as_str().unwrap()).collect();
+        assert_eq!(types, ["ADDED", "ADDED", "ERROR"]);
+        assert_eq!(lines[2]["object"]["code"], 410);
+    }
+}

@@ -1,0 +1,87 @@
+//! Fault injection of the fake API server, driven through `kube::Client`.
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, ListParams, PostParams, WatchParams};
+use reflex_testing::FakeApiServer;
+use serde_json::json;
+
+fn cm(name: &str) -> ConfigMap {
+    serde_json::from_value(json!({"metadata": {"name": name}})).unwrap()
+}
+
+#[tokio::test]
+async fn fail_next_fails_exactly_n_matching_requests() {
+    let server = FakeApiServer::start().await.unwrap();
+    let api: Api<ConfigMap> = Api::namespaced(server.client().unwrap(), "default");
+    server
+        .faults()
+        .fail_next(2, 403, Some("list"), Some("configmaps"));
+    api.create(&PostParams::default(), &cm("a")).await.unwrap();
+    for _ in 0..2 {
+        match api.list(&ListParams::default()).await.unwrap_err() {
+            kube::Error::Api(s) => assert_eq!(s.code, 403),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(
+        api.list(&ListParams::default()).await.unwrap().items.len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn drop_watches_ends_open_streams() {
+    let server = FakeApiServer::start().await.unwrap();
+    let api: Api<ConfigMap> = Api::namespaced(server.client().unwrap(), "default");
+    let rv = server.resource_version().to_string();
+    let mut stream = api
+        .watch(&WatchParams::default(), &rv)
+        .await
+        .unwrap()
+        .boxed();
+    assert_eq!(server.faults().watch_count(), 1);
+    server.faults().drop_watches();
+    assert!(stream.try_next().await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn raw_bytes_reach_open_watches() {
+    let server = FakeApiServer::start().await.unwrap();
+    let api: Api<ConfigMap> = Api::namespaced(server.client().unwrap(), "default");
+    let rv = server.resource_version().to_string();
+    let mut stream = api
+        .watch(&WatchParams::default(), &rv)
+        .await
+        .unwrap()
+        .boxed();
+    assert_eq!(server.faults().watch_count(), 1);
+    server.faults().inject_watch_bytes(&b"{not json\n"[..]);
+    assert!(stream.try_next().await.is_err());
+}
+
+#[tokio::test(start_paused = true)]
+async fn delay_and_pause_hold_responses() {
+    let server = FakeApiServer::start().await.unwrap();
+    let api: Api<ConfigMap> = Api::namespaced(server.client().unwrap(), "default");
+    server.faults().pause();
+    let pending = tokio::spawn({
+        let api = api.clone();
+        async move {
+            api.list(&ListParams::default())
+                .await
+                .map(|l| l.items.len())
+        }
+    });
+    tokio::task::yield_now().await;
+    assert!(!pending.is_finished());
+    server.faults().resume();
+    assert_eq!(pending.await.unwrap().unwrap(), 0);
+
+    server
+        .faults()
+        .set_delay(Some(std::time::Duration::from_secs(30)));
+    let start = tokio::time::Instant::now();
+    api.list(&ListParams::default()).await.unwrap();
+    assert!(start.elapsed() >= std::time::Duration::from_secs(30));
+}
