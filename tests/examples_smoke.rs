@@ -201,3 +201,76 @@ fn pvcwatch_filters_by_namespace_and_label_selector() {
     );
     assert!(!stdout.contains("postgres"), "{stdout}");
 }
+
+#[test]
+fn node_lister_prints_the_synced_cache_then_every_change_of_one_workload_cycle_in_order() {
+    // One cycle is 9 changes: worker-4 added and given a status, worker-1 upgraded, worker-2
+    // cordoned and NotReady, worker-4 deleted, worker-2 and worker-1 restored.
+    let output = run_example(
+        "node-lister",
+        &["--exit-after-events", "9", "--interval-ms", "20"],
+        Duration::from_secs(60),
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("5 nodes in the cache"), "{stdout}");
+    let gpu = stdout
+        .lines()
+        .find(|l| l.starts_with("gpu-1"))
+        .expect("gpu-1 row");
+    assert_eq!(
+        gpu.split_whitespace().collect::<Vec<_>>(),
+        ["gpu-1", "Ready", "v1.34.2", "32", "256Gi"],
+        "{stdout}"
+    );
+    let changes: Vec<&str> = stdout
+        .lines()
+        .filter(|l| {
+            ["ADDED ", "UPDATED ", "DELETED "]
+                .iter()
+                .any(|p| l.starts_with(p))
+        })
+        .collect();
+    let expected = [
+        "ADDED    worker-4",
+        "UPDATED  worker-4                 status Unknown -> Ready, kubelet - -> v1.35.0",
+        "UPDATED  worker-1                 kubelet v1.34.2 -> v1.35.0",
+        "UPDATED  worker-2                 status Ready -> Ready,SchedulingDisabled",
+        "UPDATED  worker-2                 status Ready,SchedulingDisabled -> NotReady,SchedulingDisabled",
+        "DELETED  worker-4",
+        "UPDATED  worker-2                 status NotReady,SchedulingDisabled -> NotReady",
+        "UPDATED  worker-2                 status NotReady -> Ready",
+        "UPDATED  worker-1                 kubelet v1.35.0 -> v1.34.2",
+    ];
+    assert_eq!(changes.len(), expected.len(), "{stdout}");
+    for (line, prefix) in changes.iter().zip(expected) {
+        assert!(
+            line.starts_with(prefix),
+            "{line:?} should start with {prefix:?}\n{stdout}"
+        );
+    }
+    assert!(stdout.contains("9 changes seen"), "{stdout}");
+}
+
+#[test]
+fn node_lister_lists_only_nodes_matching_the_label_selector() {
+    let output = run_example(
+        "node-lister",
+        &[
+            "-l",
+            "node-role.kubernetes.io/control-plane",
+            "--exit-after-events",
+            "0",
+        ],
+        Duration::from_secs(60),
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("1 nodes in the cache"), "{stdout}");
+    assert!(
+        stdout.lines().any(|l| l.starts_with("control-plane-1")),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.lines().any(|l| l.starts_with("worker-")),
+        "{stdout}"
+    );
+}
