@@ -274,3 +274,103 @@ fn node_lister_lists_only_nodes_matching_the_label_selector() {
         "{stdout}"
     );
 }
+
+#[test]
+fn dynamic_watch_discovers_resources_and_keeps_the_label_index_in_step_with_the_changes() {
+    // Six workload steps, six changes: a Deployment added, scaled, moved to another team,
+    // deleted, scaled back and moved back.
+    let output = run_example(
+        "dynamic-watch",
+        &[
+            "--exit-after-events",
+            "6",
+            "--workload-steps",
+            "6",
+            "--interval-ms",
+            "20",
+        ],
+        Duration::from_secs(60),
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let discovered = |name: &str, kind: &str| {
+        stdout.lines().any(|l| {
+            let cells: Vec<&str> = l.split_whitespace().collect();
+            cells.first() == Some(&name) && cells.last() == Some(&kind)
+        })
+    };
+    assert!(discovered("deployments.apps", "Deployment"), "{stdout}");
+    assert!(discovered("backups.demo.reflex.dev", "Backup"), "{stdout}");
+    assert!(discovered("nodes", "Node"), "{stdout}");
+    assert!(
+        stdout.contains("watching deployments.apps (apps/v1): 6 objects cached"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("  index team: payments=2 platform=1 search=3"),
+        "{stdout}"
+    );
+    let changes: Vec<String> = stdout
+        .lines()
+        .filter(|l| {
+            ["ADDED ", "MODIFIED ", "DELETED "]
+                .iter()
+                .any(|p| l.starts_with(p))
+        })
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            "ADDED platform/metrics team=platform replicas=1",
+            "MODIFIED shop/checkout team=payments replicas=6",
+            "MODIFIED shop/catalog team=payments replicas=2 (was team=search)",
+            "DELETED platform/metrics team=platform replicas=1",
+            "MODIFIED shop/checkout team=payments replicas=3",
+            "MODIFIED shop/catalog team=search replicas=2 (was team=payments)",
+        ],
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("6 changes seen; final index team: payments=2 platform=1 search=3"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn dynamic_watch_watches_a_custom_resource_named_by_plural_and_group() {
+    let output = run_example(
+        "dynamic-watch",
+        &[
+            "--resource",
+            "backups.demo.reflex.dev",
+            "--no-discovery",
+            "--exit-after-events",
+            "0",
+        ],
+        Duration::from_secs(60),
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("watching backups.demo.reflex.dev (demo.reflex.dev/v1): 2 objects cached"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("final index team: payments=1 search=1"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("APIVERSION"), "{stdout}");
+}
+
+#[test]
+fn dynamic_watch_rejects_an_unknown_resource_with_a_typed_error() {
+    let output = Command::new(example_binary("dynamic-watch"))
+        .args(["--resource", "widgets.nowhere.example", "--no-discovery"])
+        .output()
+        .expect("the example runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("the server has no resource \"widgets.nowhere.example\""),
+        "{stderr}"
+    );
+}
