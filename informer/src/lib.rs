@@ -7,10 +7,12 @@
 //! |---|---|
 //! | [`key`] | object keys (`namespace/name`) |
 //! | [`fifo`] | the seam between the Reflector and the delta queue |
+//! | [`factory`] | `SharedInformerFactory`: one shared informer per resource |
 //! | [`informer`] | `SharedIndexInformer`: reflector, FIFO, store and handlers joined |
 //! | [`processor`] | fan-out of notifications to event handlers |
 
 pub mod delta_fifo;
+pub mod factory;
 pub mod fifo;
 pub mod informer;
 pub mod key;

@@ -1,0 +1,407 @@
+//! `SharedInformerFactory`: one shared informer per resource in a process.
+//!
+//! Several controllers in one process usually watch the same resources. Each watch costs the
+//! API server a connection and the process a full copy of the objects, so the factory hands
+//! the *same* [`SharedIndexInformer`] to every caller asking for the same thing (keyed by the
+//! Rust type, or the `ApiResource` for dynamic objects, and the kind of informer: full objects
+//! or metadata only). `start()` runs the informers not yet running (call it again after asking
+//! for more), `wait_for_cache_sync()` reports per type, `shutdown()` stops and awaits them all.
+//!
+//! ```no_run
+//! use k8s_openapi::api::core::v1::Pod;
+//! use reflex_informer::factory::{FactoryOptions, SharedInformerFactory};
+//!
+//! # async fn demo(client: kube::Client) {
+//! let factory = SharedInformerFactory::new(client, FactoryOptions::default());
+//! let pods = factory.informer::<Pod>();
+//! factory.start();
+//! let synced = factory.wait_for_cache_sync(None).await;
+//! assert!(synced.values().all(|s| *s));
+//! let _count = pods.indexer().len();
+//! factory.shutdown().await;
+//! # }
+//! ```
+
+use std::any::{Any, TypeId};
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use kube::api::{ApiResource, DynamicObject, PartialObjectMeta};
+use parking_lot::Mutex;
+use serde::de::DeserializeOwned;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::informer::{InformerOptions, SharedIndexInformer, Transform};
+use crate::reflector::ReflectorOptions;
+use crate::source::ListWatch;
+use crate::source::api::MetadataOnly;
+use crate::store::Indexer;
+
+/// Options shared by every informer of a factory.
+#[derive(Debug, Clone, Default)]
+pub struct FactoryOptions {
+    /// Watch only this namespace (`None`: all namespaces).
+    pub namespace: Option<String>,
+    /// Label selector applied to every list and watch.
+    pub label_selector: Option<String>,
+    /// Field selector applied to every list and watch.
+    pub field_selector: Option<String>,
+    /// Default handler resync period (zero: none).
+    pub default_resync: Duration,
+    /// Resync period per informer name (see [`SharedInformerFactory::wait_for_cache_sync`] for
+    /// the names), overriding `default_resync`.
+    pub resync_per_type: HashMap<String, Duration>,
+    /// Base reflector options (the selectors above are applied on top).
+    pub reflector: ReflectorOptions,
+}
+
+/// A started or not yet started informer, with its concrete type erased.
+trait ErasedInformer: Send + Sync {
+    fn run(&self, shutdown: CancellationToken) -> BoxFuture<'static, ()>;
+    fn wait_for_sync(&self) -> BoxFuture<'static, bool>;
+    fn as_any(&self) -> &(dyn Any + Send + Sync);
+}
+
+impl<K> ErasedInformer for SharedIndexInformer<K>
+where
+    K: kube::Resource + Send + Sync + 'static,
+{
+    fn run(&self, shutdown: CancellationToken) -> BoxFuture<'static, ()> {
+        let informer = self.clone();
+        async move {
+            if let Err(e) = informer.run(shutdown).await {
+                tracing::error!(error = %e, "informer refused to run");
+            }
+        }
+        .boxed()
+    }
+
+    fn wait_for_sync(&self) -> BoxFuture<'static, bool> {
+        let informer = self.clone();
+        async move { informer.wait_for_sync().await }.boxed()
+    }
+
+    fn as_any(&self) -> &(dyn Any + Send + Sync) {
+        self
+    }
+}
+
+struct Entry {
+    informer: Arc<dyn ErasedInformer>,
+    started: bool,
+}
+
+struct State {
+    informers: BTreeMap<String, Entry>,
+    tasks: Vec<JoinHandle<()>>,
+    transforms: HashMap<TypeId, Box<dyn Any + Send + Sync>>,
+    shut_down: bool,
+}
+
+/// Hands out shared informers; a cheap-clone handle. See the [module docs](self).
+#[derive(Clone)]
+pub struct SharedInformerFactory {
+    client: kube::Client,
+    options: Arc<FactoryOptions>,
+    state: Arc<Mutex<State>>,
+    shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for SharedInformerFactory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedInformerFactory")
+            .field("options", &self.options)
+            .field(
+                "informers",
+                &self.state.lock().informers.keys().collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl SharedInformerFactory {
+    /// A factory creating informers through `client`.
+    pub fn new(client: kube::Client, options: FactoryOptions) -> Self {
+        SharedInformerFactory {
+            client,
+            options: Arc::new(options),
+            state: Arc::new(Mutex::new(State {
+                informers: BTreeMap::new(),
+                tasks: Vec::new(),
+                transforms: HashMap::new(),
+                shut_down: false,
+            })),
+            shutdown: CancellationToken::new(),
+        }
+    }
+
+    /// Sets the transform of the informers of type `K` created after this call.
+    pub fn set_transform<K: 'static>(&self, transform: Transform<K>) {
+        self.state
+            .lock()
+            .transforms
+            .insert(TypeId::of::<K>(), Box::new(transform));
+    }
+
+    fn informer_options(&self, name: &str) -> InformerOptions {
+        let mut reflector = self.options.reflector.clone();
+        if self.options.label_selector.is_some() {
+            reflector.label_selector = self.options.label_selector.clone();
+        }
+        if self.options.field_selector.is_some() {
+            reflector.field_selector = self.options.field_selector.clone();
+        }
+        InformerOptions {
+            default_resync: self
+                .options
+                .resync_per_type
+                .get(name)
+                .copied()
+                .unwrap_or(self.options.default_resync),
+            reflector,
+        }
+    }
+
+    /// The cluster-wide API of a typed resource; the namespace option is applied as the field
+    /// selector `metadata.namespace=<ns>` (kube offers no namespaced constructor generic over the
+    /// scope), so a namespaced factory still needs list/watch rights across namespaces.
+    fn typed_api<K>(&self) -> kube::Api<K>
+    where
+        K: kube::Resource,
+        K::DynamicType: Default,
+    {
+        kube::Api::all_with(self.client.clone(), &Default::default())
+    }
+
+    fn typed_options(&self, mut options: InformerOptions) -> InformerOptions {
+        if let Some(ns) = &self.options.namespace {
+            let by_ns = format!("metadata.namespace={ns}");
+            options.reflector.field_selector =
+                Some(match options.reflector.field_selector.take() {
+                    Some(fs) if !fs.is_empty() => format!("{fs},{by_ns}"),
+                    _ => by_ns,
+                });
+        }
+        options
+    }
+
+    fn get_or_create<K>(
+        &self,
+        name: String,
+        create: impl FnOnce(InformerOptions) -> SharedIndexInformer<K>,
+    ) -> SharedIndexInformer<K>
+    where
+        K: kube::Resource + Send + Sync + 'static,
+    {
+        let mut state = self.state.lock();
+        if let Some(entry) = state.informers.get(&name)
+            && let Some(informer) = entry
+                .informer
+                .as_any()
+                .downcast_ref::<SharedIndexInformer<K>>()
+        {
+            return informer.clone();
+        }
+        let informer = create(self.informer_options(&name));
+        if let Some(t) = state.transforms.get(&TypeId::of::<K>())
+            && let Some(t) = t.downcast_ref::<Transform<K>>()
+            && let Err(e) = informer.set_transform(t.clone())
+        {
+            tracing::error!(error = %e, informer = %name, "transform not applied");
+        }
+        state.informers.insert(
+            name,
+            Entry {
+                informer: Arc::new(informer.clone()),
+                started: false,
+            },
+        );
+        informer
+    }
+
+    /// The shared informer of typed objects `K` (named after `K`'s Rust type).
+    pub fn informer<K>(&self) -> SharedIndexInformer<K>
+    where
+        K: kube::Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+        K::DynamicType: Default + Send + Sync + 'static,
+    {
+        let name = std::any::type_name::<K>().to_owned();
+        self.get_or_create(name, |options| {
+            let source: Arc<dyn ListWatch<K>> = Arc::new(self.typed_api::<K>());
+            SharedIndexInformer::new(source, self.typed_options(options))
+        })
+    }
+
+    /// The shared informer of `DynamicObject`s of `resource` (CRDs, discovered resources),
+    /// named `group/version/plural`.
+    pub fn dynamic_informer(&self, resource: &ApiResource) -> SharedIndexInformer<DynamicObject> {
+        let name = format!(
+            "{}/{}/{}",
+            resource.group, resource.version, resource.plural
+        );
+        self.get_or_create(name, |options| {
+            let api = match &self.options.namespace {
+                Some(ns) => kube::Api::namespaced_with(self.client.clone(), ns, resource),
+                None => kube::Api::all_with(self.client.clone(), resource),
+            };
+            let source: Arc<dyn ListWatch<DynamicObject>> = Arc::new(api);
+            SharedIndexInformer::with_indexer(
+                source,
+                Indexer::with_dyntype(resource.clone()),
+                options,
+            )
+        })
+    }
+
+    /// The shared metadata-only informer of `K` (named `metadata:` and `K`'s Rust type).
+    pub fn metadata_informer<K>(&self) -> SharedIndexInformer<PartialObjectMeta<K>>
+    where
+        K: kube::Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+        K::DynamicType: Default + Send + Sync + 'static,
+    {
+        let name = format!("metadata:{}", std::any::type_name::<K>());
+        self.get_or_create(name, |options| {
+            let source: Arc<dyn ListWatch<PartialObjectMeta<K>>> =
+                Arc::new(MetadataOnly(self.typed_api::<K>()));
+            SharedIndexInformer::new(source, self.typed_options(options))
+        })
+    }
+
+    /// Starts every informer not yet started (on the current tokio runtime). Call it again
+    /// after asking for more informers. Does nothing after [`shutdown`](Self::shutdown).
+    pub fn start(&self) {
+        let mut state = self.state.lock();
+        if state.shut_down {
+            return;
+        }
+        let mut spawned = Vec::new();
+        for (name, entry) in state.informers.iter_mut().filter(|(_, e)| !e.started) {
+            entry.started = true;
+            tracing::debug!(informer = %name, "starting informer");
+            spawned.push(tokio::spawn(
+                entry.informer.run(self.shutdown.child_token()),
+            ));
+        }
+        state.tasks.extend(spawned);
+    }
+
+    /// Waits for every started informer to sync, or until `timeout`; returns informer name ->
+    /// synced.
+    pub async fn wait_for_cache_sync(&self, timeout: Option<Duration>) -> BTreeMap<String, bool> {
+        let started: Vec<(String, Arc<dyn ErasedInformer>)> = self
+            .state
+            .lock()
+            .informers
+            .iter()
+            .filter(|(_, e)| e.started)
+            .map(|(n, e)| (n.clone(), e.informer.clone()))
+            .collect();
+        let waits = started.into_iter().map(|(name, informer)| async move {
+            let wait = informer.wait_for_sync();
+            let synced = match timeout {
+                Some(t) => tokio::time::timeout(t, wait).await.unwrap_or(false),
+                None => wait.await,
+            };
+            (name, synced)
+        });
+        futures::future::join_all(waits).await.into_iter().collect()
+    }
+
+    /// Stops every informer and waits for all their tasks.
+    pub async fn shutdown(&self) {
+        let tasks = {
+            let mut state = self.state.lock();
+            state.shut_down = true;
+            std::mem::take(&mut state.tasks)
+        };
+        self.shutdown.cancel();
+        for task in tasks {
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "informer task failed");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+
+    fn client() -> kube::Client {
+        let config = kube::Config::new("http://127.0.0.1:9".parse().expect("uri"));
+        kube::Client::try_from(config).expect("client")
+    }
+
+    #[tokio::test]
+    async fn the_same_request_returns_the_same_shared_informer() {
+        let factory = SharedInformerFactory::new(client(), FactoryOptions::default());
+        let a = factory.informer::<Pod>();
+        let b = factory.informer::<Pod>();
+        a.add_indexers("by-node", |_: &Pod| Vec::new()).unwrap();
+        // Shared: the index registered through `a` exists in `b`'s store.
+        assert!(b.indexer().index_keys("by-node", "x").is_ok());
+        let m = factory.metadata_informer::<Pod>();
+        assert!(
+            m.indexer().index_keys("by-node", "x").is_err(),
+            "metadata informer is distinct"
+        );
+        let ar = ApiResource::erase::<ConfigMap>(&());
+        let d1 = factory.dynamic_informer(&ar);
+        let d2 = factory.dynamic_informer(&ar);
+        d1.add_indexers("x", |_: &DynamicObject| Vec::new())
+            .unwrap();
+        assert!(d2.indexer().index_keys("x", "v").is_ok());
+        assert_eq!(factory.state.lock().informers.len(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unreachable_server_reports_unsynced_within_timeout_and_shutdown_waits() {
+        let factory = SharedInformerFactory::new(client(), FactoryOptions::default());
+        let _pods = factory.informer::<Pod>();
+        assert!(
+            factory.wait_for_cache_sync(None).await.is_empty(),
+            "nothing started"
+        );
+        factory.start();
+        let synced = factory
+            .wait_for_cache_sync(Some(Duration::from_secs(5)))
+            .await;
+        assert_eq!(synced.get(std::any::type_name::<Pod>()), Some(&false));
+        factory.shutdown().await;
+        assert!(factory.informer::<Pod>().is_stopped());
+    }
+
+    #[test]
+    fn options_apply_selectors_namespace_and_per_type_resync() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _guard = rt.enter();
+        let pod = std::any::type_name::<Pod>().to_owned();
+        let options = FactoryOptions {
+            namespace: Some("team-a".into()),
+            label_selector: Some("app=web".into()),
+            field_selector: Some("status.phase=Running".into()),
+            default_resync: Duration::from_secs(60),
+            resync_per_type: [(pod.clone(), Duration::from_secs(5))].into(),
+            ..Default::default()
+        };
+        let factory = SharedInformerFactory::new(client(), options);
+        let pods = factory.typed_options(factory.informer_options(&pod));
+        assert_eq!(pods.default_resync, Duration::from_secs(5));
+        assert_eq!(pods.reflector.label_selector.as_deref(), Some("app=web"));
+        assert_eq!(
+            pods.reflector.field_selector.as_deref(),
+            Some("status.phase=Running,metadata.namespace=team-a")
+        );
+        let other = factory.informer_options("other");
+        assert_eq!(other.default_resync, Duration::from_secs(60));
+    }
+}
