@@ -1,19 +1,26 @@
 //! # reflex-runtime
 //!
-//! Running controllers: leader election on a Lease, an event recorder, retries on conflict, metrics
-//! and health endpoints, and signal handling. It will also hold the controller (joining
-//! `reflex-informer`, the cache, and `reflex-workqueue`, the work).
+//! Running controllers: the controller and its workers (joining `reflex-informer`, the cache, and
+//! `reflex-workqueue`, the work), leader election on a Lease, an event recorder, retries on
+//! conflict, metrics and health endpoints, and signal handling.
 //!
 //! | module | what it gives |
 //! |---|---|
+//! | [`controller`] | informers to a rate-limited workqueue to `reconcile` workers |
 //! | [`leader_election`] | one active replica among many, on a `coordination.k8s.io/v1` Lease |
 //! | [`events`] | `events.k8s.io/v1` Events, written off the caller's path, repeats folded into series |
 //! | [`retry`] | `retry_on_conflict` for read-modify-write loops |
 //! | [`serve`] | `/metrics`, `/healthz`, `/readyz` over HTTP |
 //! | [`signal`] | a shutdown token cancelled on SIGINT or SIGTERM |
 
+pub mod controller;
 pub mod events;
 pub mod leader_election;
 pub mod retry;
 pub mod serve;
 pub mod signal;
+
+pub use controller::{
+    Action, Controller, ControllerError, ControllerMetrics, ControllerOptions, ControllerSummary,
+    ErrorAction,
+};

@@ -1,0 +1,796 @@
+//! `Controller<K>`: shared informers feeding a rate-limited work queue of object keys, drained
+//! by a fixed number of workers calling your `reconcile`.
+//!
+//! Why this shape (client-go's sample-controller, made a library):
+//! - **Keys, not objects, are queued.** Handlers enqueue an [`ObjectKey`]; `reconcile` reads the
+//!   current object from the lister. Many changes to one object collapse into one reconcile of
+//!   its latest state, and a deleted object is simply absent from the lister.
+//! - **Per-key serialisation comes from the queue**: a key being reconciled and changed again is
+//!   handed out once more after `done`, never to two workers at once.
+//! - **Bounded concurrency** (`workers`, default 2) and **per-key backoff** (the queue's rate
+//!   limiter, by default [`default_controller_rate_limiter`]: 5 ms doubling to 1000 s, and 10
+//!   qps / burst 100 overall).
+//! - **No work before the cache is warm**: workers start only after every involved informer
+//!   (and the controller's handler on it) has synced, within [`ControllerOptions::sync_timeout`].
+//!
+//! What the handlers enqueue:
+//! - the primary (`K`): its key on add and delete (tombstones included); on update unless the
+//!   resourceVersion is unchanged (a resync) or the [`filter`](Controller::filter) predicate
+//!   (e.g. [`predicates::generation_changed`]) says no;
+//! - [`owns`](Controller::owns): the key of the controlling owner (`ownerReferences` entry with
+//!   `controller: true` whose kind and apiVersion are `K`'s) of a changed or deleted child, before
+//!   and after an update (an adoption or release enqueues both owners);
+//! - [`watches`](Controller::watches): whatever keys the mapper returns.
+//!
+//! Outcomes: `Ok(Action::requeue_after(d))` forgets the key's failures and adds it back after
+//! `d`; `Ok(Action::done())` forgets it; `Err(e)` asks the error policy for an [`ErrorAction`]
+//! (rate-limited retry, retry after a delay, or drop). A panicking reconcile is caught, logged,
+//! counted and retried with the rate limiter; the worker survives. `done` is always called.
+//!
+//! Informer ownership: [`run`](Controller::run) starts every involved informer that is not
+//! running yet and stops exactly those on shutdown. Informers already running (for example
+//! started by a factory, or shared with another controller) are left to whoever started them;
+//! the controller only removes its handlers from them.
+//!
+//! Shutdown (cancel the token given to [`ControllerOptions::shutdown`]): workers stop taking
+//! keys, in-flight reconciles finish within [`ControllerOptions::shutdown_grace`] (those still
+//! running then are abandoned and counted), the queue is shut down, handlers are removed, the
+//! informers the controller started are stopped, and `run` returns a [`ControllerSummary`].
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use k8s_openapi::api::apps::v1::Deployment;
+//! use k8s_openapi::api::core::v1::ConfigMap;
+//! use reflex_informer::informer::{InformerOptions, SharedIndexInformer};
+//! use reflex_informer::key::ObjectKey;
+//! use reflex_informer::lister::Lister;
+//! use reflex_runtime::controller::{Action, Controller, default_error_policy};
+//!
+//! #[derive(Debug, thiserror::Error)]
+//! #[error("reconcile failed: {0}")]
+//! struct Error(String);
+//!
+//! struct Ctx {
+//!     deployments: Lister<Deployment>,
+//! }
+//!
+//! async fn reconcile(key: ObjectKey, ctx: Arc<Ctx>) -> Result<Action, Error> {
+//!     let Some(deployment) = ctx.deployments.get_by_key(&key) else {
+//!         return Ok(Action::done()); // deleted: owned objects go with it
+//!     };
+//!     tracing::info!(name = ?deployment.metadata.name, "reconciling");
+//!     // ... create or update the children through kube::Api ...
+//!     Ok(Action::requeue_after(Duration::from_secs(300)))
+//! }
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let client = kube::Client::try_default().await?;
+//! let deployments = SharedIndexInformer::new(
+//!     Arc::new(kube::Api::<Deployment>::all(client.clone())),
+//!     InformerOptions::default(),
+//! );
+//! let config_maps = SharedIndexInformer::new(
+//!     Arc::new(kube::Api::<ConfigMap>::all(client)),
+//!     InformerOptions::default(),
+//! );
+//! let ctx = Arc::new(Ctx { deployments: deployments.lister() });
+//! let summary = Controller::new(deployments)
+//!     .owns(config_maps)
+//!     .workers(4)
+//!     .run(reconcile, default_error_policy, ctx)
+//!     .await?;
+//! println!("{} reconciles, {} errors", summary.reconciles, summary.errors);
+//! # Ok(())
+//! # }
+//! ```
+
+use std::any::TypeId;
+use std::fmt;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::FutureExt;
+use futures::future::{BoxFuture, join_all};
+use kube::core::ClusterResourceScope;
+use reflex_informer::fifo::DeltaObject;
+use reflex_informer::informer::{InformerError, SharedIndexInformer};
+use reflex_informer::key::ObjectKey;
+use reflex_informer::processor::handler_fn;
+use reflex_workqueue::{RateLimitingQueue, default_controller_rate_limiter};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+/// What a successful reconcile asks for next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Action {
+    requeue_after: Option<Duration>,
+}
+
+impl Action {
+    /// Reconcile this key again after `delay` (for example to poll an external state), even if
+    /// nothing changes.
+    pub fn requeue_after(delay: Duration) -> Self {
+        Action {
+            requeue_after: Some(delay),
+        }
+    }
+
+    /// Nothing more to do until the object (or one it watches) changes.
+    pub fn done() -> Self {
+        Action {
+            requeue_after: None,
+        }
+    }
+
+    /// The requested delay, if any.
+    pub fn requeue_delay(&self) -> Option<Duration> {
+        self.requeue_after
+    }
+}
+
+/// What the error policy decides for a failed reconcile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorAction {
+    /// Retry after the queue's rate limiter's delay for this key (per-key exponential backoff).
+    RateLimited,
+    /// Retry after this delay (the key's failure history is kept).
+    RequeueAfter(Duration),
+    /// Give up on this key until it changes again; its failure history is forgotten.
+    Drop,
+}
+
+/// The default error policy: retry with the rate limiter ([`ErrorAction::RateLimited`]).
+pub fn default_error_policy<E, C>(_error: &E, _key: &ObjectKey, _ctx: &Arc<C>) -> ErrorAction {
+    ErrorAction::RateLimited
+}
+
+/// Update predicates for [`Controller::filter`].
+pub mod predicates {
+    /// True when `metadata.generation` changed: spec changes pass, status-only updates (which
+    /// do not bump the generation of resources with a status subresource) are skipped.
+    /// Objects without a generation always pass.
+    pub fn generation_changed<K: kube::Resource>(old: &K, new: &K) -> bool {
+        match (old.meta().generation, new.meta().generation) {
+            (Some(old), Some(new)) => old != new,
+            _ => true,
+        }
+    }
+}
+
+/// Why a controller could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    /// Registering the controller's event handler on an informer failed (for example the
+    /// informer was already stopped).
+    #[error("registering the event handler on informer {informer} failed")]
+    Register {
+        /// Which informer (its position and type).
+        informer: String,
+        /// The informer's refusal.
+        #[source]
+        source: InformerError,
+    },
+    /// Some informers did not sync within the configured timeout; no worker was started.
+    #[error("informers {unsynced:?} did not sync within {timeout:?}")]
+    SyncTimeout {
+        /// The informers still unsynced.
+        unsynced: Vec<String>,
+        /// The configured [`ControllerOptions::sync_timeout`].
+        timeout: Duration,
+    },
+    /// An informer stopped before it synced; no worker was started.
+    #[error("informer {informer} stopped before it synced")]
+    InformerStopped {
+        /// Which informer.
+        informer: String,
+    },
+}
+
+/// The rare knobs of a [`Controller`].
+#[derive(Debug, Clone)]
+pub struct ControllerOptions {
+    /// The controller's name, a field of every reconcile span and log event.
+    pub name: String,
+    /// How long `run` waits for every informer to sync before failing with
+    /// [`ControllerError::SyncTimeout`] (`None`: forever). Default: none.
+    pub sync_timeout: Option<Duration>,
+    /// How long in-flight reconciles may run after shutdown was requested. Default 30 s.
+    pub shutdown_grace: Duration,
+    /// Cancel to shut the controller down gracefully. Default: a token nobody cancels.
+    pub shutdown: CancellationToken,
+}
+
+impl Default for ControllerOptions {
+    fn default() -> Self {
+        ControllerOptions {
+            name: "controller".to_owned(),
+            sync_timeout: None,
+            shutdown_grace: Duration::from_secs(30),
+            shutdown: CancellationToken::new(),
+        }
+    }
+}
+
+/// What a controller did, returned by [`Controller::run`] and readable live through
+/// [`ControllerMetrics::snapshot`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ControllerSummary {
+    /// Reconciles started.
+    pub reconciles: u64,
+    /// Reconciles that returned `Err`.
+    pub errors: u64,
+    /// Keys added back to the queue (requested requeues and retries).
+    pub requeues: u64,
+    /// Reconciles that panicked.
+    pub panics: u64,
+    /// Failed keys the error policy dropped.
+    pub dropped: u64,
+    /// Reconciles still running when the shutdown grace period ended (abandoned).
+    pub abandoned: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    reconciles: AtomicU64,
+    errors: AtomicU64,
+    requeues: AtomicU64,
+    panics: AtomicU64,
+    dropped: AtomicU64,
+    abandoned: AtomicU64,
+}
+
+/// Live counters of a controller; a cheap-clone handle obtained before `run`.
+#[derive(Debug, Clone, Default)]
+pub struct ControllerMetrics {
+    counters: Arc<Counters>,
+}
+
+impl ControllerMetrics {
+    /// The counters now.
+    pub fn snapshot(&self) -> ControllerSummary {
+        let c = &self.counters;
+        ControllerSummary {
+            reconciles: c.reconciles.load(Ordering::Relaxed),
+            errors: c.errors.load(Ordering::Relaxed),
+            requeues: c.requeues.load(Ordering::Relaxed),
+            panics: c.panics.load(Ordering::Relaxed),
+            dropped: c.dropped.load(Ordering::Relaxed),
+            abandoned: c.abandoned.load(Ordering::Relaxed),
+        }
+    }
+}
+
+type Queue = RateLimitingQueue<ObjectKey>;
+type Remover = Box<dyn FnOnce() + Send>;
+
+/// One informer the controller depends on, with its key mapping, type-erased.
+trait Involved: Send + Sync {
+    fn name(&self) -> &str;
+    fn has_synced(&self) -> bool;
+    fn register(&self, queue: Queue) -> Result<Registered, InformerError>;
+    fn informer_run(&self, shutdown: CancellationToken) -> BoxFuture<'static, bool>;
+}
+
+struct Registered {
+    synced: BoxFuture<'static, bool>,
+    remove: Remover,
+}
+
+type Mapper<C> = Arc<dyn Fn(&C) -> Vec<ObjectKey> + Send + Sync>;
+type UpdateFilter<C> = Arc<dyn Fn(&C, &C) -> bool + Send + Sync>;
+
+struct Watched<C> {
+    name: String,
+    informer: SharedIndexInformer<C>,
+    mapper: Mapper<C>,
+    /// `Some` for the primary: skip updates it rejects (resync skipping is always on there).
+    primary_filter: Option<Option<UpdateFilter<C>>>,
+}
+
+fn enqueue_all(queue: &Queue, keys: Vec<ObjectKey>) {
+    for key in keys {
+        let _ = queue.add(key);
+    }
+}
+
+impl<C> Involved for Watched<C>
+where
+    C: kube::Resource + Send + Sync + 'static,
+{
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn has_synced(&self) -> bool {
+        self.informer.has_synced()
+    }
+
+    fn register(&self, queue: Queue) -> Result<Registered, InformerError> {
+        let (q_add, q_upd, q_del) = (queue.clone(), queue.clone(), queue);
+        let (m_add, m_upd, m_del) = (
+            self.mapper.clone(),
+            self.mapper.clone(),
+            self.mapper.clone(),
+        );
+        let primary_filter = self.primary_filter.clone();
+        let is_primary = primary_filter.is_some();
+        let handler = handler_fn::<C>()
+            .on_add(move |obj, _| enqueue_all(&q_add, m_add(obj)))
+            .on_update(move |old, new| {
+                match &primary_filter {
+                    Some(filter) => {
+                        if old.meta().resource_version == new.meta().resource_version {
+                            return; // a resync: nothing changed
+                        }
+                        if let Some(filter) = filter
+                            && !filter(old, new)
+                        {
+                            return;
+                        }
+                        enqueue_all(&q_upd, m_upd(new));
+                    }
+                    None => {
+                        if old.meta().resource_version == new.meta().resource_version {
+                            return;
+                        }
+                        // Both: a child moved between owners, or a mapping changed.
+                        let mut keys = m_upd(old);
+                        for key in m_upd(new) {
+                            if !keys.contains(&key) {
+                                keys.push(key);
+                            }
+                        }
+                        enqueue_all(&q_upd, keys);
+                    }
+                }
+            })
+            .on_delete(move |obj| match obj {
+                DeltaObject::Object(o) => enqueue_all(&q_del, m_del(o)),
+                // The primary's tombstone carries its key even when the last state is unknown.
+                DeltaObject::Tombstone(t) if is_primary => {
+                    let _ = q_del.add(t.key.clone());
+                }
+                DeltaObject::Tombstone(t) => {
+                    if let Some(o) = &t.obj {
+                        enqueue_all(&q_del, m_del(o));
+                    }
+                }
+            });
+        let registration = self.informer.add_event_handler(handler)?;
+        let informer = self.informer.clone();
+        let reg = registration.clone();
+        Ok(Registered {
+            synced: async move { informer.wait_for_sync().await && reg.wait_for_sync().await }
+                .boxed(),
+            remove: Box::new(move || {
+                registration.remove();
+            }),
+        })
+    }
+
+    fn informer_run(&self, shutdown: CancellationToken) -> BoxFuture<'static, bool> {
+        let informer = self.informer.clone();
+        let name = self.name.clone();
+        async move {
+            match informer.run(shutdown).await {
+                Ok(()) => true,
+                Err(InformerError::AlreadyStarted(_)) => false,
+                Err(error) => {
+                    tracing::warn!(informer = %name, error = %error, "informer did not run");
+                    false
+                }
+            }
+        }
+        .boxed()
+    }
+}
+
+/// A controller for the primary resource `K`; see the [module docs](self).
+pub struct Controller<K> {
+    primary: SharedIndexInformer<K>,
+    filter: Option<UpdateFilter<K>>,
+    others: Vec<Arc<dyn Involved>>,
+    workers: usize,
+    queue: Option<Queue>,
+    options: ControllerOptions,
+    metrics: ControllerMetrics,
+}
+
+impl<K> fmt::Debug for Controller<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Controller")
+            .field("name", &self.options.name)
+            .field("workers", &self.workers)
+            .field("watched", &self.others.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K> Controller<K>
+where
+    K: kube::Resource + Send + Sync + 'static,
+    K::DynamicType: Default,
+{
+    /// A controller of the objects of `primary` (from a factory or built directly), with two
+    /// workers, the default rate-limited queue and default options.
+    pub fn new(primary: SharedIndexInformer<K>) -> Self {
+        Controller {
+            primary,
+            filter: None,
+            others: Vec::new(),
+            workers: 2,
+            queue: None,
+            options: ControllerOptions::default(),
+            metrics: ControllerMetrics::default(),
+        }
+    }
+
+    /// Enqueues a primary's update only when `predicate(old, new)` holds (for example
+    /// [`predicates::generation_changed`]). Adds and deletes always pass.
+    pub fn filter(mut self, predicate: impl Fn(&K, &K) -> bool + Send + Sync + 'static) -> Self {
+        self.filter = Some(Arc::new(predicate));
+        self
+    }
+
+    /// Enqueues the controlling owner of a changed or deleted child of type `C`: the
+    /// `ownerReferences` entry with `controller: true` and `K`'s kind and apiVersion.
+    pub fn owns<C>(mut self, informer: SharedIndexInformer<C>) -> Self
+    where
+        C: kube::Resource + Send + Sync + 'static,
+    {
+        let cluster_scoped = TypeId::of::<K::Scope>() == TypeId::of::<ClusterResourceScope>();
+        let dt = K::DynamicType::default();
+        let kind = K::kind(&dt).into_owned();
+        let api_version = K::api_version(&dt).into_owned();
+        let mapper: Mapper<C> = Arc::new(move |child: &C| {
+            let meta = child.meta();
+            meta.owner_references
+                .iter()
+                .flatten()
+                .filter(|r| {
+                    r.controller == Some(true) && r.kind == kind && r.api_version == api_version
+                })
+                .map(|r| {
+                    let ns = if cluster_scoped {
+                        None
+                    } else {
+                        meta.namespace.as_deref()
+                    };
+                    ObjectKey::new(ns, &r.name)
+                })
+                .collect()
+        });
+        let name = format!("owns#{}:{}", self.others.len() + 1, short_type::<C>());
+        self.others.push(Arc::new(Watched {
+            name,
+            informer,
+            mapper,
+            primary_filter: None,
+        }));
+        self
+    }
+
+    /// Enqueues the keys `mapper` returns for every changed or deleted object of `informer`
+    /// (on an update, for the old and the new object).
+    pub fn watches<C>(
+        mut self,
+        informer: SharedIndexInformer<C>,
+        mapper: impl Fn(&C) -> Vec<ObjectKey> + Send + Sync + 'static,
+    ) -> Self
+    where
+        C: kube::Resource + Send + Sync + 'static,
+    {
+        let name = format!("watches#{}:{}", self.others.len() + 1, short_type::<C>());
+        self.others.push(Arc::new(Watched {
+            name,
+            informer,
+            mapper: Arc::new(mapper),
+            primary_filter: None,
+        }));
+        self
+    }
+
+    /// How many reconciles may run at once (at least one). Default 2.
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = n.max(1);
+        self
+    }
+
+    /// Replaces the default queue (`default_controller_rate_limiter()`, no metrics), for example
+    /// to name it, attach a metrics provider or change the backoff.
+    pub fn queue(mut self, queue: RateLimitingQueue<ObjectKey>) -> Self {
+        self.queue = Some(queue);
+        self
+    }
+
+    /// Sets the rare knobs (name, sync timeout, shutdown token and grace).
+    pub fn options(mut self, options: ControllerOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Live counters of this controller (the same values `run` returns at the end).
+    pub fn metrics(&self) -> ControllerMetrics {
+        self.metrics.clone()
+    }
+
+    /// Runs until [`ControllerOptions::shutdown`] is cancelled; see the [module docs](self).
+    pub async fn run<C, E, R, Fut, P>(
+        self,
+        reconcile: R,
+        error_policy: P,
+        ctx: Arc<C>,
+    ) -> Result<ControllerSummary, ControllerError>
+    where
+        C: Send + Sync + 'static,
+        E: fmt::Display + Send + 'static,
+        R: Fn(ObjectKey, Arc<C>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Action, E>> + Send + 'static,
+        P: Fn(&E, &ObjectKey, &Arc<C>) -> ErrorAction + Send + Sync + 'static,
+    {
+        let Controller {
+            primary,
+            filter,
+            others,
+            workers,
+            queue,
+            options,
+            metrics,
+        } = self;
+        let queue = queue.unwrap_or_else(|| Queue::new(default_controller_rate_limiter()));
+        let name = options.name.clone();
+        let span = tracing::info_span!("controller", controller = %name);
+        let primary_mapper: Mapper<K> =
+            Arc::new(|obj: &K| ObjectKey::from_resource(obj).into_iter().collect());
+        let mut involved: Vec<Arc<dyn Involved>> = vec![Arc::new(Watched {
+            name: format!("primary:{}", short_type::<K>()),
+            informer: primary,
+            mapper: primary_mapper,
+            primary_filter: Some(filter),
+        })];
+        involved.extend(others);
+
+        // Register handlers, then start informers nobody runs yet.
+        let mut removers = Vec::new();
+        let mut synced = Vec::new();
+        for inv in &involved {
+            match inv.register(queue.clone()) {
+                Ok(reg) => {
+                    synced.push((inv.name().to_owned(), reg.synced));
+                    removers.push(reg.remove);
+                }
+                Err(source) => {
+                    removers.into_iter().for_each(|remove: Remover| remove());
+                    return Err(ControllerError::Register {
+                        informer: inv.name().to_owned(),
+                        source,
+                    });
+                }
+            }
+        }
+        let informers_stop = CancellationToken::new();
+        let informer_tasks: Vec<JoinHandle<bool>> = involved
+            .iter()
+            .map(|inv| tokio::spawn(inv.informer_run(informers_stop.child_token())))
+            .collect();
+        let stop_all = |removers: Vec<Remover>| {
+            let informers_stop = informers_stop.clone();
+            async move {
+                removers.into_iter().for_each(|remove| remove());
+                informers_stop.cancel();
+                let started = join_all(informer_tasks).await;
+                let owned = started.iter().filter(|r| matches!(r, Ok(true))).count();
+                tracing::debug!(stopped_informers = owned, "informers stopped");
+            }
+        };
+
+        // Wait for every informer (and our handler on it) to sync.
+        let sync = wait_synced(synced);
+        let sync_result = tokio::select! {
+            biased;
+            () = options.shutdown.cancelled() => None,
+            r = async {
+                match options.sync_timeout {
+                    Some(t) => tokio::time::timeout(t, sync).await.unwrap_or_else(|_| Err(None)),
+                    None => sync.await,
+                }
+            } => Some(r),
+        };
+        match sync_result {
+            None => {
+                queue.shut_down();
+                stop_all(removers).await;
+                return Ok(metrics.snapshot());
+            }
+            Some(Err(failure)) => {
+                queue.shut_down();
+                stop_all(removers).await;
+                return Err(match failure {
+                    Some(informer) => ControllerError::InformerStopped { informer },
+                    None => ControllerError::SyncTimeout {
+                        unsynced: involved
+                            .iter()
+                            .filter(|i| !i.has_synced())
+                            .map(|i| i.name().to_owned())
+                            .collect(),
+                        timeout: options.sync_timeout.unwrap_or_default(),
+                    },
+                });
+            }
+            Some(Ok(())) => {}
+        }
+        tracing::info!(parent: &span, workers, "caches synced, starting workers");
+
+        let shared = Arc::new(Worker {
+            name: name.clone(),
+            queue: queue.clone(),
+            reconcile,
+            error_policy,
+            ctx,
+            counters: metrics.counters.clone(),
+            stop: options.shutdown.clone(),
+        });
+        let mut handles: Vec<JoinHandle<()>> = (0..workers)
+            .map(|id| {
+                let w = shared.clone();
+                tokio::spawn(w.run_loop().instrument(tracing::info_span!(
+                    parent: &span,
+                    "worker",
+                    worker = id
+                )))
+            })
+            .collect();
+
+        options.shutdown.cancelled().await;
+        tracing::info!(parent: &span, "shutting down: finishing in-flight reconciles");
+        let grace = options.shutdown_grace;
+        let finished = tokio::time::timeout(grace, join_all(handles.iter_mut())).await;
+        if finished.is_err() {
+            let in_flight = queue.queue().processing_len() as u64;
+            metrics
+                .counters
+                .abandoned
+                .fetch_add(in_flight, Ordering::Relaxed);
+            tracing::warn!(parent: &span, abandoned = in_flight, grace = ?grace, "grace period over, abandoning reconciles");
+            for h in &handles {
+                h.abort();
+            }
+            let _ = join_all(handles).await;
+            queue.shut_down();
+        } else {
+            // Nothing is in flight any more, so the drain returns at once; bounded anyway.
+            let _ = tokio::time::timeout(grace, queue.shut_down_with_drain()).await;
+            queue.shut_down();
+        }
+        stop_all(removers).await;
+        let summary = metrics.snapshot();
+        tracing::info!(parent: &span, reconciles = summary.reconciles, errors = summary.errors, requeues = summary.requeues, panics = summary.panics, "controller stopped");
+        Ok(summary)
+    }
+}
+
+/// Waits for all; `Err(Some(name))` if one stopped first.
+async fn wait_synced(
+    synced: Vec<(String, BoxFuture<'static, bool>)>,
+) -> Result<(), Option<String>> {
+    let results = join_all(
+        synced
+            .into_iter()
+            .map(|(name, fut)| async move { (name, fut.await) }),
+    )
+    .await;
+    match results.into_iter().find(|(_, ok)| !ok) {
+        Some((name, _)) => Err(Some(name)),
+        None => Ok(()),
+    }
+}
+
+fn short_type<T>() -> &'static str {
+    let full = std::any::type_name::<T>();
+    full.rsplit("::").next().unwrap_or(full)
+}
+
+struct Worker<C, R, P> {
+    name: String,
+    queue: Queue,
+    reconcile: R,
+    error_policy: P,
+    ctx: Arc<C>,
+    counters: Arc<Counters>,
+    stop: CancellationToken,
+}
+
+impl<C, R, P> Worker<C, R, P> {
+    fn requeued(&self) {
+        self.counters.requeues.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl<C, E, R, Fut, P> Worker<C, R, P>
+where
+    C: Send + Sync + 'static,
+    E: fmt::Display + Send + 'static,
+    R: Fn(ObjectKey, Arc<C>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Action, E>> + Send + 'static,
+    P: Fn(&E, &ObjectKey, &Arc<C>) -> ErrorAction + Send + Sync + 'static,
+{
+    async fn run_loop(self: Arc<Self>) {
+        loop {
+            let key = tokio::select! {
+                biased;
+                () = self.stop.cancelled() => return,
+                key = self.queue.get() => match key {
+                    Some(key) => key,
+                    None => return,
+                },
+            };
+            self.process(&key).await;
+            let _ = self.queue.done(&key);
+        }
+    }
+
+    async fn process(&self, key: &ObjectKey) {
+        self.counters.reconciles.fetch_add(1, Ordering::Relaxed);
+        let span = tracing::info_span!("reconcile", controller = %self.name, key = %key);
+        let outcome = AssertUnwindSafe((self.reconcile)(key.clone(), self.ctx.clone()))
+            .catch_unwind()
+            .instrument(span.clone())
+            .await;
+        let _enter = span.enter();
+        match outcome {
+            Ok(Ok(action)) => {
+                self.queue.forget(key);
+                if let Some(delay) = action.requeue_delay() {
+                    tracing::debug!(delay = ?delay, "requeue requested");
+                    self.requeued();
+                    self.add_after(key, delay);
+                }
+            }
+            Ok(Err(error)) => {
+                self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                let decision = (self.error_policy)(&error, key, &self.ctx);
+                tracing::warn!(error = %error, decision = ?decision, "reconcile failed");
+                match decision {
+                    ErrorAction::RateLimited => {
+                        self.requeued();
+                        if let Err(e) = self.queue.add_rate_limited(key.clone()) {
+                            tracing::error!(error = %e, "could not schedule a retry");
+                        }
+                    }
+                    ErrorAction::RequeueAfter(delay) => {
+                        self.requeued();
+                        self.add_after(key, delay);
+                    }
+                    ErrorAction::Drop => {
+                        self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                        self.queue.forget(key);
+                    }
+                }
+            }
+            Err(panic) => {
+                self.counters.panics.fetch_add(1, Ordering::Relaxed);
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "non-string panic payload".to_owned());
+                tracing::error!(panic = %message, "reconcile panicked; retrying with backoff");
+                self.requeued();
+                if let Err(e) = self.queue.add_rate_limited(key.clone()) {
+                    tracing::error!(error = %e, "could not schedule a retry");
+                }
+            }
+        }
+    }
+
+    fn add_after(&self, key: &ObjectKey, delay: Duration) {
+        if let Err(e) = self.queue.add_after(key.clone(), delay) {
+            tracing::error!(error = %e, "could not schedule a requeue");
+        }
+    }
+}
