@@ -492,3 +492,18 @@ async fn bookmarks_arrive_at_the_configured_interval() {
         other => panic!("expected BOOKMARK, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn seeded_objects_resolve_their_resource_from_api_version_and_kind() {
+    let server = FakeApiServer::start().await.unwrap();
+    server
+        .seed(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "s"}}))
+        .unwrap();
+    let api: Api<ConfigMap> = Api::namespaced(server.client().unwrap(), "default");
+    assert!(api.get("s").await.is_ok());
+    assert!(
+        server
+            .seed(json!({"apiVersion": "v9", "kind": "Nope", "metadata": {"name": "s"}}))
+            .is_err()
+    );
+}

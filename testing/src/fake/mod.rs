@@ -260,6 +260,43 @@ impl FakeApiServer {
             .map_err(FakeError::Rejected)
     }
 
+    /// Creates an object given in code, resolving its resource from `apiVersion` and `kind`;
+    /// namespaced objects without a namespace go to `default`.
+    pub fn seed(&self, obj: Value) -> Result<Value, FakeError> {
+        let api_version = obj
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let kind = obj
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let mut storage = self.shared.storage.lock();
+        let def = storage
+            .defs()
+            .find(|d| d.api_version() == api_version && d.kind == kind)
+            .cloned()
+            .ok_or_else(|| {
+                FakeError::Rejected(ApiError::new(
+                    404,
+                    "NotFound",
+                    format!("no resource for {api_version} {kind}"),
+                ))
+            })?;
+        let ns = obj
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or("default")
+            .to_string();
+        let ns = if def.namespaced { ns } else { String::new() };
+        storage
+            .create(&def.key(), &ns, obj)
+            .map(|o| (*o).clone())
+            .map_err(FakeError::Rejected)
+    }
+
     /// Current global resourceVersion.
     pub fn resource_version(&self) -> u64 {
         self.shared.storage.lock().current_rv()
