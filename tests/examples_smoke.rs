@@ -374,3 +374,75 @@ fn dynamic_watch_rejects_an_unknown_resource_with_a_typed_error() {
         "{stderr}"
     );
 }
+
+/// Checks what sample-controller printed after its embedded workload converged.
+fn assert_sample_controller_converged(stdout: &str) {
+    for line in [
+        "installed CRD foos.samplecontroller.k8s.io",
+        "default/example-foo      created deployment example-foo with 1 replicas",
+        "default/web              created deployment web-nginx with 2 replicas",
+        "default/example-foo      scaled deployment example-foo from 1 to 3 replicas",
+        "default/example-foo      status.availableReplicas = 3 (of 3)",
+        "converged",
+    ] {
+        assert!(
+            stdout.lines().any(|l| l == line),
+            "missing {line:?} in\n{stdout}"
+        );
+    }
+    let rows: Vec<Vec<&str>> = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("FOO "))
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows,
+        [["default/example-foo", "example-foo", "3", "3"]],
+        "{stdout}"
+    );
+    let events = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("events recorded: "))
+        .expect("events summary");
+    for reason in ["Created=2", "Scaled=1"] {
+        assert!(events.split_whitespace().any(|e| e == reason), "{events}");
+    }
+    assert!(events.contains("Synced="), "{events}");
+    assert!(stdout.contains("controller stopped:"), "{stdout}");
+}
+
+#[test]
+fn sample_controller_creates_scales_and_reports_owned_deployments_until_converged() {
+    let output = run_example(
+        "sample-controller",
+        &["--exit-when-converged", "--interval-ms", "150"],
+        Duration::from_secs(90),
+    );
+    assert_sample_controller_converged(&String::from_utf8_lossy(&output.stdout));
+}
+
+#[test]
+fn sample_controller_reconciles_only_after_winning_the_lease_with_leader_election() {
+    let output = run_example(
+        "sample-controller",
+        &[
+            "--leader-elect",
+            "--exit-when-converged",
+            "--interval-ms",
+            "150",
+        ],
+        Duration::from_secs(90),
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let campaign = stdout
+        .find("campaigning for Lease default/sample-controller")
+        .expect("campaigns");
+    let leading = stdout
+        .find("leading: starting the controller")
+        .expect("leads");
+    let created = stdout.find("created deployment").expect("reconciles");
+    assert!(campaign < leading && leading < created, "{stdout}");
+    assert_sample_controller_converged(&stdout);
+}
