@@ -1,6 +1,7 @@
 //! Lists Nodes from an informer's cache, then prints every add, update and delete.
 //!
-//! A `SharedIndexInformer<Node>` lists and watches the Nodes; once its cache has synced, the nodes
+//! A `SharedInformerFactory` hands out the shared `SharedIndexInformer<Node>`, which lists and
+//! watches the Nodes; once the factory reports its caches synced, the nodes
 //! are printed from its lister (name, readiness, kubelet version, CPU and memory capacity). An
 //! event handler registered before start then reports each change as it is applied to the cache,
 //! saying what changed for an update (readiness, kubelet version, capacity).
@@ -22,11 +23,9 @@ use clap::Parser;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::core::Selector;
+use reflex::informer::factory::{FactoryOptions, SharedInformerFactory};
 use reflex::informer::fifo::DeltaObject;
-use reflex::informer::informer::{InformerOptions, SharedIndexInformer};
 use reflex::informer::processor::handler_fn;
-use reflex::informer::reflector::ReflectorOptions;
-use reflex::informer::source::ListWatch;
 use reflex_testing::FakeApiServer;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -310,17 +309,15 @@ async fn run(args: Args) -> Result<(), NodeListerError> {
     let shutdown = reflex::runtime::signal::shutdown_token().map_err(NodeListerError::Signal)?;
     let (client, server) = client_for(&args).await?;
 
-    let source: Arc<dyn ListWatch<Node>> = Arc::new(Api::<Node>::all(client.clone()));
-    let informer = SharedIndexInformer::new(
-        source,
-        InformerOptions {
-            reflector: ReflectorOptions {
-                label_selector: args.selector.clone(),
-                ..ReflectorOptions::default()
-            },
-            ..InformerOptions::default()
+    // One factory per process: every part of a program asking it for Nodes shares this informer.
+    let factory = SharedInformerFactory::new(
+        client.clone(),
+        FactoryOptions {
+            label_selector: args.selector.clone(),
+            ..FactoryOptions::default()
         },
     );
+    let informer = factory.informer::<Node>();
     // Changes are printed by the main task, in the order the handler saw them.
     let (tx, mut changes) = tokio::sync::mpsc::unbounded_channel::<String>();
     let (add_tx, update_tx) = (tx.clone(), tx.clone());
@@ -350,11 +347,7 @@ async fn run(args: Args) -> Result<(), NodeListerError> {
         .map_err(NodeListerError::Informer)?;
 
     let stop = shutdown.child_token();
-    let informer_task = tokio::spawn({
-        let informer = informer.clone();
-        let stop = stop.clone();
-        async move { informer.run(stop).await }
-    });
+    factory.start();
     let deadline = async {
         match args.exit_after {
             Some(secs) => tokio::time::sleep(Duration::from_secs(secs)).await,
@@ -364,7 +357,7 @@ async fn run(args: Args) -> Result<(), NodeListerError> {
     tokio::pin!(deadline);
 
     let synced = tokio::select! {
-        synced = informer.wait_for_sync() => synced,
+        synced = factory.wait_for_cache_sync(None) => synced.values().all(|s| *s),
         _ = shutdown.cancelled() => false,
         _ = &mut deadline => false,
     };
@@ -405,7 +398,7 @@ async fn run(args: Args) -> Result<(), NodeListerError> {
     if let Some(task) = workload_task {
         let _ = task.await;
     }
-    let _ = informer_task.await;
+    factory.shutdown().await;
     println!("{seen} changes seen");
     if let Some(server) = server {
         server.shutdown().await;
