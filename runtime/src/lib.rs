@@ -1,12 +1,12 @@
 //! # reflex-runtime
 //!
-//! Running controllers: leader election on a Lease, an event recorder, retries on conflict, metrics
-//! and health endpoints, and signal handling, and the controller (joining `reflex-informer`, the
-//! cache, and `reflex-workqueue`, the work).
+//! Running controllers: the controller and its workers (joining `reflex-informer`, the cache, and
+//! `reflex-workqueue`, the work), leader election on a Lease, an event recorder, retries on
+//! conflict, metrics and health endpoints, and signal handling.
 //!
 //! | module | what it gives |
 //! |---|---|
-//! | [`controller`] | `Controller<K>`: informers -> rate-limited queue of keys -> `reconcile` workers |
+//! | [`controller`] | informers to a rate-limited workqueue to `reconcile` workers |
 //! | [`leader_election`] | one active replica among many, on a `coordination.k8s.io/v1` Lease |
 //! | [`events`] | `events.k8s.io/v1` Events, written off the caller's path, repeats folded into series |
 //! | [`retry`] | `retry_on_conflict` for read-modify-write loops |

@@ -1,0 +1,799 @@
+//! Kubernetes' sample-controller, on Reflex: a `Foo` owns a Deployment.
+//!
+//! A `Foo` (`foos.samplecontroller.k8s.io/v1alpha1`, the CRD is installed when absent) asks for a
+//! Deployment named `spec.deploymentName` with `spec.replicas` replicas. The controller (two
+//! workers, a rate-limited queue of Foo keys) watches Foos and the Deployments they own; each
+//! reconcile creates the Deployment if missing (owned by the Foo, so a Deployment change wakes its
+//! Foo), scales it when the replicas differ, refuses to adopt a Deployment it does not own, and
+//! copies the Deployment's `availableReplicas` into `Foo.status`. Each outcome is recorded as an
+//! `events.k8s.io/v1` Event on the Foo and printed as one line. With `--leader-elect`, only the
+//! replica holding the `sample-controller` Lease reconciles.
+//!
+//! With no `--kubeconfig` and no `--cluster`, an embedded fake API server plays the cluster: a
+//! workload creates Foos, scales one and deletes another, and a stand-in for the Deployment
+//! controller and the kubelet marks the replicas of each Deployment available.
+//!
+//! ```text
+//! cargo run --example sample-controller                        # embedded, until Ctrl-C
+//! cargo run --example sample-controller -- --kubeconfig ~/.kube/config --leader-elect
+//! ```
+
+#![allow(
+    clippy::disallowed_names,
+    reason = "Foo is the sample controller's resource kind, not a placeholder"
+)]
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Namespace, ObjectReference};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::core::NamespaceResourceScope;
+use reflex::informer::informer::{InformerOptions, SharedIndexInformer};
+use reflex::informer::key::ObjectKey;
+use reflex::informer::lister::Lister;
+use reflex::runtime::controller::{Action, Controller, ControllerOptions, default_error_policy};
+use reflex::runtime::events::{EventRecorder, EventType, KubeEventSink, RecorderConfig};
+use reflex::runtime::leader_election::{KubeLease, LeaderElectionConfig, LeaderElector};
+use reflex_testing::FakeApiServer;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+/// Command line of sample-controller.
+#[derive(Debug, Parser)]
+#[command(
+    name = "sample-controller",
+    about = "Foo owns a Deployment: the sample controller"
+)]
+struct Args {
+    /// Number of reconcile workers.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Only reconcile while holding the `sample-controller` Lease.
+    #[arg(long)]
+    leader_elect: bool,
+    /// Namespace of the Lease.
+    #[arg(long, default_value = "default")]
+    lease_namespace: String,
+    /// Use this kubeconfig instead of the embedded fake API server.
+    #[arg(long, conflicts_with = "cluster")]
+    kubeconfig: Option<PathBuf>,
+    /// Use the cluster found by `kube::Config::infer` (KUBECONFIG, ~/.kube/config, in-cluster).
+    #[arg(long)]
+    cluster: bool,
+    /// Embedded mode: milliseconds between two steps of the workload.
+    #[arg(long, default_value_t = 1500)]
+    interval_ms: u64,
+    /// Embedded mode: exit once the workload's four steps are done and every Foo has converged.
+    #[arg(long)]
+    exit_when_converged: bool,
+    /// Exit after this many seconds.
+    #[arg(long)]
+    exit_after: Option<u64>,
+}
+
+/// Why sample-controller could not run.
+#[derive(Debug, thiserror::Error)]
+enum SampleError {
+    /// The kubeconfig could not be read or used.
+    #[error("cannot use kubeconfig {0}")]
+    Kubeconfig(PathBuf, #[source] kube::config::KubeconfigError),
+    /// No cluster configuration was found.
+    #[error("cannot infer a cluster configuration")]
+    Infer(#[source] kube::config::InferConfigError),
+    /// The client could not be built.
+    #[error("cannot build a Kubernetes client")]
+    Client(#[source] kube::Error),
+    /// The embedded API server did not start.
+    #[error("cannot start the embedded API server")]
+    Fake(#[source] reflex_testing::FakeError),
+    /// Installing the Foo CRD failed.
+    #[error("cannot install the Foo CRD")]
+    Crd(#[source] kube::Error),
+    /// The Foo resource did not become usable after installing its CRD.
+    #[error("the Foo resource is not served after installing its CRD")]
+    CrdNotServed(#[source] kube::Error),
+    /// The controller could not run.
+    #[error("the controller failed")]
+    Controller(#[source] reflex::runtime::controller::ControllerError),
+    /// Leader election is misconfigured.
+    #[error("leader election is misconfigured")]
+    LeaderElection(#[source] reflex::runtime::leader_election::LeaderElectionError),
+    /// The signal handlers could not be installed.
+    #[error("cannot install the Ctrl-C handler")]
+    Signal(#[source] std::io::Error),
+}
+
+/// Why one reconcile failed (it is retried with the queue's per-key backoff).
+#[derive(Debug, thiserror::Error)]
+enum ReconcileError {
+    /// A write to the API server failed.
+    #[error("{what} failed")]
+    Api {
+        /// What was being written.
+        what: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// The Deployment exists and is not controlled by this Foo.
+    #[error("deployment {0} exists and is not owned by this Foo")]
+    NotOwned(String),
+}
+
+/// `Foo.spec`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+struct FooSpec {
+    deployment_name: String,
+    replicas: i32,
+}
+
+/// `Foo.status`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+struct FooStatus {
+    available_replicas: i32,
+}
+
+/// A Foo object.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Foo {
+    metadata: ObjectMeta,
+    #[serde(default)]
+    spec: FooSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    status: Option<FooStatus>,
+}
+
+impl kube::Resource for Foo {
+    type DynamicType = ();
+    type Scope = NamespaceResourceScope;
+
+    fn kind(_: &()) -> Cow<'_, str> {
+        "Foo".into()
+    }
+    fn group(_: &()) -> Cow<'_, str> {
+        "samplecontroller.k8s.io".into()
+    }
+    fn version(_: &()) -> Cow<'_, str> {
+        "v1alpha1".into()
+    }
+    fn plural(_: &()) -> Cow<'_, str> {
+        "foos".into()
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+fn foo_crd() -> CustomResourceDefinition {
+    serde_json::from_value(json!({
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": "foos.samplecontroller.k8s.io"},
+        "spec": {
+            "group": "samplecontroller.k8s.io",
+            "scope": "Namespaced",
+            "names": {"plural": "foos", "singular": "foo", "kind": "Foo", "listKind": "FooList"},
+            "versions": [{
+                "name": "v1alpha1", "served": true, "storage": true,
+                "subresources": {"status": {}},
+                "schema": {"openAPIV3Schema": {"type": "object", "properties": {
+                    "spec": {"type": "object", "properties": {
+                        "deploymentName": {"type": "string"},
+                        "replicas": {"type": "integer", "minimum": 0}}},
+                    "status": {"type": "object", "properties": {
+                        "availableReplicas": {"type": "integer"}}}}}}
+            }]
+        }
+    }))
+    .expect("a literal CRD is a valid CustomResourceDefinition")
+}
+
+/// Installs the Foo CRD when absent and waits until Foos can be listed.
+async fn install_crd(client: &kube::Client) -> Result<(), SampleError> {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    if crds
+        .get_opt("foos.samplecontroller.k8s.io")
+        .await
+        .map_err(SampleError::Crd)?
+        .is_none()
+    {
+        crds.create(&PostParams::default(), &foo_crd())
+            .await
+            .map_err(SampleError::Crd)?;
+        println!("installed CRD foos.samplecontroller.k8s.io");
+    }
+    let foos: Api<Foo> = Api::all(client.clone());
+    let mut attempt = 0;
+    loop {
+        match foos.list(&ListParams::default().limit(1)).await {
+            Ok(_) => return Ok(()),
+            Err(e) if attempt >= 20 => return Err(SampleError::CrdNotServed(e)),
+            Err(_) => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+}
+
+struct Ctx {
+    client: kube::Client,
+    foos: Lister<Foo>,
+    deployments: Lister<Deployment>,
+    recorder: EventRecorder,
+}
+
+fn reference(foo: &Foo) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("samplecontroller.k8s.io/v1alpha1".into()),
+        kind: Some("Foo".into()),
+        name: foo.metadata.name.clone(),
+        namespace: foo.metadata.namespace.clone(),
+        uid: foo.metadata.uid.clone(),
+        resource_version: foo.metadata.resource_version.clone(),
+        ..ObjectReference::default()
+    }
+}
+
+fn new_deployment(foo: &Foo) -> Deployment {
+    let name = &foo.spec.deployment_name;
+    let owner = OwnerReference {
+        api_version: "samplecontroller.k8s.io/v1alpha1".into(),
+        kind: "Foo".into(),
+        name: foo.metadata.name.clone().unwrap_or_default(),
+        uid: foo.metadata.uid.clone().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    };
+    let mut deployment: Deployment = serde_json::from_value(json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": foo.metadata.namespace,
+                     "labels": {"app": "nginx", "controller": foo.metadata.name}},
+        "spec": {
+            "replicas": foo.spec.replicas,
+            "selector": {"matchLabels": {"app": "nginx", "controller": foo.metadata.name}},
+            "template": {
+                "metadata": {"labels": {"app": "nginx", "controller": foo.metadata.name}},
+                "spec": {"containers": [{"name": "nginx", "image": "nginx:1.27"}]}
+            }
+        }
+    }))
+    .expect("a literal deployment is a valid Deployment");
+    deployment.metadata.owner_references = Some(vec![owner]);
+    deployment
+}
+
+fn owned_by(deployment: &Deployment, foo: &Foo) -> bool {
+    deployment
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| {
+            o.controller == Some(true)
+                && o.kind == "Foo"
+                && Some(&o.uid) == foo.metadata.uid.as_ref()
+        })
+}
+
+async fn reconcile(key: ObjectKey, ctx: Arc<Ctx>) -> Result<Action, ReconcileError> {
+    let Some(foo) = ctx.foos.get_by_key(&key) else {
+        // Deleted: its Deployment is garbage-collected through the owner reference.
+        return Ok(Action::done());
+    };
+    let namespace = key.namespace().unwrap_or("default").to_string();
+    let reference = reference(&foo);
+    if foo.spec.deployment_name.is_empty() {
+        println!(
+            "{:<24} spec.deploymentName is empty: nothing to do",
+            key.to_string()
+        );
+        ctx.recorder.publish(
+            &reference,
+            EventType::Warning,
+            "InvalidSpec",
+            "Reconcile",
+            "spec.deploymentName must be set",
+        );
+        return Ok(Action::done());
+    }
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
+    let dep_name = foo.spec.deployment_name.clone();
+    let dep_key = ObjectKey::new(Some(namespace.as_str()), &dep_name);
+    let deployment = match ctx.deployments.get_by_key(&dep_key) {
+        None => {
+            let created = deployments
+                .create(&PostParams::default(), &new_deployment(&foo))
+                .await
+                .map_err(|source| ReconcileError::Api {
+                    what: format!("creating deployment {dep_key}"),
+                    source,
+                })?;
+            println!(
+                "{:<24} created deployment {dep_name} with {} replicas",
+                key.to_string(),
+                foo.spec.replicas
+            );
+            ctx.recorder.publish(
+                &reference,
+                EventType::Normal,
+                "Created",
+                "CreateDeployment",
+                &format!("Created Deployment {dep_name}"),
+            );
+            Arc::new(created)
+        }
+        Some(existing) if !owned_by(&existing, &foo) => {
+            ctx.recorder.publish(
+                &reference,
+                EventType::Warning,
+                "ErrResourceExists",
+                "Reconcile",
+                &format!("Resource {dep_name} already exists and is not managed by Foo"),
+            );
+            return Err(ReconcileError::NotOwned(dep_key.to_string()));
+        }
+        Some(existing) => existing,
+    };
+    let current = deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.replicas)
+        .unwrap_or(1);
+    if current != foo.spec.replicas {
+        let patch = json!({"spec": {"replicas": foo.spec.replicas}});
+        deployments
+            .patch(&dep_name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(|source| ReconcileError::Api {
+                what: format!("scaling deployment {dep_key}"),
+                source,
+            })?;
+        println!(
+            "{:<24} scaled deployment {dep_name} from {current} to {} replicas",
+            key.to_string(),
+            foo.spec.replicas
+        );
+        ctx.recorder.publish(
+            &reference,
+            EventType::Normal,
+            "Scaled",
+            "ScaleDeployment",
+            &format!(
+                "Scaled Deployment {dep_name} from {current} to {}",
+                foo.spec.replicas
+            ),
+        );
+    }
+    let available = deployment
+        .status
+        .as_ref()
+        .and_then(|s| s.available_replicas)
+        .unwrap_or(0);
+    if foo.status.as_ref().map(|s| s.available_replicas) != Some(available) {
+        let foos: Api<Foo> = Api::namespaced(ctx.client.clone(), &namespace);
+        let patch = json!({"status": {"availableReplicas": available}});
+        match foos
+            .patch_status(key.name(), &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => {}
+            // Deleted since the cache last saw it: nothing left to report on.
+            Err(kube::Error::Api(status)) if status.code == 404 => return Ok(Action::done()),
+            Err(source) => {
+                return Err(ReconcileError::Api {
+                    what: format!("updating the status of {key}"),
+                    source,
+                });
+            }
+        }
+        println!(
+            "{:<24} status.availableReplicas = {available} (of {})",
+            key.to_string(),
+            foo.spec.replicas
+        );
+        ctx.recorder.publish(
+            &reference,
+            EventType::Normal,
+            "Synced",
+            "Reconcile",
+            "Foo synced successfully",
+        );
+    }
+    Ok(Action::done())
+}
+
+fn foo(namespace: &str, name: &str, deployment: &str, replicas: i32) -> Foo {
+    serde_json::from_value(json!({
+        "apiVersion": "samplecontroller.k8s.io/v1alpha1",
+        "kind": "Foo",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"deploymentName": deployment, "replicas": replicas}
+    }))
+    .expect("a literal Foo is valid")
+}
+
+/// The number of workload steps (see [`workload_step`]).
+const WORKLOAD_STEPS: u64 = 4;
+
+/// Creates two Foos, scales one and deletes the other (with its Deployment, as the garbage
+/// collector would).
+async fn workload_step(client: &kube::Client, step: u64) -> Result<(), kube::Error> {
+    let foos: Api<Foo> = Api::namespaced(client.clone(), "default");
+    match step {
+        0 => foos
+            .create(
+                &PostParams::default(),
+                &foo("default", "example-foo", "example-foo", 1),
+            )
+            .await
+            .map(|_| ()),
+        1 => foos
+            .create(
+                &PostParams::default(),
+                &foo("default", "web", "web-nginx", 2),
+            )
+            .await
+            .map(|_| ()),
+        2 => {
+            let patch = json!({"spec": {"replicas": 3}});
+            foos.patch(
+                "example-foo",
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+            .map(|_| ())
+        }
+        _ => {
+            foos.delete("web", &DeleteParams::default()).await?;
+            let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
+            deployments
+                .delete("web-nginx", &DeleteParams::default())
+                .await
+                .map(|_| ())
+        }
+    }
+}
+
+/// Stands in for the Deployment controller and the kubelet: every Deployment's replicas become
+/// available.
+async fn make_replicas_available(client: &kube::Client) -> Result<(), kube::Error> {
+    let deployments: Api<Deployment> = Api::all(client.clone());
+    for d in deployments.list(&ListParams::default()).await? {
+        let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+        let have = d
+            .status
+            .as_ref()
+            .and_then(|s| s.available_replicas)
+            .unwrap_or(0);
+        if want != have {
+            let api: Api<Deployment> = Api::namespaced(
+                client.clone(),
+                d.metadata.namespace.as_deref().unwrap_or("default"),
+            );
+            let patch = json!({"status": {"replicas": want, "readyReplicas": want, "availableReplicas": want, "updatedReplicas": want}});
+            api.patch_status(
+                d.metadata.name.as_deref().unwrap_or(""),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs the workload steps every `interval` (setting `finished` after the last one) and marks
+/// replicas available three times as often, until `stop`.
+async fn workload(
+    client: kube::Client,
+    interval: Duration,
+    finished: Arc<std::sync::atomic::AtomicBool>,
+    stop: CancellationToken,
+) {
+    let mut step = 0;
+    let mut ticker = tokio::time::interval(interval / 3);
+    let mut since_step = 0;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        since_step += 1;
+        if since_step >= 3 && step < WORKLOAD_STEPS {
+            since_step = 0;
+            if let Err(error) = workload_step(&client, step).await {
+                tracing::warn!(step, %error, "workload step failed");
+            }
+            step += 1;
+            if step == WORKLOAD_STEPS {
+                finished.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        if let Err(error) = make_replicas_available(&client).await {
+            tracing::warn!(%error, "marking replicas available failed");
+        }
+    }
+}
+
+/// Whether the cache holds `expected_foos` Foos and each matches its Deployment: the right
+/// replicas, all available, and reported in the Foo's status.
+fn converged(ctx: &Ctx, expected_foos: usize) -> bool {
+    let foos = ctx.foos.indexer().list();
+    foos.len() == expected_foos
+        && foos.iter().all(|foo| {
+            let ns = foo.metadata.namespace.as_deref().unwrap_or("default");
+            let dep = ctx
+                .deployments
+                .get_by_key(&ObjectKey::new(Some(ns), &foo.spec.deployment_name));
+            let available = dep
+                .as_ref()
+                .and_then(|d| d.status.as_ref()?.available_replicas)
+                .unwrap_or(0);
+            dep.is_some_and(|d| d.spec.as_ref().and_then(|s| s.replicas) == Some(foo.spec.replicas))
+                && available == foo.spec.replicas
+                && foo.status.as_ref().map(|s| s.available_replicas) == Some(available)
+        })
+}
+
+fn foo_table(ctx: &Ctx) -> String {
+    let mut foos = ctx.foos.indexer().list();
+    foos.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    let mut out = format!(
+        "{:<24} {:<16} {:>8} {:>10}\n",
+        "FOO", "DEPLOYMENT", "DESIRED", "AVAILABLE"
+    );
+    for foo in foos {
+        let name = format!(
+            "{}/{}",
+            foo.metadata.namespace.as_deref().unwrap_or(""),
+            foo.metadata.name.as_deref().unwrap_or("")
+        );
+        let available = foo
+            .status
+            .as_ref()
+            .map_or_else(|| "-".into(), |s| s.available_replicas.to_string());
+        let _ = writeln!(
+            out,
+            "{name:<24} {:<16} {:>8} {available:>10}",
+            foo.spec.deployment_name, foo.spec.replicas
+        );
+    }
+    out
+}
+
+async fn client_for(args: &Args) -> Result<(kube::Client, Option<FakeApiServer>), SampleError> {
+    if let Some(path) = &args.kubeconfig {
+        let kubeconfig = kube::config::Kubeconfig::read_from(path)
+            .map_err(|e| SampleError::Kubeconfig(path.clone(), e))?;
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .map_err(|e| SampleError::Kubeconfig(path.clone(), e))?;
+        return Ok((
+            kube::Client::try_from(config).map_err(SampleError::Client)?,
+            None,
+        ));
+    }
+    if args.cluster {
+        let config = kube::Config::infer().await.map_err(SampleError::Infer)?;
+        return Ok((
+            kube::Client::try_from(config).map_err(SampleError::Client)?,
+            None,
+        ));
+    }
+    let server = FakeApiServer::start().await.map_err(SampleError::Fake)?;
+    let client = server.client().map_err(SampleError::Fake)?;
+    println!(
+        "embedded API server at {} (no cluster needed; --kubeconfig or --cluster for a real one)",
+        server.url()
+    );
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": "default"}}))
+        .expect("a literal namespace is valid");
+    if let Err(e) = namespaces.create(&PostParams::default(), &ns).await {
+        // Already there is fine.
+        tracing::debug!(error = %e, "creating namespace default");
+    }
+    Ok((client, Some(server)))
+}
+
+/// Runs the controller until `shutdown` (or `leading`, under leader election) is cancelled.
+async fn run_controller(
+    client: kube::Client,
+    workers: usize,
+    stop: CancellationToken,
+    ctx_out: tokio::sync::oneshot::Sender<Arc<Ctx>>,
+) -> Result<(), SampleError> {
+    let foos = SharedIndexInformer::new(
+        Arc::new(Api::<Foo>::all(client.clone())),
+        InformerOptions::default(),
+    );
+    let deployments = SharedIndexInformer::new(
+        Arc::new(Api::<Deployment>::all(client.clone())),
+        InformerOptions::default(),
+    );
+    let (recorder, recorder_task) = EventRecorder::new(
+        KubeEventSink::new(client.clone()),
+        RecorderConfig::new(
+            "samplecontroller.k8s.io/sample-controller",
+            format!("sample-controller-{}", std::process::id()),
+        ),
+        stop.clone(),
+    );
+    let ctx = Arc::new(Ctx {
+        client,
+        foos: foos.lister(),
+        deployments: deployments.lister(),
+        recorder,
+    });
+    let _ = ctx_out.send(ctx.clone());
+    let result = Controller::new(foos)
+        .owns(deployments)
+        .workers(workers)
+        .options(ControllerOptions {
+            name: "sample-controller".into(),
+            shutdown: stop,
+            ..ControllerOptions::default()
+        })
+        .run(reconcile, default_error_policy, ctx)
+        .await;
+    recorder_task.join().await;
+    let summary = result.map_err(SampleError::Controller)?;
+    println!(
+        "controller stopped: {} reconciles, {} errors, {} requeues",
+        summary.reconciles, summary.errors, summary.requeues
+    );
+    Ok(())
+}
+
+async fn run(args: Args) -> Result<(), SampleError> {
+    let shutdown = reflex::runtime::signal::shutdown_token().map_err(SampleError::Signal)?;
+    let (client, server) = client_for(&args).await?;
+    install_crd(&client).await?;
+
+    let stop = shutdown.child_token();
+    let (ctx_tx, ctx_rx) = tokio::sync::oneshot::channel();
+    let controller = {
+        let client = client.clone();
+        let stop = stop.clone();
+        let workers = args.workers;
+        if args.leader_elect {
+            let identity = format!("sample-controller-{}", std::process::id());
+            let lease = KubeLease::new(
+                Api::<Lease>::namespaced(client.clone(), &args.lease_namespace),
+                "sample-controller",
+            );
+            let elector = LeaderElector::new(lease, LeaderElectionConfig::new(identity.clone()))
+                .map_err(SampleError::LeaderElection)?;
+            println!(
+                "campaigning for Lease {}/sample-controller as {identity}",
+                args.lease_namespace
+            );
+            tokio::spawn(async move {
+                let mut ctx_tx = Some(ctx_tx);
+                let outcome = elector
+                    .run_while_leader(&stop, |leading| {
+                        println!("leading: starting the controller");
+                        let (tx, rx) = tokio::sync::oneshot::channel();
+                        if let Some(first) = ctx_tx.take() {
+                            tokio::spawn(async move {
+                                if let Ok(ctx) = rx.await {
+                                    let _ = first.send(ctx);
+                                }
+                            });
+                        }
+                        run_controller(client.clone(), workers, leading, tx)
+                    })
+                    .await;
+                outcome.unwrap_or(Ok(()))
+            })
+        } else {
+            tokio::spawn(run_controller(client, workers, stop, ctx_tx))
+        }
+    };
+
+    let deadline = async {
+        match args.exit_after {
+            Some(secs) => tokio::time::sleep(Duration::from_secs(secs)).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(deadline);
+    let ctx = tokio::select! {
+        ctx = ctx_rx => ctx.ok(),
+        _ = shutdown.cancelled() => None,
+        _ = &mut deadline => None,
+    };
+    let mut workload_task = None;
+    let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if let Some(ctx) = &ctx {
+        if server.is_some() {
+            workload_task = Some(tokio::spawn(workload(
+                client.clone(),
+                Duration::from_millis(args.interval_ms),
+                finished.clone(),
+                stop.clone(),
+            )));
+        }
+        let mut check = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => { println!("interrupted"); break; }
+                _ = &mut deadline => break,
+                _ = check.tick() => {}
+            }
+            // After the workload, one Foo is left (`example-foo`, scaled to 3).
+            let steps_done = finished.load(std::sync::atomic::Ordering::SeqCst);
+            if args.exit_when_converged && server.is_some() && steps_done && converged(ctx, 1) {
+                println!("converged");
+                break;
+            }
+        }
+    }
+    stop.cancel();
+    if let Some(task) = workload_task {
+        let _ = task.await;
+    }
+    match controller.await {
+        Ok(result) => result?,
+        Err(e) => tracing::error!(error = %e, "controller task failed"),
+    }
+    if let Some(ctx) = &ctx {
+        println!("{}", foo_table(ctx));
+    }
+    if let Some(server) = server {
+        let events: Api<k8s_openapi::api::events::v1::Event> =
+            Api::namespaced(client.clone(), "default");
+        if let Ok(list) = events.list(&ListParams::default()).await {
+            let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+            for e in list {
+                *reasons.entry(e.reason.unwrap_or_default()).or_default() += 1;
+            }
+            let summary: Vec<String> = reasons.iter().map(|(r, n)| format!("{r}={n}")).collect();
+            println!("events recorded: {}", summary.join(" "));
+        }
+        server.shutdown().await;
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Args::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                eprintln!("  caused by: {cause}");
+                source = cause.source();
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
