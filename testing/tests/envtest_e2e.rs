@@ -458,7 +458,13 @@ impl Recorder {
         let (on_add, on_update, on_delete) = (self.clone(), self.clone(), self.clone());
         handler_fn()
             .on_add(move |o: &Arc<K>, _| on_add.record(o.meta(), "add"))
-            .on_update(move |_: &Arc<K>, new: &Arc<K>| on_update.record(new.meta(), "update"))
+            .on_update(move |old: &Arc<K>, new: &Arc<K>| {
+                // A relist re-delivers unchanged objects as updates with equal resourceVersions
+                // (client-go's sync updates); only real changes count as "update".
+                if old.meta().resource_version != new.meta().resource_version {
+                    on_update.record(new.meta(), "update")
+                }
+            })
             .on_delete(move |o: &DeltaObject<K>| {
                 let meta = match o {
                     DeltaObject::Object(o) => o.meta().clone(),
