@@ -375,7 +375,7 @@ fn pod(name: &str) -> Pod {
     }
 }
 
-/// A factory over one namespace with the given reflector options, and its shutdown guard.
+/// A factory over one namespace with the given reflector options.
 fn factory_in(
     client: &kube::Client,
     ns: &str,
