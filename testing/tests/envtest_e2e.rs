@@ -7,13 +7,26 @@
 //! `REFLEX_REQUIRE_ENVTEST=1`, which makes a missing control plane a failure.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
-use kube::api::{Api, ListParams, PostParams, WatchEvent, WatchParams};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Namespace, Pod, PodSpec};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::Resource;
+use kube::api::{
+    Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, PostParams, WatchEvent,
+    WatchParams,
+};
 use kube::core::ObjectMeta;
+use reflex_informer::factory::{FactoryOptions, SharedInformerFactory};
+use reflex_informer::fifo::DeltaObject;
+use reflex_informer::informer::SharedIndexInformer;
+use reflex_informer::processor::{FnHandler, handler_fn};
+use reflex_informer::reflector::ReflectorOptions;
 use reflex_testing::envtest::{Environment, Options};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 /// Serializes the tests of this binary: one control plane at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -244,5 +257,597 @@ async fn etcd_compaction_makes_an_old_resource_version_answer_410() {
         other => panic!("expected 410 Gone, got {other:?}"),
     };
     assert_eq!(code, 410);
+    env.stop().await.expect("stop envtest");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Informer scenarios: reflex-informer's SharedInformerFactory against the real API server.
+// ---------------------------------------------------------------------------------------------
+
+/// Objects created per resource by the large-sync scenarios.
+const MANY: usize = 1_000;
+
+/// Concurrent creates in flight while filling a namespace.
+const CREATE_CONCURRENCY: usize = 16;
+
+/// `namespace/name` -> resourceVersion of a set of objects.
+type VersionMap = BTreeMap<String, String>;
+
+fn versions_of<'a, K: Resource + 'a>(objects: impl IntoIterator<Item = &'a K>) -> VersionMap {
+    objects
+        .into_iter()
+        .map(|o| {
+            let meta = o.meta();
+            (
+                format!(
+                    "{}/{}",
+                    meta.namespace.as_deref().unwrap_or(""),
+                    meta.name.as_deref().unwrap_or("")
+                ),
+                meta.resource_version.clone().unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// What the informer's store holds, as `namespace/name` -> resourceVersion.
+fn store_versions<K: Resource + Send + Sync + 'static>(
+    informer: &SharedIndexInformer<K>,
+) -> VersionMap {
+    let objects = informer.indexer().list();
+    versions_of(objects.iter().map(|o| o.as_ref()))
+}
+
+/// A fresh (consistent, unpaged) list of `api`, as `namespace/name` -> resourceVersion.
+async fn listed_versions<K>(api: &Api<K>) -> VersionMap
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let list = api.list(&ListParams::default()).await.expect("fresh list");
+    versions_of(list.items.iter())
+}
+
+/// Waits until the informer's store equals a fresh list of `api`, key for key and
+/// resourceVersion for resourceVersion. Call it once no more writes are made, so the fresh
+/// list is the final state; it fails if the store has not converged within [`EVENT_TIMEOUT`].
+async fn assert_converges<K>(informer: &SharedIndexInformer<K>, api: &Api<K>) -> VersionMap
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    let expected = listed_versions(api).await;
+    let converged = tokio::time::timeout(EVENT_TIMEOUT, async {
+        while store_versions(informer) != expected {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    if converged.is_err() {
+        let got = store_versions(informer);
+        let missing: Vec<_> = expected
+            .iter()
+            .filter(|(k, v)| got.get(*k) != Some(v))
+            .take(5)
+            .collect();
+        let extra: Vec<_> = got
+            .iter()
+            .filter(|(k, v)| expected.get(*k) != Some(v))
+            .take(5)
+            .collect();
+        panic!(
+            "store did not converge to a fresh list: {} cached vs {} listed; missing or stale {missing:?}; extra or stale {extra:?}",
+            got.len(),
+            expected.len()
+        );
+    }
+    expected
+}
+
+/// Creates `count` objects built by `make(i)` with [`CREATE_CONCURRENCY`] requests in flight.
+async fn create_many<K>(api: &Api<K>, count: usize, make: impl Fn(usize) -> K)
+where
+    K: Resource + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
+{
+    let objects: Vec<K> = (0..count).map(make).collect();
+    let params = PostParams::default();
+    futures::stream::iter(objects.iter())
+        .map(|o| api.create(&params, o))
+        .buffer_unordered(CREATE_CONCURRENCY)
+        .try_for_each(|_| async { Ok(()) })
+        .await
+        .expect("create objects");
+}
+
+fn pod(name: &str) -> Pod {
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PodSpec {
+            containers: vec![Container {
+                name: "main".to_owned(),
+                image: Some("registry.k8s.io/pause:3.10".to_owned()),
+                ..Container::default()
+            }],
+            ..PodSpec::default()
+        }),
+        ..Pod::default()
+    }
+}
+
+/// A factory over one namespace with the given reflector options.
+fn factory_in(
+    client: &kube::Client,
+    ns: &str,
+    reflector: ReflectorOptions,
+) -> SharedInformerFactory {
+    SharedInformerFactory::new(
+        client.clone(),
+        FactoryOptions {
+            namespace: Some(ns.to_owned()),
+            reflector,
+            ..FactoryOptions::default()
+        },
+    )
+}
+
+async fn sync_all(factory: &SharedInformerFactory) {
+    factory.start();
+    let synced = factory.wait_for_cache_sync(Some(EVENT_TIMEOUT)).await;
+    assert!(!synced.is_empty(), "some informer was started");
+    assert!(
+        synced.values().all(|s| *s),
+        "every informer synced: {synced:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn informers_sync_a_thousand_configmaps_and_pods_matching_a_fresh_list() {
+    let _serial = SERIAL.lock().await;
+    let Some(env) = Environment::start_or_skip(Options::default())
+        .await
+        .expect("start envtest")
+    else {
+        return;
+    };
+    let client = env.client();
+    namespace(&client, "bulk").await;
+    let cms = Api::<ConfigMap>::namespaced(client.clone(), "bulk");
+    let pods = Api::<Pod>::namespaced(client.clone(), "bulk");
+    create_many(&cms, MANY, |i| config_map(&format!("cm-{i:04}"), "v1")).await;
+    create_many(&pods, MANY, |i| pod(&format!("pod-{i:04}"))).await;
+
+    let factory = factory_in(&client, "bulk", ReflectorOptions::default());
+    let cm_informer = factory.informer::<ConfigMap>();
+    let pod_informer = factory.informer::<Pod>();
+    sync_all(&factory).await;
+
+    // Synced means the whole initial list is in the store: no waiting needed for these.
+    let cached_cms = store_versions(&cm_informer);
+    let cached_pods = store_versions(&pod_informer);
+    // The namespace also holds the kube-root-ca.crt ConfigMap only if a controller manager
+    // runs; none does here, so the store is exactly what was created.
+    assert_eq!(cached_cms.len(), MANY);
+    assert_eq!(cached_pods.len(), MANY);
+    assert_eq!(cached_cms, listed_versions(&cms).await);
+    assert_eq!(cached_pods, listed_versions(&pods).await);
+    assert!(!cm_informer.last_sync_resource_version().is_empty());
+    factory.shutdown().await;
+    env.stop().await.expect("stop envtest");
+}
+
+/// Records the notifications each key received, in order.
+#[derive(Default, Clone)]
+struct Recorder(Arc<parking_lot::Mutex<BTreeMap<String, Vec<&'static str>>>>);
+
+impl Recorder {
+    fn record(&self, meta: &ObjectMeta, what: &'static str) {
+        let key = format!(
+            "{}/{}",
+            meta.namespace.as_deref().unwrap_or(""),
+            meta.name.as_deref().unwrap_or("")
+        );
+        self.0.lock().entry(key).or_default().push(what);
+    }
+
+    fn of(&self, key: &str) -> Vec<&'static str> {
+        self.0.lock().get(key).cloned().unwrap_or_default()
+    }
+
+    fn handler<K: Resource + Send + Sync + 'static>(&self) -> FnHandler<K> {
+        let (on_add, on_update, on_delete) = (self.clone(), self.clone(), self.clone());
+        handler_fn()
+            .on_add(move |o: &Arc<K>, _| on_add.record(o.meta(), "add"))
+            .on_update(move |old: &Arc<K>, new: &Arc<K>| {
+                // A relist re-delivers unchanged objects as updates with equal resourceVersions
+                // (client-go's sync updates); only real changes count as "update".
+                if old.meta().resource_version != new.meta().resource_version {
+                    on_update.record(new.meta(), "update")
+                }
+            })
+            .on_delete(move |o: &DeltaObject<K>| {
+                let meta = match o {
+                    DeltaObject::Object(o) => o.meta().clone(),
+                    DeltaObject::Tombstone(t) => ObjectMeta {
+                        namespace: t.key.namespace().map(str::to_owned),
+                        name: Some(t.key.name().to_owned()),
+                        ..ObjectMeta::default()
+                    },
+                };
+                on_delete.record(&meta, "delete")
+            })
+    }
+
+    /// Waits until `key` received exactly `expected`, failing on a longer or different sequence.
+    async fn wait_for(&self, key: &str, expected: &[&str]) {
+        let done = tokio::time::timeout(EVENT_TIMEOUT, async {
+            loop {
+                let seen = self.of(key);
+                if seen.len() >= expected.len() {
+                    return seen;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        let seen = done.unwrap_or_else(|_| self.of(key));
+        assert_eq!(seen, expected, "notifications of {key}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handlers_observe_create_update_delete_of_a_key_in_order() {
+    let _serial = SERIAL.lock().await;
+    let Some(env) = Environment::start_or_skip(Options::default())
+        .await
+        .expect("start envtest")
+    else {
+        return;
+    };
+    let client = env.client();
+    namespace(&client, "handlers").await;
+    let api = Api::<ConfigMap>::namespaced(client.clone(), "handlers");
+    api.create(&PostParams::default(), &config_map("existing", "v1"))
+        .await
+        .expect("create existing");
+
+    let factory = factory_in(&client, "handlers", ReflectorOptions::default());
+    let informer = factory.informer::<ConfigMap>();
+    let recorder = Recorder::default();
+    informer
+        .add_event_handler(recorder.handler())
+        .expect("add handler");
+    sync_all(&factory).await;
+    recorder.wait_for("handlers/existing", &["add"]).await;
+
+    // Several updates of one key: with a running informer each arrives as its own update.
+    api.create(&PostParams::default(), &config_map("lifecycle", "v1"))
+        .await
+        .expect("create");
+    for value in ["v2", "v3"] {
+        let mut cm = api.get("lifecycle").await.expect("get");
+        cm.data = Some(BTreeMap::from([("value".to_owned(), value.to_owned())]));
+        api.replace("lifecycle", &PostParams::default(), &cm)
+            .await
+            .expect("update");
+    }
+    api.delete("lifecycle", &Default::default())
+        .await
+        .expect("delete");
+    recorder
+        .wait_for("handlers/lifecycle", &["add", "update", "update", "delete"])
+        .await;
+    // The untouched object received nothing more, and the store no longer holds the deleted one.
+    assert_eq!(recorder.of("handlers/existing"), vec!["add"]);
+    assert_converges(&informer, &api).await;
+    assert!(!store_versions(&informer).contains_key("handlers/lifecycle"));
+    factory.shutdown().await;
+    env.stop().await.expect("stop envtest");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crd_created_at_run_time_is_watched_through_a_dynamic_informer() {
+    let _serial = SERIAL.lock().await;
+    let Some(env) = Environment::start_or_skip(Options::default())
+        .await
+        .expect("start envtest")
+    else {
+        return;
+    };
+    let client = env.client();
+    namespace(&client, "crd").await;
+    let crd: CustomResourceDefinition = serde_json::from_value(serde_json::json!({
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": { "name": "widgets.reflex.example.com" },
+        "spec": {
+            "group": "reflex.example.com",
+            "scope": "Namespaced",
+            "names": { "plural": "widgets", "singular": "widget", "kind": "Widget", "listKind": "WidgetList" },
+            "versions": [{
+                "name": "v1", "served": true, "storage": true,
+                "schema": { "openAPIV3Schema": {
+                    "type": "object",
+                    "properties": { "spec": { "type": "object", "properties": { "size": { "type": "integer" } } } }
+                } }
+            }]
+        }
+    }))
+    .expect("CRD manifest");
+    let crds = Api::<CustomResourceDefinition>::all(client.clone());
+    crds.create(&PostParams::default(), &crd)
+        .await
+        .expect("create CRD");
+    let established = tokio::time::timeout(EVENT_TIMEOUT, async {
+        loop {
+            let crd = crds
+                .get("widgets.reflex.example.com")
+                .await
+                .expect("get CRD");
+            let conditions = crd.status.and_then(|s| s.conditions).unwrap_or_default();
+            if conditions
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True")
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(established.is_ok(), "CRD became Established");
+
+    let resource = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("reflex.example.com", "v1", "Widget"),
+        "widgets",
+    );
+    let api = Api::<DynamicObject>::namespaced_with(client.clone(), "crd", &resource);
+    let widget = |name: &str, size: i64| {
+        let mut obj = DynamicObject::new(name, &resource).within("crd");
+        obj.data = serde_json::json!({ "spec": { "size": size } });
+        obj
+    };
+    api.create(&PostParams::default(), &widget("before", 1))
+        .await
+        .expect("create widget before start");
+
+    let factory = factory_in(&client, "crd", ReflectorOptions::default());
+    let informer = factory.dynamic_informer(&resource);
+    let recorder = Recorder::default();
+    informer
+        .add_event_handler(recorder.handler())
+        .expect("add handler");
+    sync_all(&factory).await;
+    recorder.wait_for("crd/before", &["add"]).await;
+
+    api.create(&PostParams::default(), &widget("after", 2))
+        .await
+        .expect("create widget after start");
+    let mut after = api.get("after").await.expect("get widget");
+    after.data["spec"]["size"] = serde_json::json!(3);
+    api.replace("after", &PostParams::default(), &after)
+        .await
+        .expect("update widget");
+    recorder.wait_for("crd/after", &["add", "update"]).await;
+    assert_converges(&informer, &api).await;
+    let cached = informer
+        .indexer()
+        .list()
+        .into_iter()
+        .find(|o| o.metadata.name.as_deref() == Some("after"))
+        .expect("updated widget cached");
+    assert_eq!(cached.data["spec"]["size"], serde_json::json!(3));
+    assert_eq!(
+        cached.types.as_ref().map(|t| t.kind.as_str()),
+        Some("Widget")
+    );
+    factory.shutdown().await;
+    env.stop().await.expect("stop envtest");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_informer_keeps_running_across_an_apiserver_restart_and_sees_later_changes() {
+    let _serial = SERIAL.lock().await;
+    let Some(mut env) = Environment::start_or_skip(Options::default())
+        .await
+        .expect("start envtest")
+    else {
+        return;
+    };
+    let client = env.client();
+    namespace(&client, "restart-informer").await;
+    let api = Api::<ConfigMap>::namespaced(client.clone(), "restart-informer");
+    for name in ["kept", "updated", "deleted"] {
+        api.create(&PostParams::default(), &config_map(name, "v1"))
+            .await
+            .expect("create");
+    }
+    let factory = factory_in(&client, "restart-informer", ReflectorOptions::default());
+    let informer = factory.informer::<ConfigMap>();
+    let recorder = Recorder::default();
+    informer
+        .add_event_handler(recorder.handler())
+        .expect("add handler");
+    sync_all(&factory).await;
+    assert_converges(&informer, &api).await;
+
+    env.restart_apiserver().await.expect("restart apiserver");
+
+    api.create(&PostParams::default(), &config_map("created", "v1"))
+        .await
+        .expect("create after restart");
+    let mut cm = api.get("updated").await.expect("get");
+    cm.data = Some(BTreeMap::from([("value".to_owned(), "v2".to_owned())]));
+    api.replace("updated", &PostParams::default(), &cm)
+        .await
+        .expect("update after restart");
+    api.delete("deleted", &Default::default())
+        .await
+        .expect("delete after restart");
+
+    let state = assert_converges(&informer, &api).await;
+    assert_eq!(
+        state.keys().map(String::as_str).collect::<Vec<_>>(),
+        [
+            "restart-informer/created",
+            "restart-informer/kept",
+            "restart-informer/updated"
+        ]
+    );
+    assert!(!informer.is_stopped(), "the informer survived the restart");
+    recorder
+        .wait_for("restart-informer/created", &["add"])
+        .await;
+    recorder
+        .wait_for("restart-informer/updated", &["add", "update"])
+        .await;
+    recorder
+        .wait_for("restart-informer/deleted", &["add", "delete"])
+        .await;
+    recorder.wait_for("restart-informer/kept", &["add"]).await;
+    factory.shutdown().await;
+    env.stop().await.expect("stop envtest");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_etcd_compaction_the_informer_relists_and_converges_to_a_fresh_list() {
+    let _serial = SERIAL.lock().await;
+    // Without the watch cache a watch reads etcd, so a compacted resourceVersion answers 410.
+    let options = Options {
+        apiserver_args: vec!["--watch-cache=false".to_owned()],
+        ..Options::default()
+    };
+    let Some(mut env) = Environment::start_or_skip(options)
+        .await
+        .expect("start envtest")
+    else {
+        return;
+    };
+    let client = env.client();
+    namespace(&client, "compact-informer").await;
+    let api = Api::<ConfigMap>::namespaced(client.clone(), "compact-informer");
+    for i in 0..20 {
+        api.create(
+            &PostParams::default(),
+            &config_map(&format!("cm-{i:02}"), "v1"),
+        )
+        .await
+        .expect("create");
+    }
+    let factory = factory_in(&client, "compact-informer", ReflectorOptions::default());
+    let informer = factory.informer::<ConfigMap>();
+    let recorder = Recorder::default();
+    informer
+        .add_event_handler(recorder.handler())
+        .expect("add handler");
+    sync_all(&factory).await;
+    assert_converges(&informer, &api).await;
+    let informer_version: i64 = informer
+        .last_sync_resource_version()
+        .parse()
+        .expect("numeric RV");
+
+    // Writes to another resource move etcd's revision past the informer's last version, so
+    // compacting at the current revision removes the revision its next watch would start at.
+    namespace(&client, "unrelated-1").await;
+    namespace(&client, "unrelated-2").await;
+    let compacted = env.compact_etcd().await.expect("compact");
+    assert!(
+        compacted > informer_version + 1,
+        "{compacted} vs {informer_version}"
+    );
+
+    // The restart drops the watch; its successor starts from the compacted version (410 Gone)
+    // and the reflector must relist. Changes made around the restart must all arrive.
+    env.restart_apiserver().await.expect("restart apiserver");
+    for i in 0..5 {
+        api.delete(&format!("cm-{i:02}"), &Default::default())
+            .await
+            .expect("delete in the gap");
+    }
+    let mut cm = api.get("cm-10").await.expect("get");
+    cm.data = Some(BTreeMap::from([("value".to_owned(), "v2".to_owned())]));
+    api.replace("cm-10", &PostParams::default(), &cm)
+        .await
+        .expect("update in the gap");
+    api.create(&PostParams::default(), &config_map("cm-new", "v1"))
+        .await
+        .expect("create in the gap");
+
+    let state = assert_converges(&informer, &api).await;
+    assert_eq!(state.len(), 16);
+    for i in 0..5 {
+        let key = format!("compact-informer/cm-{i:02}");
+        assert!(!state.contains_key(&key), "{key} deleted");
+        assert_eq!(
+            recorder.of(&key).last(),
+            Some(&"delete"),
+            "{key} delete notified"
+        );
+    }
+    assert_eq!(recorder.of("compact-informer/cm-new"), vec!["add"]);
+    assert_eq!(
+        recorder.of("compact-informer/cm-10").last(),
+        Some(&"update")
+    );
+    let cached = informer
+        .indexer()
+        .list()
+        .into_iter()
+        .find(|o| o.metadata.name.as_deref() == Some("cm-10"))
+        .expect("cm-10 cached");
+    assert_eq!(cached.data, cm.data);
+    assert!(
+        informer
+            .last_sync_resource_version()
+            .parse::<i64>()
+            .expect("numeric RV")
+            > compacted,
+        "the informer resumed past the compacted revision"
+    );
+    factory.shutdown().await;
+    env.stop().await.expect("stop envtest");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_informer_listing_in_small_pages_syncs_a_thousand_objects_completely() {
+    let _serial = SERIAL.lock().await;
+    // Without the watch cache the API server pages every list from etcd.
+    let options = Options {
+        apiserver_args: vec!["--watch-cache=false".to_owned()],
+        ..Options::default()
+    };
+    let Some(env) = Environment::start_or_skip(options)
+        .await
+        .expect("start envtest")
+    else {
+        return;
+    };
+    let client = env.client();
+    namespace(&client, "paged").await;
+    let api = Api::<ConfigMap>::namespaced(client.clone(), "paged");
+    create_many(&api, MANY, |i| config_map(&format!("cm-{i:04}"), "v1")).await;
+    // The server really pages at this size: a first page of 50 carries a continue token.
+    let first = api
+        .list(&ListParams::default().limit(50))
+        .await
+        .expect("first page");
+    assert_eq!(first.items.len(), 50);
+    assert!(first.metadata.continue_.is_some_and(|c| !c.is_empty()));
+
+    let factory = factory_in(
+        &client,
+        "paged",
+        ReflectorOptions {
+            page_size: Some(50),
+            ..ReflectorOptions::default()
+        },
+    );
+    let informer = factory.informer::<ConfigMap>();
+    sync_all(&factory).await;
+    let cached = store_versions(&informer);
+    assert_eq!(cached.len(), MANY);
+    assert_eq!(cached, listed_versions(&api).await);
+    factory.shutdown().await;
     env.stop().await.expect("stop envtest");
 }
