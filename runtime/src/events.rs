@@ -578,7 +578,7 @@ struct SeriesEntry {
 
 impl SeriesEntry {
     fn series(&self) -> Option<EventSeries> {
-        (self.count >= 2).then(|| EventSeries {
+        (self.count >= 2).then_some(EventSeries {
             count: self.count,
             last_observed_time: MicroTime(self.last_observed),
         })
