@@ -32,6 +32,15 @@
 //! started by a factory, or shared with another controller) are left to whoever started them;
 //! the controller only removes its handlers from them.
 //!
+//! Primaries known only at run time (a `DynamicObject` informer from
+//! `SharedInformerFactory::dynamic_informer`) use [`Controller::new_with`], which takes the
+//! `ApiResource` and the scope that `K` cannot tell.
+//!
+//! Metrics: [`ControllerSummary`] counts live through [`Controller::metrics`]; for Prometheus, set
+//! [`ControllerOptions::metrics`] to a [`Metrics`] and every reconcile is counted by outcome and
+//! timed (see [`metrics`](crate::metrics) for the names), and the default queue reports
+//! client-go's workqueue metrics under the controller's name.
+//!
 //! Shutdown (cancel the token given to [`ControllerOptions::shutdown`]): workers stop taking
 //! keys, in-flight reconciles finish within [`ControllerOptions::shutdown_grace`] (those still
 //! running then are abandoned and counted), the queue is shut down (keys still waiting are

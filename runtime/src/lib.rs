@@ -26,3 +26,4 @@ pub use controller::{
     Action, Controller, ControllerError, ControllerMetrics, ControllerOptions, ControllerSummary,
     ErrorAction,
 };
+pub use metrics::Metrics;
