@@ -528,3 +528,69 @@ async fn shutdown_abandons_waiting_retries_without_waiting_for_them() {
     assert_eq!(sink.attempts().len(), 1);
     assert_eq!(rec.failed(), 1);
 }
+
+#[test]
+fn transient_errors_are_transport_failures_429_and_5xx_only() {
+    use reflex_runtime::events::EventError;
+    let api = |code: u16| EventError::Api {
+        namespace: "apps".into(),
+        name: "e".into(),
+        source: Box::new(kube::Error::Api(
+            kube::core::Status::failure("test", "Test")
+                .with_code(code)
+                .boxed(),
+        )),
+    };
+    let cases: Vec<(&str, EventError, bool)> = vec![
+        ("400", api(400), false),
+        ("403", api(403), false),
+        ("409", api(409), false),
+        ("422", api(422), false),
+        ("429", api(429), true),
+        ("500", api(500), true),
+        ("503", api(503), true),
+        ("504", api(504), true),
+        (
+            "transport",
+            EventError::Api {
+                namespace: "apps".into(),
+                name: "e".into(),
+                source: Box::new(kube::Error::Service(Box::new(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "reset",
+                )))),
+            },
+            true,
+        ),
+        (
+            "serialization",
+            EventError::Api {
+                namespace: "apps".into(),
+                name: "e".into(),
+                source: Box::new(kube::Error::SerdeError(
+                    serde_json::from_str::<u8>("x").unwrap_err(),
+                )),
+            },
+            false,
+        ),
+        (
+            "not found",
+            EventError::NotFound {
+                namespace: "apps".into(),
+                name: "e".into(),
+            },
+            false,
+        ),
+        (
+            "already exists",
+            EventError::AlreadyExists {
+                namespace: "apps".into(),
+                name: "e".into(),
+            },
+            false,
+        ),
+    ];
+    for (name, error, transient) in cases {
+        assert_eq!(error.is_transient(), transient, "{name}");
+    }
+}
