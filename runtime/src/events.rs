@@ -224,7 +224,7 @@ pub enum SinkFailure {
     Transport,
 }
 
-/// Which write an [`SinkAttempt`] was.
+/// Which write a [`SinkAttempt`] was.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SinkWrite {
     /// [`EventSink::create`].
