@@ -18,8 +18,9 @@
 //!   resourceVersion is unchanged (a resync) or the [`filter`](Controller::filter) predicate
 //!   (e.g. [`predicates::generation_changed`]) says no;
 //! - [`owns`](Controller::owns): the key of the controlling owner (`ownerReferences` entry with
-//!   `controller: true` whose kind and apiVersion are `K`'s) of a changed or deleted child, before
-//!   and after an update (an adoption or release enqueues both owners);
+//!   `controller: true` whose kind and apiVersion are `K`'s; with [`Owned::every_owner`], every
+//!   owner of that kind) of a changed or deleted child, before and after an update (an adoption
+//!   or release enqueues both owners);
 //! - [`watches`](Controller::watches): whatever keys the mapper returns.
 //!
 //! Outcomes: `Ok(Action::requeue_after(d))` forgets the key's failures and adds it back after
@@ -452,6 +453,41 @@ impl<K> fmt::Debug for Controller<K> {
     }
 }
 
+/// A child informer given to [`Controller::owns`], with which of its owners to enqueue. A plain
+/// `SharedIndexInformer<C>` converts into one that enqueues the controlling owner only.
+pub struct Owned<C> {
+    informer: SharedIndexInformer<C>,
+    every_owner: bool,
+}
+
+impl<C> Owned<C> {
+    /// Enqueue every owner of the primary's kind in the child's `ownerReferences`, not only the
+    /// one marked `controller: true` (controller-runtime's `MatchEveryOwner`).
+    pub fn every_owner(informer: SharedIndexInformer<C>) -> Self {
+        Owned {
+            informer,
+            every_owner: true,
+        }
+    }
+}
+
+impl<C> From<SharedIndexInformer<C>> for Owned<C> {
+    fn from(informer: SharedIndexInformer<C>) -> Self {
+        Owned {
+            informer,
+            every_owner: false,
+        }
+    }
+}
+
+impl<C> fmt::Debug for Owned<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Owned")
+            .field("every_owner", &self.every_owner)
+            .finish_non_exhaustive()
+    }
+}
+
 /// What `owns` looks for in a child's `ownerReferences`, and how an owner's key is formed.
 #[derive(Debug, Clone)]
 struct OwnerType {
@@ -539,11 +575,17 @@ where
     }
 
     /// Enqueues the controlling owner of a changed or deleted child of type `C`: the
-    /// `ownerReferences` entry with `controller: true` and `K`'s kind and apiVersion.
-    pub fn owns<C>(mut self, informer: SharedIndexInformer<C>) -> Self
+    /// `ownerReferences` entry with `controller: true` and `K`'s kind and apiVersion. Pass
+    /// [`Owned::every_owner`]`(informer)` instead of the informer to enqueue every owner of `K`'s
+    /// kind, controlling or not.
+    pub fn owns<C>(mut self, child: impl Into<Owned<C>>) -> Self
     where
         C: kube::Resource + Send + Sync + 'static,
     {
+        let Owned {
+            informer,
+            every_owner,
+        } = child.into();
         let OwnerType {
             kind,
             api_version,
@@ -551,21 +593,24 @@ where
         } = self.owner.clone();
         let mapper: Mapper<C> = Arc::new(move |child: &C| {
             let meta = child.meta();
-            meta.owner_references
-                .iter()
-                .flatten()
-                .filter(|r| {
-                    r.controller == Some(true) && r.kind == kind && r.api_version == api_version
-                })
-                .map(|r| {
-                    let ns = if cluster_scoped {
-                        None
-                    } else {
-                        meta.namespace.as_deref()
-                    };
-                    ObjectKey::new(ns, &r.name)
-                })
-                .collect()
+            let mut keys: Vec<ObjectKey> = Vec::new();
+            let owners = meta.owner_references.iter().flatten().filter(|r| {
+                (every_owner || r.controller == Some(true))
+                    && r.kind == kind
+                    && r.api_version == api_version
+            });
+            for r in owners {
+                let ns = if cluster_scoped {
+                    None
+                } else {
+                    meta.namespace.as_deref()
+                };
+                let key = ObjectKey::new(ns, &r.name);
+                if !keys.contains(&key) {
+                    keys.push(key);
+                }
+            }
+            keys
         });
         let name = format!("owns#{}:{}", self.others.len() + 1, short_type::<C>());
         self.others.push(Arc::new(Watched {

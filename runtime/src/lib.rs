@@ -24,6 +24,6 @@ pub mod signal;
 
 pub use controller::{
     Action, Controller, ControllerError, ControllerMetrics, ControllerOptions, ControllerSummary,
-    ErrorAction,
+    ErrorAction, Owned,
 };
 pub use metrics::Metrics;

@@ -17,7 +17,7 @@ use reflex_informer::source::SourceError;
 use reflex_informer::source::memory::{MemorySource, RecordedRequest};
 use reflex_informer::store::Indexer;
 use reflex_runtime::controller::{
-    Action, Controller, ControllerError, ControllerOptions, ControllerSummary, ErrorAction,
+    Action, Controller, ControllerError, ControllerOptions, ControllerSummary, ErrorAction, Owned,
     default_error_policy, predicates,
 };
 use tokio::sync::mpsc;
@@ -244,6 +244,36 @@ async fn dynamic_cluster_scoped_owner_is_matched_by_its_api_resource_and_keyed_w
     shutdown.cancel();
     let summary = run.await.unwrap().unwrap();
     assert_eq!(summary.reconciles, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_owner_mode_enqueues_non_controlling_owners_too() {
+    let cm_source = MemorySource::<ConfigMap>::new();
+    let secret_source = MemorySource::<Secret>::new();
+    let (ctx, mut rx) = Ctx::with_channel();
+    let shutdown = CancellationToken::new();
+    let run = tokio::spawn(
+        Controller::new(informer(&cm_source))
+            .owns(Owned::every_owner(informer(&secret_source)))
+            .options(options(&shutdown))
+            .run(ok_reconcile, default_error_policy, ctx.clone()),
+    );
+    // Two owners of the primary's kind, one controlling, and one of another kind.
+    let mut shared = owned_secret("shared", "controller-owner", true);
+    let refs = shared.metadata.owner_references.as_mut().unwrap();
+    let mut plain = refs[0].clone();
+    plain.name = "plain-owner".into();
+    plain.controller = None;
+    let mut other_kind = refs[0].clone();
+    other_kind.kind = "Secret".into();
+    other_kind.name = "not-an-owner".into();
+    refs.extend([plain, other_kind]);
+    secret_source.apply(shared).unwrap();
+    let mut got = vec![rx.recv().await.unwrap().0, rx.recv().await.unwrap().0];
+    got.sort_by_key(|k| k.to_string());
+    assert_eq!(got, [key("controller-owner"), key("plain-owner")]);
+    shutdown.cancel();
+    assert_eq!(run.await.unwrap().unwrap().reconciles, 2);
 }
 
 #[tokio::test(start_paused = true)]
