@@ -402,6 +402,13 @@ fn assert_sample_controller_converged(stdout: &str) {
         [["default/example-foo", "example-foo", "3", "3"]],
         "{stdout}"
     );
+    // The deleted Foo's Deployment was collected, and not recreated from a stale cache.
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l == "deployments in the cache: default/example-foo"),
+        "{stdout}"
+    );
     let events = stdout
         .lines()
         .find_map(|l| l.strip_prefix("events recorded: "))
