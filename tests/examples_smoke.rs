@@ -7,7 +7,9 @@ mod support;
 
 use std::time::Duration;
 
-use support::run_example;
+use std::process::Command;
+
+use support::{example_binary, run_example};
 
 /// The value of a `| name | value |` row in the last metrics table printed.
 fn last_table_value(stdout: &str, metric: &str) -> Option<String> {

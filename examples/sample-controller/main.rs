@@ -169,11 +169,17 @@ impl kube::Resource for Foo {
     }
 }
 
+/// The Foo CRD. Its group ends in `.k8s.io`, which the API server protects: a CRD there must carry
+/// the `api-approved.kubernetes.io` annotation (here the value saying it is unapproved), or it is
+/// rejected as Invalid.
 fn foo_crd() -> CustomResourceDefinition {
     serde_json::from_value(json!({
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": "foos.samplecontroller.k8s.io"},
+        "metadata": {
+            "name": "foos.samplecontroller.k8s.io",
+            "annotations": {"api-approved.kubernetes.io": "unapproved, experimental-only"}
+        },
         "spec": {
             "group": "samplecontroller.k8s.io",
             "scope": "Namespaced",

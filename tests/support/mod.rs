@@ -31,7 +31,10 @@ pub fn example_binary(name: &str) -> PathBuf {
 
 /// Runs the example with `args`, killing it after `limit` (a hung example fails the test instead
 /// of hanging it). Returns its output once it exited successfully.
-#[allow(dead_code, reason = "the cluster-backed tests drive examples interactively instead")]
+#[allow(
+    dead_code,
+    reason = "the cluster-backed tests drive examples interactively instead"
+)]
 pub fn run_example(name: &str, args: &[&str], limit: Duration) -> Output {
     let mut child = Command::new(example_binary(name))
         .args(args)
