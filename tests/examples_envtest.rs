@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Node, PersistentVolumeClaim};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, PersistentVolumeClaim};
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
 };
@@ -286,6 +286,83 @@ async fn sample_controller_on_a_real_cluster_installs_its_crd_owns_and_scales_a_
     );
     assert!(text.contains("interrupted"), "{text}");
     assert!(text.contains("controller stopped:"), "{text}");
+    env.stop().await.expect("stop envtest");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamic_watch_on_a_real_cluster_discovers_configmaps_and_keeps_the_label_index() {
+    let _serial = SERIAL.lock().await;
+    let Some(env) = start().await else { return };
+    let client = env.client();
+    namespace(&client, "teams").await;
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), "teams");
+    let config_map = |name: &str, team: &str| -> ConfigMap {
+        serde_json::from_value(json!({"metadata": {"name": name, "labels": {"team": team}}}))
+            .unwrap()
+    };
+    for (name, team) in [("a-1", "a"), ("b-1", "b")] {
+        config_maps
+            .create(&PostParams::default(), &config_map(name, team))
+            .await
+            .expect("create config map");
+    }
+    let kubeconfig = env.kubeconfig().to_str().expect("utf-8 path").to_owned();
+    let mut example = LiveExample::start(
+        "dynamic-watch",
+        &[
+            "--kubeconfig",
+            &kubeconfig,
+            "--resource",
+            "configmaps",
+            "-n",
+            "teams",
+        ],
+    );
+    let mut example = blocking(move || {
+        // Discovery of the real server lists, among others, the core ConfigMap and the Lease.
+        example.wait_for("configmaps in the discovery table", LIMIT, |l| {
+            l.starts_with("configmaps ") && l.ends_with("ConfigMap")
+        });
+        example.wait_for("leases in the discovery table", LIMIT, |l| {
+            l.starts_with("leases.coordination.k8s.io ")
+        });
+        example.wait_for("the synced cache", LIMIT, |l| {
+            l == "watching configmaps (v1): 2 objects cached"
+        });
+        example.wait_for("the first index", LIMIT, |l| l == "  index team: a=1 b=1");
+        example
+    })
+    .await;
+    config_maps
+        .create(&PostParams::default(), &config_map("b-2", "b"))
+        .await
+        .expect("create b-2");
+    example = blocking(move || {
+        example.wait_for("b-2 added", LIMIT, |l| l.starts_with("ADDED    teams/b-2"));
+        example.wait_for("the index after the add", LIMIT, |l| {
+            l == "  index team: a=1 b=2"
+        });
+        example
+    })
+    .await;
+    config_maps
+        .delete("a-1", &DeleteParams::default())
+        .await
+        .expect("delete a-1");
+    example = blocking(move || {
+        example.wait_for("a-1 deleted", LIMIT, |l| {
+            l.starts_with("DELETED  teams/a-1")
+        });
+        example
+    })
+    .await;
+    example.interrupt();
+    let lines = blocking(move || example.finish(LIMIT)).await;
+    assert!(
+        lines.iter().any(|l| l.ends_with("final index team: b=2")),
+        "{}",
+        lines.join("\n")
+    );
     env.stop().await.expect("stop envtest");
 }
 
