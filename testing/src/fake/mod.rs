@@ -16,6 +16,7 @@
 //! ```
 
 mod faults;
+mod media;
 mod patch;
 mod resources;
 mod selectors;

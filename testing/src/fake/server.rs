@@ -18,6 +18,7 @@ use parking_lot::Mutex;
 use serde_json::{Value, json};
 
 use super::faults::Faults;
+use super::media::{Output, Shape, negotiate};
 use super::patch::{json_patch, merge_patch};
 use super::resources::{ResKey, api_group, groups, resource_list};
 use super::selectors::{FieldSelector, LabelSelector, Selectors};
@@ -47,6 +48,24 @@ fn json_response(code: u16, v: &Value) -> Response<Body> {
         http::HeaderValue::from_static("application/json"),
     );
     r
+}
+
+fn bytes_response(code: u16, content_type: &str, body: Vec<u8>) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(body)).boxed());
+    *r.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let ct = http::HeaderValue::from_str(content_type)
+        .unwrap_or_else(|_| http::HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(http::header::CONTENT_TYPE, ct);
+    r
+}
+
+/// One object in the negotiated representation.
+fn object_response(code: u16, out: Output, obj: &Arc<Value>) -> Response<Body> {
+    bytes_response(
+        code,
+        &out.content_type(Shape::Object),
+        out.object_bytes(obj),
+    )
 }
 
 fn error_response(e: &ApiError) -> Response<Body> {
@@ -301,7 +320,7 @@ fn route(
             ));
         }
     };
-    resource(shared, method, t, q, ct, body)
+    resource(shared, accept, method, t, q, ct, body)
 }
 
 fn selectors(q: &HashMap<String, String>) -> Result<Selectors, ApiError> {
@@ -333,6 +352,7 @@ fn unhex(s: &str) -> Option<String> {
 
 fn resource(
     shared: &Shared,
+    accept: &str,
     method: &Method,
     t: Target,
     q: &HashMap<String, String>,
@@ -383,23 +403,26 @@ fn resource(
     let ns = t.ns.clone().unwrap_or_default();
     let name = t.name.clone().unwrap_or_default();
     tracing::debug!(resource = %def.plural, namespace = %ns, name = %name, verb, "request");
+    let one = negotiate(accept, Shape::Object);
     match verb {
-        "get" => Ok(json_response(
+        "get" => Ok(object_response(
             200,
-            &*shared.storage.lock().get(&t.res, &ns, &name)?,
+            one,
+            &shared.storage.lock().get(&t.res, &ns, &name)?,
         )),
-        "list" => list(shared, &t, q),
-        "watch" => watch(shared, &t, q),
+        "list" => list(shared, &t, q, negotiate(accept, Shape::List)),
+        "watch" => watch(shared, &t, q, one),
         "create" => {
             let obj = parse_body(body)?;
             let created = shared.storage.lock().create(&t.res, &ns, obj)?;
-            Ok(json_response(201, &created))
+            Ok(object_response(201, one, &created))
         }
         "update" => {
             let obj = parse_body(body)?;
-            Ok(json_response(
+            Ok(object_response(
                 200,
-                &*shared
+                one,
+                &shared
                     .storage
                     .lock()
                     .update(&t.res, &ns, &name, obj, status_only)?,
@@ -418,7 +441,7 @@ fn resource(
                 if s.get(&t.res, &ns, &name).is_err() && !status_only {
                     let mut obj = patch;
                     obj["metadata"]["name"] = json!(name);
-                    return Ok(json_response(201, &*s.create(&t.res, &ns, obj)?));
+                    return Ok(object_response(201, one, &s.create(&t.res, &ns, obj)?));
                 }
             }
             let current = s.get(&t.res, &ns, &name)?;
@@ -440,9 +463,10 @@ fn resource(
             let precondition = patch.pointer("/metadata/resourceVersion").cloned();
             doc["metadata"]["resourceVersion"] =
                 precondition.unwrap_or_else(|| current["metadata"]["resourceVersion"].clone());
-            Ok(json_response(
+            Ok(object_response(
                 200,
-                &*s.update(&t.res, &ns, &name, doc, status_only)?,
+                one,
+                &s.update(&t.res, &ns, &name, doc, status_only)?,
             ))
         }
         "delete" => {
@@ -451,9 +475,10 @@ fn resource(
             } else {
                 parse_body(body)?
             };
-            Ok(json_response(
+            Ok(object_response(
                 200,
-                &*shared.storage.lock().delete(&t.res, &ns, &name, &opts)?,
+                one,
+                &shared.storage.lock().delete(&t.res, &ns, &name, &opts)?,
             ))
         }
         _ => {
@@ -466,10 +491,18 @@ fn resource(
                     items.push(s.delete(&t.res, &ons, &oname, &json!({}))?);
                 }
             }
-            let items: Vec<&Value> = items.iter().map(|a| &**a).collect();
-            Ok(json_response(
+            let out = negotiate(accept, Shape::List);
+            let meta = json!({"resourceVersion": s.current_rv().to_string()});
+            drop(s);
+            Ok(bytes_response(
                 200,
-                &json!({"apiVersion": def.api_version(), "kind": format!("{}List", def.kind), "metadata": {"resourceVersion": s.current_rv().to_string()}, "items": items}),
+                &out.content_type(Shape::List),
+                out.list_bytes(
+                    &def.api_version(),
+                    &def.kind,
+                    &meta,
+                    items.iter().map(|a| &**a),
+                ),
             ))
         }
     }
@@ -479,6 +512,7 @@ fn list(
     shared: &Shared,
     t: &Target,
     q: &HashMap<String, String>,
+    out: Output,
 ) -> Result<Response<Body>, ApiError> {
     let def = shared.storage.lock().def(&t.res)?;
     let sel = selectors(q)?;
@@ -590,9 +624,10 @@ fn list(
         meta["continue"] = json!(c);
         meta["remainingItemCount"] = json!(remaining);
     }
-    Ok(json_response(
+    Ok(bytes_response(
         200,
-        &json!({"apiVersion": def.api_version(), "kind": format!("{}List", def.kind), "metadata": meta, "items": items}),
+        &out.content_type(Shape::List),
+        out.list_bytes(&def.api_version(), &def.kind, &meta, items),
     ))
 }
 
@@ -600,6 +635,7 @@ fn watch(
     shared: &Shared,
     t: &Target,
     q: &HashMap<String, String>,
+    out: Output,
 ) -> Result<Response<Body>, ApiError> {
     let sel = selectors(q)?;
     let rv = q.get("resourceVersion").map(String::as_str).unwrap_or("");
@@ -636,6 +672,7 @@ fn watch(
         bookmarks,
         timeout,
         initial_end_bookmark: send_initial,
+        output: out,
     };
     let frames = stream(def, start, opts).map(|b| Ok::<_, Infallible>(Frame::data(b)));
     let mut r = Response::new(BodyExt::boxed(StreamBody::new(frames)));
