@@ -372,6 +372,7 @@ fn resource(
         (&Method::DELETE, None, _) => "deletecollection",
         _ => return Err(ApiError::method_not_allowed()),
     };
+    shared.faults.count_request(verb, &def.plural);
     if let Some(e) = shared.faults.take_failure(verb, &def.plural) {
         return Err(e);
     }
@@ -527,9 +528,12 @@ fn list(
         .get("resourceVersionMatch")
         .map(String::as_str)
         .unwrap_or("");
-    let s = shared.storage.lock();
+    let mut s = shared.storage.lock();
     let (at, start_after) = match q.get("continue").filter(|c| !c.is_empty()) {
         Some(token) => {
+            if shared.faults.take_expire_next_continue() {
+                s.advance_and_compact();
+            }
             let decoded =
                 unhex(token).ok_or_else(|| ApiError::bad_request("continue key is not valid"))?;
             let (rv_s, key) = decoded
