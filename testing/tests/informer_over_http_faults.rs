@@ -47,6 +47,8 @@ use tokio_util::sync::CancellationToken;
 /// Key (`namespace/name`) to resourceVersion.
 type State = BTreeMap<String, String>;
 type View = Arc<Mutex<State>>;
+/// A named view of a contender's cache, read on demand.
+type NamedView = (&'static str, Box<dyn Fn() -> State + Send + Sync>);
 
 const WAIT: Duration = Duration::from_secs(30);
 const NAMESPACES: [&str; 2] = ["alpha", "beta"];
@@ -323,7 +325,7 @@ fn cases() -> Vec<Case> {
 /// A contender running against one server.
 struct Running {
     /// Named views of the cache; each must equal the server.
-    views: Vec<(&'static str, Box<dyn Fn() -> State + Send + Sync>)>,
+    views: Vec<NamedView>,
     reflector: Option<ReflectorHandle>,
     expired_rounds: Arc<AtomicU64>,
     shutdown: CancellationToken,
@@ -378,7 +380,7 @@ fn informer_views<K>(informer: &SharedIndexInformer<K>, handlers: usize) -> Runn
 where
     K: kube::Resource + Send + Sync + 'static,
 {
-    let mut views: Vec<(&'static str, Box<dyn Fn() -> State + Send + Sync>)> = Vec::new();
+    let mut views: Vec<NamedView> = Vec::new();
     let store = informer.clone();
     views.push((
         "store",
