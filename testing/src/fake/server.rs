@@ -330,6 +330,14 @@ fn selectors(q: &HashMap<String, String>) -> Result<Selectors, ApiError> {
     })
 }
 
+/// A boolean query parameter as the apiserver decodes it: absent is false, and any value but
+/// `0` or `false` (in any case) is true, so `watch=True` (the Python client) and `watch=1`
+/// both start a watch.
+fn query_bool(q: &HashMap<String, String>, name: &str) -> bool {
+    q.get(name)
+        .is_some_and(|v| v != "0" && !v.eq_ignore_ascii_case("false"))
+}
+
 fn parse_rv(s: &str) -> Result<u64, ApiError> {
     s.parse()
         .map_err(|_| ApiError::bad_request(format!("invalid resource version: {s:?}")))
@@ -360,7 +368,7 @@ fn resource(
     body: &Bytes,
 ) -> Result<Response<Body>, ApiError> {
     let def = shared.storage.lock().def(&t.res)?;
-    let is_watch = t.watch_path || q.get("watch").is_some_and(|w| w == "true" || w == "1");
+    let is_watch = t.watch_path || query_bool(q, "watch");
     let verb = match (method, &t.name, is_watch) {
         (&Method::GET, _, true) => "watch",
         (&Method::GET, Some(_), _) => "get",
@@ -643,7 +651,7 @@ fn watch(
 ) -> Result<Response<Body>, ApiError> {
     let sel = selectors(q)?;
     let rv = q.get("resourceVersion").map(String::as_str).unwrap_or("");
-    let send_initial = q.get("sendInitialEvents").is_some_and(|v| v == "true");
+    let send_initial = query_bool(q, "sendInitialEvents");
     if send_initial && q.get("resourceVersionMatch").map(String::as_str) != Some("NotOlderThan") {
         return Err(ApiError::invalid(
             "resourceVersionMatch: Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
@@ -654,10 +662,7 @@ fn watch(
         _ if send_initial => WatchFrom::Current,
         n => WatchFrom::After(parse_rv(n)?),
     };
-    let bookmarks = q
-        .get("allowWatchBookmarks")
-        .is_some_and(|v| v == "true")
-        .then_some(shared.bookmark_interval);
+    let bookmarks = query_bool(q, "allowWatchBookmarks").then_some(shared.bookmark_interval);
     let timeout = match q.get("timeoutSeconds") {
         Some(s) => Some(Duration::from_secs(s.parse().map_err(|_| {
             ApiError::bad_request(format!("invalid timeoutSeconds {s:?}"))
