@@ -42,7 +42,7 @@ use crate::informer::{InformerOptions, SharedIndexInformer, Transform};
 use crate::reflector::ReflectorOptions;
 use crate::source::ListWatch;
 use crate::source::raw::RawApi;
-use crate::store::Indexer;
+use crate::store::{CompactOptions, Indexer};
 
 /// Options shared by every informer of a factory.
 #[derive(Debug, Clone, Default)]
@@ -64,6 +64,8 @@ pub struct FactoryOptions {
     /// skips `metadata.managedFields`, which controllers almost never read and which is about a
     /// quarter of a typical object's JSON; use [`DecodeOptions::full`] to keep it.
     pub decode: DecodeOptions,
+    /// The store options of [`SharedInformerFactory::compact_informer`]s.
+    pub compact: CompactOptions,
 }
 
 /// A started or not yet started informer, with its concrete type erased.
@@ -247,6 +249,51 @@ impl SharedInformerFactory {
         self.get_or_create(name, |options| {
             let source: Arc<dyn ListWatch<K>> = Arc::new(self.typed_source::<K, K>());
             SharedIndexInformer::new(source, options)
+        })
+    }
+
+    /// The shared informer of typed objects `K` with a *compact* store (named `compact:` and
+    /// `K`'s Rust type): listed, watched and decoded like [`informer`](Self::informer)'s, but each
+    /// object is kept as compressed JSON and decoded when read, per
+    /// [`FactoryOptions::compact`]. Handlers still receive the decoded `Arc<K>` of each event.
+    /// For large caches read mostly by key or index; see the
+    /// [store docs](crate::store#compact-mode) for the trade-off.
+    ///
+    /// ```no_run
+    /// use k8s_openapi::api::core::v1::Pod;
+    /// use reflex_informer::factory::{FactoryOptions, SharedInformerFactory};
+    /// use reflex_informer::key::ObjectKey;
+    ///
+    /// # async fn demo(client: kube::Client) {
+    /// let factory = SharedInformerFactory::new(client, FactoryOptions::default());
+    /// let pods = factory.compact_informer::<Pod>();
+    /// factory.start();
+    /// factory.wait_for_cache_sync(None).await;
+    /// let web = pods.lister().get_by_key(&ObjectKey::new(Some("default"), "web-0"));
+    /// # let _ = web;
+    /// # }
+    /// ```
+    pub fn compact_informer<K>(&self) -> SharedIndexInformer<K>
+    where
+        K: kube::Resource
+            + Clone
+            + serde::Serialize
+            + DeserializeOwned
+            + Debug
+            + Send
+            + Sync
+            + 'static,
+        K::DynamicType: Default + Send + Sync + 'static,
+        K::Scope: 'static,
+    {
+        let name = format!("compact:{}", std::any::type_name::<K>());
+        self.get_or_create(name, |options| {
+            let source: Arc<dyn ListWatch<K>> = Arc::new(self.typed_source::<K, K>());
+            SharedIndexInformer::with_indexer(
+                source,
+                Indexer::compact(self.options.compact.clone()),
+                options,
+            )
         })
     }
 
@@ -440,13 +487,28 @@ mod tests {
             m.indexer().index_keys("by-node", "x").is_err(),
             "metadata informer is distinct"
         );
+        let c = factory.compact_informer::<Pod>();
+        assert!(c.indexer().is_compact());
+        assert!(!a.indexer().is_compact());
+        assert!(
+            c.indexer().index_keys("by-node", "x").is_err(),
+            "compact is distinct"
+        );
+        c.add_indexers("c", |_: &Pod| Vec::new()).unwrap();
+        assert!(
+            factory
+                .compact_informer::<Pod>()
+                .indexer()
+                .index_keys("c", "x")
+                .is_ok()
+        );
         let ar = ApiResource::erase::<ConfigMap>(&());
         let d1 = factory.dynamic_informer(&ar);
         let d2 = factory.dynamic_informer(&ar);
         d1.add_indexers("x", |_: &DynamicObject| Vec::new())
             .unwrap();
         assert!(d2.indexer().index_keys("x", "v").is_ok());
-        assert_eq!(factory.state.lock().informers.len(), 3);
+        assert_eq!(factory.state.lock().informers.len(), 4);
     }
 
     #[tokio::test(start_paused = true)]

@@ -220,3 +220,65 @@ async fn metadata_informer_holds_metadata_without_managed_fields_in_the_factory_
     factory.shutdown().await;
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compact_informer_holds_the_same_objects_as_the_typed_one_and_delivers_arcs() {
+    let server = FakeApiServer::start().await.expect("fake server");
+    let seeded = seed_pods(&server, "team-a", 25, 21);
+    let client = server.client().expect("client");
+    let factory = SharedInformerFactory::new(client.clone(), FactoryOptions::default());
+    let typed = factory.informer::<Pod>();
+    let compact = factory.compact_informer::<Pod>();
+    assert!(compact.indexer().is_compact());
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    compact
+        .add_event_handler(reflex_informer::processor::handler_fn().on_add(
+            move |p: &std::sync::Arc<Pod>, initial| {
+                let _ = tx.send((p.metadata.name.clone(), initial));
+            },
+        ))
+        .unwrap();
+    factory.start();
+    let synced = factory
+        .wait_for_cache_sync(Some(Duration::from_secs(30)))
+        .await;
+    assert!(synced.values().all(|s| *s), "not synced: {synced:?}");
+    assert_eq!(compact.indexer().len(), seeded.len());
+    for p in typed.indexer().list() {
+        let key = ObjectKey::from_resource(&*p).unwrap();
+        let c = compact
+            .indexer()
+            .get_by_key(&key)
+            .expect("in the compact store");
+        assert_eq!(*c, *p, "{key}");
+        assert!(c.metadata.managed_fields.is_none());
+    }
+    assert_eq!(
+        compact
+            .lister()
+            .namespaced("team-a")
+            .list(&Default::default())
+            .len(),
+        seeded.len()
+    );
+    let api: kube::Api<Pod> = kube::Api::namespaced(client, "team-a");
+    api.create(&PostParams::default(), &new_pod("team-a", "late", "n"))
+        .await
+        .unwrap();
+    let mut initial = 0;
+    loop {
+        let (name, is_initial) = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+            .await
+            .expect("an add notification within 30 s")
+            .expect("handler channel open");
+        if name.as_deref() == Some("late") {
+            assert!(!is_initial);
+            break;
+        }
+        initial += 1;
+    }
+    assert_eq!(initial, seeded.len(), "one initial add per seeded pod");
+    assert_eq!(compact.indexer().decode_failures(), 0);
+    factory.shutdown().await;
+    server.shutdown().await;
+}

@@ -452,3 +452,117 @@ fn dynamic_objects_are_keyed_with_their_api_resource() {
         assert!(err.to_string().contains("Widget"), "{err}");
     }
 }
+
+#[test]
+fn compact_reads_equal_the_written_objects_after_the_cache_evicted_them() {
+    let store = Indexer::<Pod>::compact(reflex_informer::store::CompactOptions {
+        cache_capacity: 3,
+        compress: true,
+    });
+    let pods: Vec<Arc<Pod>> = (0..20)
+        .map(|i| pod("ns", &format!("p{i}"), &format!("u{},u{}", i % 4, i % 7)))
+        .collect();
+    store.add_indexer(BY_USER, users_of).unwrap();
+    for p in &pods {
+        store.add(p.clone()).unwrap();
+    }
+    // Twice: the first pass misses the cache for most, the second reads what the first cached.
+    for _ in 0..2 {
+        for p in &pods {
+            let key = ObjectKey::from_resource(&**p).unwrap();
+            assert_eq!(store.get_by_key(&key).as_deref(), Some(&**p));
+        }
+    }
+    // Indexes were computed at insert, from the objects themselves.
+    // u0: i % 4 == 0 or i % 7 == 0.
+    let want: Vec<&str> = ["p0", "p12", "p14", "p16", "p4", "p7", "p8"].into();
+    let mut got = names(&store.by_index(BY_USER, "u0").unwrap());
+    got.sort();
+    assert_eq!(got, want);
+    assert_eq!(store.decode_failures(), 0);
+}
+
+#[test]
+fn compact_store_keeps_realistic_pods_in_a_fraction_of_their_json() {
+    #[path = "support/objects.rs"]
+    mod objects;
+    let mut g = objects::Gen::new(5);
+    let pods: Vec<Pod> = (0..200)
+        .map(|i| serde_json::from_value(g.pod("ns", i)).unwrap())
+        .collect();
+    let json_bytes: usize = pods
+        .iter()
+        .map(|p| serde_json::to_vec(p).unwrap().len())
+        .sum();
+    let lz4 = Indexer::<Pod>::compact(Default::default());
+    let plain = Indexer::<Pod>::compact(reflex_informer::store::CompactOptions {
+        compress: false,
+        ..Default::default()
+    });
+    for p in pods {
+        let p = Arc::new(p);
+        lz4.add(p.clone()).unwrap();
+        plain.add(p).unwrap();
+    }
+    assert_eq!(
+        plain.packed_bytes(),
+        json_bytes,
+        "plain mode keeps the JSON"
+    );
+    // The generator's random names and hashes compress worse than real Pods do.
+    assert!(
+        lz4.packed_bytes() * 3 < json_bytes * 2,
+        "LZ4 keeps {} bytes of {json_bytes}",
+        lz4.packed_bytes()
+    );
+    assert_eq!(Indexer::<Pod>::new().packed_bytes(), 0);
+}
+
+/// A resource whose `Serialize` leaves out a field its `Deserialize` requires: it cannot
+/// round-trip through JSON.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Lossy {
+    metadata: ObjectMeta,
+    #[serde(skip_serializing)]
+    required: String,
+}
+reflex_informer::impl_projection!(Lossy => ConfigMap);
+
+/// A resource whose `Serialize` fails: JSON object keys must be strings.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Unencodable {
+    metadata: ObjectMeta,
+    by_pair: std::collections::BTreeMap<Vec<u8>, u8>,
+}
+reflex_informer::impl_projection!(Unencodable => ConfigMap);
+
+#[test]
+fn a_compact_type_that_does_not_round_trip_reads_absent_and_is_counted() {
+    let store = Indexer::<Lossy>::compact(reflex_informer::store::CompactOptions {
+        cache_capacity: 0,
+        compress: true,
+    });
+    let obj = Lossy {
+        metadata: cm(Some("a"), "x").metadata.clone(),
+        required: "r".into(),
+    };
+    store.add(Arc::new(obj)).unwrap();
+    assert_eq!(store.len(), 1);
+    assert!(store.get_by_key(&ObjectKey::new(Some("a"), "x")).is_none());
+    assert_eq!(store.decode_failures(), 1);
+}
+
+#[test]
+fn an_object_a_compact_store_cannot_encode_is_a_typed_error() {
+    let store = Indexer::<Unencodable>::compact(Default::default());
+    let obj = Unencodable {
+        metadata: cm(Some("a"), "x").metadata.clone(),
+        by_pair: [(vec![1, 2], 3)].into(),
+    };
+    let err = store.add(Arc::new(obj)).unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Encode { key, .. } if key.to_string() == "a/x"),
+        "{err}"
+    );
+    assert!(store.is_empty(), "nothing stored");
+}
