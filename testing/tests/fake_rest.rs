@@ -507,3 +507,43 @@ async fn seeded_objects_resolve_their_resource_from_api_version_and_kind() {
             .is_err()
     );
 }
+
+#[tokio::test]
+async fn boolean_query_parameters_are_decoded_like_the_apiserver_does() {
+    // The Python client sends `watch=True`; the apiserver treats any value but 0/false as true.
+    let server = FakeApiServer::start().await.unwrap();
+    let client = server.client().unwrap();
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    api.create(&PostParams::default(), &cm("a", json!({})))
+        .await
+        .unwrap();
+    for (value, watches) in [
+        ("True", true),
+        ("true", true),
+        ("1", true),
+        ("t", true),
+        ("False", false),
+        ("false", false),
+        ("0", false),
+    ] {
+        let req = http::Request::get(format!(
+            "/api/v1/namespaces/default/configmaps?watch={value}&timeoutSeconds=1"
+        ))
+        .body(Vec::new())
+        .unwrap();
+        let resp = client.send(req.map(Into::into)).await.unwrap();
+        assert_eq!(resp.status(), 200, "watch={value}");
+        let bytes = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        let first: serde_json::Value =
+            serde_json::from_slice(bytes.split(|b| *b == b'\n').next().unwrap()).unwrap();
+        if watches {
+            assert_eq!(first["type"], "ADDED", "watch={value}: {first}");
+        } else {
+            assert_eq!(first["kind"], "ConfigMapList", "watch={value}: {first}");
+        }
+    }
+    server.shutdown().await;
+}

@@ -16,6 +16,7 @@
 //! ```
 
 mod faults;
+mod media;
 mod patch;
 mod resources;
 mod selectors;
@@ -151,6 +152,21 @@ impl FaultHandle {
     /// Forgets the event history: older resourceVersions and continue tokens answer 410.
     pub fn compact(&self) {
         self.shared.storage.lock().compact();
+    }
+
+    /// Expires the next continue token: when the next list request carrying one arrives, the
+    /// resourceVersion advances (as a write to an unrelated resource would) and the history is
+    /// compacted before the request is served, so it answers `410 Expired` as a real apiserver
+    /// does when etcd compacts between the pages of a list. Clients are expected to relist.
+    pub fn expire_next_continue(&self) {
+        self.shared.faults.set_expire_next_continue();
+    }
+
+    /// Requests received so far for a verb (`"get"`, `"list"`, `"watch"`, `"create"`,
+    /// `"update"`, `"patch"`, `"delete"`, `"deletecollection"`) and resource plural, counted when
+    /// they are routed (after a pause, before an injected failure); failed requests count too.
+    pub fn request_count(&self, verb: &str, resource: &str) -> u64 {
+        self.shared.faults.request_count(verb, resource)
     }
 
     /// Writes raw bytes into every open watch stream.

@@ -18,6 +18,7 @@ use parking_lot::Mutex;
 use serde_json::{Value, json};
 
 use super::faults::Faults;
+use super::media::{Output, Shape, negotiate};
 use super::patch::{json_patch, merge_patch};
 use super::resources::{ResKey, api_group, groups, resource_list};
 use super::selectors::{FieldSelector, LabelSelector, Selectors};
@@ -47,6 +48,24 @@ fn json_response(code: u16, v: &Value) -> Response<Body> {
         http::HeaderValue::from_static("application/json"),
     );
     r
+}
+
+fn bytes_response(code: u16, content_type: &str, body: Vec<u8>) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(body)).boxed());
+    *r.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let ct = http::HeaderValue::from_str(content_type)
+        .unwrap_or_else(|_| http::HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(http::header::CONTENT_TYPE, ct);
+    r
+}
+
+/// One object in the negotiated representation.
+fn object_response(code: u16, out: Output, obj: &Arc<Value>) -> Response<Body> {
+    bytes_response(
+        code,
+        &out.content_type(Shape::Object),
+        out.object_bytes(obj),
+    )
 }
 
 fn error_response(e: &ApiError) -> Response<Body> {
@@ -301,7 +320,7 @@ fn route(
             ));
         }
     };
-    resource(shared, method, t, q, ct, body)
+    resource(shared, accept, method, t, q, ct, body)
 }
 
 fn selectors(q: &HashMap<String, String>) -> Result<Selectors, ApiError> {
@@ -309,6 +328,14 @@ fn selectors(q: &HashMap<String, String>) -> Result<Selectors, ApiError> {
         labels: LabelSelector::parse(q.get("labelSelector").map(String::as_str).unwrap_or(""))?,
         fields: FieldSelector::parse(q.get("fieldSelector").map(String::as_str).unwrap_or(""))?,
     })
+}
+
+/// A boolean query parameter as the apiserver decodes it: absent is false, and any value but
+/// `0` or `false` (in any case) is true, so `watch=True` (the Python client) and `watch=1`
+/// both start a watch.
+fn query_bool(q: &HashMap<String, String>, name: &str) -> bool {
+    q.get(name)
+        .is_some_and(|v| v != "0" && !v.eq_ignore_ascii_case("false"))
 }
 
 fn parse_rv(s: &str) -> Result<u64, ApiError> {
@@ -333,6 +360,7 @@ fn unhex(s: &str) -> Option<String> {
 
 fn resource(
     shared: &Shared,
+    accept: &str,
     method: &Method,
     t: Target,
     q: &HashMap<String, String>,
@@ -340,7 +368,7 @@ fn resource(
     body: &Bytes,
 ) -> Result<Response<Body>, ApiError> {
     let def = shared.storage.lock().def(&t.res)?;
-    let is_watch = t.watch_path || q.get("watch").is_some_and(|w| w == "true" || w == "1");
+    let is_watch = t.watch_path || query_bool(q, "watch");
     let verb = match (method, &t.name, is_watch) {
         (&Method::GET, _, true) => "watch",
         (&Method::GET, Some(_), _) => "get",
@@ -352,6 +380,7 @@ fn resource(
         (&Method::DELETE, None, _) => "deletecollection",
         _ => return Err(ApiError::method_not_allowed()),
     };
+    shared.faults.count_request(verb, &def.plural);
     if let Some(e) = shared.faults.take_failure(verb, &def.plural) {
         return Err(e);
     }
@@ -383,23 +412,26 @@ fn resource(
     let ns = t.ns.clone().unwrap_or_default();
     let name = t.name.clone().unwrap_or_default();
     tracing::debug!(resource = %def.plural, namespace = %ns, name = %name, verb, "request");
+    let one = negotiate(accept, Shape::Object);
     match verb {
-        "get" => Ok(json_response(
+        "get" => Ok(object_response(
             200,
-            &*shared.storage.lock().get(&t.res, &ns, &name)?,
+            one,
+            &shared.storage.lock().get(&t.res, &ns, &name)?,
         )),
-        "list" => list(shared, &t, q),
-        "watch" => watch(shared, &t, q),
+        "list" => list(shared, &t, q, negotiate(accept, Shape::List)),
+        "watch" => watch(shared, &t, q, one),
         "create" => {
             let obj = parse_body(body)?;
             let created = shared.storage.lock().create(&t.res, &ns, obj)?;
-            Ok(json_response(201, &created))
+            Ok(object_response(201, one, &created))
         }
         "update" => {
             let obj = parse_body(body)?;
-            Ok(json_response(
+            Ok(object_response(
                 200,
-                &*shared
+                one,
+                &shared
                     .storage
                     .lock()
                     .update(&t.res, &ns, &name, obj, status_only)?,
@@ -418,7 +450,7 @@ fn resource(
                 if s.get(&t.res, &ns, &name).is_err() && !status_only {
                     let mut obj = patch;
                     obj["metadata"]["name"] = json!(name);
-                    return Ok(json_response(201, &*s.create(&t.res, &ns, obj)?));
+                    return Ok(object_response(201, one, &s.create(&t.res, &ns, obj)?));
                 }
             }
             let current = s.get(&t.res, &ns, &name)?;
@@ -440,9 +472,10 @@ fn resource(
             let precondition = patch.pointer("/metadata/resourceVersion").cloned();
             doc["metadata"]["resourceVersion"] =
                 precondition.unwrap_or_else(|| current["metadata"]["resourceVersion"].clone());
-            Ok(json_response(
+            Ok(object_response(
                 200,
-                &*s.update(&t.res, &ns, &name, doc, status_only)?,
+                one,
+                &s.update(&t.res, &ns, &name, doc, status_only)?,
             ))
         }
         "delete" => {
@@ -451,9 +484,10 @@ fn resource(
             } else {
                 parse_body(body)?
             };
-            Ok(json_response(
+            Ok(object_response(
                 200,
-                &*shared.storage.lock().delete(&t.res, &ns, &name, &opts)?,
+                one,
+                &shared.storage.lock().delete(&t.res, &ns, &name, &opts)?,
             ))
         }
         _ => {
@@ -466,10 +500,18 @@ fn resource(
                     items.push(s.delete(&t.res, &ons, &oname, &json!({}))?);
                 }
             }
-            let items: Vec<&Value> = items.iter().map(|a| &**a).collect();
-            Ok(json_response(
+            let out = negotiate(accept, Shape::List);
+            let meta = json!({"resourceVersion": s.current_rv().to_string()});
+            drop(s);
+            Ok(bytes_response(
                 200,
-                &json!({"apiVersion": def.api_version(), "kind": format!("{}List", def.kind), "metadata": {"resourceVersion": s.current_rv().to_string()}, "items": items}),
+                &out.content_type(Shape::List),
+                out.list_bytes(
+                    &def.api_version(),
+                    &def.kind,
+                    &meta,
+                    items.iter().map(|a| &**a),
+                ),
             ))
         }
     }
@@ -479,6 +521,7 @@ fn list(
     shared: &Shared,
     t: &Target,
     q: &HashMap<String, String>,
+    out: Output,
 ) -> Result<Response<Body>, ApiError> {
     let def = shared.storage.lock().def(&t.res)?;
     let sel = selectors(q)?;
@@ -493,9 +536,12 @@ fn list(
         .get("resourceVersionMatch")
         .map(String::as_str)
         .unwrap_or("");
-    let s = shared.storage.lock();
+    let mut s = shared.storage.lock();
     let (at, start_after) = match q.get("continue").filter(|c| !c.is_empty()) {
         Some(token) => {
+            if shared.faults.take_expire_next_continue() {
+                s.advance_and_compact();
+            }
             let decoded =
                 unhex(token).ok_or_else(|| ApiError::bad_request("continue key is not valid"))?;
             let (rv_s, key) = decoded
@@ -590,9 +636,10 @@ fn list(
         meta["continue"] = json!(c);
         meta["remainingItemCount"] = json!(remaining);
     }
-    Ok(json_response(
+    Ok(bytes_response(
         200,
-        &json!({"apiVersion": def.api_version(), "kind": format!("{}List", def.kind), "metadata": meta, "items": items}),
+        &out.content_type(Shape::List),
+        out.list_bytes(&def.api_version(), &def.kind, &meta, items),
     ))
 }
 
@@ -600,10 +647,11 @@ fn watch(
     shared: &Shared,
     t: &Target,
     q: &HashMap<String, String>,
+    out: Output,
 ) -> Result<Response<Body>, ApiError> {
     let sel = selectors(q)?;
     let rv = q.get("resourceVersion").map(String::as_str).unwrap_or("");
-    let send_initial = q.get("sendInitialEvents").is_some_and(|v| v == "true");
+    let send_initial = query_bool(q, "sendInitialEvents");
     if send_initial && q.get("resourceVersionMatch").map(String::as_str) != Some("NotOlderThan") {
         return Err(ApiError::invalid(
             "resourceVersionMatch: Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
@@ -614,10 +662,7 @@ fn watch(
         _ if send_initial => WatchFrom::Current,
         n => WatchFrom::After(parse_rv(n)?),
     };
-    let bookmarks = q
-        .get("allowWatchBookmarks")
-        .is_some_and(|v| v == "true")
-        .then_some(shared.bookmark_interval);
+    let bookmarks = query_bool(q, "allowWatchBookmarks").then_some(shared.bookmark_interval);
     let timeout = match q.get("timeoutSeconds") {
         Some(s) => Some(Duration::from_secs(s.parse().map_err(|_| {
             ApiError::bad_request(format!("invalid timeoutSeconds {s:?}"))
@@ -636,6 +681,7 @@ fn watch(
         bookmarks,
         timeout,
         initial_end_bookmark: send_initial,
+        output: out,
     };
     let frames = stream(def, start, opts).map(|b| Ok::<_, Infallible>(Frame::data(b)));
     let mut r = Response::new(BodyExt::boxed(StreamBody::new(frames)));

@@ -665,6 +665,14 @@ impl Storage {
         self.oldest_rv = self.rv;
     }
 
+    /// Advances the resourceVersion without an event of any served resource (as a write to an
+    /// unrelated resource would), then compacts: every resourceVersion before now answers 410,
+    /// including the current one before the call.
+    pub fn advance_and_compact(&mut self) {
+        self.rv += 1;
+        self.compact();
+    }
+
     /// Closes every open watch.
     pub fn drop_watchers(&mut self) {
         self.watchers.clear();
