@@ -76,6 +76,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// What can go wrong writing an Event.
 #[derive(Debug, thiserror::Error)]
@@ -473,6 +474,11 @@ impl EventRecorder {
     ) -> (Self, RecorderTask) {
         let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
         let counters = Arc::new(Counters::default());
+        let span = tracing::info_span!(
+            "event_recorder",
+            reporting_controller = %config.reporting_controller,
+            reporting_instance = %config.reporting_instance,
+        );
         let worker = Worker {
             sink,
             config,
@@ -483,7 +489,7 @@ impl EventRecorder {
             retry_seq: 0,
             last_nanos: 0,
         };
-        let task = tokio::spawn(worker.run(rx, shutdown));
+        let task = tokio::spawn(worker.run(rx, shutdown).instrument(span));
         (Self { tx, counters }, RecorderTask { task })
     }
 
