@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use std::process::Command;
 
-use support::{example_binary, run_example};
+use support::{LiveExample, example_binary, http_get, run_example};
 
 /// The value of a `| name | value |` row in the last metrics table printed.
 fn last_table_value(stdout: &str, metric: &str) -> Option<String> {
@@ -398,4 +398,75 @@ fn sample_controller_reconciles_only_after_winning_the_lease_with_leader_electio
     let created = stdout.find("created deployment").expect("reconciles");
     assert!(campaign < leading && leading < created, "{stdout}");
     assert_sample_controller_converged(&stdout);
+}
+
+#[test]
+fn sample_controller_serves_metrics_and_readiness_of_its_controller_queue_and_informers() {
+    let mut example = LiveExample::start(
+        "sample-controller",
+        &["--metrics-addr", "127.0.0.1:0", "--interval-ms", "150"],
+    );
+    let limit = Duration::from_secs(90);
+    let serving = example.wait_for("the metrics address", limit, |l| {
+        l.starts_with("serving /metrics")
+    });
+    let addr = serving
+        .rsplit("http://")
+        .next()
+        .expect("an address")
+        .to_owned();
+    example.wait_for("convergence", limit, |l| l == "converged");
+    let (code, readyz) = http_get(&addr, "/readyz");
+    assert_eq!(code, 200, "{readyz}");
+    assert!(readyz.contains("[+]foos ok"), "{readyz}");
+    let (code, metrics) = http_get(&addr, "/metrics");
+    assert_eq!(code, 200);
+    let value = |series: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
+    };
+    // Two Foos were created, scaled and deleted: every reconcile succeeded.
+    assert!(
+        value(
+            r#"controller_runtime_reconcile_total{controller="sample-controller",result="success"}"#
+        ) >= 5.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        value(r#"controller_runtime_reconcile_errors_total{controller="sample-controller"}"#),
+        0.0
+    );
+    assert_eq!(
+        value(r#"controller_runtime_max_concurrent_reconciles{controller="sample-controller"}"#),
+        2.0
+    );
+    assert!(
+        value(r#"workqueue_adds_total{name="sample-controller"}"#) >= 5.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        value(r#"reflex_informer_synced{resource="foos.samplecontroller.k8s.io"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(
+            r#"reflex_informer_events_total{resource="foos.samplecontroller.k8s.io",event="add"}"#
+        ),
+        2.0
+    );
+    assert_eq!(
+        value(
+            r#"reflex_informer_events_total{resource="foos.samplecontroller.k8s.io",event="delete"}"#
+        ),
+        1.0
+    );
+    example.interrupt();
+    let lines = example.finish(limit);
+    assert!(
+        lines.iter().any(|l| l == "interrupted"),
+        "{}",
+        lines.join("\n")
+    );
 }

@@ -7,7 +7,9 @@
 //! Foo), scales it when the replicas differ, refuses to adopt a Deployment it does not own, and
 //! copies the Deployment's `availableReplicas` into `Foo.status`. Each outcome is recorded as an
 //! `events.k8s.io/v1` Event on the Foo and printed as one line. With `--leader-elect`, only the
-//! replica holding the `sample-controller` Lease reconciles.
+//! replica holding the `sample-controller` Lease reconciles, while every replica's informers (from
+//! one `SharedInformerFactory`) keep their caches warm. `--metrics-addr` serves Prometheus metrics
+//! (reconciles, work queue, informers), `/healthz` and `/readyz` (caches synced, leader).
 //!
 //! With no `--kubeconfig` and no `--cluster`, an embedded fake API server plays the cluster: a
 //! workload creates Foos, scales one and deletes another, and a stand-in for the Deployment
@@ -41,12 +43,16 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::core::NamespaceResourceScope;
-use reflex::informer::informer::{InformerOptions, SharedIndexInformer};
+use prometheus_client::registry::Registry;
+use reflex::informer::factory::{FactoryOptions, SharedInformerFactory};
+use reflex::informer::informer::SharedIndexInformer;
 use reflex::informer::key::ObjectKey;
 use reflex::informer::lister::Lister;
 use reflex::runtime::controller::{Action, Controller, ControllerOptions, default_error_policy};
 use reflex::runtime::events::{EventRecorder, EventType, KubeEventSink, RecorderConfig};
 use reflex::runtime::leader_election::{KubeLease, LeaderElectionConfig, LeaderElector};
+use reflex::runtime::metrics::Metrics;
+use reflex::runtime::serve::{HealthServer, ServeConfig};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -72,6 +78,10 @@ struct Args {
     /// Embedded mode: milliseconds between two steps of the workload.
     #[arg(long, default_value_t = 1500)]
     interval_ms: u64,
+    /// Serve `/metrics`, `/healthz` and `/readyz` on this address (e.g. `127.0.0.1:8080`; port 0
+    /// picks a free port).
+    #[arg(long)]
+    metrics_addr: Option<std::net::SocketAddr>,
     /// Embedded mode: exit once the workload's four steps are done and every Foo has converged.
     #[arg(long)]
     exit_when_converged: bool,
@@ -101,6 +111,12 @@ enum SampleError {
     /// The signal handlers could not be installed.
     #[error("cannot install the Ctrl-C handler")]
     Signal(#[source] std::io::Error),
+    /// An informer could not be registered for metrics.
+    #[error("cannot register the informer metrics")]
+    Metrics(#[source] reflex::runtime::metrics::MetricsError),
+    /// The metrics and health endpoints could not be served.
+    #[error("cannot serve /metrics, /healthz and /readyz")]
+    Serve(#[source] reflex::runtime::serve::ServeError),
 }
 
 /// Why one reconcile failed (it is retried with the queue's per-key backoff).
@@ -634,48 +650,29 @@ async fn create_default_namespace(client: &kube::Client) {
     }
 }
 
-/// Runs the controller until `shutdown` (or `leading`, under leader election) is cancelled.
+/// Runs the controller over the factory's informers until `stop` (or, under leader election, the
+/// end of this term of leadership) is cancelled. The informers outlive it: a standby replica keeps
+/// its caches warm and starts reconciling the moment it wins the Lease.
 async fn run_controller(
-    client: kube::Client,
+    foos: SharedIndexInformer<Foo>,
+    deployments: SharedIndexInformer<Deployment>,
+    ctx: Arc<Ctx>,
     workers: usize,
+    metrics: Metrics,
     stop: CancellationToken,
-    ctx_out: tokio::sync::oneshot::Sender<Arc<Ctx>>,
 ) -> Result<(), SampleError> {
-    let foos = SharedIndexInformer::new(
-        Arc::new(Api::<Foo>::all(client.clone())),
-        InformerOptions::default(),
-    );
-    let deployments = SharedIndexInformer::new(
-        Arc::new(Api::<Deployment>::all(client.clone())),
-        InformerOptions::default(),
-    );
-    let (recorder, recorder_task) = EventRecorder::new(
-        KubeEventSink::new(client.clone()),
-        RecorderConfig::new(
-            "samplecontroller.k8s.io/sample-controller",
-            format!("sample-controller-{}", std::process::id()),
-        ),
-        stop.clone(),
-    );
-    let ctx = Arc::new(Ctx {
-        client,
-        foos: foos.lister(),
-        deployments: deployments.lister(),
-        recorder,
-    });
-    let _ = ctx_out.send(ctx.clone());
-    let result = Controller::new(foos)
+    let summary = Controller::new(foos)
         .owns(deployments)
         .workers(workers)
         .options(ControllerOptions {
             name: "sample-controller".into(),
             shutdown: stop,
+            metrics: Some(metrics),
             ..ControllerOptions::default()
         })
         .run(reconcile, default_error_policy, ctx)
-        .await;
-    recorder_task.join().await;
-    let summary = result.map_err(SampleError::Controller)?;
+        .await
+        .map_err(SampleError::Controller)?;
     println!(
         "controller stopped: {} reconciles, {} errors, {} requeues",
         summary.reconciles, summary.errors, summary.requeues
@@ -693,56 +690,109 @@ async fn run(args: Args) -> Result<(), SampleError> {
     install_crd(&client).await?;
 
     let stop = shutdown.child_token();
-    let (ctx_tx, ctx_rx) = tokio::sync::oneshot::channel();
-    let controller = {
-        let client = client.clone();
-        let stop = stop.clone();
-        let workers = args.workers;
-        if args.leader_elect {
-            let identity = format!("sample-controller-{}", std::process::id());
-            let lease = KubeLease::new(
-                Api::<Lease>::namespaced(client.clone(), &args.lease_namespace),
-                "sample-controller",
-            );
-            let elector = LeaderElector::new(lease, LeaderElectionConfig::new(identity.clone()))
-                .map_err(SampleError::LeaderElection)?;
+    // One factory per process; its informers run whether or not this replica leads.
+    let factory = SharedInformerFactory::new(client.clone(), FactoryOptions::default());
+    let foos = factory.informer::<Foo>();
+    let deployments = factory.informer::<Deployment>();
+    let mut registry = Registry::default();
+    let metrics = Metrics::new(&mut registry);
+    metrics
+        .register_informer("foos.samplecontroller.k8s.io", &foos)
+        .map_err(SampleError::Metrics)?;
+    metrics
+        .register_informer("deployments.apps", &deployments)
+        .map_err(SampleError::Metrics)?;
+    factory.start();
+    let (recorder, recorder_task) = EventRecorder::new(
+        KubeEventSink::new(client.clone()),
+        RecorderConfig::new(
+            "samplecontroller.k8s.io/sample-controller",
+            format!("sample-controller-{}", std::process::id()),
+        ),
+        stop.clone(),
+    );
+    let ctx = Arc::new(Ctx {
+        client: client.clone(),
+        foos: foos.lister(),
+        deployments: deployments.lister(),
+        recorder,
+    });
+
+    let elector = if args.leader_elect {
+        let identity = format!("sample-controller-{}", std::process::id());
+        let lease = KubeLease::new(
+            Api::<Lease>::namespaced(client.clone(), &args.lease_namespace),
+            "sample-controller",
+        );
+        let elector = LeaderElector::new(lease, LeaderElectionConfig::new(identity.clone()))
+            .map_err(SampleError::LeaderElection)?;
+        println!(
+            "campaigning for Lease {}/sample-controller as {identity}",
+            args.lease_namespace
+        );
+        Some(elector)
+    } else {
+        None
+    };
+    let health = match args.metrics_addr {
+        Some(addr) => {
+            let mut server = HealthServer::new(ServeConfig { addr })
+                .registry(Arc::new(registry))
+                .informer_synced("foos", &foos)
+                .informer_synced("deployments", &deployments);
+            if let Some(elector) = &elector {
+                server = server.leader_state(elector.subscribe());
+            }
+            let handle = server
+                .start(stop.clone())
+                .await
+                .map_err(SampleError::Serve)?;
             println!(
-                "campaigning for Lease {}/sample-controller as {identity}",
-                args.lease_namespace
+                "serving /metrics, /healthz and /readyz on http://{}",
+                handle.local_addr()
             );
-            tokio::spawn(async move {
-                let mut ctx_tx = Some(ctx_tx);
+            Some(handle)
+        }
+        None => None,
+    };
+
+    let controller = {
+        let (foos, deployments, ctx) = (foos.clone(), deployments.clone(), ctx.clone());
+        let (workers, metrics, stop) = (args.workers, metrics.clone(), stop.clone());
+        match elector {
+            Some(elector) => tokio::spawn(async move {
                 let outcome = elector
                     .run_while_leader(&stop, |leading| {
                         println!("leading: starting the controller");
-                        let (tx, rx) = tokio::sync::oneshot::channel();
-                        if let Some(first) = ctx_tx.take() {
-                            tokio::spawn(async move {
-                                if let Ok(ctx) = rx.await {
-                                    let _ = first.send(ctx);
-                                }
-                            });
-                        }
-                        run_controller(client.clone(), workers, leading, tx)
+                        run_controller(
+                            foos.clone(),
+                            deployments.clone(),
+                            ctx.clone(),
+                            workers,
+                            metrics.clone(),
+                            leading,
+                        )
                     })
                     .await;
                 outcome.unwrap_or(Ok(()))
-            })
-        } else {
-            tokio::spawn(run_controller(client, workers, stop, ctx_tx))
+            }),
+            None => tokio::spawn(run_controller(
+                foos,
+                deployments,
+                ctx,
+                workers,
+                metrics,
+                stop,
+            )),
         }
     };
 
     let deadline = common::deadline(args.exit_after);
     tokio::pin!(deadline);
-    let ctx = tokio::select! {
-        ctx = ctx_rx => ctx.ok(),
-        _ = shutdown.cancelled() => None,
-        _ = &mut deadline => None,
-    };
     let mut workload_task = None;
     let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    if let Some(ctx) = &ctx {
+    let mut reported = false;
+    {
         if conn.is_embedded() {
             workload_task = Some(tokio::spawn(workload(
                 client.clone(),
@@ -760,9 +810,12 @@ async fn run(args: Args) -> Result<(), SampleError> {
             }
             // After the workload, one Foo is left (`example-foo`, scaled to 3).
             let steps_done = finished.load(std::sync::atomic::Ordering::SeqCst);
-            if args.exit_when_converged && conn.is_embedded() && steps_done && converged(ctx, 1) {
+            if conn.is_embedded() && steps_done && !reported && converged(&ctx, 1) {
                 println!("converged");
-                break;
+                reported = true;
+                if args.exit_when_converged {
+                    break;
+                }
             }
         }
     }
@@ -774,9 +827,12 @@ async fn run(args: Args) -> Result<(), SampleError> {
         Ok(result) => result?,
         Err(e) => tracing::error!(error = %e, "controller task failed"),
     }
-    if let Some(ctx) = &ctx {
-        println!("{}", foo_table(ctx));
+    recorder_task.join().await;
+    if let Some(health) = health {
+        health.join().await;
     }
+    println!("{}", foo_table(&ctx));
+    factory.shutdown().await;
     if conn.is_embedded() {
         let events: Api<k8s_openapi::api::events::v1::Event> =
             Api::namespaced(client.clone(), "default");
