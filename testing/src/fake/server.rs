@@ -50,22 +50,21 @@ fn json_response(code: u16, v: &Value) -> Response<Body> {
     r
 }
 
-fn bytes_response(code: u16, content_type: &str, body: Vec<u8>) -> Response<Body> {
+/// A JSON response. Transformed (`as=PartialObjectMetadata`) answers are `application/json` too,
+/// as kube-apiserver sends them.
+fn bytes_response(code: u16, body: Vec<u8>) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::from(body)).boxed());
     *r.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let ct = http::HeaderValue::from_str(content_type)
-        .unwrap_or_else(|_| http::HeaderValue::from_static("application/json"));
-    r.headers_mut().insert(http::header::CONTENT_TYPE, ct);
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
     r
 }
 
 /// One object in the negotiated representation.
 fn object_response(code: u16, out: Output, obj: &Arc<Value>) -> Response<Body> {
-    bytes_response(
-        code,
-        &out.content_type(Shape::Object),
-        out.object_bytes(obj),
-    )
+    bytes_response(code, out.object_bytes(obj))
 }
 
 fn error_response(e: &ApiError) -> Response<Body> {
@@ -358,6 +357,17 @@ fn unhex(s: &str) -> Option<String> {
     String::from_utf8(bytes?).ok()
 }
 
+/// Resources whose DELETE answers with the deleted object even when it is gone at once (as
+/// kube-apiserver's stores for them do); the others answer a `Status` of `Success` unless the
+/// object stays behind for its finalizers, when the answer is the object being deleted.
+const RETURNS_DELETED_OBJECT: &[&str] = &[
+    "pods",
+    "services",
+    "serviceaccounts",
+    "namespaces",
+    "customresourcedefinitions",
+];
+
 fn resource(
     shared: &Shared,
     accept: &str,
@@ -484,10 +494,24 @@ fn resource(
             } else {
                 parse_body(body)?
             };
-            Ok(object_response(
+            let mut s = shared.storage.lock();
+            let deleted = s.delete(&t.res, &ns, &name, &opts)?;
+            let pending = s.get(&t.res, &ns, &name).is_ok();
+            drop(s);
+            if pending || RETURNS_DELETED_OBJECT.contains(&def.plural.as_str()) {
+                return Ok(object_response(200, one, &deleted));
+            }
+            let mut details = json!({
+                "name": name,
+                "kind": def.plural,
+                "uid": deleted.pointer("/metadata/uid").cloned().unwrap_or(Value::Null),
+            });
+            if !def.group.is_empty() {
+                details["group"] = json!(def.group);
+            }
+            Ok(json_response(
                 200,
-                one,
-                &shared.storage.lock().delete(&t.res, &ns, &name, &opts)?,
+                &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details}),
             ))
         }
         _ => {
@@ -505,7 +529,6 @@ fn resource(
             drop(s);
             Ok(bytes_response(
                 200,
-                &out.content_type(Shape::List),
                 out.list_bytes(
                     &def.api_version(),
                     &def.kind,
@@ -638,7 +661,6 @@ fn list(
     }
     Ok(bytes_response(
         200,
-        &out.content_type(Shape::List),
         out.list_bytes(&def.api_version(), &def.kind, &meta, items),
     ))
 }
