@@ -2,9 +2,10 @@
 //! every fault of its [`FaultHandle`](reflex_testing::FaultHandle).
 //!
 //! Each case of the table arms one fault, with writes (creates, replaces, patches, deletes)
-//! before, during and after it, and runs against four contenders, each on its own server:
+//! before, during and after it, and runs against five contenders, each on its own server:
 //!
-//! - `reflector`: a bare `Reflector` over `kube::Api` into a map-building sink;
+//! - `reflector`: a bare `Reflector` over `kube::Api` into a map-building sink, once with kube's
+//!   default client (which retries 429/503/504 itself) and once without those retries;
 //! - `informer`: a `SharedIndexInformer` over `kube::Api`, with two handlers;
 //! - `factory`: the factory's typed informer, which decodes through `RawApi`, with a handler;
 //! - `metadata`: the factory's metadata-only informer (`PartialObjectMetadata` responses).
@@ -143,6 +144,9 @@ impl ReflectorSink<ConfigMap> for MapSink {
 #[derive(Debug, Clone, Copy)]
 enum Contender {
     Reflector,
+    /// The bare reflector on a kube client without kube's own retries of 429/503/504, so those
+    /// reach the reflector's recovery paths.
+    ReflectorWithoutClientRetries,
     Informer,
     Factory,
     Metadata,
@@ -198,7 +202,9 @@ struct Case {
 
 const ERROR_410: &str = "{\"type\":\"ERROR\",\"object\":{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"metadata\":{},\"status\":\"Failure\",\"message\":\"too old resource version: 1\",\"reason\":\"Expired\",\"code\":410}}\n";
 
-fn cases() -> Vec<Case> {
+/// The table. `client_retries`: whether kube's client retries 429/503/504 itself (its default
+/// `RetryPolicy`), in which case those failures never reach the reflector.
+fn cases(client_retries: bool) -> Vec<Case> {
     let relist = |lists| Expect {
         lists,
         relist: true,
@@ -232,14 +238,14 @@ fn cases() -> Vec<Case> {
                 code,
                 verb: "watch",
             },
-            // 500 and 410 end the round and the reflector relists; kube's client retries 429
-            // and 503 itself (its default RetryPolicy), so those reach the reflector as a
-            // watch that started late, and only the server sees every attempt.
+            // A failed watch ends the round and the reflector relists, except on 429, where it
+            // retries the watch after a backoff. With kube's client retries, 429 and 503 reach
+            // the reflector as a watch that started late; only the server sees every attempt.
             expect: Expect {
                 watches: 3,
-                lists: u64::from(matches!(code, 500 | 410)),
+                lists: u64::from(relisted(code, client_retries)),
                 expired_round: code == 410,
-                relist: matches!(code, 500 | 410),
+                relist: relisted(code, client_retries),
                 ..Default::default()
             },
         });
@@ -320,6 +326,14 @@ fn cases() -> Vec<Case> {
         },
     ]);
     cases
+}
+
+fn relisted(watch_failure: u16, client_retries: bool) -> bool {
+    match watch_failure {
+        429 => false,
+        503 => !client_retries,
+        _ => true,
+    }
 }
 
 /// A contender running against one server.
@@ -408,7 +422,7 @@ where
 async fn start(contender: Contender, client: kube::Client) -> Running {
     let (expired_rounds, on_error) = expired_counter();
     let mut running = match contender {
-        Contender::Reflector => {
+        Contender::Reflector | Contender::ReflectorWithoutClientRetries => {
             let sink = Arc::new(MapSink::default());
             let source: Arc<dyn ListWatch<ConfigMap>> = Arc::new(Api::<ConfigMap>::all(client));
             let mut reflector = Reflector::new(source, sink.clone(), fast_reflector());
@@ -663,7 +677,15 @@ async fn run_case(contender: Contender, case: &Case) {
     let what = format!("{contender:?} / {} / {:?}", case.name, case.fault);
     let server = FakeApiServer::start().await.unwrap();
     let client = setup(&server).await;
-    let running = start(contender, client.clone()).await;
+    let contender_client = match contender {
+        Contender::ReflectorWithoutClientRetries => {
+            let mut config = kube::Config::new(server.url().parse().unwrap());
+            config.default_retry = false;
+            kube::Client::try_from(config).unwrap()
+        }
+        _ => client.clone(),
+    };
+    let running = start(contender, contender_client).await;
     assert_converges(&running, &client, &format!("{what}: initial sync")).await;
 
     writes(client.clone(), 0).await;
@@ -719,7 +741,8 @@ async fn run_case(contender: Contender, case: &Case) {
 }
 
 async fn run_all(contender: Contender) {
-    for case in cases() {
+    let client_retries = !matches!(contender, Contender::ReflectorWithoutClientRetries);
+    for case in cases(client_retries) {
         run_case(contender, &case).await;
     }
 }
@@ -727,6 +750,11 @@ async fn run_all(contender: Contender) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bare_reflector_converges_after_every_fault() {
     run_all(Contender::Reflector).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bare_reflector_without_client_retries_converges_after_every_fault() {
+    run_all(Contender::ReflectorWithoutClientRetries).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
