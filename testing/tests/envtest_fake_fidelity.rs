@@ -9,6 +9,8 @@
 //! relying on a new corner of the fake. Skipped when the envtest binaries are absent (see
 //! `scripts/envtest/run`) unless `REFLEX_REQUIRE_ENVTEST=1`.
 
+mod support;
+
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
@@ -236,4 +238,20 @@ async fn the_fake_answers_metadata_list_watch_and_delete_requests_like_kube_apis
             "{what}: the fake answers differently from kube-apiserver"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_client_script_expects_what_a_real_apiserver_does() {
+    let Some(python) = support::python::python_client().await else {
+        return;
+    };
+    let Some(env) = Environment::start_or_skip(Options::default())
+        .await
+        .unwrap()
+    else {
+        return;
+    };
+    let lines = support::python::run_script(python, env.kubeconfig()).await;
+    env.stop().await.unwrap();
+    assert_eq!(lines, support::python::EXPECTED);
 }
