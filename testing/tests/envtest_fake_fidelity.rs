@@ -121,6 +121,82 @@ async fn watch_lines(
     (ct, lines)
 }
 
+/// Which objects label and field selectors pick (and which selectors are refused), plus the
+/// metadata of a paged list.
+async fn selectors(
+    client: &kube::Client,
+    cms: &Api<ConfigMap>,
+    base: &str,
+) -> Vec<(String, Value)> {
+    for (name, labels) in [
+        ("c", json!({"app": "y", "tier": "db"})),
+        ("d", json!({"tier": "web"})),
+        ("e", json!({})),
+    ] {
+        cms.create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    }
+    let mut seen = Vec::new();
+    let queries = [
+        "labelSelector=app%3Dx",
+        "labelSelector=app%3D%3Dy",
+        "labelSelector=app!%3Dx",
+        "labelSelector=app%20in%20(x,y)",
+        "labelSelector=app%20notin%20(x)",
+        "labelSelector=tier",
+        "labelSelector=!tier",
+        "labelSelector=app%3Dx,!tier",
+        "labelSelector=app,tier%3Ddb",
+        "labelSelector=",
+        "fieldSelector=metadata.name%3Da",
+        "fieldSelector=metadata.name!%3Da",
+        "fieldSelector=metadata.name%3D%3Dd",
+        "fieldSelector=metadata.namespace%3Dfidelity",
+        "fieldSelector=metadata.name%3Da,metadata.namespace%3Dfidelity",
+        "labelSelector=tier&fieldSelector=metadata.name!%3Dc",
+        // refused
+        "labelSelector=app%20in%20x",
+        "labelSelector=app%3D%3D%3Dx",
+        "labelSelector=-bad%3Dx",
+        "fieldSelector=spec.foo%3Dbar",
+        "limit=abc",
+    ];
+    for q in queries {
+        let (code, _, body) = get(client, &format!("{base}?{q}"), "application/json").await;
+        let names: Vec<&str> = body["items"]
+            .as_array()
+            .map(|items| {
+                items
+                    .iter()
+                    .filter_map(|i| i.pointer("/metadata/name").and_then(Value::as_str))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let reason = body.get("reason").cloned().unwrap_or(Value::Null);
+        seen.push((
+            q.to_string(),
+            json!({"code": code, "names": names, "reason": reason}),
+        ));
+    }
+    let (code, _, body) = get(client, &format!("{base}?limit=2"), "application/json").await;
+    let keys: Vec<&String> = body["metadata"]
+        .as_object()
+        .map(|m| m.keys().collect())
+        .unwrap_or_default();
+    seen.push((
+        "paged list metadata".to_string(),
+        json!({"code": code, "keys": keys, "remaining": body["metadata"]["remainingItemCount"], "items": body["items"].as_array().map(Vec::len)}),
+    ));
+    for name in ["c", "d", "e"] {
+        cms.delete(name, &Default::default()).await.unwrap();
+    }
+    seen
+}
+
 async fn observe(client: kube::Client) -> Vec<(String, Value)> {
     let nss: Api<Namespace> = Api::all(client.clone());
     nss.create(
@@ -143,6 +219,7 @@ async fn observe(client: kube::Client) -> Vec<(String, Value)> {
     }
     let base = format!("/api/v1/namespaces/{NS}/configmaps");
     let mut seen = Vec::new();
+    seen.extend(selectors(&client, &cms, &base).await);
     for (what, path, accept) in [
         ("get partial", format!("{base}/a"), PARTIAL),
         ("list partial list", base.clone(), PARTIAL_LIST),

@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use super::faults::Faults;
 use super::media::{Output, Shape, negotiate};
 use super::patch::{json_patch, merge_patch};
-use super::resources::{ResKey, api_group, groups, resource_list};
+use super::resources::{ResKey, ResourceDef, api_group, groups, resource_list};
 use super::selectors::{FieldSelector, LabelSelector, Selectors};
 use super::status::ApiError;
 use super::storage::{Storage, WatchFrom};
@@ -322,10 +322,12 @@ fn route(
     resource(shared, accept, method, t, q, ct, body)
 }
 
-fn selectors(q: &HashMap<String, String>) -> Result<Selectors, ApiError> {
+fn selectors(q: &HashMap<String, String>, def: &ResourceDef) -> Result<Selectors, ApiError> {
+    let fields = FieldSelector::parse(q.get("fieldSelector").map(String::as_str).unwrap_or(""))?;
+    fields.check_supported(&def.group, &def.plural)?;
     Ok(Selectors {
         labels: LabelSelector::parse(q.get("labelSelector").map(String::as_str).unwrap_or(""))?,
-        fields: FieldSelector::parse(q.get("fieldSelector").map(String::as_str).unwrap_or(""))?,
+        fields,
     })
 }
 
@@ -515,7 +517,7 @@ fn resource(
             ))
         }
         _ => {
-            let sel = selectors(q)?;
+            let sel = selectors(q, &def)?;
             let mut s = shared.storage.lock();
             let objs = s.snapshot(&t.res, None)?;
             let mut items = Vec::new();
@@ -547,7 +549,7 @@ fn list(
     out: Output,
 ) -> Result<Response<Body>, ApiError> {
     let def = shared.storage.lock().def(&t.res)?;
-    let sel = selectors(q)?;
+    let sel = selectors(q, &def)?;
     let limit: usize = match q.get("limit") {
         Some(l) => l
             .parse()
@@ -671,7 +673,7 @@ fn watch(
     q: &HashMap<String, String>,
     out: Output,
 ) -> Result<Response<Body>, ApiError> {
-    let sel = selectors(q)?;
+    let sel = selectors(q, &shared.storage.lock().def(&t.res)?)?;
     let rv = q.get("resourceVersion").map(String::as_str).unwrap_or("");
     let send_initial = query_bool(q, "sendInitialEvents");
     if send_initial && q.get("resourceVersionMatch").map(String::as_str) != Some("NotOlderThan") {
