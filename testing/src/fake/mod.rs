@@ -27,6 +27,7 @@
 mod faults;
 mod media;
 mod patch;
+mod protobuf;
 mod resources;
 mod selectors;
 mod server;

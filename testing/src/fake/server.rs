@@ -131,6 +131,31 @@ fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
 }
 
+/// The body of a create, update or delete: JSON, or the protobuf kubectl's typed commands send
+/// (`kubectl create configmap`, see [`protobuf`](super::protobuf)). Other encodings answer 415, as
+/// kube-apiserver does for a format it cannot read.
+fn parse_object_body(content_type: &str, body: &Bytes) -> Result<Value, ApiError> {
+    let media = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    if media == "application/vnd.kubernetes.protobuf" {
+        return super::protobuf::decode_object(body);
+    }
+    if !matches!(media.as_str(), "" | "application/json" | "*/*") {
+        return Err(ApiError::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unknown format ({media}) - accepted media types include: application/json"
+            ),
+        ));
+    }
+    parse_body(body)
+}
+
 fn route(
     shared: &Shared,
     accept: &str,
@@ -434,12 +459,12 @@ fn resource(
         "list" => list(shared, &t, q, negotiate(accept, Shape::List)),
         "watch" => watch(shared, &t, q, one),
         "create" => {
-            let obj = parse_body(body)?;
+            let obj = parse_object_body(ct, body)?;
             let created = shared.storage.lock().create(&t.res, &ns, obj)?;
             Ok(object_response(201, one, &created))
         }
         "update" => {
-            let obj = parse_body(body)?;
+            let obj = parse_object_body(ct, body)?;
             Ok(object_response(
                 200,
                 one,
@@ -494,7 +519,7 @@ fn resource(
             let opts = if body.is_empty() {
                 json!({})
             } else {
-                parse_body(body)?
+                parse_object_body(ct, body)?
             };
             let mut s = shared.storage.lock();
             let deleted = s.delete(&t.res, &ns, &name, &opts)?;
