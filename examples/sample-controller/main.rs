@@ -23,10 +23,13 @@
     reason = "Foo is the sample controller's resource kind, not a placeholder"
 )]
 
+#[allow(dead_code, reason = "shared by all examples; each uses part of it")]
+#[path = "../common/mod.rs"]
+mod common;
+
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,7 +47,6 @@ use reflex::informer::lister::Lister;
 use reflex::runtime::controller::{Action, Controller, ControllerOptions, default_error_policy};
 use reflex::runtime::events::{EventRecorder, EventType, KubeEventSink, RecorderConfig};
 use reflex::runtime::leader_election::{KubeLease, LeaderElectionConfig, LeaderElector};
-use reflex_testing::FakeApiServer;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -65,12 +67,8 @@ struct Args {
     /// Namespace of the Lease.
     #[arg(long, default_value = "default")]
     lease_namespace: String,
-    /// Use this kubeconfig instead of the embedded fake API server.
-    #[arg(long, conflicts_with = "cluster")]
-    kubeconfig: Option<PathBuf>,
-    /// Use the cluster found by `kube::Config::infer` (KUBECONFIG, ~/.kube/config, in-cluster).
-    #[arg(long)]
-    cluster: bool,
+    #[command(flatten)]
+    cluster: common::ClusterArgs,
     /// Embedded mode: milliseconds between two steps of the workload.
     #[arg(long, default_value_t = 1500)]
     interval_ms: u64,
@@ -85,18 +83,9 @@ struct Args {
 /// Why sample-controller could not run.
 #[derive(Debug, thiserror::Error)]
 enum SampleError {
-    /// The kubeconfig could not be read or used.
-    #[error("cannot use kubeconfig {0}")]
-    Kubeconfig(PathBuf, #[source] kube::config::KubeconfigError),
-    /// No cluster configuration was found.
-    #[error("cannot infer a cluster configuration")]
-    Infer(#[source] kube::config::InferConfigError),
-    /// The client could not be built.
-    #[error("cannot build a Kubernetes client")]
-    Client(#[source] kube::Error),
-    /// The embedded API server did not start.
-    #[error("cannot start the embedded API server")]
-    Fake(#[source] reflex_testing::FakeError),
+    /// No API server could be reached.
+    #[error(transparent)]
+    Connect(#[from] common::ConnectError),
     /// Installing the Foo CRD failed.
     #[error("cannot install the Foo CRD")]
     Crd(#[source] kube::Error),
@@ -180,11 +169,17 @@ impl kube::Resource for Foo {
     }
 }
 
+/// The Foo CRD. Its group ends in `.k8s.io`, which the API server protects: a CRD there must carry
+/// the `api-approved.kubernetes.io` annotation (here the value saying it is unapproved), or it is
+/// rejected as Invalid.
 fn foo_crd() -> CustomResourceDefinition {
     serde_json::from_value(json!({
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": "foos.samplecontroller.k8s.io"},
+        "metadata": {
+            "name": "foos.samplecontroller.k8s.io",
+            "annotations": {"api-approved.kubernetes.io": "unapproved, experimental-only"}
+        },
         "spec": {
             "group": "samplecontroller.k8s.io",
             "scope": "Namespaced",
@@ -433,8 +428,8 @@ fn foo(namespace: &str, name: &str, deployment: &str, replicas: i32) -> Foo {
 /// The number of workload steps (see [`workload_step`]).
 const WORKLOAD_STEPS: u64 = 4;
 
-/// Creates two Foos, scales one and deletes the other (with its Deployment, as the garbage
-/// collector would).
+/// Creates two Foos, scales one and deletes the other (whose Deployment `collect_garbage`
+/// removes).
 async fn workload_step(client: &kube::Client, step: u64) -> Result<(), kube::Error> {
     let foos: Api<Foo> = Api::namespaced(client.clone(), "default");
     match step {
@@ -462,15 +457,49 @@ async fn workload_step(client: &kube::Client, step: u64) -> Result<(), kube::Err
             .await
             .map(|_| ())
         }
-        _ => {
-            foos.delete("web", &DeleteParams::default()).await?;
-            let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
-            deployments
-                .delete("web-nginx", &DeleteParams::default())
-                .await
-                .map(|_| ())
+        // Its Deployment goes with it: see `collect_garbage`.
+        _ => foos
+            .delete("web", &DeleteParams::default())
+            .await
+            .map(|_| ()),
+    }
+}
+
+/// Stands in for Kubernetes' garbage collector, which the embedded server does not run: deletes
+/// every Deployment whose controlling Foo (by uid) no longer exists. Like the real collector it
+/// also removes a Deployment that a reconcile recreated from a cache that had not yet seen the
+/// Foo's deletion, so the embedded cluster converges the way a real one does.
+async fn collect_garbage(client: &kube::Client) -> Result<(), kube::Error> {
+    let foos: Api<Foo> = Api::all(client.clone());
+    let live: std::collections::BTreeSet<String> = foos
+        .list(&ListParams::default())
+        .await?
+        .into_iter()
+        .filter_map(|f| f.metadata.uid)
+        .collect();
+    let deployments: Api<Deployment> = Api::all(client.clone());
+    for d in deployments.list(&ListParams::default()).await? {
+        let orphaned = d
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|o| o.controller == Some(true) && o.kind == "Foo" && !live.contains(&o.uid));
+        if orphaned {
+            let api: Api<Deployment> = Api::namespaced(
+                client.clone(),
+                d.metadata.namespace.as_deref().unwrap_or("default"),
+            );
+            let name = d.metadata.name.as_deref().unwrap_or_default();
+            match api.delete(name, &DeleteParams::background()).await {
+                Ok(_) => {}
+                // Gone already: someone else collected it.
+                Err(kube::Error::Api(status)) if status.code == 404 => {}
+                Err(e) => return Err(e),
+            }
         }
     }
+    Ok(())
 }
 
 /// Stands in for the Deployment controller and the kubelet: every Deployment's replicas become
@@ -531,14 +560,19 @@ async fn workload(
         if let Err(error) = make_replicas_available(&client).await {
             tracing::warn!(%error, "marking replicas available failed");
         }
+        if let Err(error) = collect_garbage(&client).await {
+            tracing::warn!(%error, "collecting orphaned deployments failed");
+        }
     }
 }
 
 /// Whether the cache holds `expected_foos` Foos and each matches its Deployment: the right
-/// replicas, all available, and reported in the Foo's status.
+/// replicas, all available, and reported in the Foo's status; and no other Deployment is left
+/// (a deleted Foo's Deployment is gone).
 fn converged(ctx: &Ctx, expected_foos: usize) -> bool {
     let foos = ctx.foos.indexer().list();
     foos.len() == expected_foos
+        && ctx.deployments.indexer().len() == expected_foos
         && foos.iter().all(|foo| {
             let ns = foo.metadata.namespace.as_deref().unwrap_or("default");
             let dep = ctx
@@ -577,34 +611,20 @@ fn foo_table(ctx: &Ctx) -> String {
             foo.spec.deployment_name, foo.spec.replicas
         );
     }
+    let mut deployments: Vec<String> = ctx
+        .deployments
+        .indexer()
+        .list_keys()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    deployments.sort();
+    let _ = writeln!(out, "\ndeployments in the cache: {}", deployments.join(" "));
     out
 }
 
-async fn client_for(args: &Args) -> Result<(kube::Client, Option<FakeApiServer>), SampleError> {
-    if let Some(path) = &args.kubeconfig {
-        let kubeconfig = kube::config::Kubeconfig::read_from(path)
-            .map_err(|e| SampleError::Kubeconfig(path.clone(), e))?;
-        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-            .await
-            .map_err(|e| SampleError::Kubeconfig(path.clone(), e))?;
-        return Ok((
-            kube::Client::try_from(config).map_err(SampleError::Client)?,
-            None,
-        ));
-    }
-    if args.cluster {
-        let config = kube::Config::infer().await.map_err(SampleError::Infer)?;
-        return Ok((
-            kube::Client::try_from(config).map_err(SampleError::Client)?,
-            None,
-        ));
-    }
-    let server = FakeApiServer::start().await.map_err(SampleError::Fake)?;
-    let client = server.client().map_err(SampleError::Fake)?;
-    println!(
-        "embedded API server at {} (no cluster needed; --kubeconfig or --cluster for a real one)",
-        server.url()
-    );
+/// The embedded server starts empty; the controller's Foos live in `default`.
+async fn create_default_namespace(client: &kube::Client) {
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": "default"}}))
         .expect("a literal namespace is valid");
@@ -612,7 +632,6 @@ async fn client_for(args: &Args) -> Result<(kube::Client, Option<FakeApiServer>)
         // Already there is fine.
         tracing::debug!(error = %e, "creating namespace default");
     }
-    Ok((client, Some(server)))
 }
 
 /// Runs the controller until `shutdown` (or `leading`, under leader election) is cancelled.
@@ -666,7 +685,11 @@ async fn run_controller(
 
 async fn run(args: Args) -> Result<(), SampleError> {
     let shutdown = reflex::runtime::signal::shutdown_token().map_err(SampleError::Signal)?;
-    let (client, server) = client_for(&args).await?;
+    let conn = common::connect(&args.cluster).await?;
+    let client = conn.client.clone();
+    if conn.is_embedded() {
+        create_default_namespace(&client).await;
+    }
     install_crd(&client).await?;
 
     let stop = shutdown.child_token();
@@ -710,12 +733,7 @@ async fn run(args: Args) -> Result<(), SampleError> {
         }
     };
 
-    let deadline = async {
-        match args.exit_after {
-            Some(secs) => tokio::time::sleep(Duration::from_secs(secs)).await,
-            None => std::future::pending().await,
-        }
-    };
+    let deadline = common::deadline(args.exit_after);
     tokio::pin!(deadline);
     let ctx = tokio::select! {
         ctx = ctx_rx => ctx.ok(),
@@ -725,7 +743,7 @@ async fn run(args: Args) -> Result<(), SampleError> {
     let mut workload_task = None;
     let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
     if let Some(ctx) = &ctx {
-        if server.is_some() {
+        if conn.is_embedded() {
             workload_task = Some(tokio::spawn(workload(
                 client.clone(),
                 Duration::from_millis(args.interval_ms),
@@ -742,7 +760,7 @@ async fn run(args: Args) -> Result<(), SampleError> {
             }
             // After the workload, one Foo is left (`example-foo`, scaled to 3).
             let steps_done = finished.load(std::sync::atomic::Ordering::SeqCst);
-            if args.exit_when_converged && server.is_some() && steps_done && converged(ctx, 1) {
+            if args.exit_when_converged && conn.is_embedded() && steps_done && converged(ctx, 1) {
                 println!("converged");
                 break;
             }
@@ -759,7 +777,7 @@ async fn run(args: Args) -> Result<(), SampleError> {
     if let Some(ctx) = &ctx {
         println!("{}", foo_table(ctx));
     }
-    if let Some(server) = server {
+    if conn.is_embedded() {
         let events: Api<k8s_openapi::api::events::v1::Event> =
             Api::namespaced(client.clone(), "default");
         if let Ok(list) = events.list(&ListParams::default()).await {
@@ -770,30 +788,13 @@ async fn run(args: Args) -> Result<(), SampleError> {
             let summary: Vec<String> = reasons.iter().map(|(r, n)| format!("{r}={n}")).collect();
             println!("events recorded: {}", summary.join(" "));
         }
-        server.shutdown().await;
     }
+    conn.shutdown().await;
     Ok(())
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match run(Args::parse()).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            let mut source = std::error::Error::source(&e);
-            while let Some(cause) = source {
-                eprintln!("  caused by: {cause}");
-                source = cause.source();
-            }
-            std::process::ExitCode::FAILURE
-        }
-    }
+    common::init_tracing();
+    common::exit_code(run(Args::parse()).await)
 }

@@ -3,8 +3,9 @@
 //! Several controllers in one process usually watch the same resources. Each watch costs the
 //! API server a connection and the process a full copy of the objects, so the factory hands
 //! the *same* [`SharedIndexInformer`] to every caller asking for the same thing (keyed by the
-//! Rust type, or the `ApiResource` for dynamic objects, and the kind of informer: full objects
-//! or metadata only). `start()` runs the informers not yet running (call it again after asking
+//! Rust type, or the `ApiResource` for dynamic objects, and the kind of informer: full objects,
+//! a projection ([`projected_informer`](SharedInformerFactory::projected_informer)) or metadata
+//! only ([`metadata_informer`](SharedInformerFactory::metadata_informer))). `start()` runs the informers not yet running (call it again after asking
 //! for more), `wait_for_cache_sync()` reports per type, `shutdown()` stops and awaits them all.
 //!
 //! ```no_run
@@ -40,9 +41,8 @@ use crate::decode::DecodeOptions;
 use crate::informer::{InformerOptions, SharedIndexInformer, Transform};
 use crate::reflector::ReflectorOptions;
 use crate::source::ListWatch;
-use crate::source::api::MetadataOnly;
 use crate::source::raw::RawApi;
-use crate::store::Indexer;
+use crate::store::{CompactOptions, Indexer};
 
 /// Options shared by every informer of a factory.
 #[derive(Debug, Clone, Default)]
@@ -64,6 +64,8 @@ pub struct FactoryOptions {
     /// skips `metadata.managedFields`, which controllers almost never read and which is about a
     /// quarter of a typical object's JSON; use [`DecodeOptions::full`] to keep it.
     pub decode: DecodeOptions,
+    /// The store options of [`SharedInformerFactory::compact_informer`]s.
+    pub compact: CompactOptions,
 }
 
 /// A started or not yet started informer, with its concrete type erased.
@@ -173,46 +175,33 @@ impl SharedInformerFactory {
         }
     }
 
-    /// The source of typed objects: list and watch through [`RawApi`], which skips what
-    /// [`FactoryOptions::decode`] names while parsing; scoped to the factory's namespace unless
-    /// `K` is cluster-scoped.
-    fn typed_source<K>(&self) -> RawApi<K>
+    /// The namespace the factory's informers of `K` are scoped to: the factory's namespace,
+    /// unless `K` is cluster-scoped.
+    fn namespace_of<K>(&self) -> Option<&str>
+    where
+        K: kube::Resource,
+        K::Scope: 'static,
+    {
+        let cluster_scoped =
+            TypeId::of::<K::Scope>() == TypeId::of::<k8s_openapi::ClusterResourceScope>();
+        self.options
+            .namespace
+            .as_deref()
+            .filter(|_| !cluster_scoped)
+    }
+
+    /// The source of `P` decoded from the JSON of the typed resource `K` at `K`'s URL: list and
+    /// watch through [`RawApi`], which skips what [`FactoryOptions::decode`] names while
+    /// parsing; scoped to the factory's namespace unless `K` is cluster-scoped. `P` is `K`
+    /// itself or a projection of it.
+    fn typed_source<K, P>(&self) -> RawApi<P>
     where
         K: kube::Resource,
         K::DynamicType: Default,
         K::Scope: 'static,
     {
-        let cluster_scoped =
-            TypeId::of::<K::Scope>() == TypeId::of::<k8s_openapi::ClusterResourceScope>();
-        let api = match &self.options.namespace {
-            Some(ns) if !cluster_scoped => RawApi::namespaced(self.client.clone(), ns),
-            _ => RawApi::all(self.client.clone()),
-        };
-        api.with_decode_options(&self.options.decode)
-    }
-
-    /// The cluster-wide API of a typed resource, for metadata-only informers; the namespace
-    /// option is applied as the field selector `metadata.namespace=<ns>` (kube offers no
-    /// namespaced constructor generic over the scope), so a namespaced factory's metadata
-    /// informers still need list/watch rights across namespaces.
-    fn typed_api<K>(&self) -> kube::Api<K>
-    where
-        K: kube::Resource,
-        K::DynamicType: Default,
-    {
-        kube::Api::all_with(self.client.clone(), &Default::default())
-    }
-
-    fn typed_options(&self, mut options: InformerOptions) -> InformerOptions {
-        if let Some(ns) = &self.options.namespace {
-            let by_ns = format!("metadata.namespace={ns}");
-            options.reflector.field_selector =
-                Some(match options.reflector.field_selector.take() {
-                    Some(fs) if !fs.is_empty() => format!("{fs},{by_ns}"),
-                    _ => by_ns,
-                });
-        }
-        options
+        let url = K::url_path(&K::DynamicType::default(), self.namespace_of::<K>());
+        RawApi::at(self.client.clone(), url).with_decode_options(&self.options.decode)
     }
 
     fn get_or_create<K>(
@@ -258,7 +247,111 @@ impl SharedInformerFactory {
     {
         let name = std::any::type_name::<K>().to_owned();
         self.get_or_create(name, |options| {
-            let source: Arc<dyn ListWatch<K>> = Arc::new(self.typed_source::<K>());
+            let source: Arc<dyn ListWatch<K>> = Arc::new(self.typed_source::<K, K>());
+            SharedIndexInformer::new(source, options)
+        })
+    }
+
+    /// The shared informer of typed objects `K` with a *compact* store (named `compact:` and
+    /// `K`'s Rust type): listed, watched and decoded like [`informer`](Self::informer)'s, but each
+    /// object is kept as compressed JSON and decoded when read, per
+    /// [`FactoryOptions::compact`]. Handlers still receive the decoded `Arc<K>` of each event.
+    /// For large caches read mostly by key or index; see the
+    /// [store docs](crate::store#compact-mode) for the trade-off.
+    ///
+    /// ```no_run
+    /// use k8s_openapi::api::core::v1::Pod;
+    /// use reflex_informer::factory::{FactoryOptions, SharedInformerFactory};
+    /// use reflex_informer::key::ObjectKey;
+    ///
+    /// # async fn demo(client: kube::Client) {
+    /// let factory = SharedInformerFactory::new(client, FactoryOptions::default());
+    /// let pods = factory.compact_informer::<Pod>();
+    /// factory.start();
+    /// factory.wait_for_cache_sync(None).await;
+    /// let web = pods.lister().get_by_key(&ObjectKey::new(Some("default"), "web-0"));
+    /// # let _ = web;
+    /// # }
+    /// ```
+    pub fn compact_informer<K>(&self) -> SharedIndexInformer<K>
+    where
+        K: kube::Resource
+            + Clone
+            + serde::Serialize
+            + DeserializeOwned
+            + Debug
+            + Send
+            + Sync
+            + 'static,
+        K::DynamicType: Default + Send + Sync + 'static,
+        K::Scope: 'static,
+    {
+        let name = format!("compact:{}", std::any::type_name::<K>());
+        self.get_or_create(name, |options| {
+            let source: Arc<dyn ListWatch<K>> = Arc::new(self.typed_source::<K, K>());
+            SharedIndexInformer::with_indexer(
+                source,
+                Indexer::compact(self.options.compact.clone()),
+                options,
+            )
+        })
+    }
+
+    /// The shared informer of the projection `P` of the typed resource `K` (named `projection:`,
+    /// `K`'s and `P`'s Rust types).
+    ///
+    /// `P` is a struct of yours with `metadata: ObjectMeta` and only the fields your controller
+    /// reads, made a resource with [`impl_projection!`](crate::impl_projection); it is listed and
+    /// watched at `K`'s URL (with the factory's namespace and selectors) and decoded straight
+    /// from `K`'s JSON, so nothing else of the object is ever allocated (see
+    /// [`decode`](crate::decode)). It is keyed `namespace/name`, indexed, listed and shared like
+    /// any informer's objects; [`FactoryOptions::decode`] applies on top of the projection.
+    ///
+    /// ```no_run
+    /// use k8s_openapi::api::core::v1::Pod;
+    /// use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    /// use reflex_informer::factory::{FactoryOptions, SharedInformerFactory};
+    ///
+    /// /// What this controller reads of a Pod: where it runs.
+    /// #[derive(Debug, Clone, serde::Deserialize)]
+    /// struct PodNode {
+    ///     metadata: ObjectMeta,
+    ///     #[serde(default)]
+    ///     spec: PodNodeSpec,
+    /// }
+    /// #[derive(Debug, Clone, Default, serde::Deserialize)]
+    /// struct PodNodeSpec {
+    ///     #[serde(rename = "nodeName")]
+    ///     node_name: Option<String>,
+    /// }
+    /// reflex_informer::impl_projection!(PodNode => Pod);
+    ///
+    /// # async fn demo(client: kube::Client) {
+    /// let factory = SharedInformerFactory::new(client, FactoryOptions::default());
+    /// let pods = factory.projected_informer::<Pod, PodNode>();
+    /// pods.add_indexers("by-node", |p: &PodNode| p.spec.node_name.clone().into_iter().collect())
+    ///     .unwrap();
+    /// factory.start();
+    /// factory.wait_for_cache_sync(None).await;
+    /// let on_node_1 = pods.indexer().by_index("by-node", "node-1").unwrap();
+    /// # let _ = on_node_1;
+    /// # }
+    /// ```
+    pub fn projected_informer<K, P>(&self) -> SharedIndexInformer<P>
+    where
+        K: kube::Resource + 'static,
+        K::DynamicType: Default,
+        K::Scope: 'static,
+        P: kube::Resource + DeserializeOwned + Send + Sync + 'static,
+        P::DynamicType: Default + Send + Sync + 'static,
+    {
+        let name = format!(
+            "projection:{}:{}",
+            std::any::type_name::<K>(),
+            std::any::type_name::<P>()
+        );
+        self.get_or_create(name, |options| {
+            let source: Arc<dyn ListWatch<P>> = Arc::new(self.typed_source::<K, P>());
             SharedIndexInformer::new(source, options)
         })
     }
@@ -286,16 +379,32 @@ impl SharedInformerFactory {
     }
 
     /// The shared metadata-only informer of `K` (named `metadata:` and `K`'s Rust type).
+    ///
+    /// Its lists and watches ask the server for `PartialObjectMetadata` through the `Accept`
+    /// header, as kubectl does (see [`RawApi::metadata_all`]), in the factory's namespace unless
+    /// `K` is cluster-scoped, and skip what [`FactoryOptions::decode`] names (by default
+    /// `managedFields`) while parsing: use it when a controller needs names, labels, owners or
+    /// resourceVersions but not the objects themselves.
     pub fn metadata_informer<K>(&self) -> SharedIndexInformer<PartialObjectMeta<K>>
     where
         K: kube::Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
         K::DynamicType: Default + Send + Sync + 'static,
+        K::Scope: 'static,
     {
         let name = format!("metadata:{}", std::any::type_name::<K>());
         self.get_or_create(name, |options| {
+            let dt = K::DynamicType::default();
+            let api = match self.namespace_of::<K>() {
+                Some(ns) => RawApi::<PartialObjectMeta<K>>::metadata_namespaced(
+                    self.client.clone(),
+                    ns,
+                    &dt,
+                ),
+                None => RawApi::<PartialObjectMeta<K>>::metadata_all(self.client.clone(), &dt),
+            };
             let source: Arc<dyn ListWatch<PartialObjectMeta<K>>> =
-                Arc::new(MetadataOnly(self.typed_api::<K>()));
-            SharedIndexInformer::new(source, self.typed_options(options))
+                Arc::new(api.with_decode_options(&self.options.decode));
+            SharedIndexInformer::new(source, options)
         })
     }
 
@@ -378,13 +487,28 @@ mod tests {
             m.indexer().index_keys("by-node", "x").is_err(),
             "metadata informer is distinct"
         );
+        let c = factory.compact_informer::<Pod>();
+        assert!(c.indexer().is_compact());
+        assert!(!a.indexer().is_compact());
+        assert!(
+            c.indexer().index_keys("by-node", "x").is_err(),
+            "compact is distinct"
+        );
+        c.add_indexers("c", |_: &Pod| Vec::new()).unwrap();
+        assert!(
+            factory
+                .compact_informer::<Pod>()
+                .indexer()
+                .index_keys("c", "x")
+                .is_ok()
+        );
         let ar = ApiResource::erase::<ConfigMap>(&());
         let d1 = factory.dynamic_informer(&ar);
         let d2 = factory.dynamic_informer(&ar);
         d1.add_indexers("x", |_: &DynamicObject| Vec::new())
             .unwrap();
         assert!(d2.indexer().index_keys("x", "v").is_ok());
-        assert_eq!(factory.state.lock().informers.len(), 3);
+        assert_eq!(factory.state.lock().informers.len(), 4);
     }
 
     #[tokio::test(start_paused = true)]
@@ -421,12 +545,18 @@ mod tests {
             ..Default::default()
         };
         let factory = SharedInformerFactory::new(client(), options);
-        let pods = factory.typed_options(factory.informer_options(&pod));
+        let pods = factory.informer_options(&pod);
         assert_eq!(pods.default_resync, Duration::from_secs(5));
         assert_eq!(pods.reflector.label_selector.as_deref(), Some("app=web"));
         assert_eq!(
             pods.reflector.field_selector.as_deref(),
-            Some("status.phase=Running,metadata.namespace=team-a")
+            Some("status.phase=Running")
+        );
+        assert_eq!(factory.namespace_of::<Pod>(), Some("team-a"));
+        assert_eq!(
+            factory.namespace_of::<k8s_openapi::api::core::v1::Node>(),
+            None,
+            "cluster-scoped resources ignore the namespace"
         );
         let other = factory.informer_options("other");
         assert_eq!(other.default_resync, Duration::from_secs(60));

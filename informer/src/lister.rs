@@ -274,8 +274,7 @@ where
         let snapshot = self.indexer.snapshot();
         snapshot
             .iter()
-            .filter(|(_, obj)| labels_match(selector, obj.as_ref()))
-            .map(|(_, obj)| obj.clone())
+            .filter_map(|(_, obj)| labels_match(selector, obj.as_ref()).then_some(obj))
             .collect()
     }
 

@@ -69,12 +69,15 @@
 //! assert!(store.by_index("no-such-index", "x").is_err());
 //! ```
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use crate::key::{KeyError, ObjectKey};
 
@@ -133,19 +136,229 @@ pub enum StoreError {
         /// The index name that was registered twice.
         name: String,
     },
+    /// A compact store could not encode the object (its `Serialize` failed).
+    #[error("compact store cannot encode object {key}: {reason}")]
+    Encode {
+        /// The object's key.
+        key: ObjectKey,
+        /// serde_json's message.
+        reason: String,
+    },
 }
 
 type KeySet = imbl::OrdSet<ObjectKey>;
 type ValueMap = imbl::HashMap<String, KeySet>;
+
+/// Options of a compact store ([`Indexer::compact`]); see the [module docs](self#compact-mode).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompactOptions {
+    /// How many decoded objects are kept for reads (recently written or read ones; zero: none).
+    /// Each costs a decoded object's memory (about 20-30 KiB for a realistic Pod).
+    pub cache_capacity: usize,
+    /// Compress each object's JSON with LZ4 (about 3x smaller for Pods, a few microseconds per
+    /// read). Without it the store keeps plain JSON.
+    pub compress: bool,
+}
+
+impl Default for CompactOptions {
+    /// 256 cached objects, LZ4 on.
+    fn default() -> Self {
+        CompactOptions {
+            cache_capacity: 256,
+            compress: true,
+        }
+    }
+}
+
+/// One stored object: the object itself, or its packed form in a compact store.
+enum Slot<K> {
+    Full(Arc<K>),
+    Packed(Arc<Packed>),
+}
+
+impl<K> Clone for Slot<K> {
+    fn clone(&self) -> Self {
+        match self {
+            Slot::Full(obj) => Slot::Full(obj.clone()),
+            Slot::Packed(p) => Slot::Packed(p.clone()),
+        }
+    }
+}
+
+/// An object's JSON (LZ4-compressed if so configured), with an id unique within its store that
+/// names it in the cache of decoded objects.
+struct Packed {
+    id: u64,
+    bytes: Box<[u8]>,
+}
+
+/// The most recently used decoded objects of a compact store, by [`Packed::id`]: a CLOCK
+/// (second-chance FIFO) cache, so a hit is a hash look-up and a flag, never a reordering.
+struct DecodedCache<K> {
+    capacity: usize,
+    entries: HashMap<u64, (Arc<K>, bool)>,
+    order: VecDeque<u64>,
+}
+
+impl<K> DecodedCache<K> {
+    fn get(&mut self, id: u64) -> Option<Arc<K>> {
+        let (obj, referenced) = self.entries.get_mut(&id)?;
+        *referenced = true;
+        Some(obj.clone())
+    }
+
+    fn peek(&self, id: u64) -> Option<Arc<K>> {
+        self.entries.get(&id).map(|(obj, _)| obj.clone())
+    }
+
+    fn insert(&mut self, id: u64, obj: Arc<K>) {
+        if self.capacity == 0 {
+            return;
+        }
+        if let Some(entry) = self.entries.get_mut(&id) {
+            *entry = (obj, true);
+            return;
+        }
+        while self.entries.len() >= self.capacity {
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
+            match self.entries.get_mut(&oldest) {
+                Some((_, referenced)) if *referenced => {
+                    *referenced = false;
+                    self.order.push_back(oldest);
+                }
+                Some(_) => {
+                    self.entries.remove(&oldest);
+                }
+                None => {}
+            }
+        }
+        self.entries.insert(id, (obj, false));
+        self.order.push_back(id);
+    }
+
+    fn forget(&mut self, id: u64) -> Option<Arc<K>> {
+        let (obj, _) = self.entries.remove(&id)?;
+        // Forgotten ids stay in `order` until eviction passes them; keep it bounded.
+        if self.order.len() > 2 * self.capacity.max(16) {
+            let entries = &self.entries;
+            self.order.retain(|id| entries.contains_key(id));
+        }
+        Some(obj)
+    }
+}
+
+/// How a compact store turns objects into bytes and back, and what it decoded recently.
+struct Codec<K> {
+    encode: fn(&K) -> Result<Vec<u8>, serde_json::Error>,
+    decode: fn(&[u8]) -> Result<K, serde_json::Error>,
+    compress: bool,
+    next_id: AtomicU64,
+    cache: Mutex<DecodedCache<K>>,
+    decode_failures: AtomicU64,
+}
+
+fn encode_json<K: Serialize>(obj: &K) -> Result<Vec<u8>, serde_json::Error> {
+    serde_json::to_vec(obj)
+}
+
+fn decode_json<K: DeserializeOwned>(bytes: &[u8]) -> Result<K, serde_json::Error> {
+    serde_json::from_slice(bytes)
+}
+
+impl<K: Serialize + DeserializeOwned> Codec<K> {
+    fn new(options: &CompactOptions) -> Self {
+        Codec {
+            encode: encode_json::<K>,
+            decode: decode_json::<K>,
+            compress: options.compress,
+            next_id: AtomicU64::new(0),
+            cache: Mutex::new(DecodedCache {
+                capacity: options.cache_capacity,
+                entries: HashMap::new(),
+                order: VecDeque::new(),
+            }),
+            decode_failures: AtomicU64::new(0),
+        }
+    }
+}
+
+impl<K> Codec<K> {
+    /// Packs `obj` and caches it as the decoded form of the new packed bytes.
+    fn pack(&self, key: &ObjectKey, obj: &Arc<K>) -> Result<Arc<Packed>, StoreError> {
+        let json = (self.encode)(obj).map_err(|e| StoreError::Encode {
+            key: key.clone(),
+            reason: e.to_string(),
+        })?;
+        let bytes = if self.compress {
+            lz4_flex::compress_prepend_size(&json)
+        } else {
+            json
+        };
+        let packed = Arc::new(Packed {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            bytes: bytes.into_boxed_slice(),
+        });
+        self.cache.lock().insert(packed.id, obj.clone());
+        Ok(packed)
+    }
+
+    /// The decoded object of `packed`: from the cache, or decoded (and cached if `remember`).
+    /// A decode failure (a type whose `Serialize` and `Deserialize` do not round-trip) is
+    /// logged and counted, and the object reads as absent.
+    fn unpack(&self, packed: &Packed, remember: bool) -> Option<Arc<K>> {
+        {
+            let mut cache = self.cache.lock();
+            let hit = if remember {
+                cache.get(packed.id)
+            } else {
+                cache.peek(packed.id)
+            };
+            if hit.is_some() {
+                return hit;
+            }
+        }
+        let decoded = if self.compress {
+            lz4_flex::decompress_size_prepended(&packed.bytes)
+                .map_err(|e| e.to_string())
+                .and_then(|json| (self.decode)(&json).map_err(|e| e.to_string()))
+        } else {
+            (self.decode)(&packed.bytes).map_err(|e| e.to_string())
+        };
+        match decoded {
+            Ok(obj) => {
+                let obj = Arc::new(obj);
+                if remember {
+                    self.cache.lock().insert(packed.id, obj.clone());
+                }
+                Some(obj)
+            }
+            Err(error) => {
+                self.decode_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(id = packed.id, bytes = packed.bytes.len(), %error, "compact store cannot decode an object it encoded");
+                None
+            }
+        }
+    }
+
+    /// The decoded object of a packed object being replaced or removed, taken out of the cache.
+    fn retire(&self, packed: &Packed) -> Option<Arc<K>> {
+        let cached = self.cache.lock().forget(packed.id);
+        cached.or_else(|| self.unpack(packed, false))
+    }
+}
 
 /// One consistent, immutable state of an [`Indexer`]: objects, index functions and indexes.
 ///
 /// Taking a snapshot is lock-free and `O(1)`; it stays valid (and unchanged) however the
 /// indexer is written afterwards. Use it to answer several questions about the same instant.
 pub struct Snapshot<K> {
-    items: imbl::HashMap<ObjectKey, Arc<K>>,
+    items: imbl::HashMap<ObjectKey, Slot<K>>,
     index_funcs: imbl::OrdMap<Arc<str>, IndexFunc<K>>,
     indices: imbl::HashMap<Arc<str>, ValueMap>,
+    /// Set in a compact store: how packed objects are decoded.
+    codec: Option<Arc<Codec<K>>>,
 }
 
 impl<K> Clone for Snapshot<K> {
@@ -154,6 +367,7 @@ impl<K> Clone for Snapshot<K> {
             items: self.items.clone(),
             index_funcs: self.index_funcs.clone(),
             indices: self.indices.clone(),
+            codec: self.codec.clone(),
         }
     }
 }
@@ -168,17 +382,28 @@ impl<K> fmt::Debug for Snapshot<K> {
 }
 
 impl<K> Snapshot<K> {
-    fn empty() -> Self {
+    fn empty(codec: Option<Arc<Codec<K>>>) -> Self {
         Snapshot {
             items: imbl::HashMap::new(),
             index_funcs: imbl::OrdMap::new(),
             indices: imbl::HashMap::new(),
+            codec,
+        }
+    }
+
+    /// The object in `slot`. `remember`: keep a decoded object in the cache (point reads do;
+    /// scans over many objects do not, so they cannot flush it).
+    fn load(&self, slot: &Slot<K>, remember: bool) -> Option<Arc<K>> {
+        match (slot, &self.codec) {
+            (Slot::Full(obj), _) => Some(obj.clone()),
+            (Slot::Packed(packed), Some(codec)) => codec.unpack(packed, remember),
+            (Slot::Packed(_), None) => None,
         }
     }
 
     /// The object stored under `key`.
     pub fn get_by_key(&self, key: &ObjectKey) -> Option<Arc<K>> {
-        self.items.get(key).cloned()
+        self.items.get(key).and_then(|slot| self.load(slot, true))
     }
 
     /// Whether an object is stored under `key`.
@@ -188,7 +413,10 @@ impl<K> Snapshot<K> {
 
     /// Every stored object, in no particular order.
     pub fn list(&self) -> Vec<Arc<K>> {
-        self.items.values().cloned().collect()
+        self.items
+            .values()
+            .filter_map(|slot| self.load(slot, false))
+            .collect()
     }
 
     /// Every stored key, in no particular order.
@@ -196,9 +424,12 @@ impl<K> Snapshot<K> {
         self.items.keys().cloned().collect()
     }
 
-    /// Iterates over the stored `(key, object)` pairs without copying them out.
-    pub fn iter(&self) -> impl Iterator<Item = (&ObjectKey, &Arc<K>)> {
-        self.items.iter()
+    /// Iterates over the stored `(key, object)` pairs (in a compact store, decoding each object
+    /// as it is reached).
+    pub fn iter(&self) -> impl Iterator<Item = (&ObjectKey, Arc<K>)> {
+        self.items
+            .iter()
+            .filter_map(|(key, slot)| Some((key, self.load(slot, false)?)))
     }
 
     /// How many objects are stored.
@@ -238,7 +469,8 @@ impl<K> Snapshot<K> {
             .get(value)
             .map(|keys| {
                 keys.iter()
-                    .filter_map(|k| self.items.get(k).cloned())
+                    .filter_map(|k| self.items.get(k))
+                    .filter_map(|slot| self.load(slot, keys.len() == 1))
                     .collect()
             })
             .unwrap_or_default())
@@ -275,7 +507,8 @@ impl<K> Snapshot<K> {
         }
         Ok(keys
             .iter()
-            .filter_map(|k| self.items.get(k).cloned())
+            .filter_map(|k| self.items.get(k))
+            .filter_map(|slot| self.load(slot, false))
             .collect())
     }
 
@@ -314,34 +547,63 @@ impl<K> Snapshot<K> {
         }
     }
 
-    fn put(&mut self, key: ObjectKey, obj: Arc<K>) -> Option<Arc<K>> {
-        let old = self.items.insert(key.clone(), obj.clone());
-        self.reindex(&key, old.as_deref(), Some(&obj));
+    /// The object a slot held that is being replaced or removed.
+    fn retire(&self, slot: Slot<K>) -> Option<Arc<K>> {
+        match (slot, &self.codec) {
+            (Slot::Full(obj), _) => Some(obj),
+            (Slot::Packed(packed), Some(codec)) => codec.retire(&packed),
+            (Slot::Packed(_), None) => None,
+        }
+    }
+
+    /// Stores `slot` (which holds `obj`, or its packed form) under `key`; returns the object
+    /// it replaced.
+    fn put(&mut self, key: ObjectKey, slot: Slot<K>, obj: &K) -> Option<Arc<K>> {
+        let old = self
+            .items
+            .insert(key.clone(), slot)
+            .and_then(|old| self.retire(old));
+        self.reindex(&key, old.as_deref(), Some(obj));
         old
     }
 
     fn take(&mut self, key: &ObjectKey) -> Option<Arc<K>> {
-        let old = self.items.remove(key)?;
-        self.reindex(key, Some(&old), None);
-        Some(old)
+        let slot = self.items.remove(key)?;
+        let old = self.retire(slot);
+        self.reindex(key, old.as_deref(), None);
+        old
     }
 
     fn build_index(&self, func: &IndexFunc<K>) -> ValueMap {
-        let mut values = ValueMap::new();
-        for (key, obj) in self.items.iter() {
-            let own: BTreeSet<String> = func(obj).into_iter().collect();
-            for value in own {
-                values.entry(value).or_default().insert(key.clone());
-            }
-        }
-        values
+        build_index(
+            func,
+            self.items
+                .iter()
+                .filter_map(|(key, slot)| Some((key, self.load(slot, false)?))),
+        )
     }
+}
+
+/// The values of index `func` over `objects`.
+fn build_index<'a, K: 'a, O: AsRef<K>>(
+    func: &IndexFunc<K>,
+    objects: impl Iterator<Item = (&'a ObjectKey, O)>,
+) -> ValueMap {
+    let mut values = ValueMap::new();
+    for (key, obj) in objects {
+        let own: BTreeSet<String> = func(obj.as_ref()).into_iter().collect();
+        for value in own {
+            values.entry(value).or_default().insert(key.clone());
+        }
+    }
+    values
 }
 
 struct Shared<K> {
     current: ArcSwap<Snapshot<K>>,
     writer: Mutex<()>,
     key_fn: KeyFunc<K>,
+    codec: Option<Arc<Codec<K>>>,
 }
 
 /// A thread-safe, indexed store of `Arc<K>` with lock-free reads. See the [module docs](self).
@@ -400,7 +662,49 @@ where
 
     /// An empty store with a custom key function, with the namespace index.
     pub fn with_key_func(key_fn: KeyFunc<K>) -> Self {
-        let mut snapshot = Snapshot::empty();
+        Self::build(key_fn, None)
+    }
+
+    /// An empty *compact* store for a typed resource (or a projection): each object is kept as
+    /// its JSON, LZ4-compressed by default, and decoded when read; see the
+    /// [module docs](self#compact-mode) for the trade-off.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use k8s_openapi::api::core::v1::ConfigMap;
+    /// use reflex_informer::key::ObjectKey;
+    /// use reflex_informer::store::{CompactOptions, Indexer, NAMESPACE_INDEX};
+    ///
+    /// let store = Indexer::<ConfigMap>::compact(CompactOptions::default());
+    /// let mut cm = ConfigMap::default();
+    /// cm.metadata.namespace = Some("default".into());
+    /// cm.metadata.name = Some("settings".into());
+    /// cm.data = Some([("mode".to_string(), "fast".to_string())].into());
+    /// store.add(Arc::new(cm.clone())).unwrap();
+    /// let read = store.get_by_key(&ObjectKey::new(Some("default"), "settings")).unwrap();
+    /// assert_eq!(*read, cm);
+    /// assert_eq!(store.by_index(NAMESPACE_INDEX, "default").unwrap().len(), 1);
+    /// assert!(store.is_compact());
+    /// ```
+    pub fn compact(options: CompactOptions) -> Self
+    where
+        K: Serialize + DeserializeOwned,
+        K::DynamicType: Default + Send + Sync + 'static,
+    {
+        Self::compact_with_key_func(meta_key_func::<K>(K::DynamicType::default()), options)
+    }
+
+    /// An empty compact store with a custom key function (for example
+    /// `meta_key_func::<DynamicObject>(api_resource)`); see [`compact`](Self::compact).
+    pub fn compact_with_key_func(key_fn: KeyFunc<K>, options: CompactOptions) -> Self
+    where
+        K: Serialize + DeserializeOwned,
+    {
+        Self::build(key_fn, Some(Arc::new(Codec::new(&options))))
+    }
+
+    fn build(key_fn: KeyFunc<K>, codec: Option<Arc<Codec<K>>>) -> Self {
+        let mut snapshot = Snapshot::empty(codec.clone());
         let name: Arc<str> = Arc::from(NAMESPACE_INDEX);
         snapshot
             .index_funcs
@@ -411,6 +715,7 @@ where
                 current: ArcSwap::from_pointee(snapshot),
                 writer: Mutex::new(()),
                 key_fn,
+                codec,
             }),
         }
     }
@@ -433,6 +738,45 @@ where
     /// The current state, lock-free. It never changes afterwards.
     pub fn snapshot(&self) -> Arc<Snapshot<K>> {
         self.shared.current.load_full()
+    }
+
+    /// Whether this is a compact store ([`Indexer::compact`]).
+    pub fn is_compact(&self) -> bool {
+        self.shared.codec.is_some()
+    }
+
+    /// How many times a compact store could not decode an object it had encoded (always zero
+    /// for a type whose `Serialize` and `Deserialize` round-trip, as Kubernetes types do). Such
+    /// an object reads as absent and the failure is logged.
+    pub fn decode_failures(&self) -> u64 {
+        self.shared
+            .codec
+            .as_ref()
+            .map_or(0, |c| c.decode_failures.load(Ordering::Relaxed))
+    }
+
+    /// The bytes a compact store keeps for its objects' packed forms (zero for a normal store):
+    /// with [`len`](Self::len), the average packed size.
+    pub fn packed_bytes(&self) -> usize {
+        self.shared
+            .current
+            .load()
+            .items
+            .values()
+            .map(|slot| match slot {
+                Slot::Packed(p) => p.bytes.len(),
+                Slot::Full(_) => 0,
+            })
+            .sum()
+    }
+
+    /// The slot `obj` is stored in: itself, or (in a compact store) its packed form, encoded
+    /// before the writer lock is taken.
+    fn slot_of(&self, key: &ObjectKey, obj: &Arc<K>) -> Result<Slot<K>, StoreError> {
+        match &self.shared.codec {
+            None => Ok(Slot::Full(obj.clone())),
+            Some(codec) => Ok(Slot::Packed(codec.pack(key, obj)?)),
+        }
     }
 
     /// Applies `change` to a copy of the current state and publishes it, writers serialized.
@@ -468,7 +812,8 @@ where
     /// Stores `obj` (inserting or replacing); returns the object it replaced.
     pub fn add(&self, obj: Arc<K>) -> Result<Option<Arc<K>>, StoreError> {
         let key = self.key_of(&obj)?;
-        Ok(self.write(|s| s.put(key, obj)))
+        let slot = self.slot_of(&key, &obj)?;
+        Ok(self.write(|s| s.put(key, slot, &obj)))
     }
 
     /// Stores `obj` (same as [`add`](Self::add): the store does not distinguish them).
@@ -494,18 +839,23 @@ where
     ///
     /// Nothing is changed if any object cannot be keyed.
     pub fn replace(&self, objs: impl IntoIterator<Item = Arc<K>>) -> Result<(), StoreError> {
-        let mut items = imbl::HashMap::new();
+        let mut objects = HashMap::new();
         for obj in objs {
-            items.insert(self.key_of(&obj)?, obj);
+            objects.insert(self.key_of(&obj)?, obj);
+        }
+        let mut items = imbl::HashMap::new();
+        for (key, obj) in &objects {
+            items.insert(key.clone(), self.slot_of(key, obj)?);
         }
         self.write(|s| {
-            s.items = items;
+            // Indexes are computed from the objects given, never by decoding packed ones.
             let rebuilt: Vec<(Arc<str>, ValueMap)> = s
                 .index_funcs
                 .iter()
-                .map(|(name, func)| (name.clone(), s.build_index(func)))
+                .map(|(name, func)| (name.clone(), build_index(func, objects.iter())))
                 .collect();
             s.indices = rebuilt.into_iter().collect();
+            s.items = items;
         });
         Ok(())
     }

@@ -21,10 +21,11 @@ use reflex_informer::decode::{DecodeOptions, SkipPath};
 use reflex_informer::source::raw::RawApi;
 use reflex_informer::source::{ListParams, ListWatch, WatchEvent, WatchParams};
 
-type Recorded = Arc<Mutex<Vec<(String, Option<String>)>>>;
+/// Each request's URI, Accept-Encoding and Accept headers.
+type Recorded = Arc<Mutex<Vec<(String, Option<String>, Option<String>)>>>;
 
 /// A kube client answering every request with `status` and `chunks` (as separate body frames),
-/// recording each request's URI and Accept-Encoding header.
+/// recording each request's URI, Accept-Encoding and Accept headers.
 fn canned(status: u16, chunks: Vec<Vec<u8>>) -> (kube::Client, Recorded) {
     let seen: Recorded = Arc::new(Mutex::new(Vec::new()));
     let record = seen.clone();
@@ -33,6 +34,9 @@ fn canned(status: u16, chunks: Vec<Vec<u8>>) -> (kube::Client, Recorded) {
             req.uri().to_string(),
             req.headers()
                 .get(http::header::ACCEPT_ENCODING)
+                .map(|v| v.to_str().unwrap().to_owned()),
+            req.headers()
+                .get(http::header::ACCEPT)
                 .map(|v| v.to_str().unwrap().to_owned()),
         ));
         let frames = chunks
@@ -198,7 +202,7 @@ async fn watch_lines_split_across_chunks_decode_in_order_and_a_bad_line_does_not
         assert!(
             matches!(&events[4], Ok(WatchEvent::Deleted(p)) if p.metadata.resource_version.as_deref() == Some("16"))
         );
-        let (uri, encoding) = seen.lock()[0].clone();
+        let (uri, encoding, _) = seen.lock()[0].clone();
         let q = sorted_query(&uri);
         for want in [
             "watch=true",
@@ -287,4 +291,73 @@ async fn projections_list_and_watch_at_the_full_types_url_with_extra_skips() {
         .collect()
         .await;
     assert!(matches!(&events[..], [Ok(WatchEvent::Added(p))] if p == &page.items[0]));
+}
+
+#[tokio::test]
+async fn metadata_sources_ask_for_partial_object_metadata_and_skip_managed_fields() {
+    use kube::api::PartialObjectMeta;
+    use reflex_informer::source::raw::{METADATA_LIST_ACCEPT, METADATA_WATCH_ACCEPT};
+
+    let mut g = Gen::new(3);
+    let pods: Vec<_> = (0..4).map(|i| g.pod("ns", i)).collect();
+    // A server that ignores the Accept header answers with full objects: they decode into
+    // metadata all the same.
+    let (client, seen) = canned(200, vec![list_json("PodList", "12", &pods)]);
+    let raw = RawApi::<PartialObjectMeta<Pod>>::metadata_namespaced(client, "ns", &());
+    assert!(raw.is_metadata_only());
+    let page = raw.list(&ListParams::default()).await.unwrap();
+    let (uri, _, accept) = seen.lock()[0].clone();
+    assert!(uri.starts_with("/api/v1/namespaces/ns/pods"), "{uri}");
+    assert_eq!(accept.as_deref(), Some(METADATA_LIST_ACCEPT));
+    assert!(
+        METADATA_LIST_ACCEPT
+            .starts_with("application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1")
+    );
+    assert_eq!(page.resource_version, "12");
+    assert_eq!(page.items.len(), pods.len());
+    for (p, json) in page.items.iter().zip(&pods) {
+        assert_eq!(
+            p.metadata.name.as_deref(),
+            json["metadata"]["name"].as_str()
+        );
+        assert!(p.metadata.managed_fields.is_none());
+        assert!(p.metadata.resource_version.is_some());
+    }
+
+    let meta_line = format!(
+        "{{\"type\":\"MODIFIED\",\"object\":{{\"kind\":\"PartialObjectMetadata\",\
+         \"apiVersion\":\"meta.k8s.io/v1\",\"metadata\":{}}}}}\n",
+        serde_json::to_string(&pods[1]["metadata"]).unwrap()
+    );
+    let (client, seen) = canned(200, vec![meta_line.into_bytes()]);
+    let raw = RawApi::<PartialObjectMeta<Pod>>::metadata_all(client, &());
+    let events: Vec<_> = raw
+        .watch(&WatchParams::default())
+        .await
+        .unwrap()
+        .collect()
+        .await;
+    let (uri, _, accept) = seen.lock()[0].clone();
+    assert!(uri.starts_with("/api/v1/pods?"), "{uri}");
+    assert!(uri.contains("watch=true"), "{uri}");
+    assert_eq!(accept.as_deref(), Some(METADATA_WATCH_ACCEPT));
+    match &events[..] {
+        [Ok(WatchEvent::Modified(p))] => {
+            assert_eq!(
+                p.metadata.name.as_deref(),
+                pods[1]["metadata"]["name"].as_str()
+            );
+            assert!(p.metadata.managed_fields.is_none());
+        }
+        other => panic!("expected one MODIFIED event, got {other:?}"),
+    }
+
+    // A full-object source keeps kube's Accept header.
+    let (client, seen) = canned(200, vec![list_json("PodList", "1", &[])]);
+    RawApi::<Pod>::all(client)
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    let accept = seen.lock()[0].2.clone().unwrap_or_default();
+    assert!(!accept.contains("PartialObjectMetadata"), "{accept}");
 }

@@ -14,9 +14,23 @@ use reflex_informer::fifo::DeltaObject;
 use reflex_informer::informer::{InformerError, InformerOptions, SharedIndexInformer};
 use reflex_informer::key::ObjectKey;
 use reflex_informer::processor::handler_fn;
+use reflex_informer::source::ListWatch;
 use reflex_informer::source::memory::MemorySource;
 use reflex_informer::source::{ApiStatus, SourceError};
+use stores::{MODES, Mode, store};
 use tokio_util::sync::CancellationToken;
+
+#[path = "support/stores.rs"]
+mod stores;
+
+/// An informer over `source` whose store is in `mode`: every guarantee holds in every mode.
+fn informer_in(
+    mode: Mode,
+    source: Arc<dyn ListWatch<ConfigMap>>,
+    options: InformerOptions,
+) -> SharedIndexInformer<ConfigMap> {
+    SharedIndexInformer::with_indexer(source, store::<ConfigMap>(mode), options)
+}
 
 type View = Arc<Mutex<BTreeMap<String, String>>>;
 
@@ -129,12 +143,14 @@ async fn store_and_every_handler_view_converge_to_the_source_after_faults() {
         ("malformed event", |s| s.inject_malformed_event()),
         ("all watches dropped", |s| s.close_watches()),
     ];
-    for (case, fault) in faults {
+    for (mode, (case, fault)) in faults.iter().flat_map(|f| MODES.map(|m| (m, *f))) {
+        let case = &format!("{mode:?}: {case}");
         let source = MemorySource::<ConfigMap>::new();
         for i in 0..30 {
             source.apply(cm(&format!("o{i}"), "0")).unwrap();
         }
-        let informer = SharedIndexInformer::new(
+        let informer = informer_in(
+            mode,
             Arc::new(source.clone()),
             InformerOptions {
                 reflector: reflex_informer::reflector::ReflectorOptions {
@@ -180,155 +196,164 @@ async fn store_and_every_handler_view_converge_to_the_source_after_faults() {
 
 #[tokio::test(start_paused = true)]
 async fn late_handler_gets_every_cached_object_as_initial_then_live_changes_once() {
-    let source = MemorySource::<ConfigMap>::new();
-    for i in 0..10 {
-        source.apply(cm(&format!("o{i}"), "0")).unwrap();
-    }
-    let informer = SharedIndexInformer::new(Arc::new(source.clone()), InformerOptions::default());
-    let shutdown = CancellationToken::new();
-    let run = tokio::spawn({
-        let informer = informer.clone();
-        let shutdown = shutdown.clone();
-        async move { informer.run(shutdown).await }
-    });
-    assert!(informer.wait_for_sync().await);
-    let adds: Arc<Mutex<Vec<(String, bool)>>> = Arc::default();
-    let view = View::default();
-    let a = adds.clone();
-    let v = view.clone();
-    let reg = informer
-        .add_event_handler(
-            handler_fn()
-                .on_add(move |o: &Arc<ConfigMap>, initial| {
-                    a.lock().push((key_of(o), initial));
-                    v.lock().insert(key_of(o), rv(o));
-                })
-                .on_update({
-                    let v = view.clone();
-                    move |_, o: &Arc<ConfigMap>| {
+    for mode in MODES {
+        let source = MemorySource::<ConfigMap>::new();
+        for i in 0..10 {
+            source.apply(cm(&format!("o{i}"), "0")).unwrap();
+        }
+        let informer = informer_in(mode, Arc::new(source.clone()), InformerOptions::default());
+        let shutdown = CancellationToken::new();
+        let run = tokio::spawn({
+            let informer = informer.clone();
+            let shutdown = shutdown.clone();
+            async move { informer.run(shutdown).await }
+        });
+        assert!(informer.wait_for_sync().await);
+        let adds: Arc<Mutex<Vec<(String, bool)>>> = Arc::default();
+        let view = View::default();
+        let a = adds.clone();
+        let v = view.clone();
+        let reg = informer
+            .add_event_handler(
+                handler_fn()
+                    .on_add(move |o: &Arc<ConfigMap>, initial| {
+                        a.lock().push((key_of(o), initial));
                         v.lock().insert(key_of(o), rv(o));
-                    }
-                }),
-        )
-        .unwrap();
-    assert!(reg.wait_for_sync().await);
-    source.apply(cm("late", "1")).unwrap();
-    source.apply(cm("o1", "1")).unwrap();
-    assert_converges(&source, &informer, &[view], "late handler").await;
-    let adds = adds.lock().clone();
-    let initial: Vec<_> = adds.iter().filter(|(_, i)| *i).collect();
-    assert_eq!(
-        initial.len(),
-        10,
-        "every cached object once, flagged initial"
-    );
-    assert_eq!(
-        adds.len(),
-        11,
-        "then the new object once, not initial: {adds:?}"
-    );
-    assert_eq!(adds[10], ("ns/late".to_string(), false));
-    shutdown.cancel();
-    run.await.unwrap().unwrap();
-    assert!(matches!(
-        informer.add_event_handler(handler_fn()),
-        Err(InformerError::Stopped)
-    ));
+                    })
+                    .on_update({
+                        let v = view.clone();
+                        move |_, o: &Arc<ConfigMap>| {
+                            v.lock().insert(key_of(o), rv(o));
+                        }
+                    }),
+            )
+            .unwrap();
+        assert!(reg.wait_for_sync().await);
+        source.apply(cm("late", "1")).unwrap();
+        source.apply(cm("o1", "1")).unwrap();
+        assert_converges(&source, &informer, &[view], "late handler").await;
+        let adds = adds.lock().clone();
+        let initial: Vec<_> = adds.iter().filter(|(_, i)| *i).collect();
+        assert_eq!(
+            initial.len(),
+            10,
+            "every cached object once, flagged initial"
+        );
+        assert_eq!(
+            adds.len(),
+            11,
+            "then the new object once, not initial: {adds:?}"
+        );
+        assert_eq!(adds[10], ("ns/late".to_string(), false));
+        shutdown.cancel();
+        run.await.unwrap().unwrap();
+        assert!(matches!(
+            informer.add_event_handler(handler_fn()),
+            Err(InformerError::Stopped)
+        ));
+    }
 }
 
 #[tokio::test(start_paused = true)]
 async fn transform_runs_before_objects_reach_the_store_and_handlers() {
-    let source = MemorySource::<ConfigMap>::new();
-    source.apply(cm("a", "secret")).unwrap();
-    let informer = SharedIndexInformer::new(Arc::new(source.clone()), InformerOptions::default());
-    informer
-        .set_transform(Arc::new(|o: Arc<ConfigMap>| {
-            let mut o = Arc::unwrap_or_clone(o);
-            o.data = None;
-            Arc::new(o)
-        }))
-        .unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    informer
-        .add_event_handler(handler_fn().on_add(move |o: &Arc<ConfigMap>, _| {
-            let _ = tx.send(o.data.is_none());
-        }))
-        .unwrap();
-    let shutdown = CancellationToken::new();
-    let run = tokio::spawn({
-        let informer = informer.clone();
-        let shutdown = shutdown.clone();
-        async move { informer.run(shutdown).await }
-    });
-    assert!(informer.wait_for_sync().await);
-    assert!(rx.recv().await.unwrap());
-    assert!(informer.indexer().list().iter().all(|o| o.data.is_none()));
-    assert!(matches!(
-        informer.set_transform(Arc::new(|o| o)),
-        Err(InformerError::AlreadyStarted(_))
-    ));
-    shutdown.cancel();
-    run.await.unwrap().unwrap();
+    for mode in MODES {
+        let source = MemorySource::<ConfigMap>::new();
+        source.apply(cm("a", "secret")).unwrap();
+        let informer = informer_in(mode, Arc::new(source.clone()), InformerOptions::default());
+        informer
+            .set_transform(Arc::new(|o: Arc<ConfigMap>| {
+                let mut o = Arc::unwrap_or_clone(o);
+                o.data = None;
+                Arc::new(o)
+            }))
+            .unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        informer
+            .add_event_handler(handler_fn().on_add(move |o: &Arc<ConfigMap>, _| {
+                let _ = tx.send(o.data.is_none());
+            }))
+            .unwrap();
+        let shutdown = CancellationToken::new();
+        let run = tokio::spawn({
+            let informer = informer.clone();
+            let shutdown = shutdown.clone();
+            async move { informer.run(shutdown).await }
+        });
+        assert!(informer.wait_for_sync().await);
+        assert!(rx.recv().await.unwrap());
+        assert!(informer.indexer().list().iter().all(|o| o.data.is_none()));
+        assert!(matches!(
+            informer.set_transform(Arc::new(|o| o)),
+            Err(InformerError::AlreadyStarted(_))
+        ));
+        shutdown.cancel();
+        run.await.unwrap().unwrap();
+    }
 }
 
 #[tokio::test(start_paused = true)]
 async fn empty_initial_list_still_syncs() {
-    let source = MemorySource::<ConfigMap>::new();
-    let informer = SharedIndexInformer::new(Arc::new(source.clone()), InformerOptions::default());
-    assert!(!informer.has_synced());
-    let shutdown = CancellationToken::new();
-    let run = tokio::spawn({
-        let informer = informer.clone();
-        let shutdown = shutdown.clone();
-        async move { informer.run(shutdown).await }
-    });
-    assert!(informer.wait_for_sync().await);
-    shutdown.cancel();
-    run.await.unwrap().unwrap();
-    assert!(informer.is_stopped());
+    for mode in MODES {
+        let source = MemorySource::<ConfigMap>::new();
+        let informer = informer_in(mode, Arc::new(source.clone()), InformerOptions::default());
+        assert!(!informer.has_synced());
+        let shutdown = CancellationToken::new();
+        let run = tokio::spawn({
+            let informer = informer.clone();
+            let shutdown = shutdown.clone();
+            async move { informer.run(shutdown).await }
+        });
+        assert!(informer.wait_for_sync().await);
+        shutdown.cancel();
+        run.await.unwrap().unwrap();
+        assert!(informer.is_stopped());
+    }
 }
 
 #[tokio::test(start_paused = true)]
 async fn resync_updates_with_equal_resource_versions_reach_only_handlers_due_for_resync() {
-    let source = MemorySource::<ConfigMap>::new();
-    for i in 0..5 {
-        source.apply(cm(&format!("o{i}"), "0")).unwrap();
+    for mode in MODES {
+        let source = MemorySource::<ConfigMap>::new();
+        for i in 0..5 {
+            source.apply(cm(&format!("o{i}"), "0")).unwrap();
+        }
+        let informer = informer_in(
+            mode,
+            Arc::new(source.clone()),
+            InformerOptions {
+                default_resync: Duration::from_secs(10),
+                ..Default::default()
+            },
+        );
+        let counter = |n: Arc<Mutex<usize>>| {
+            handler_fn().on_update(move |old: &Arc<ConfigMap>, new: &Arc<ConfigMap>| {
+                assert_eq!(rv(old), rv(new), "only resyncs happen in this test");
+                *n.lock() += 1;
+            })
+        };
+        let resyncing: Arc<Mutex<usize>> = Arc::default();
+        let silent: Arc<Mutex<usize>> = Arc::default();
+        informer
+            .add_event_handler(counter(resyncing.clone()))
+            .unwrap();
+        informer
+            .add_event_handler_with_resync(counter(silent.clone()), Duration::ZERO)
+            .unwrap();
+        let shutdown = CancellationToken::new();
+        let run = tokio::spawn({
+            let informer = informer.clone();
+            let shutdown = shutdown.clone();
+            async move { informer.run(shutdown).await }
+        });
+        assert!(informer.wait_for_sync().await);
+        tokio::time::sleep(Duration::from_secs(25)).await;
+        assert_eq!(*resyncing.lock(), 10, "two resyncs of five objects");
+        assert_eq!(
+            *silent.lock(),
+            0,
+            "a handler without resync gets no resync updates"
+        );
+        shutdown.cancel();
+        run.await.unwrap().unwrap();
     }
-    let informer = SharedIndexInformer::new(
-        Arc::new(source.clone()),
-        InformerOptions {
-            default_resync: Duration::from_secs(10),
-            ..Default::default()
-        },
-    );
-    let counter = |n: Arc<Mutex<usize>>| {
-        handler_fn().on_update(move |old: &Arc<ConfigMap>, new: &Arc<ConfigMap>| {
-            assert_eq!(rv(old), rv(new), "only resyncs happen in this test");
-            *n.lock() += 1;
-        })
-    };
-    let resyncing: Arc<Mutex<usize>> = Arc::default();
-    let silent: Arc<Mutex<usize>> = Arc::default();
-    informer
-        .add_event_handler(counter(resyncing.clone()))
-        .unwrap();
-    informer
-        .add_event_handler_with_resync(counter(silent.clone()), Duration::ZERO)
-        .unwrap();
-    let shutdown = CancellationToken::new();
-    let run = tokio::spawn({
-        let informer = informer.clone();
-        let shutdown = shutdown.clone();
-        async move { informer.run(shutdown).await }
-    });
-    assert!(informer.wait_for_sync().await);
-    tokio::time::sleep(Duration::from_secs(25)).await;
-    assert_eq!(*resyncing.lock(), 10, "two resyncs of five objects");
-    assert_eq!(
-        *silent.lock(),
-        0,
-        "a handler without resync gets no resync updates"
-    );
-    shutdown.cancel();
-    run.await.unwrap().unwrap();
 }

@@ -1,0 +1,284 @@
+//! The factory's informer modes against the in-process API server over HTTP: projections and
+//! metadata-only informers list, watch, key and index like typed ones.
+
+#[path = "support/objects.rs"]
+mod objects;
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{DeleteParams, PostParams};
+use objects::Gen;
+use reflex_informer::factory::{FactoryOptions, SharedInformerFactory};
+use reflex_informer::key::ObjectKey;
+use reflex_testing::FakeApiServer;
+use serde_json::Value;
+
+/// What a scheduler-like controller reads of a Pod.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+struct PodNode {
+    metadata: ObjectMeta,
+    #[serde(default)]
+    spec: PodNodeSpec,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize, serde::Serialize)]
+struct PodNodeSpec {
+    #[serde(rename = "nodeName")]
+    node_name: Option<String>,
+}
+
+reflex_informer::impl_projection!(PodNode => Pod);
+
+const BY_NODE: &str = "by-node";
+
+/// Polls `cond` every 20 ms for up to 30 s; fails with `what` if it never holds.
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..1500 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out after 30 s waiting for: {what}");
+}
+
+/// Seeds `n` generated Pods (with managedFields) in namespace `ns`; returns their JSON.
+fn seed_pods(server: &FakeApiServer, ns: &str, n: usize, seed: u64) -> Vec<Value> {
+    server
+        .seed(
+            serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+        )
+        .expect("seed namespace");
+    let mut g = Gen::new(seed);
+    (0..n)
+        .map(|i| {
+            let mut pod = g.pod(ns, i);
+            pod["apiVersion"] = "v1".into();
+            pod["kind"] = "Pod".into();
+            server.seed(pod).expect("seed pod")
+        })
+        .collect()
+}
+
+fn new_pod(ns: &str, name: &str, node: &str) -> Pod {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"namespace": ns, "name": name,
+            "managedFields": [{"manager": "test", "operation": "Update", "apiVersion": "v1"}]},
+        "spec": {"nodeName": node, "containers": [{"name": "c", "image": "busybox"}]},
+    }))
+    .expect("pod JSON")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn projected_informer_lists_watches_keys_and_indexes_only_the_projected_fields() {
+    let server = FakeApiServer::start().await.expect("fake server");
+    let seeded = seed_pods(&server, "team-a", 20, 7);
+    seed_pods(&server, "team-b", 5, 8);
+    let client = server.client().expect("client");
+    let factory = SharedInformerFactory::new(
+        client.clone(),
+        FactoryOptions {
+            namespace: Some("team-a".into()),
+            ..Default::default()
+        },
+    );
+    let pods = factory.projected_informer::<Pod, PodNode>();
+    pods.add_indexers(BY_NODE, |p: &PodNode| {
+        p.spec.node_name.clone().into_iter().collect()
+    })
+    .unwrap();
+    // Shared: asking again returns the same informer (the index is already there).
+    let again = factory.projected_informer::<Pod, PodNode>();
+    assert!(again.indexer().index_keys(BY_NODE, "x").is_ok());
+    // Distinct from the typed informer of the same resource.
+    assert!(
+        factory
+            .informer::<Pod>()
+            .indexer()
+            .index_keys(BY_NODE, "x")
+            .is_err()
+    );
+
+    factory.start();
+    let synced = factory
+        .wait_for_cache_sync(Some(Duration::from_secs(30)))
+        .await;
+    assert!(synced.values().all(|s| *s), "not synced: {synced:?}");
+    assert_eq!(pods.indexer().len(), seeded.len(), "only namespace team-a");
+    for json in &seeded {
+        let name = json["metadata"]["name"].as_str().unwrap();
+        let key = ObjectKey::new(Some("team-a"), name);
+        let p = pods.indexer().get_by_key(&key).expect("seeded pod cached");
+        assert_eq!(
+            p.spec.node_name.as_deref(),
+            json["spec"]["nodeName"].as_str()
+        );
+        assert_eq!(
+            p.metadata.resource_version.as_deref(),
+            json["metadata"]["resourceVersion"].as_str()
+        );
+        assert!(p.metadata.managed_fields.is_none(), "managedFields skipped");
+        let node = p.spec.node_name.clone().unwrap();
+        assert!(
+            pods.indexer()
+                .index_keys(BY_NODE, &node)
+                .unwrap()
+                .contains(&key)
+        );
+    }
+
+    // Watch: a created Pod arrives projected and indexed; a deleted one leaves.
+    let api: kube::Api<Pod> = kube::Api::namespaced(client, "team-a");
+    api.create(
+        &PostParams::default(),
+        &new_pod("team-a", "late", "node-late"),
+    )
+    .await
+    .unwrap();
+    let late = ObjectKey::new(Some("team-a"), "late");
+    eventually("the created pod in the projected store", || {
+        pods.indexer().get_by_key(&late).is_some()
+    })
+    .await;
+    assert_eq!(
+        pods.indexer().index_keys(BY_NODE, "node-late").unwrap(),
+        vec![late.clone()]
+    );
+    assert!(
+        pods.indexer()
+            .get_by_key(&late)
+            .unwrap()
+            .metadata
+            .managed_fields
+            .is_none()
+    );
+    api.delete("late", &DeleteParams::default()).await.unwrap();
+    eventually("the deleted pod gone from the projected store", || {
+        pods.indexer().get_by_key(&late).is_none()
+    })
+    .await;
+    assert!(
+        pods.indexer()
+            .list_index_values(BY_NODE)
+            .unwrap()
+            .iter()
+            .all(|v| v != "node-late")
+    );
+    factory.shutdown().await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_informer_holds_metadata_without_managed_fields_in_the_factory_namespace() {
+    let server = FakeApiServer::start().await.expect("fake server");
+    let seeded = seed_pods(&server, "team-a", 15, 11);
+    seed_pods(&server, "team-b", 4, 12);
+    let client = server.client().expect("client");
+    let factory = SharedInformerFactory::new(
+        client.clone(),
+        FactoryOptions {
+            namespace: Some("team-a".into()),
+            ..Default::default()
+        },
+    );
+    let meta = factory.metadata_informer::<Pod>();
+    factory.start();
+    let synced = factory
+        .wait_for_cache_sync(Some(Duration::from_secs(30)))
+        .await;
+    assert!(synced.values().all(|s| *s), "not synced: {synced:?}");
+    assert_eq!(meta.indexer().len(), seeded.len());
+    for json in &seeded {
+        let name = json["metadata"]["name"].as_str().unwrap();
+        let m = meta
+            .indexer()
+            .get_by_key(&ObjectKey::new(Some("team-a"), name))
+            .expect("seeded pod cached");
+        assert_eq!(
+            m.metadata.resource_version.as_deref(),
+            json["metadata"]["resourceVersion"].as_str()
+        );
+        assert_eq!(
+            m.metadata.labels.as_ref().map(|l| l.len()),
+            json["metadata"]["labels"].as_object().map(|l| l.len())
+        );
+        assert!(m.metadata.managed_fields.is_none());
+    }
+    let api: kube::Api<Pod> = kube::Api::namespaced(client, "team-a");
+    api.create(&PostParams::default(), &new_pod("team-a", "late", "n"))
+        .await
+        .unwrap();
+    let late = ObjectKey::new(Some("team-a"), "late");
+    eventually("the created pod in the metadata store", || {
+        meta.indexer().get_by_key(&late).is_some()
+    })
+    .await;
+    factory.shutdown().await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compact_informer_holds_the_same_objects_as_the_typed_one_and_delivers_arcs() {
+    let server = FakeApiServer::start().await.expect("fake server");
+    let seeded = seed_pods(&server, "team-a", 25, 21);
+    let client = server.client().expect("client");
+    let factory = SharedInformerFactory::new(client.clone(), FactoryOptions::default());
+    let typed = factory.informer::<Pod>();
+    let compact = factory.compact_informer::<Pod>();
+    assert!(compact.indexer().is_compact());
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    compact
+        .add_event_handler(reflex_informer::processor::handler_fn().on_add(
+            move |p: &std::sync::Arc<Pod>, initial| {
+                let _ = tx.send((p.metadata.name.clone(), initial));
+            },
+        ))
+        .unwrap();
+    factory.start();
+    let synced = factory
+        .wait_for_cache_sync(Some(Duration::from_secs(30)))
+        .await;
+    assert!(synced.values().all(|s| *s), "not synced: {synced:?}");
+    assert_eq!(compact.indexer().len(), seeded.len());
+    for p in typed.indexer().list() {
+        let key = ObjectKey::from_resource(&*p).unwrap();
+        let c = compact
+            .indexer()
+            .get_by_key(&key)
+            .expect("in the compact store");
+        assert_eq!(*c, *p, "{key}");
+        assert!(c.metadata.managed_fields.is_none());
+    }
+    assert_eq!(
+        compact
+            .lister()
+            .namespaced("team-a")
+            .list(&Default::default())
+            .len(),
+        seeded.len()
+    );
+    let api: kube::Api<Pod> = kube::Api::namespaced(client, "team-a");
+    api.create(&PostParams::default(), &new_pod("team-a", "late", "n"))
+        .await
+        .unwrap();
+    let mut initial = 0;
+    loop {
+        let (name, is_initial) = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+            .await
+            .expect("an add notification within 30 s")
+            .expect("handler channel open");
+        if name.as_deref() == Some("late") {
+            assert!(!is_initial);
+            break;
+        }
+        initial += 1;
+    }
+    assert_eq!(initial, seeded.len(), "one initial add per seeded pod");
+    assert_eq!(compact.indexer().decode_failures(), 0);
+    factory.shutdown().await;
+    server.shutdown().await;
+}
