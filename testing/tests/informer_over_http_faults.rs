@@ -15,8 +15,8 @@
 //! as listed through `kube::Client`, key for key and resourceVersion for resourceVersion. Before
 //! that, the case's expectations on how the client recovered must be seen: the server counts
 //! the list and watch requests it received (a relist or a re-watch happened), the watch error
-//! handler counts the rounds a 410 ended, and the bare reflector's `ReflectorHandle` counts
-//! relists, watch restarts and malformed events.
+//! handler counts the rounds a 410 ended, and each reflector's `ReflectorHandle` (the bare one's,
+//! or an informer's `reflector_stats()`) counts relists and malformed events.
 //!
 //! Time is real (the HTTP stack runs on real sockets); every wait polls with a 30 s bound and
 //! fails with what it saw, and nothing asserts on how long anything took.
@@ -48,6 +48,8 @@ use tokio_util::sync::CancellationToken;
 /// Key (`namespace/name`) to resourceVersion.
 type State = BTreeMap<String, String>;
 type View = Arc<Mutex<State>>;
+/// An informer's `reflector_stats()`, read once the informer runs.
+type StatsFn = Box<dyn Fn() -> Option<ReflectorHandle> + Send + Sync>;
 /// A named view of a contender's cache, read on demand.
 type NamedView = (&'static str, Box<dyn Fn() -> State + Send + Sync>);
 
@@ -163,9 +165,10 @@ struct Expect {
     same_watch: bool,
     /// A list-and-watch round ended with a 410 (seen by the watch error handler).
     expired_round: bool,
-    /// The bare reflector completed another relist.
+    /// The reflector (bare, or the informer's through `reflector_stats()`) completed another
+    /// relist.
     relist: bool,
-    /// The bare reflector counted a malformed or unkeyable event.
+    /// The reflector counted a malformed or unkeyable event.
     malformed: bool,
 }
 
@@ -341,6 +344,8 @@ struct Running {
     /// Named views of the cache; each must equal the server.
     views: Vec<NamedView>,
     reflector: Option<ReflectorHandle>,
+    /// Reads an informer's reflector counters once it runs.
+    informer_stats: Option<StatsFn>,
     expired_rounds: Arc<AtomicU64>,
     shutdown: CancellationToken,
     task: Option<JoinHandle<()>>,
@@ -409,9 +414,11 @@ where
             views.push((name, Box::new(move || view.lock().clone())));
         }
     }
+    let stats = informer.clone();
     Running {
         views,
         reflector: None,
+        informer_stats: Some(Box::new(move || stats.reflector_stats())),
         expired_rounds: Arc::default(),
         shutdown: CancellationToken::new(),
         task: None,
@@ -438,6 +445,7 @@ async fn start(contender: Contender, client: kube::Client) -> Running {
             Running {
                 views: vec![("sink", Box::new(move || sink.map.lock().clone()))],
                 reflector: Some(handle),
+                informer_stats: None,
                 expired_rounds: Arc::default(),
                 shutdown,
                 task: Some(task),
@@ -490,6 +498,13 @@ async fn start(contender: Contender, client: kube::Client) -> Running {
         }
     };
     running.expired_rounds = expired_rounds;
+    if let Some(stats) = &running.informer_stats {
+        running.reflector = stats();
+        assert!(
+            running.reflector.is_some(),
+            "{contender:?}: a running informer exposes its reflector's counters"
+        );
+    }
     running
 }
 
@@ -620,7 +635,7 @@ fn counters(server: &FakeApiServer, running: &Running) -> Counters {
     }
 }
 
-fn met(expect: &Expect, before: &Counters, now: &Counters, bare_reflector: bool) -> bool {
+fn met(expect: &Expect, before: &Counters, now: &Counters) -> bool {
     let watches_ok = if expect.same_watch {
         now.watches == before.watches
     } else {
@@ -629,8 +644,8 @@ fn met(expect: &Expect, before: &Counters, now: &Counters, bare_reflector: bool)
     watches_ok
         && now.lists >= before.lists + expect.lists
         && (!expect.expired_round || now.expired_rounds > before.expired_rounds)
-        && (!bare_reflector || !expect.relist || now.relists > before.relists)
-        && (!bare_reflector || !expect.malformed || now.malformed > before.malformed)
+        && (!expect.relist || now.relists > before.relists)
+        && (!expect.malformed || now.malformed > before.malformed)
 }
 
 async fn arm(fault: Fault, server: &FakeApiServer, client: &kube::Client) {
@@ -716,7 +731,7 @@ async fn run_case(contender: Contender, case: &Case) {
     let deadline = Instant::now() + WAIT;
     loop {
         let now = counters(&server, &running);
-        if met(&case.expect, &before, &now, running.reflector.is_some()) {
+        if met(&case.expect, &before, &now) {
             break;
         }
         assert!(
