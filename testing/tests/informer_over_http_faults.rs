@@ -2,9 +2,10 @@
 //! every fault of its [`FaultHandle`](reflex_testing::FaultHandle).
 //!
 //! Each case of the table arms one fault, with writes (creates, replaces, patches, deletes)
-//! before, during and after it, and runs against four contenders, each on its own server:
+//! before, during and after it, and runs against five contenders, each on its own server:
 //!
-//! - `reflector`: a bare `Reflector` over `kube::Api` into a map-building sink;
+//! - `reflector`: a bare `Reflector` over `kube::Api` into a map-building sink, once with kube's
+//!   default client (which retries 429/503/504 itself) and once without those retries;
 //! - `informer`: a `SharedIndexInformer` over `kube::Api`, with two handlers;
 //! - `factory`: the factory's typed informer, which decodes through `RawApi`, with a handler;
 //! - `metadata`: the factory's metadata-only informer (`PartialObjectMetadata` responses).
@@ -14,8 +15,8 @@
 //! as listed through `kube::Client`, key for key and resourceVersion for resourceVersion. Before
 //! that, the case's expectations on how the client recovered must be seen: the server counts
 //! the list and watch requests it received (a relist or a re-watch happened), the watch error
-//! handler counts the rounds a 410 ended, and the bare reflector's `ReflectorHandle` counts
-//! relists, watch restarts and malformed events.
+//! handler counts the rounds a 410 ended, and each reflector's `ReflectorHandle` (the bare one's,
+//! or an informer's `reflector_stats()`) counts relists and malformed events.
 //!
 //! Time is real (the HTTP stack runs on real sockets); every wait polls with a 30 s bound and
 //! fails with what it saw, and nothing asserts on how long anything took.
@@ -47,6 +48,8 @@ use tokio_util::sync::CancellationToken;
 /// Key (`namespace/name`) to resourceVersion.
 type State = BTreeMap<String, String>;
 type View = Arc<Mutex<State>>;
+/// An informer's `reflector_stats()`, read once the informer runs.
+type StatsFn = Box<dyn Fn() -> Option<ReflectorHandle> + Send + Sync>;
 /// A named view of a contender's cache, read on demand.
 type NamedView = (&'static str, Box<dyn Fn() -> State + Send + Sync>);
 
@@ -143,6 +146,9 @@ impl ReflectorSink<ConfigMap> for MapSink {
 #[derive(Debug, Clone, Copy)]
 enum Contender {
     Reflector,
+    /// The bare reflector on a kube client without kube's own retries of 429/503/504, so those
+    /// reach the reflector's recovery paths.
+    ReflectorWithoutClientRetries,
     Informer,
     Factory,
     Metadata,
@@ -159,9 +165,10 @@ struct Expect {
     same_watch: bool,
     /// A list-and-watch round ended with a 410 (seen by the watch error handler).
     expired_round: bool,
-    /// The bare reflector completed another relist.
+    /// The reflector (bare, or the informer's through `reflector_stats()`) completed another
+    /// relist.
     relist: bool,
-    /// The bare reflector counted a malformed or unkeyable event.
+    /// The reflector counted a malformed or unkeyable event.
     malformed: bool,
 }
 
@@ -198,7 +205,9 @@ struct Case {
 
 const ERROR_410: &str = "{\"type\":\"ERROR\",\"object\":{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"metadata\":{},\"status\":\"Failure\",\"message\":\"too old resource version: 1\",\"reason\":\"Expired\",\"code\":410}}\n";
 
-fn cases() -> Vec<Case> {
+/// The table. `client_retries`: whether kube's client retries 429/503/504 itself (its default
+/// `RetryPolicy`), in which case those failures never reach the reflector.
+fn cases(client_retries: bool) -> Vec<Case> {
     let relist = |lists| Expect {
         lists,
         relist: true,
@@ -232,14 +241,14 @@ fn cases() -> Vec<Case> {
                 code,
                 verb: "watch",
             },
-            // 500 and 410 end the round and the reflector relists; kube's client retries 429
-            // and 503 itself (its default RetryPolicy), so those reach the reflector as a
-            // watch that started late, and only the server sees every attempt.
+            // A failed watch ends the round and the reflector relists, except on 429, where it
+            // retries the watch after a backoff. With kube's client retries, 429 and 503 reach
+            // the reflector as a watch that started late; only the server sees every attempt.
             expect: Expect {
                 watches: 3,
-                lists: u64::from(matches!(code, 500 | 410)),
+                lists: u64::from(relisted(code, client_retries)),
                 expired_round: code == 410,
-                relist: matches!(code, 500 | 410),
+                relist: relisted(code, client_retries),
                 ..Default::default()
             },
         });
@@ -322,11 +331,21 @@ fn cases() -> Vec<Case> {
     cases
 }
 
+fn relisted(watch_failure: u16, client_retries: bool) -> bool {
+    match watch_failure {
+        429 => false,
+        503 => !client_retries,
+        _ => true,
+    }
+}
+
 /// A contender running against one server.
 struct Running {
     /// Named views of the cache; each must equal the server.
     views: Vec<NamedView>,
     reflector: Option<ReflectorHandle>,
+    /// Reads an informer's reflector counters once it runs.
+    informer_stats: Option<StatsFn>,
     expired_rounds: Arc<AtomicU64>,
     shutdown: CancellationToken,
     task: Option<JoinHandle<()>>,
@@ -395,9 +414,11 @@ where
             views.push((name, Box::new(move || view.lock().clone())));
         }
     }
+    let stats = informer.clone();
     Running {
         views,
         reflector: None,
+        informer_stats: Some(Box::new(move || stats.reflector_stats())),
         expired_rounds: Arc::default(),
         shutdown: CancellationToken::new(),
         task: None,
@@ -408,7 +429,7 @@ where
 async fn start(contender: Contender, client: kube::Client) -> Running {
     let (expired_rounds, on_error) = expired_counter();
     let mut running = match contender {
-        Contender::Reflector => {
+        Contender::Reflector | Contender::ReflectorWithoutClientRetries => {
             let sink = Arc::new(MapSink::default());
             let source: Arc<dyn ListWatch<ConfigMap>> = Arc::new(Api::<ConfigMap>::all(client));
             let mut reflector = Reflector::new(source, sink.clone(), fast_reflector());
@@ -424,6 +445,7 @@ async fn start(contender: Contender, client: kube::Client) -> Running {
             Running {
                 views: vec![("sink", Box::new(move || sink.map.lock().clone()))],
                 reflector: Some(handle),
+                informer_stats: None,
                 expired_rounds: Arc::default(),
                 shutdown,
                 task: Some(task),
@@ -476,6 +498,13 @@ async fn start(contender: Contender, client: kube::Client) -> Running {
         }
     };
     running.expired_rounds = expired_rounds;
+    if let Some(stats) = &running.informer_stats {
+        running.reflector = stats();
+        assert!(
+            running.reflector.is_some(),
+            "{contender:?}: a running informer exposes its reflector's counters"
+        );
+    }
     running
 }
 
@@ -606,7 +635,7 @@ fn counters(server: &FakeApiServer, running: &Running) -> Counters {
     }
 }
 
-fn met(expect: &Expect, before: &Counters, now: &Counters, bare_reflector: bool) -> bool {
+fn met(expect: &Expect, before: &Counters, now: &Counters) -> bool {
     let watches_ok = if expect.same_watch {
         now.watches == before.watches
     } else {
@@ -615,8 +644,8 @@ fn met(expect: &Expect, before: &Counters, now: &Counters, bare_reflector: bool)
     watches_ok
         && now.lists >= before.lists + expect.lists
         && (!expect.expired_round || now.expired_rounds > before.expired_rounds)
-        && (!bare_reflector || !expect.relist || now.relists > before.relists)
-        && (!bare_reflector || !expect.malformed || now.malformed > before.malformed)
+        && (!expect.relist || now.relists > before.relists)
+        && (!expect.malformed || now.malformed > before.malformed)
 }
 
 async fn arm(fault: Fault, server: &FakeApiServer, client: &kube::Client) {
@@ -663,7 +692,15 @@ async fn run_case(contender: Contender, case: &Case) {
     let what = format!("{contender:?} / {} / {:?}", case.name, case.fault);
     let server = FakeApiServer::start().await.unwrap();
     let client = setup(&server).await;
-    let running = start(contender, client.clone()).await;
+    let contender_client = match contender {
+        Contender::ReflectorWithoutClientRetries => {
+            let mut config = kube::Config::new(server.url().parse().unwrap());
+            config.default_retry = false;
+            kube::Client::try_from(config).unwrap()
+        }
+        _ => client.clone(),
+    };
+    let running = start(contender, contender_client).await;
     assert_converges(&running, &client, &format!("{what}: initial sync")).await;
 
     writes(client.clone(), 0).await;
@@ -694,7 +731,7 @@ async fn run_case(contender: Contender, case: &Case) {
     let deadline = Instant::now() + WAIT;
     loop {
         let now = counters(&server, &running);
-        if met(&case.expect, &before, &now, running.reflector.is_some()) {
+        if met(&case.expect, &before, &now) {
             break;
         }
         assert!(
@@ -719,7 +756,8 @@ async fn run_case(contender: Contender, case: &Case) {
 }
 
 async fn run_all(contender: Contender) {
-    for case in cases() {
+    let client_retries = !matches!(contender, Contender::ReflectorWithoutClientRetries);
+    for case in cases(client_retries) {
         run_case(contender, &case).await;
     }
 }
@@ -727,6 +765,11 @@ async fn run_all(contender: Contender) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bare_reflector_converges_after_every_fault() {
     run_all(Contender::Reflector).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bare_reflector_without_client_retries_converges_after_every_fault() {
+    run_all(Contender::ReflectorWithoutClientRetries).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -82,19 +82,6 @@ pub fn negotiate(accept: &str, shape: Shape) -> Output {
 }
 
 impl Output {
-    /// The `Content-Type` of a response in this representation.
-    pub fn content_type(self, shape: Shape) -> String {
-        match (self, shape) {
-            (Output::Full, _) => "application/json".to_string(),
-            (Output::Partial(v), Shape::Object) => {
-                format!("application/json;as=PartialObjectMetadata;g=meta.k8s.io;v={v}")
-            }
-            (Output::Partial(v), Shape::List) => {
-                format!("application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v={v}")
-            }
-        }
-    }
-
     /// One object in this representation (borrowed when full).
     pub fn object<'a>(self, obj: &'a Value) -> Cow<'a, Value> {
         match self {
@@ -110,8 +97,9 @@ impl Output {
 
     /// The JSON bytes of a list in this representation, written item by item so that no stored
     /// object is copied: for [`Output::Full`] the list has the resource's `apiVersion` and
-    /// `{kind}List`; for [`Output::Partial`] it is a `PartialObjectMetadataList` whose items are
-    /// `PartialObjectMetadata`. The list's own `metadata` is kept either way.
+    /// `{kind}List` and, as from kube-apiserver, its items carry no `apiVersion`/`kind` of their
+    /// own; for [`Output::Partial`] it is a `PartialObjectMetadataList` whose items are
+    /// `PartialObjectMetadata` (with both). The list's own `metadata` is kept either way.
     pub fn list_bytes<'a>(
         self,
         api_version: &str,
@@ -139,7 +127,7 @@ impl Output {
                 out.push(b',');
             }
             match self {
-                Output::Full => write_json(&mut out, item),
+                Output::Full => write_without_type_meta(&mut out, item),
                 Output::Partial(_) => write_json(&mut out, &self.object(item)),
             }
         }
@@ -151,6 +139,29 @@ impl Output {
 fn write_json(out: &mut Vec<u8>, v: &Value) {
     // Serializing a `Value` into a Vec cannot fail: its keys are strings and writes are infallible.
     let _ = serde_json::to_writer(&mut *out, v);
+}
+
+/// Writes an object without its top-level `apiVersion` and `kind`.
+fn write_without_type_meta(out: &mut Vec<u8>, item: &Value) {
+    let Some(fields) = item.as_object() else {
+        write_json(out, item);
+        return;
+    };
+    out.push(b'{');
+    let mut first = true;
+    for (k, v) in fields {
+        if k == "apiVersion" || k == "kind" {
+            continue;
+        }
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        write_json(out, &Value::String(k.clone()));
+        out.push(b':');
+        write_json(out, v);
+    }
+    out.push(b'}');
 }
 
 fn partial_object(obj: &Value, version: &str) -> Value {
@@ -280,7 +291,7 @@ mod tests {
     }
 
     #[test]
-    fn a_full_list_carries_the_items_unchanged() {
+    fn a_full_list_carries_its_items_without_their_type_meta() {
         let items = [
             json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a"}, "data": {"k": "v"}}),
             json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "b"}}),
@@ -295,7 +306,10 @@ mod tests {
         .unwrap();
         assert_eq!(
             out,
-            json!({"apiVersion": "v1", "kind": "ConfigMapList", "metadata": meta, "items": items})
+            json!({"apiVersion": "v1", "kind": "ConfigMapList", "metadata": meta, "items": [
+                {"metadata": {"name": "a"}, "data": {"k": "v"}},
+                {"metadata": {"name": "b"}},
+            ]})
         );
     }
 }

@@ -5,6 +5,15 @@
 //! so it needs no `k8s-openapi` types, and serves any built-in or CRD-defined resource through the
 //! same code. Faults are injected through [`FaultHandle`].
 //!
+//! Where a client can tell, it answers as kube-apiserver v1.35 does (the envtest fidelity test
+//! compares the two): `Accept: application/json;as=PartialObjectMetadata[List];g=meta.k8s.io;v=v1`
+//! gets metadata-only objects, lists, and watch events (the first acceptable range of the header
+//! wins; `as=Table` and protobuf are skipped, plain JSON is the fallback); list items carry no
+//! `apiVersion`/`kind`; DELETE answers a `Status` unless the object outlives the call; boolean
+//! query parameters read any value but `0`/`false` as true; selectors with invalid label keys or
+//! values, or on fields the resource has no field label for, answer 400. kubectl and the official
+//! Python client are tested against it.
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), reflex_testing::FakeError> {
 //! let server = reflex_testing::FakeApiServer::start().await?;
@@ -18,6 +27,7 @@
 mod faults;
 mod media;
 mod patch;
+mod protobuf;
 mod resources;
 mod selectors;
 mod server;

@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use super::faults::Faults;
 use super::media::{Output, Shape, negotiate};
 use super::patch::{json_patch, merge_patch};
-use super::resources::{ResKey, api_group, groups, resource_list};
+use super::resources::{ResKey, ResourceDef, api_group, groups, resource_list};
 use super::selectors::{FieldSelector, LabelSelector, Selectors};
 use super::status::ApiError;
 use super::storage::{Storage, WatchFrom};
@@ -50,22 +50,21 @@ fn json_response(code: u16, v: &Value) -> Response<Body> {
     r
 }
 
-fn bytes_response(code: u16, content_type: &str, body: Vec<u8>) -> Response<Body> {
+/// A JSON response. Transformed (`as=PartialObjectMetadata`) answers are `application/json` too,
+/// as kube-apiserver sends them.
+fn bytes_response(code: u16, body: Vec<u8>) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::from(body)).boxed());
     *r.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let ct = http::HeaderValue::from_str(content_type)
-        .unwrap_or_else(|_| http::HeaderValue::from_static("application/json"));
-    r.headers_mut().insert(http::header::CONTENT_TYPE, ct);
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
     r
 }
 
 /// One object in the negotiated representation.
 fn object_response(code: u16, out: Output, obj: &Arc<Value>) -> Response<Body> {
-    bytes_response(
-        code,
-        &out.content_type(Shape::Object),
-        out.object_bytes(obj),
-    )
+    bytes_response(code, out.object_bytes(obj))
 }
 
 fn error_response(e: &ApiError) -> Response<Body> {
@@ -130,6 +129,31 @@ struct Target {
 fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
     serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+}
+
+/// The body of a create, update or delete: JSON, or the protobuf kubectl's typed commands send
+/// (`kubectl create configmap`, see [`protobuf`](super::protobuf)). Other encodings answer 415, as
+/// kube-apiserver does for a format it cannot read.
+fn parse_object_body(content_type: &str, body: &Bytes) -> Result<Value, ApiError> {
+    let media = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    if media == "application/vnd.kubernetes.protobuf" {
+        return super::protobuf::decode_object(body);
+    }
+    if !matches!(media.as_str(), "" | "application/json" | "*/*") {
+        return Err(ApiError::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unknown format ({media}) - accepted media types include: application/json"
+            ),
+        ));
+    }
+    parse_body(body)
 }
 
 fn route(
@@ -323,10 +347,12 @@ fn route(
     resource(shared, accept, method, t, q, ct, body)
 }
 
-fn selectors(q: &HashMap<String, String>) -> Result<Selectors, ApiError> {
+fn selectors(q: &HashMap<String, String>, def: &ResourceDef) -> Result<Selectors, ApiError> {
+    let fields = FieldSelector::parse(q.get("fieldSelector").map(String::as_str).unwrap_or(""))?;
+    fields.check_supported(&def.group, &def.plural)?;
     Ok(Selectors {
         labels: LabelSelector::parse(q.get("labelSelector").map(String::as_str).unwrap_or(""))?,
-        fields: FieldSelector::parse(q.get("fieldSelector").map(String::as_str).unwrap_or(""))?,
+        fields,
     })
 }
 
@@ -357,6 +383,17 @@ fn unhex(s: &str) -> Option<String> {
         .collect();
     String::from_utf8(bytes?).ok()
 }
+
+/// Resources whose DELETE answers with the deleted object even when it is gone at once (as
+/// kube-apiserver's stores for them do); the others answer a `Status` of `Success` unless the
+/// object stays behind for its finalizers, when the answer is the object being deleted.
+const RETURNS_DELETED_OBJECT: &[&str] = &[
+    "pods",
+    "services",
+    "serviceaccounts",
+    "namespaces",
+    "customresourcedefinitions",
+];
 
 fn resource(
     shared: &Shared,
@@ -422,12 +459,12 @@ fn resource(
         "list" => list(shared, &t, q, negotiate(accept, Shape::List)),
         "watch" => watch(shared, &t, q, one),
         "create" => {
-            let obj = parse_body(body)?;
+            let obj = parse_object_body(ct, body)?;
             let created = shared.storage.lock().create(&t.res, &ns, obj)?;
             Ok(object_response(201, one, &created))
         }
         "update" => {
-            let obj = parse_body(body)?;
+            let obj = parse_object_body(ct, body)?;
             Ok(object_response(
                 200,
                 one,
@@ -482,16 +519,30 @@ fn resource(
             let opts = if body.is_empty() {
                 json!({})
             } else {
-                parse_body(body)?
+                parse_object_body(ct, body)?
             };
-            Ok(object_response(
+            let mut s = shared.storage.lock();
+            let deleted = s.delete(&t.res, &ns, &name, &opts)?;
+            let pending = s.get(&t.res, &ns, &name).is_ok();
+            drop(s);
+            if pending || RETURNS_DELETED_OBJECT.contains(&def.plural.as_str()) {
+                return Ok(object_response(200, one, &deleted));
+            }
+            let mut details = json!({
+                "name": name,
+                "kind": def.plural,
+                "uid": deleted.pointer("/metadata/uid").cloned().unwrap_or(Value::Null),
+            });
+            if !def.group.is_empty() {
+                details["group"] = json!(def.group);
+            }
+            Ok(json_response(
                 200,
-                one,
-                &shared.storage.lock().delete(&t.res, &ns, &name, &opts)?,
+                &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details}),
             ))
         }
         _ => {
-            let sel = selectors(q)?;
+            let sel = selectors(q, &def)?;
             let mut s = shared.storage.lock();
             let objs = s.snapshot(&t.res, None)?;
             let mut items = Vec::new();
@@ -505,7 +556,6 @@ fn resource(
             drop(s);
             Ok(bytes_response(
                 200,
-                &out.content_type(Shape::List),
                 out.list_bytes(
                     &def.api_version(),
                     &def.kind,
@@ -524,7 +574,7 @@ fn list(
     out: Output,
 ) -> Result<Response<Body>, ApiError> {
     let def = shared.storage.lock().def(&t.res)?;
-    let sel = selectors(q)?;
+    let sel = selectors(q, &def)?;
     let limit: usize = match q.get("limit") {
         Some(l) => l
             .parse()
@@ -638,7 +688,6 @@ fn list(
     }
     Ok(bytes_response(
         200,
-        &out.content_type(Shape::List),
         out.list_bytes(&def.api_version(), &def.kind, &meta, items),
     ))
 }
@@ -649,7 +698,7 @@ fn watch(
     q: &HashMap<String, String>,
     out: Output,
 ) -> Result<Response<Body>, ApiError> {
-    let sel = selectors(q)?;
+    let sel = selectors(q, &shared.storage.lock().def(&t.res)?)?;
     let rv = q.get("resourceVersion").map(String::as_str).unwrap_or("");
     let send_initial = query_bool(q, "sendInitialEvents");
     if send_initial && q.get("resourceVersionMatch").map(String::as_str) != Some("NotOlderThan") {

@@ -130,7 +130,132 @@ def main():
     left = sorted(i.metadata.name for i in v1.list_namespaced_config_map(NS).items)
     check(left == ["cm-a", "cm-b"], f"left after delete: {left}")
     say("left", ",".join(left))
+
+    more_verbs(v1)
+    custom_resources()
     say("ok")
+
+
+def more_verbs(v1):
+    """Paging, JSON patch, delete preconditions, deletecollection, /status, discovery."""
+    for i in range(5):
+        v1.create_namespaced_config_map(NS, cm(f"page-{i}", "paged", str(i)))
+    names, token, pages = [], None, 0
+    while True:
+        page = v1.list_namespaced_config_map(NS, label_selector="app=paged", limit=2, _continue=token)
+        pages += 1
+        names += [i.metadata.name for i in page.items]
+        token = page.metadata._continue
+        if not token:
+            break
+    check(pages == 3 and names == [f"page-{i}" for i in range(5)], f"paging: {pages} {names}")
+    say("pages", pages, ",".join(names))
+
+    # A list body makes the client send a JSON patch.
+    jp = v1.patch_namespaced_config_map("cm-a", NS, [{"op": "replace", "path": "/data/k", "value": "json-patched"}])
+    check(jp.data == {"k": "json-patched"}, f"json patch: {jp.data}")
+    say("json-patch cm-a", jp.data["k"])
+
+    status, reason = api_error(
+        lambda: v1.delete_namespaced_config_map(
+            "cm-a",
+            NS,
+            body=client.V1DeleteOptions(preconditions=client.V1Preconditions(resource_version="1")),
+        )
+    )
+    check(status == 409 and reason == "Conflict", f"delete precondition: {status} {reason}")
+    say("delete-precondition", status, reason)
+
+    v1.delete_collection_namespaced_config_map(NS, label_selector="app=paged")
+    left = sorted(i.metadata.name for i in v1.list_namespaced_config_map(NS).items)
+    check(left == ["cm-a", "cm-b"], f"left after deletecollection: {left}")
+    say("deletecollection app=paged", ",".join(left))
+
+    apps = client.AppsV1Api()
+    dep = client.V1Deployment(
+        metadata=client.V1ObjectMeta(name="web"),
+        spec=client.V1DeploymentSpec(
+            replicas=2,
+            selector=client.V1LabelSelector(match_labels={"app": "web"}),
+            template=client.V1PodTemplateSpec(
+                metadata=client.V1ObjectMeta(labels={"app": "web"}),
+                spec=client.V1PodSpec(containers=[client.V1Container(name="c", image="nginx")]),
+            ),
+        ),
+    )
+    created = apps.create_namespaced_deployment(NS, dep)
+    apps.patch_namespaced_deployment_status(
+        "web", NS, {"status": {"replicas": 2, "readyReplicas": 2, "availableReplicas": 2}}
+    )
+    got = apps.read_namespaced_deployment_status("web", NS)
+    check(got.status.available_replicas == 2, f"deployment status: {got.status}")
+    check(got.metadata.generation == created.metadata.generation, "a status write keeps the generation")
+    scaled = apps.patch_namespaced_deployment("web", NS, {"spec": {"replicas": 3}})
+    check(scaled.metadata.generation == created.metadata.generation + 1, "a spec change bumps the generation")
+    say("deployment status", got.status.available_replicas, "generation", scaled.metadata.generation)
+
+    version = client.VersionApi().get_code()
+    check(version.major == "1", f"version: {version}")
+    core = sorted(r.name for r in v1.get_api_resources().resources if r.name in ("configmaps", "pods"))
+    groups = sorted(g.name for g in client.ApisApi().get_api_versions().groups if g.name in ("apps", "coordination.k8s.io"))
+    check(core == ["configmaps", "pods"] and groups == ["apps", "coordination.k8s.io"], f"discovery: {core} {groups}")
+    say("discovery", ",".join(core), ",".join(groups))
+
+
+def custom_resources():
+    """A CRD through the apiextensions API, then its objects through CustomObjectsApi."""
+    ext = client.ApiextensionsV1Api()
+    crd = client.V1CustomResourceDefinition(
+        metadata=client.V1ObjectMeta(name="widgets.example.com"),
+        spec=client.V1CustomResourceDefinitionSpec(
+            group="example.com",
+            scope="Namespaced",
+            names=client.V1CustomResourceDefinitionNames(kind="Widget", plural="widgets", singular="widget"),
+            versions=[
+                client.V1CustomResourceDefinitionVersion(
+                    name="v1",
+                    served=True,
+                    storage=True,
+                    schema=client.V1CustomResourceValidation(
+                        open_apiv3_schema=client.V1JSONSchemaProps(type="object", x_kubernetes_preserve_unknown_fields=True)
+                    ),
+                    subresources=client.V1CustomResourceSubresources(status={}),
+                )
+            ],
+        ),
+    )
+    created = ext.create_custom_resource_definition(crd)
+    check(created.metadata.name == "widgets.example.com", "crd created")
+    listed = [c.metadata.name for c in ext.list_custom_resource_definition().items]
+    check("widgets.example.com" in listed, f"crd listed: {listed}")
+
+    co = client.CustomObjectsApi()
+    args = ("example.com", "v1", NS, "widgets")
+    w1 = co.create_namespaced_custom_object(*args, {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w1"}, "spec": {"size": 1}})
+    check(w1["metadata"]["uid"], "widget has a uid")
+    co.patch_namespaced_custom_object_status(*args, "w1", {"status": {"ready": True}})
+    got = co.get_namespaced_custom_object(*args, "w1")
+    check(got["status"] == {"ready": True} and got["spec"] == {"size": 1}, f"widget status: {got}")
+
+    rv = co.list_namespaced_custom_object(*args)["metadata"]["resourceVersion"]
+    changer = threading.Timer(
+        0.3,
+        lambda: co.patch_namespaced_custom_object(*args, "w1", {"spec": {"size": 2}}),
+    )
+    changer.start()
+    w = watch.Watch()
+    seen = None
+    for event in w.stream(co.list_namespaced_custom_object, *args, resource_version=rv, timeout_seconds=30):
+        seen = (event["type"], event["object"]["metadata"]["name"], event["object"]["spec"]["size"])
+        w.stop()
+    changer.join()
+    check(seen == ("MODIFIED", "w1", 2), f"widget watch: {seen}")
+    say("widget watch", *seen)
+
+    co.delete_namespaced_custom_object(*args, "w1")
+    status, reason = api_error(lambda: co.get_namespaced_custom_object(*args, "w1"))
+    check(status == 404 and reason == "NotFound", f"widget after delete: {status} {reason}")
+    say("widget deleted", status, reason)
 
 
 if __name__ == "__main__":
