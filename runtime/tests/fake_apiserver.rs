@@ -110,7 +110,10 @@ fn foo_crd() -> serde_json::Value {
     json!({
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": "foos.samplecontroller.k8s.io"},
+        "metadata": {
+            "name": "foos.samplecontroller.k8s.io",
+            "annotations": {"api-approved.kubernetes.io": "unapproved, experimental-only"}
+        },
         "spec": {
             "group": "samplecontroller.k8s.io",
             "scope": "Namespaced",

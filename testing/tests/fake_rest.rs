@@ -350,6 +350,51 @@ async fn crds_serve_their_resources_with_status() {
 }
 
 #[tokio::test]
+async fn crds_in_kubernetes_own_groups_need_the_api_approval_annotation() {
+    let server = FakeApiServer::start().await.unwrap();
+    let crds: Api<DynamicObject> = Api::all_with(
+        server.client().unwrap(),
+        &ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("apiextensions.k8s.io", "v1", "CustomResourceDefinition"),
+            "customresourcedefinitions",
+        ),
+    );
+    let crd = |group: &str, annotations: serde_json::Value| -> DynamicObject {
+        serde_json::from_value(json!({
+            "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": format!("foos.{group}"), "annotations": annotations},
+            "spec": {"group": group, "scope": "Namespaced",
+                "names": {"plural": "foos", "kind": "Foo"},
+                "versions": [{"name": "v1", "served": true, "storage": true}]}
+        }))
+        .unwrap()
+    };
+    // (group, annotations, accepted), as kube-apiserver v1.35 answers.
+    let cases = [
+        ("samplecontroller.k8s.io", json!({}), false),
+        ("k8s.io", json!({}), false),
+        ("x.kubernetes.io", json!({}), false),
+        (
+            "samplecontroller.k8s.io",
+            json!({"api-approved.kubernetes.io": "unapproved, experimental-only"}),
+            true,
+        ),
+        ("k8s.io.example.com", json!({}), true),
+        ("example.com", json!({}), true),
+    ];
+    for (group, annotations, accepted) in cases {
+        let created = crds
+            .create(&PostParams::default(), &crd(group, annotations.clone()))
+            .await;
+        match (created, accepted) {
+            (Ok(_), true) => {}
+            (Err(e), false) => assert_eq!(api_code(e), (422, "Invalid".into()), "{group}"),
+            (outcome, _) => panic!("{group} {annotations}: unexpected {outcome:?}"),
+        }
+    }
+}
+
+#[tokio::test]
 async fn discovery_lists_builtin_and_crd_groups() {
     let server = FakeApiServer::start().await.unwrap();
     let discovery = kube::Discovery::new(server.client().unwrap())

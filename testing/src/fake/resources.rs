@@ -205,6 +205,19 @@ pub fn defs_from_crd(crd: &Value) -> Result<Vec<ResourceDef>, ApiError> {
             "metadata.name: Invalid value: {name:?}: must be spec.names.plural+\".\"+spec.group"
         )));
     }
+    if is_protected_group(&group) {
+        let approval = crd
+            .pointer("/metadata/annotations/api-approved.kubernetes.io")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if approval.is_empty() {
+            return Err(ApiError::invalid(format!(
+                "CustomResourceDefinition.apiextensions.k8s.io {name:?} is invalid: \
+                 metadata.annotations[api-approved.kubernetes.io]: Required value: protected \
+                 groups must have approval annotation \"api-approved.kubernetes.io\""
+            )));
+        }
+    }
     let singular = match s("/names/singular") {
         x if x.is_empty() => kind.to_ascii_lowercase(),
         x => x,
@@ -244,6 +257,15 @@ pub fn defs_from_crd(crd: &Value) -> Result<Vec<ResourceDef>, ApiError> {
         });
     }
     Ok(out)
+}
+
+/// Whether `group` is one of Kubernetes' own (`k8s.io`, `kubernetes.io` and their subdomains),
+/// where kube-apiserver accepts a CRD only with the `api-approved.kubernetes.io` annotation (a
+/// link to the approved API review, or a value starting with "unapproved").
+fn is_protected_group(group: &str) -> bool {
+    ["k8s.io", "kubernetes.io"]
+        .iter()
+        .any(|root| group == *root || group.ends_with(&format!(".{root}")))
 }
 
 const VERBS: [&str; 8] = [
