@@ -65,3 +65,54 @@ async fn update_in_code_of_a_missing_object_is_not_found() {
         other => panic!("expected a 404, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_paged_list_interrupted_by_writes_stays_at_its_resource_version() {
+    use kube::api::ListParams;
+    let server = FakeApiServer::start().await.unwrap();
+    server
+        .seed(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "other"}}))
+        .unwrap();
+    for name in ["a", "b", "c", "d", "e"] {
+        server.seed(config_map(name, "old")).unwrap();
+        let mut elsewhere = config_map(name, "other");
+        elsewhere["metadata"]["namespace"] = json!("other");
+        server.seed(elsewhere).unwrap();
+    }
+    let api: Api<ConfigMap> = Api::namespaced(server.client().unwrap(), "default");
+    let first = api.list(&ListParams::default().limit(2)).await.unwrap();
+    let token = first.metadata.continue_.clone().unwrap();
+
+    // Writes between pages: the rest of the list still shows the state of the first page.
+    server.update(config_map("d", "new")).unwrap();
+    server.seed(config_map("f", "new")).unwrap();
+    let mut names: Vec<String> = first
+        .items
+        .iter()
+        .map(|c| c.metadata.name.clone().unwrap())
+        .collect();
+    let mut values = Vec::new();
+    let mut next = Some(token);
+    while let Some(token) = next.take() {
+        let page = api
+            .list(&ListParams::default().limit(2).continue_token(&token))
+            .await
+            .unwrap();
+        for cm in &page.items {
+            names.push(cm.metadata.name.clone().unwrap());
+            values.push(cm.data.clone().unwrap()["k"].clone());
+        }
+        next = page.metadata.continue_.filter(|c| !c.is_empty());
+    }
+
+    assert_eq!(names, ["a", "b", "c", "d", "e"]);
+    assert!(values.iter().all(|v| v == "old"), "{values:?}");
+    // A later list sees the writes, and only the namespace asked for.
+    let now = api.list(&ListParams::default().limit(10)).await.unwrap();
+    assert_eq!(now.items.len(), 6);
+    assert!(
+        now.items
+            .iter()
+            .all(|c| c.metadata.namespace.as_deref() == Some("default"))
+    );
+}

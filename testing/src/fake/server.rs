@@ -544,18 +544,15 @@ fn list(
             (at, None)
         }
     };
-    let objs = s.snapshot(&t.res, Some(at))?;
+    // Only the objects after the continue key, in the namespace asked for: a page costs what
+    // it holds, not a copy of the whole resource.
+    let objs = s.list_from(&t.res, at, t.ns.as_deref(), start_after.as_ref())?;
     drop(s);
     let mut items: Vec<&Value> = Vec::new();
     let mut cont = None;
     let mut remaining = 0usize;
-    for ((ons, oname), o) in objs.iter() {
-        if let Some(sa) = &start_after
-            && (ons, oname) <= (&sa.0, &sa.1)
-        {
-            continue;
-        }
-        if t.ns.as_ref().is_some_and(|n| n != ons) || !sel.matches(o) {
+    for o in objs.iter() {
+        if !sel.matches(o) {
             continue;
         }
         if limit > 0 && items.len() == limit {
@@ -590,10 +587,39 @@ fn list(
         meta["continue"] = json!(c);
         meta["remainingItemCount"] = json!(remaining);
     }
-    Ok(json_response(
-        200,
-        &json!({"apiVersion": def.api_version(), "kind": format!("{}List", def.kind), "metadata": meta, "items": items}),
+    Ok(list_response(
+        &def.api_version(),
+        &format!("{}List", def.kind),
+        &meta,
+        &items,
     ))
+}
+
+/// A list body written item by item (the keys in serde_json's order), without first building
+/// a `Value` of the whole list: that would deep-copy every object. Writing JSON into a `Vec`
+/// cannot fail, so the results of `to_writer` are ignored.
+fn list_response(api_version: &str, kind: &str, meta: &Value, items: &[&Value]) -> Response<Body> {
+    let mut body = Vec::with_capacity(256 + items.len() * 4096);
+    body.extend_from_slice(b"{\"apiVersion\":");
+    let _ = serde_json::to_writer(&mut body, api_version);
+    body.extend_from_slice(b",\"items\":[");
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        let _ = serde_json::to_writer(&mut body, *item);
+    }
+    body.extend_from_slice(b"],\"kind\":");
+    let _ = serde_json::to_writer(&mut body, kind);
+    body.extend_from_slice(b",\"metadata\":");
+    let _ = serde_json::to_writer(&mut body, meta);
+    body.push(b'}');
+    let mut r = Response::new(Full::new(Bytes::from(body)).boxed());
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
 }
 
 fn watch(
