@@ -22,8 +22,12 @@ pub type RustFn = fn(Params) -> BoxFuture<'static, Run>;
 pub enum Workload {
     /// List and watch N Pods until synced: time and peak memory.
     Sync,
-    /// Updates streamed to an informer with 4 handlers enqueueing into a rate-limited queue.
+    /// Updates streamed at a fixed rate to an informer with 4 handlers enqueueing into a
+    /// rate-limited queue: latency.
     Steady,
+    /// The same contenders with the updates written as fast as the server takes them: the
+    /// events per second a contender sustains.
+    Burst,
     /// add/get/done over 10k keys with 50% duplicates at 1, 2 and 8 workers.
     Workqueue,
     /// Cache get and list-by-namespace with a concurrent writer.
@@ -56,9 +60,10 @@ const fn col(key: &'static str, label: &'static str, better: Better) -> Column {
 
 impl Workload {
     /// Every workload, in table order.
-    pub const ALL: [Workload; 4] = [
+    pub const ALL: [Workload; 5] = [
         Workload::Sync,
         Workload::Steady,
+        Workload::Burst,
         Workload::Workqueue,
         Workload::Reads,
     ];
@@ -68,6 +73,7 @@ impl Workload {
         match self {
             Workload::Sync => "sync",
             Workload::Steady => "steady",
+            Workload::Burst => "burst",
             Workload::Workqueue => "workqueue",
             Workload::Reads => "reads",
         }
@@ -83,6 +89,7 @@ impl Workload {
         match self {
             Workload::Sync => SYNC_COLUMNS,
             Workload::Steady => STEADY_COLUMNS,
+            Workload::Burst => BURST_COLUMNS,
             Workload::Workqueue => QUEUE_COLUMNS,
             Workload::Reads => READ_COLUMNS,
         }
@@ -98,6 +105,11 @@ const STEADY_COLUMNS: &[Column] = &[
     col("events_per_s", "events/s", Better::Higher),
     col("p50_ms", "p50 (ms)", Better::Lower),
     col("p99_ms", "p99 (ms)", Better::Lower),
+];
+const BURST_COLUMNS: &[Column] = &[
+    col("events_per_s", "events/s", Better::Higher),
+    col("writer_per_s", "writer writes/s", Better::Higher),
+    col("events", "events seen", Better::Higher),
 ];
 const QUEUE_COLUMNS: &[Column] = &[
     col("w1_adds_per_s", "1 worker (adds/s)", Better::Higher),
@@ -237,6 +249,27 @@ pub static CONTENDERS: &[Contender] = &[
         reference: false,
         runner: Runner::Go,
         about: "informer, 4 handlers adding keys to a TypedRateLimitingQueue, 1 worker",
+    },
+    Contender {
+        workload: Workload::Burst,
+        name: "reflex",
+        reference: true,
+        runner: rust!(crate::steady::reflex),
+        about: "as in steady, updates written unpaced",
+    },
+    Contender {
+        workload: Workload::Burst,
+        name: "kube-runtime Controller",
+        reference: false,
+        runner: rust!(crate::steady::kube_runtime),
+        about: "as in steady, updates written unpaced (reconciles coalesce updates)",
+    },
+    Contender {
+        workload: Workload::Burst,
+        name: "client-go informer",
+        reference: false,
+        runner: Runner::Go,
+        about: "as in steady, updates written unpaced",
     },
     Contender {
         workload: Workload::Workqueue,

@@ -102,7 +102,7 @@ pub fn run(cli: &Cli) -> Result<(), HarnessError> {
     for w in &cli.only {
         only.push(Workload::parse(w).ok_or_else(|| {
             HarnessError::Usage(format!(
-                "unknown workload {w:?} (sync, steady, workqueue, reads)"
+                "unknown workload {w:?} (sync, steady, burst, workqueue, reads)"
             ))
         })?);
     }
@@ -167,7 +167,12 @@ pub fn run(cli: &Cli) -> Result<(), HarnessError> {
             }
             Runner::Go => peer.as_ref().map(|bin| {
                 let mut cmd = Command::new(bin);
-                cmd.arg("--workload").arg(contender.workload.name());
+                // The Go peer runs the burst with its steady-state code, as the Rust rows do.
+                let workload = match contender.workload {
+                    Workload::Burst => Workload::Steady,
+                    w => w,
+                };
+                cmd.arg("--workload").arg(workload.name());
                 cmd.args(params.to_args());
                 cmd.env("GOMAXPROCS", "2");
                 cmd
@@ -183,21 +188,38 @@ pub fn run(cli: &Cli) -> Result<(), HarnessError> {
         eprintln!("bench: {} ...", contender.id());
         let started = Instant::now();
         let mut writer_error = None;
+        let mut writer_took = None;
         let outcome = protocol::run_child(cmd, child_bound(&sizes), cli.verbose, || {
-            if contender.workload == Workload::Steady
-                && let Err(e) = rt.block_on(crate::steady::write(
+            let rate = match contender.workload {
+                Workload::Steady => Some(sizes.rate),
+                Workload::Burst => Some(0),
+                _ => None,
+            };
+            if let Some(rate) = rate {
+                match rt.block_on(crate::steady::write(
                     &server,
                     &steady_pods,
                     sizes.events,
-                    sizes.rate,
-                ))
-            {
-                writer_error = Some(e.to_string());
+                    rate,
+                )) {
+                    Ok(took) => writer_took = Some(took),
+                    Err(e) => writer_error = Some(e.to_string()),
+                }
             }
         });
         let outcome = match (outcome, writer_error) {
             (_, Some(e)) => Err(format!("the steady-state writer failed: {e}")),
-            (Ok(o), None) => Ok(check(contender, &sizes, o)),
+            (Ok(mut o), None) => {
+                // How fast the harness could write: a contender's events/s near this figure
+                // was bounded by the writer (the fake server's write path), not by itself.
+                if let Some(took) = writer_took {
+                    o.figures.insert(
+                        "writer_per_s".into(),
+                        sizes.events as f64 / took.as_secs_f64().max(1e-9),
+                    );
+                }
+                Ok(check(contender, &sizes, o))
+            }
             (Err(e), None) => Err(describe(&e)),
         };
         match &outcome {

@@ -17,7 +17,8 @@
 //! Workloads (`--only`): `sync` (initial sync of N Pods; with the floors: the server serving the
 //! list to a client that discards it, and plain serde_json decoding), `steady` (updates written
 //! at `--rate` per second, each carrying its write time, to an informer with 4 handlers
-//! enqueueing into a rate-limited queue), `workqueue` (add/get/done over 10k keys with 50%
+//! enqueueing into a rate-limited queue: latency), `burst` (the same, written as fast as the
+//! server takes them: events per second sustained), `workqueue` (add/get/done over 10k keys with 50%
 //! duplicates), `reads` (get and list-by-namespace with a concurrent writer).
 //!
 //! No figure is asserted: CI runs `--quick` so the harness cannot rot.
@@ -49,7 +50,7 @@ pub struct Cli {
     /// Number of Pods for the initial sync and the cache reads.
     #[arg(long)]
     objects: Option<usize>,
-    /// Run only this workload: sync, steady, workqueue or reads (repeatable).
+    /// Run only this workload: sync, steady, burst, workqueue or reads (repeatable).
     #[arg(long)]
     only: Vec<String>,
     /// Where results.json and chart.svg go (default: <target>/bench).

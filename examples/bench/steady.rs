@@ -236,16 +236,25 @@ pub async fn kube_runtime(p: Params) -> Run {
     Ok((figures?, Box::new(store) as Keep))
 }
 
-/// Harness side: `events` updates of `pods` at `rate` per second (round robin), each stamped.
+/// Harness side: `events` updates of `pods` at `rate` per second (round robin), each stamped;
+/// `rate` 0 writes them as fast as the server takes them. Returns how long the writing took.
 pub async fn write(
     server: &reflex_testing::FakeApiServer,
     pods: &[Value],
     events: usize,
     rate: u64,
-) -> Result<(), reflex_testing::FakeError> {
+) -> Result<Duration, reflex_testing::FakeError> {
     let start = tokio::time::Instant::now();
-    let per_tick = (rate / 1000).max(1) as usize;
-    let tick = Duration::from_secs_f64(per_tick as f64 / rate.max(1) as f64);
+    let per_tick = if rate == 0 {
+        events.max(1)
+    } else {
+        (rate / 1000).max(1) as usize
+    };
+    let tick = if rate == 0 {
+        Duration::ZERO
+    } else {
+        Duration::from_secs_f64(per_tick as f64 / rate as f64)
+    };
     let mut seq = 0;
     let mut next = start;
     tracing::info!(
@@ -280,5 +289,5 @@ pub async fn write(
         elapsed_s = start.elapsed().as_secs_f64(),
         "steady-state writer done"
     );
-    Ok(())
+    Ok(start.elapsed())
 }
