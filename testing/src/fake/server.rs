@@ -640,18 +640,15 @@ fn list(
             (at, None)
         }
     };
-    let objs = s.snapshot(&t.res, Some(at))?;
+    // Only the objects after the continue key, in the namespace asked for: a page costs what
+    // it holds, not a copy of the whole resource.
+    let objs = s.list_from(&t.res, at, t.ns.as_deref(), start_after.as_ref())?;
     drop(s);
     let mut items: Vec<&Value> = Vec::new();
     let mut cont = None;
     let mut remaining = 0usize;
-    for ((ons, oname), o) in objs.iter() {
-        if let Some(sa) = &start_after
-            && (ons, oname) <= (&sa.0, &sa.1)
-        {
-            continue;
-        }
-        if t.ns.as_ref().is_some_and(|n| n != ons) || !sel.matches(o) {
+    for o in objs.iter() {
+        if !sel.matches(o) {
             continue;
         }
         if limit > 0 && items.len() == limit {

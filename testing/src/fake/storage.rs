@@ -357,6 +357,51 @@ impl Storage {
         Ok(objs)
     }
 
+    /// The objects of a resource at resourceVersion `at`, in key order, only those in
+    /// namespace `ns` (when given) and after `start_after` (exclusive). When nothing of the
+    /// resource changed since `at` this reads the live map without copying it, so a page of a
+    /// large list costs its own size rather than the whole resource's.
+    pub fn list_from(
+        &self,
+        res: &ResKey,
+        at: u64,
+        ns: Option<&str>,
+        start_after: Option<&ObjKey>,
+    ) -> Result<Vec<Arc<Value>>, ApiError> {
+        let changed_since = self
+            .history
+            .iter()
+            .rev()
+            .take_while(|e| e.rv > at)
+            .any(|e| e.res == *res);
+        let in_scope = |(ons, _): &ObjKey| ns.is_none_or(|n| n == ons);
+        let after = |k: &ObjKey| start_after.is_none_or(|sa| k > sa);
+        if changed_since || at > self.rv || at < self.oldest_rv {
+            // The slow path rewinds the history (and reports a too large or too old `at`).
+            let objs = self.snapshot(res, Some(at))?;
+            return Ok(objs
+                .into_iter()
+                .filter(|(k, _)| after(k) && in_scope(k))
+                .map(|(_, o)| o)
+                .collect());
+        }
+        self.def(res)?;
+        let Some(map) = self.objects.get(res) else {
+            return Ok(Vec::new());
+        };
+        let range = match start_after {
+            Some(sa) => map.range((
+                std::ops::Bound::Excluded(sa.clone()),
+                std::ops::Bound::Unbounded,
+            )),
+            None => map.range::<ObjKey, _>(..),
+        };
+        Ok(range
+            .filter(|(k, _)| in_scope(k))
+            .map(|(_, o)| o.clone())
+            .collect())
+    }
+
     /// Creates an object; fills in server-managed metadata.
     pub fn create(
         &mut self,

@@ -69,9 +69,20 @@ fn filtered(ev: &Event, opts: &WatchOptions) -> Option<Bytes> {
         EventType::Modified if before => EventType::Deleted,
         _ => return None,
     };
-    Some(line(
-        &json!({"type": kind.as_str(), "object": &*opts.output.object(&ev.obj)}),
-    ))
+    Some(event_line(kind, &opts.output.object(&ev.obj)))
+}
+
+/// One watch event line, written around the stored object (building a `Value` of the event
+/// first would deep-copy the object for every watcher).
+fn event_line(kind: EventType, obj: &Value) -> Bytes {
+    let mut b = Vec::with_capacity(4096);
+    b.extend_from_slice(b"{\"type\":\"");
+    b.extend_from_slice(kind.as_str().as_bytes());
+    b.extend_from_slice(b"\",\"object\":");
+    // Writing a JSON value into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut b, obj);
+    b.extend_from_slice(b"}\n");
+    Bytes::from(b)
 }
 
 struct State {

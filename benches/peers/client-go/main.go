@@ -1,0 +1,406 @@
+// Command client-go-peer runs the workloads of Reflex's side-by-side benchmark (examples/bench)
+// with client-go, against the same fake API server, and reports its figures the way the Rust
+// contenders do: "READY" when the harness should start writing (steady state), then
+// "RESULT {json}", then it waits for stdin to close so that the harness can read its peak
+// resident set from /proc. Flags mirror the Rust contenders' hidden flags.
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/util/workqueue"
+	"k8s.io/klog/v2"
+)
+
+const (
+	steadyNamespace = "steady"
+	writtenAt       = "bench.reflex.dev/written-at"
+	seqAnnotation   = "bench.reflex.dev/seq"
+	distinctKeys    = 10000
+	bound           = 10 * time.Minute
+)
+
+type params struct {
+	workload   string
+	server     string
+	pods       int
+	namespaces int
+	steadyPods int
+	events     int
+	readMs     int
+	writeRate  int
+	rounds     int
+}
+
+type figures map[string]float64
+
+var out = bufio.NewWriter(os.Stdout)
+
+func main() {
+	var p params
+	flag.StringVar(&p.workload, "workload", "", "sync, steady, workqueue or reads")
+	flag.StringVar(&p.server, "server", "", "fake API server URL")
+	flag.IntVar(&p.pods, "pods", 0, "Pods across the bench-* namespaces")
+	flag.IntVar(&p.namespaces, "namespaces", 0, "number of bench-* namespaces")
+	flag.IntVar(&p.steadyPods, "steady-pods", 0, "Pods in the steady namespace")
+	flag.IntVar(&p.events, "events", 0, "updates the steady-state writer makes")
+	flag.IntVar(&p.readMs, "read-ms", 0, "milliseconds per read phase")
+	flag.IntVar(&p.writeRate, "write-rate", 0, "writes per second during reads")
+	flag.IntVar(&p.rounds, "rounds", 0, "workqueue rounds (the median counts)")
+	flag.Parse()
+	klog.SetOutput(io.Discard)
+	klog.LogToStderr(false)
+
+	var f figures
+	var keep any
+	var err error
+	switch p.workload {
+	case "sync":
+		f, keep, err = initialSync(p)
+	case "steady":
+		f, keep, err = steadyState(p)
+	case "workqueue":
+		f, err = queueThroughput(p)
+	case "reads":
+		f, keep, err = cacheReads(p)
+	default:
+		err = fmt.Errorf("unknown workload %q", p.workload)
+	}
+	if err != nil {
+		fmt.Fprintf(out, "ERROR %s\n", err)
+	} else {
+		b, _ := json.Marshal(f)
+		fmt.Fprintf(out, "RESULT %s\n", b)
+	}
+	out.Flush()
+	// Keep the caches alive until the harness has read VmHWM and closed stdin.
+	_, _ = io.Copy(io.Discard, os.Stdin)
+	_ = keep
+	if err != nil {
+		os.Exit(1)
+	}
+}
+
+func clientset(server string) (*kubernetes.Clientset, error) {
+	// No client-side throttling (QPS < 0), as kube-rs has none: the comparison is of the
+	// machinery, not of a rate limit.
+	return kubernetes.NewForConfig(&rest.Config{Host: server, QPS: -1, ContentConfig: rest.ContentConfig{ContentType: "application/json"}})
+}
+
+func initialSync(p params) (figures, any, error) {
+	cs, err := clientset(p.server)
+	if err != nil {
+		return nil, nil, err
+	}
+	factory := informers.NewSharedInformerFactory(cs, 0)
+	informer := factory.Core().V1().Pods().Informer()
+	stop := make(chan struct{})
+	start := time.Now()
+	factory.Start(stop)
+	ctx, cancel := context.WithTimeout(context.Background(), bound)
+	defer cancel()
+	if !cache.WaitForCacheSync(ctx.Done(), informer.HasSynced) {
+		return nil, nil, fmt.Errorf("not synced within %s", bound)
+	}
+	elapsed := time.Since(start)
+	n := len(informer.GetStore().ListKeys())
+	return figures{"synced_s": elapsed.Seconds(), "objects": float64(n)}, []any{factory, informer, stop}, nil
+}
+
+// recorder keeps the latencies of stamped updates seen by the first handler.
+type recorder struct {
+	mu           sync.Mutex
+	expected     int
+	latencies    []int64
+	firstWritten int64
+	lastSeen     int64
+	sawLast      bool
+	done         chan struct{}
+	closed       bool
+}
+
+func (r *recorder) record(pod *corev1.Pod) {
+	now := time.Now().UnixNano()
+	w, err1 := strconv.ParseInt(pod.Annotations[writtenAt], 10, 64)
+	seq, err2 := strconv.Atoi(pod.Annotations[seqAnnotation])
+	if err1 != nil || err2 != nil {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.latencies) == 0 || w < r.firstWritten {
+		r.firstWritten = w
+	}
+	r.latencies = append(r.latencies, now-w)
+	r.lastSeen = now
+	if seq+1 == r.expected {
+		r.sawLast = true
+	}
+	if (r.sawLast || len(r.latencies) >= r.expected) && !r.closed {
+		r.closed = true
+		close(r.done)
+	}
+}
+
+func (r *recorder) figures() (figures, error) {
+	timedOut := 0.0
+	select {
+	case <-r.done:
+	case <-time.After(5 * time.Minute):
+		timedOut = 1
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := len(r.latencies)
+	if n == 0 {
+		return nil, fmt.Errorf("no stamped event seen")
+	}
+	sort.Slice(r.latencies, func(i, j int) bool { return r.latencies[i] < r.latencies[j] })
+	pct := func(p float64) float64 {
+		i := int(float64(n)*p+0.999999) - 1
+		if i < 0 {
+			i = 0
+		}
+		if i >= n {
+			i = n - 1
+		}
+		return float64(r.latencies[i]) / 1e6
+	}
+	span := float64(r.lastSeen-r.firstWritten) / 1e9
+	eps := 0.0
+	if span > 0 {
+		eps = float64(n) / span
+	}
+	return figures{"events": float64(n), "events_per_s": eps, "p50_ms": pct(0.5), "p99_ms": pct(0.99), "timed_out": timedOut}, nil
+}
+
+func steadyState(p params) (figures, any, error) {
+	cs, err := clientset(p.server)
+	if err != nil {
+		return nil, nil, err
+	}
+	factory := informers.NewSharedInformerFactoryWithOptions(cs, 0, informers.WithNamespace(steadyNamespace))
+	informer := factory.Core().V1().Pods().Informer()
+	queue := workqueue.NewTypedRateLimitingQueue[string](workqueue.DefaultTypedControllerRateLimiter[string]())
+	rec := &recorder{expected: p.events, done: make(chan struct{})}
+	for i := 0; i < 4; i++ {
+		first := i == 0
+		_, err := informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+			AddFunc: func(obj any) {
+				if key, err := cache.MetaNamespaceKeyFunc(obj); err == nil {
+					queue.Add(key)
+				}
+			},
+			UpdateFunc: func(_, obj any) {
+				if first {
+					if pod, ok := obj.(*corev1.Pod); ok {
+						rec.record(pod)
+					}
+				}
+				if key, err := cache.MetaNamespaceKeyFunc(obj); err == nil {
+					queue.Add(key)
+				}
+			},
+		})
+		if err != nil {
+			return nil, nil, err
+		}
+	}
+	go func() {
+		for {
+			key, shutdown := queue.Get()
+			if shutdown {
+				return
+			}
+			queue.Forget(key)
+			queue.Done(key)
+		}
+	}()
+	stop := make(chan struct{})
+	factory.Start(stop)
+	ctx, cancel := context.WithTimeout(context.Background(), bound)
+	defer cancel()
+	if !cache.WaitForCacheSync(ctx.Done(), informer.HasSynced) {
+		return nil, nil, fmt.Errorf("not synced within %s", bound)
+	}
+	fmt.Fprintln(out, "READY")
+	out.Flush()
+	f, err := rec.figures()
+	queue.ShutDown()
+	return f, []any{factory, informer, stop}, err
+}
+
+func keys() []int {
+	ks := make([]int, 0, 2*distinctKeys)
+	for k := 0; k < distinctKeys; k++ {
+		ks = append(ks, k, (k+distinctKeys/2)%distinctKeys)
+	}
+	return ks
+}
+
+func queueRound(ks []int, workers int) (time.Duration, error) {
+	q := workqueue.NewTyped[int]()
+	var handled atomic.Int64
+	var wg sync.WaitGroup
+	start := time.Now()
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				k, shutdown := q.Get()
+				if shutdown {
+					return
+				}
+				_ = k
+				q.Done(k)
+				handled.Add(1)
+			}
+		}()
+	}
+	for _, k := range ks {
+		q.Add(k)
+	}
+	q.ShutDownWithDrain()
+	elapsed := time.Since(start)
+	wg.Wait()
+	if handled.Load() < distinctKeys {
+		return 0, fmt.Errorf("only %d items handled", handled.Load())
+	}
+	return elapsed, nil
+}
+
+func queueThroughput(p params) (figures, error) {
+	ks := keys()
+	f := figures{}
+	rounds := p.rounds
+	if rounds < 1 {
+		rounds = 1
+	}
+	for _, workers := range []int{1, 2, 8} {
+		times := make([]time.Duration, 0, rounds)
+		for r := 0; r < rounds; r++ {
+			t, err := queueRound(ks, workers)
+			if err != nil {
+				return nil, err
+			}
+			times = append(times, t)
+		}
+		sort.Slice(times, func(i, j int) bool { return times[i] < times[j] })
+		f[fmt.Sprintf("w%d_adds_per_s", workers)] = float64(len(ks)) / times[len(times)/2].Seconds()
+	}
+	return f, nil
+}
+
+func spread(i, n int) int {
+	if n == 0 {
+		return 0
+	}
+	return int((uint64(i) * 2654435761) % uint64(n))
+}
+
+// perSecond runs op for ms milliseconds and returns operations per second.
+func perSecond(ms int, op func(int) int) float64 {
+	if ms < 1 {
+		ms = 1
+	}
+	limit := time.Duration(ms) * time.Millisecond
+	start := time.Now()
+	ops, sink := 0, 0
+	for {
+		for j := 0; j < 64; j++ {
+			sink += op(ops)
+			ops++
+		}
+		if time.Since(start) >= limit {
+			break
+		}
+	}
+	_ = sink
+	return float64(ops) / time.Since(start).Seconds()
+}
+
+func cacheReads(p params) (figures, any, error) {
+	cs, err := clientset(p.server)
+	if err != nil {
+		return nil, nil, err
+	}
+	list, err := cs.CoreV1().Pods("").List(context.Background(), metav1.ListOptions{})
+	if err != nil {
+		return nil, nil, err
+	}
+	indexer := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc})
+	pods := make([]*corev1.Pod, len(list.Items))
+	ks := make([]string, len(list.Items))
+	for i := range list.Items {
+		pods[i] = &list.Items[i]
+		if err := indexer.Add(pods[i]); err != nil {
+			return nil, nil, err
+		}
+		ks[i], _ = cache.MetaNamespaceKeyFunc(pods[i])
+	}
+	namespaces := make([]string, 0, p.namespaces)
+	for i := 0; i < p.namespaces || i == 0; i++ {
+		namespaces = append(namespaces, fmt.Sprintf("bench-%03d", i))
+	}
+	var stop atomic.Bool
+	var writes atomic.Int64
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		rate := p.writeRate
+		if rate < 1 {
+			rate = 1
+		}
+		perTick := rate / 100
+		if perTick < 1 {
+			perTick = 1
+		}
+		tick := time.Duration(float64(time.Second) * float64(perTick) / float64(rate))
+		next := time.Now()
+		for i := 0; !stop.Load() && len(pods) > 0; {
+			for j := 0; j < perTick; j++ {
+				pod := pods[i%len(pods)].DeepCopy()
+				pod.ResourceVersion = fmt.Sprintf("w%d", i)
+				_ = indexer.Update(pod)
+				writes.Add(1)
+				i++
+			}
+			next = next.Add(tick)
+			if d := time.Until(next); d > 0 {
+				time.Sleep(d)
+			}
+		}
+	}()
+	gets := perSecond(p.readMs, func(i int) int {
+		if _, ok, _ := indexer.GetByKey(ks[spread(i, len(ks))]); ok {
+			return 1
+		}
+		return 0
+	})
+	lists := perSecond(p.readMs, func(i int) int {
+		objs, _ := indexer.ByIndex(cache.NamespaceIndex, namespaces[i%len(namespaces)])
+		return len(objs)
+	})
+	stop.Store(true)
+	wg.Wait()
+	return figures{"get_per_s": gets, "list_ns_per_s": lists, "writes": float64(writes.Load())}, []any{indexer, pods}, nil
+}

@@ -1,0 +1,321 @@
+//! The contender table: every (workload, contender) the harness runs, in the order of the
+//! printed table. Adding a row (a new store mode, a new peer) is one entry here plus its
+//! function.
+
+use futures::future::BoxFuture;
+
+use crate::Params;
+use crate::protocol::Figures;
+
+/// What a Rust contender returns: its figures and whatever must stay alive (the informer and
+/// its store) while the harness reads the process's peak memory.
+pub type Run = Result<(Figures, Keep), String>;
+
+/// Kept alive until the harness has read the peak memory.
+pub type Keep = Box<dyn std::any::Any + Send>;
+
+/// A Rust contender, run inside a child process on a two-thread tokio runtime.
+pub type RustFn = fn(Params) -> BoxFuture<'static, Run>;
+
+/// The workloads of issue 8.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Workload {
+    /// List and watch N Pods until synced: time and peak memory.
+    Sync,
+    /// Updates streamed at a fixed rate to an informer with 4 handlers enqueueing into a
+    /// rate-limited queue: latency.
+    Steady,
+    /// The same contenders with the updates written as fast as the server takes them: the
+    /// events per second a contender sustains.
+    Burst,
+    /// add/get/done over 10k keys with 50% duplicates at 1, 2 and 8 workers.
+    Workqueue,
+    /// Cache get and list-by-namespace with a concurrent writer.
+    Reads,
+}
+
+/// Whether a figure is better when higher or when lower.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Better {
+    /// Throughputs.
+    Higher,
+    /// Times and memory.
+    Lower,
+}
+
+/// One printed figure of a workload.
+#[derive(Debug, Clone, Copy)]
+pub struct Column {
+    /// Key in the figures.
+    pub key: &'static str,
+    /// Heading.
+    pub label: &'static str,
+    /// Direction.
+    pub better: Better,
+}
+
+const fn col(key: &'static str, label: &'static str, better: Better) -> Column {
+    Column { key, label, better }
+}
+
+impl Workload {
+    /// Every workload, in table order.
+    pub const ALL: [Workload; 5] = [
+        Workload::Sync,
+        Workload::Steady,
+        Workload::Burst,
+        Workload::Workqueue,
+        Workload::Reads,
+    ];
+
+    /// The name used by `--only` and in the child flags.
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Sync => "sync",
+            Workload::Steady => "steady",
+            Workload::Burst => "burst",
+            Workload::Workqueue => "workqueue",
+            Workload::Reads => "reads",
+        }
+    }
+
+    /// Parses a `--only` value.
+    pub fn parse(s: &str) -> Option<Workload> {
+        Workload::ALL.into_iter().find(|w| w.name() == s)
+    }
+
+    /// The figures printed for this workload (peak memory is added to each by the harness).
+    pub fn columns(self) -> &'static [Column] {
+        match self {
+            Workload::Sync => SYNC_COLUMNS,
+            Workload::Steady => STEADY_COLUMNS,
+            Workload::Burst => BURST_COLUMNS,
+            Workload::Workqueue => QUEUE_COLUMNS,
+            Workload::Reads => READ_COLUMNS,
+        }
+    }
+}
+
+const SYNC_COLUMNS: &[Column] = &[
+    col("synced_s", "time to synced (s)", Better::Lower),
+    col("peak_rss_mib", "peak RSS (MiB)", Better::Lower),
+    col("kib_per_object", "KiB/Pod", Better::Lower),
+];
+const STEADY_COLUMNS: &[Column] = &[
+    col("events_per_s", "events/s", Better::Higher),
+    col("p50_ms", "p50 (ms)", Better::Lower),
+    col("p99_ms", "p99 (ms)", Better::Lower),
+];
+const BURST_COLUMNS: &[Column] = &[
+    col("events_per_s", "events/s", Better::Higher),
+    col("writer_per_s", "writer writes/s", Better::Higher),
+    col("events", "events seen", Better::Higher),
+];
+const QUEUE_COLUMNS: &[Column] = &[
+    col("w1_adds_per_s", "1 worker (adds/s)", Better::Higher),
+    col("w2_adds_per_s", "2 workers", Better::Higher),
+    col("w8_adds_per_s", "8 workers", Better::Higher),
+];
+const READ_COLUMNS: &[Column] = &[
+    col("get_per_s", "get/s", Better::Higher),
+    col("list_ns_per_s", "list by namespace/s", Better::Higher),
+];
+
+/// How a contender runs.
+#[derive(Clone, Copy)]
+pub enum Runner {
+    /// This binary, re-executed with `--contender`.
+    Rust(RustFn),
+    /// The client-go peer binary, with `--workload`.
+    Go,
+}
+
+/// One row of the table.
+#[derive(Clone, Copy)]
+pub struct Contender {
+    /// Workload.
+    pub workload: Workload,
+    /// Name, unique within the workload.
+    pub name: &'static str,
+    /// The row the ratios are taken against (one per workload).
+    pub reference: bool,
+    /// How it runs.
+    pub runner: Runner,
+    /// One line on what exactly runs.
+    pub about: &'static str,
+}
+
+impl std::fmt::Debug for Contender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.id())
+    }
+}
+
+impl Contender {
+    /// `workload/name`, the value of the hidden `--contender` flag.
+    pub fn id(&self) -> String {
+        format!("{}/{}", self.workload.name(), self.name)
+    }
+}
+
+macro_rules! rust {
+    ($f:expr) => {
+        Runner::Rust(|p| Box::pin($f(p)))
+    };
+}
+
+/// The table. Issue 9's store modes ("projected", "compact") are further `Sync` rows.
+pub static CONTENDERS: &[Contender] = &[
+    Contender {
+        workload: Workload::Sync,
+        name: "server floor (pages of 500)",
+        reference: false,
+        runner: rust!(crate::sync::server_floor_paged),
+        about: "the fake server's list in pages of 500 to a client that discards the bytes",
+    },
+    Contender {
+        workload: Workload::Sync,
+        name: "server floor (one list)",
+        reference: false,
+        runner: rust!(crate::sync::server_floor_whole),
+        about: "the fake server's whole list in one response to a client that discards the bytes",
+    },
+    Contender {
+        workload: Workload::Sync,
+        name: "serde_json decode (floor)",
+        reference: false,
+        runner: rust!(crate::sync::decode_floor),
+        about: "serde_json into k8s_openapi Pods, pages of 500, only decode time counted",
+    },
+    Contender {
+        workload: Workload::Sync,
+        name: "reflex",
+        reference: true,
+        runner: rust!(crate::sync::reflex_default),
+        about: "factory informer, managedFields skipped while parsing (the default)",
+    },
+    Contender {
+        workload: Workload::Sync,
+        name: "reflex, managedFields kept",
+        reference: false,
+        runner: rust!(crate::sync::reflex_full),
+        about: "factory informer with DecodeOptions::full()",
+    },
+    Contender {
+        workload: Workload::Sync,
+        name: "reflex, transform drops managedFields",
+        reference: false,
+        runner: rust!(crate::sync::reflex_transform),
+        about: "full decode, then a transform clearing managedFields before the store",
+    },
+    Contender {
+        workload: Workload::Sync,
+        name: "reflex, metadata-only",
+        reference: false,
+        runner: rust!(crate::sync::reflex_metadata),
+        about: "metadata_informer::<Pod>() (PartialObjectMeta)",
+    },
+    Contender {
+        workload: Workload::Sync,
+        name: "kube-runtime reflector",
+        reference: false,
+        runner: rust!(crate::sync::kube_runtime),
+        about: "kube_runtime::reflector(store, watcher(Api::all, Config::default()))",
+    },
+    Contender {
+        workload: Workload::Sync,
+        name: "client-go informer",
+        reference: false,
+        runner: Runner::Go,
+        about: "SharedInformerFactory Pod informer, WaitForCacheSync",
+    },
+    Contender {
+        workload: Workload::Steady,
+        name: "reflex",
+        reference: true,
+        runner: rust!(crate::steady::reflex),
+        about: "informer, 4 handlers adding keys to a RateLimitingQueue, 1 worker draining it",
+    },
+    Contender {
+        workload: Workload::Steady,
+        name: "kube-runtime Controller",
+        reference: false,
+        runner: rust!(crate::steady::kube_runtime),
+        about: "Controller::new(Api::namespaced).run: latency at reconcile (its trigger path)",
+    },
+    Contender {
+        workload: Workload::Steady,
+        name: "client-go informer",
+        reference: false,
+        runner: Runner::Go,
+        about: "informer, 4 handlers adding keys to a TypedRateLimitingQueue, 1 worker",
+    },
+    Contender {
+        workload: Workload::Burst,
+        name: "reflex",
+        reference: true,
+        runner: rust!(crate::steady::reflex),
+        about: "as in steady, updates written unpaced",
+    },
+    Contender {
+        workload: Workload::Burst,
+        name: "kube-runtime Controller",
+        reference: false,
+        runner: rust!(crate::steady::kube_runtime),
+        about: "as in steady, updates written unpaced (reconciles coalesce updates)",
+    },
+    Contender {
+        workload: Workload::Burst,
+        name: "client-go informer",
+        reference: false,
+        runner: Runner::Go,
+        about: "as in steady, updates written unpaced",
+    },
+    Contender {
+        workload: Workload::Workqueue,
+        name: "reflex Queue",
+        reference: true,
+        runner: rust!(crate::queue::reflex),
+        about: "reflex_workqueue::Queue, worker tasks on 2 threads",
+    },
+    Contender {
+        workload: Workload::Workqueue,
+        name: "kube-runtime scheduler",
+        reference: false,
+        runner: rust!(crate::queue::kube_runtime),
+        about: "kube_runtime::scheduler fed every add, one consumer (no workers: 1 only)",
+    },
+    Contender {
+        workload: Workload::Workqueue,
+        name: "client-go workqueue",
+        reference: false,
+        runner: Runner::Go,
+        about: "workqueue.NewTyped[int], worker goroutines, GOMAXPROCS=2",
+    },
+    Contender {
+        workload: Workload::Reads,
+        name: "reflex Indexer",
+        reference: true,
+        runner: rust!(crate::reads::reflex),
+        about: "Indexer get_by_key and by_index(namespace)",
+    },
+    Contender {
+        workload: Workload::Reads,
+        name: "kube-runtime Store",
+        reference: false,
+        runner: rust!(crate::reads::kube_runtime),
+        about: "Store::get and state_filter by namespace (a scan)",
+    },
+    Contender {
+        workload: Workload::Reads,
+        name: "client-go indexer",
+        reference: false,
+        runner: Runner::Go,
+        about: "cache.NewIndexer GetByKey and ByIndex(namespace)",
+    },
+];
+
+/// The contender with this `workload/name` id.
+pub fn find(id: &str) -> Option<&'static Contender> {
+    CONTENDERS.iter().find(|c| c.id() == id)
+}

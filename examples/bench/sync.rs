@@ -1,0 +1,301 @@
+//! Initial sync of N Pods: Reflex's informer in several modes, kube-runtime's reflector, and the
+//! floors (the server serving the list, serde_json decoding it). Each runs in its own process;
+//! the time counts from the first request to synced, the peak memory is read by the harness.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::core::ObjectList;
+use reflex_informer::decode::DecodeOptions;
+use reflex_informer::factory::{FactoryOptions, SharedInformerFactory};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::Params;
+use crate::contenders::{Keep, Run};
+use crate::protocol::Figures;
+
+/// How long any contender may take to sync before it is reported as failed.
+const SYNC_BOUND: Duration = Duration::from_secs(600);
+/// The page size every contender uses (client-go's and kube-runtime's default).
+const PAGE: usize = 500;
+
+/// A kube client for the fake server's URL.
+pub fn client(server: &str) -> Result<kube::Client, String> {
+    let uri = server
+        .parse()
+        .map_err(|e| format!("server url {server:?}: {e}"))?;
+    kube::Client::try_from(kube::Config::new(uri)).map_err(|e| format!("kube client: {e}"))
+}
+
+fn figures(synced: Duration, objects: usize) -> Figures {
+    Figures::from([
+        ("synced_s".to_string(), synced.as_secs_f64()),
+        ("objects".to_string(), objects as f64),
+    ])
+}
+
+/// Reflex's default: managedFields skipped while parsing.
+pub async fn reflex_default(p: Params) -> Run {
+    reflex(p, DecodeOptions::default(), false).await
+}
+
+/// Reflex keeping managedFields.
+pub async fn reflex_full(p: Params) -> Run {
+    reflex(p, DecodeOptions::full(), false).await
+}
+
+/// Reflex decoding everything, then a transform dropping managedFields (client-go's way).
+pub async fn reflex_transform(p: Params) -> Run {
+    reflex(p, DecodeOptions::full(), true).await
+}
+
+async fn reflex(p: Params, decode: DecodeOptions, transform: bool) -> Run {
+    let factory = SharedInformerFactory::new(
+        client(&p.server)?,
+        FactoryOptions {
+            decode,
+            ..FactoryOptions::default()
+        },
+    );
+    if transform {
+        factory.set_transform::<Pod>(Arc::new(|pod: Arc<Pod>| {
+            let mut pod = Arc::unwrap_or_clone(pod);
+            pod.metadata.managed_fields = None;
+            Arc::new(pod)
+        }));
+    }
+    let informer = factory.informer::<Pod>();
+    let start = Instant::now();
+    factory.start();
+    wait_synced(&factory).await?;
+    let synced = start.elapsed();
+    let count = informer.indexer().len();
+    Ok((
+        figures(synced, count),
+        Box::new((factory, informer)) as Keep,
+    ))
+}
+
+/// Reflex's metadata-only informer.
+pub async fn reflex_metadata(p: Params) -> Run {
+    let factory = SharedInformerFactory::new(client(&p.server)?, FactoryOptions::default());
+    let informer = factory.metadata_informer::<Pod>();
+    let start = Instant::now();
+    factory.start();
+    wait_synced(&factory).await?;
+    let synced = start.elapsed();
+    let count = informer.indexer().len();
+    Ok((
+        figures(synced, count),
+        Box::new((factory, informer)) as Keep,
+    ))
+}
+
+async fn wait_synced(factory: &SharedInformerFactory) -> Result<(), String> {
+    let synced = factory.wait_for_cache_sync(Some(SYNC_BOUND)).await;
+    if synced.values().all(|s| *s) {
+        Ok(())
+    } else {
+        Err(format!("not synced within {SYNC_BOUND:?}: {synced:?}"))
+    }
+}
+
+/// kube-runtime's reflector over its watcher, with the default configuration.
+pub async fn kube_runtime(p: Params) -> Run {
+    use kube_runtime::WatchStreamExt;
+    use kube_runtime::{reflector, watcher};
+    let api: kube::Api<Pod> = kube::Api::all(client(&p.server)?);
+    let (reader, writer) = reflector::store::<Pod>();
+    let start = Instant::now();
+    let stream = reflector(writer, watcher(api, watcher::Config::default())).default_backoff();
+    let task = tokio::spawn(stream.for_each(|_| futures::future::ready(())));
+    tokio::time::timeout(SYNC_BOUND, reader.wait_until_ready())
+        .await
+        .map_err(|_| format!("not ready within {SYNC_BOUND:?}"))?
+        .map_err(|e| format!("reflector: {e}"))?;
+    let synced = start.elapsed();
+    let count = reader.len();
+    Ok((
+        figures(synced, count),
+        Box::new((reader, AbortOnDrop(task))) as Keep,
+    ))
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The server's list in pages, to a client that only counts the bytes.
+pub async fn server_floor_paged(p: Params) -> Run {
+    let start = Instant::now();
+    let mut token = String::new();
+    let mut bytes = 0_u64;
+    let mut pages = 0_u64;
+    loop {
+        let path = page_path(&token);
+        let tail = get(&p.server, &path, Body::Discard).await?;
+        bytes += tail.len;
+        pages += 1;
+        match continue_token(&tail.tail) {
+            Some(t) => token = t,
+            None => break,
+        }
+    }
+    let elapsed = start.elapsed();
+    let mut f = figures(elapsed, p.pods + p.steady_pods);
+    f.insert("bytes".into(), bytes as f64);
+    f.insert("pages".into(), pages as f64);
+    Ok((f, Box::new(()) as Keep))
+}
+
+/// The server's whole list in one response, to a client that only counts the bytes.
+pub async fn server_floor_whole(p: Params) -> Run {
+    let start = Instant::now();
+    let got = get(&p.server, "/api/v1/pods", Body::Discard).await?;
+    let elapsed = start.elapsed();
+    let mut f = figures(elapsed, p.pods + p.steady_pods);
+    f.insert("bytes".into(), got.len as f64);
+    Ok((f, Box::new(()) as Keep))
+}
+
+/// serde_json decoding of the same pages into `k8s_openapi` Pods; only decoding is timed.
+pub async fn decode_floor(p: Params) -> Run {
+    let mut pods: Vec<Pod> = Vec::with_capacity(p.pods);
+    let mut token = String::new();
+    let mut decoding = Duration::ZERO;
+    loop {
+        let page = get(&p.server, &page_path(&token), Body::Keep).await?;
+        let start = Instant::now();
+        let list: ObjectList<Pod> =
+            serde_json::from_slice(&page.body).map_err(|e| format!("decoding a page: {e}"))?;
+        decoding += start.elapsed();
+        drop(page);
+        pods.extend(list.items);
+        match list.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(t) => token = t,
+            None => break,
+        }
+    }
+    let count = pods.len();
+    Ok((figures(decoding, count), Box::new(pods) as Keep))
+}
+
+fn page_path(token: &str) -> String {
+    if token.is_empty() {
+        format!("/api/v1/pods?limit={PAGE}&resourceVersion=0")
+    } else {
+        format!("/api/v1/pods?limit={PAGE}&continue={token}")
+    }
+}
+
+/// What to do with a response body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Body {
+    /// Keep it all.
+    Keep,
+    /// Count it, keep the last few KiB (where a list's continue token is).
+    Discard,
+}
+
+/// A response read by [`get`].
+pub struct Got {
+    /// Body length.
+    pub len: u64,
+    /// The body (with [`Body::Keep`]).
+    pub body: Vec<u8>,
+    /// The end of the body.
+    pub tail: Vec<u8>,
+}
+
+const TAIL: usize = 4096;
+
+/// A plain HTTP/1.1 GET with `Connection: close` on a fresh loopback connection: the least a
+/// client can do with a response.
+pub async fn get(server: &str, path: &str, body: Body) -> Result<Got, String> {
+    let authority = server
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("not an http:// url: {server}"))?
+        .trim_end_matches('/');
+    let mut stream = tokio::net::TcpStream::connect(authority)
+        .await
+        .map_err(|e| format!("connecting to {authority}: {e}"))?;
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| format!("writing the request: {e}"))?;
+    let mut buf = vec![0_u8; 256 * 1024];
+    let mut head = Vec::new();
+    let mut got = Got {
+        len: 0,
+        body: Vec::new(),
+        tail: Vec::new(),
+    };
+    let mut in_body = false;
+    loop {
+        let n = stream
+            .read(&mut buf)
+            .await
+            .map_err(|e| format!("reading the response: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        let mut chunk = &buf[..n];
+        if !in_body {
+            head.extend_from_slice(chunk);
+            let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") else {
+                continue;
+            };
+            let text = String::from_utf8_lossy(&head[..end]).to_string();
+            if !text.starts_with("HTTP/1.1 200") {
+                return Err(format!("GET {path}: {}", text.lines().next().unwrap_or("")));
+            }
+            if text
+                .to_ascii_lowercase()
+                .contains("transfer-encoding: chunked")
+            {
+                return Err(format!("GET {path}: chunked responses are not handled"));
+            }
+            let rest = head.split_off(end + 4);
+            in_body = true;
+            take(&mut got, &rest, body);
+            continue;
+        }
+        take(&mut got, std::mem::take(&mut chunk), body);
+    }
+    if !in_body {
+        return Err(format!(
+            "GET {path}: the connection closed before a response"
+        ));
+    }
+    Ok(got)
+}
+
+fn take(got: &mut Got, chunk: &[u8], body: Body) {
+    got.len += chunk.len() as u64;
+    if body == Body::Keep {
+        got.body.extend_from_slice(chunk);
+    }
+    got.tail.extend_from_slice(chunk);
+    if got.tail.len() > 2 * TAIL {
+        got.tail.drain(..got.tail.len() - TAIL);
+    }
+}
+
+/// The `metadata.continue` of a list whose end is `tail` (serde_json writes `metadata` after
+/// `items`, so it is at the end).
+fn continue_token(tail: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(tail);
+    let at = text.rfind("\"continue\":\"")? + "\"continue\":\"".len();
+    let end = text[at..].find('"')?;
+    Some(text[at..at + end].to_string()).filter(|t| !t.is_empty())
+}
