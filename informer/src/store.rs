@@ -24,6 +24,36 @@
 //! against about 9 µs with the read-write lock. Writes are bounded by the watch rate (thousands
 //! per second at most), reads by the number of workers, so the read side is the one to protect.
 //!
+//! # Compact mode
+//!
+//! A decoded `k8s_openapi` Pod takes far more memory than its JSON (a realistic Pod is about
+//! 5 KB of JSON and well over 10 KiB decoded, strings, maps and vectors each in their own
+//! allocation). A store built with [`Indexer::compact`] keeps each object as its JSON,
+//! LZ4-compressed by default ([`CompactOptions`]), and decodes it when it is read:
+//!
+//! - Index values are computed at insert, from the object being written, so `by_index`,
+//!   `index_keys` and `list_index_values` cost what they cost in a normal store; only the
+//!   objects returned are decoded.
+//! - A small CLOCK cache of decoded objects ([`CompactOptions::cache_capacity`], default 256)
+//!   holds the most recently written and read ones: a controller that reads the object its
+//!   handler was just told about gets the very `Arc` the handler got, without decoding.
+//! - Handlers still receive the decoded `Arc<K>` of each event; the `old` of an update is taken
+//!   from the cache or decoded.
+//! - Reads that scan (`list`, a lister's `list` with a selector, `by_index` of a large value,
+//!   the initial `on_add` of a late handler, resyncs, [`Indexer::add_indexer`] after start)
+//!   decode every object they return: tens of microseconds per Pod, without filling the cache.
+//! - `K` must round-trip through JSON (`Serialize` then `Deserialize` gives the same value), as
+//!   Kubernetes types and derived projections do. An object that cannot be encoded is a
+//!   [`StoreError::Encode`]; one that cannot be decoded reads as absent, is logged and counted
+//!   ([`Indexer::decode_failures`]).
+//!
+//! Use it for large caches read mostly by key or through indexes (a controller over every Pod
+//! of a big cluster), where memory matters more than the microseconds of a decode. Keep the
+//! normal store where lists and selectors over the whole cache are frequent, or where
+//! `Arc::ptr_eq` identity across reads matters. The figures (resident bytes per Pod, `get`
+//! latency) are printed by `cargo run --release -p reflex-informer --example store_memory --
+//! compact 100000`; see the CHANGELOG for the ones measured here.
+//!
 //! # Contract
 //!
 //! - Objects are stored as `Arc<K>` and handed out as clones of that `Arc`: nothing is deep-cloned.
