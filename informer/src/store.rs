@@ -941,3 +941,49 @@ where
         self.shared.current.load().index(name, obj)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cache(capacity: usize) -> DecodedCache<u32> {
+        DecodedCache {
+            capacity,
+            entries: HashMap::new(),
+            order: VecDeque::new(),
+        }
+    }
+
+    #[test]
+    fn decoded_cache_gives_a_read_entry_a_second_chance_and_evicts_the_unread() {
+        let mut c = cache(2);
+        c.insert(1, Arc::new(10));
+        c.insert(2, Arc::new(20));
+        assert_eq!(c.get(1).as_deref(), Some(&10), "1 is now referenced");
+        c.insert(3, Arc::new(30));
+        assert!(c.peek(2).is_none(), "2 was never read: evicted first");
+        assert_eq!(c.peek(1).as_deref(), Some(&10));
+        assert_eq!(c.peek(3).as_deref(), Some(&30));
+        c.insert(4, Arc::new(40));
+        assert!(c.peek(1).is_none(), "1 used its second chance");
+        assert_eq!(c.entries.len(), 2);
+    }
+
+    #[test]
+    fn decoded_cache_of_capacity_zero_keeps_nothing_and_forget_bounds_the_order() {
+        let mut c = cache(0);
+        c.insert(1, Arc::new(1));
+        assert!(c.peek(1).is_none());
+        let mut c = cache(4);
+        for id in 0..1000 {
+            c.insert(id, Arc::new(id as u32));
+            assert_eq!(c.forget(id).as_deref(), Some(&(id as u32)));
+        }
+        assert!(c.entries.is_empty());
+        assert!(
+            c.order.len() <= 2 * 16 + 1,
+            "order holds {} ids",
+            c.order.len()
+        );
+    }
+}
