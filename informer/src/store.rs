@@ -50,9 +50,19 @@
 //! Use it for large caches read mostly by key or through indexes (a controller over every Pod
 //! of a big cluster), where memory matters more than the microseconds of a decode. Keep the
 //! normal store where lists and selectors over the whole cache are frequent, or where
-//! `Arc::ptr_eq` identity across reads matters. The figures (resident bytes per Pod, `get`
-//! latency) are printed by `cargo run --release -p reflex-informer --example store_memory --
-//! compact 100000`; see the CHANGELOG for the ones measured here.
+//! `Arc::ptr_eq` identity across reads matters.
+//!
+//! Measured with `cargo run --release -p reflex-informer --example store_memory -- <mode> 100000`
+//! (100,000 generated Pods of 5.3 KB JSON each, one mode per process, resident set before and
+//! after building the store, 100,000 random `get_by_key` reads; 2 shared cores, so the tails are
+//! noisy):
+//!
+//! | store | resident per Pod | `get` p50 | `get` p99 |
+//! |---|---|---|---|
+//! | typed `Pod`, managedFields skipped while parsing | 25.3 KiB | 1.4 µs | 2.5 µs |
+//! | typed `Pod`, managedFields kept | 43.3 KiB | 1.7 µs | 2.7 µs |
+//! | compact, LZ4 (2.2 KB packed per Pod) | 3.1 KiB | 55 µs | 140 µs |
+//! | compact, plain JSON (3.5 KB per Pod) | 4.3 KiB | 49 µs | 135 µs |
 //!
 //! # Contract
 //!
