@@ -8,7 +8,10 @@
 //! `<mode>` is one of `typed` (typed Pods, managedFields skipped while parsing: the factory's
 //! `informer::<Pod>()`), `typed-keep` (managedFields kept: `FactoryOptions::decode =
 //! DecodeOptions::full()`), `projected` (`projected_informer::<Pod, PodPlacement>()`), `metadata`
-//! (`metadata_informer::<Pod>()`), `compact` (`compact_informer::<Pod>()`, LZ4) and
+//! (`metadata_informer::<Pod>()`), `metadata-lean` (metadata-only, also skipping the
+//! `kubectl.kubernetes.io/last-applied-configuration` annotation through `FactoryOptions::decode`),
+//! `metadata-compact` (metadata-only objects in a compact store: `Indexer::compact` under
+//! `SharedIndexInformer::with_indexer`), `compact` (`compact_informer::<Pod>()`, LZ4) and
 //! `compact-json` (compact without compression). `[pods]` defaults to 10,000.
 //!
 //! The program generates realistic Pods (labels, annotations, owner references, containers,
@@ -32,7 +35,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::PartialObjectMeta;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use reflex_informer::decode::{DecodeOptions, Decoder};
+use reflex_informer::decode::{DecodeOptions, Decoder, SkipPath};
 use reflex_informer::key::ObjectKey;
 use reflex_informer::lister::Lister;
 use reflex_informer::store::{CompactOptions, Indexer};
@@ -184,6 +187,25 @@ fn run(mode: &str, pods: usize) -> Result<(), String> {
         ),
         "projected" => report(mode, pods, &skip, Indexer::<PodPlacement>::new()),
         "metadata" => report(mode, pods, &skip, Indexer::<PartialObjectMeta<Pod>>::new()),
+        "metadata-lean" => report(
+            mode,
+            pods,
+            &Decoder::new(
+                &DecodeOptions::default().skip(
+                    SkipPath::pointer(
+                        "/metadata/annotations/kubectl.kubernetes.io~1last-applied-configuration",
+                    )
+                    .map_err(|e| e.to_string())?,
+                ),
+            ),
+            Indexer::<PartialObjectMeta<Pod>>::new(),
+        ),
+        "metadata-compact" => report(
+            mode,
+            pods,
+            &skip,
+            Indexer::<PartialObjectMeta<Pod>>::compact(CompactOptions::default()),
+        ),
         "compact" => report(
             mode,
             pods,
@@ -200,7 +222,8 @@ fn run(mode: &str, pods: usize) -> Result<(), String> {
             }),
         ),
         other => Err(format!(
-            "unknown mode {other:?}: typed, typed-keep, projected, metadata, compact, compact-json"
+            "unknown mode {other:?}: typed, typed-keep, projected, metadata, metadata-lean, \
+             metadata-compact, compact, compact-json"
         )),
     }
 }
