@@ -1,69 +1,15 @@
 //! Smoke tests for the examples: each one runs the built example binary in its embedded mode (no
 //! cluster) with a deterministic exit condition and checks what it printed.
 //!
-//! `cargo test` builds the examples before running integration tests, into
-//! `<target>/<profile>/examples/<name>`; this test binary lives in `<target>/<profile>/deps`, so the
-//! examples are found next to it. Running the binaries (rather than `cargo run --example`) keeps
-//! these tests fast and free of cargo locks.
+//! The binaries are found beside the test binary (see `support`).
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+mod support;
 
-/// The built example `name`, beside this test binary.
-fn example_binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("the test binary knows its own path");
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("test binaries live in <target>/<profile>/deps");
-    let path = profile_dir
-        .join("examples")
-        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        path.exists(),
-        "example binary {} is missing: run through `cargo test`, which builds the examples",
-        path.display()
-    );
-    path
-}
+use std::time::Duration;
 
-/// Runs the example with `args`, killing it after `limit` (a hung example fails the test instead
-/// of hanging it). Returns its output once it exited.
-fn run_example(name: &str, args: &[&str], limit: Duration) -> Output {
-    let mut child = Command::new(example_binary(name))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("the example starts");
-    let started = Instant::now();
-    loop {
-        if child.try_wait().expect("can poll the example").is_some() {
-            break;
-        }
-        if started.elapsed() > limit {
-            let _ = child.kill();
-            let output = child.wait_with_output().expect("collect output");
-            panic!(
-                "{name} did not exit within {limit:?}\nstdout:\n{}\nstderr:\n{}",
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let output = child.wait_with_output().expect("collect output");
-    assert!(
-        output.status.success(),
-        "{name} failed with {}\nstdout:\n{}\nstderr:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
-}
+use std::process::Command;
+
+use support::{LiveExample, example_binary, http_get, run_example};
 
 /// The value of a `| name | value |` row in the last metrics table printed.
 fn last_table_value(stdout: &str, metric: &str) -> Option<String> {
@@ -402,6 +348,13 @@ fn assert_sample_controller_converged(stdout: &str) {
         [["default/example-foo", "example-foo", "3", "3"]],
         "{stdout}"
     );
+    // The deleted Foo's Deployment was collected, and not recreated from a stale cache.
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l == "deployments in the cache: default/example-foo"),
+        "{stdout}"
+    );
     let events = stdout
         .lines()
         .find_map(|l| l.strip_prefix("events recorded: "))
@@ -445,4 +398,75 @@ fn sample_controller_reconciles_only_after_winning_the_lease_with_leader_electio
     let created = stdout.find("created deployment").expect("reconciles");
     assert!(campaign < leading && leading < created, "{stdout}");
     assert_sample_controller_converged(&stdout);
+}
+
+#[test]
+fn sample_controller_serves_metrics_and_readiness_of_its_controller_queue_and_informers() {
+    let mut example = LiveExample::start(
+        "sample-controller",
+        &["--metrics-addr", "127.0.0.1:0", "--interval-ms", "150"],
+    );
+    let limit = Duration::from_secs(90);
+    let serving = example.wait_for("the metrics address", limit, |l| {
+        l.starts_with("serving /metrics")
+    });
+    let addr = serving
+        .rsplit("http://")
+        .next()
+        .expect("an address")
+        .to_owned();
+    example.wait_for("convergence", limit, |l| l == "converged");
+    let (code, readyz) = http_get(&addr, "/readyz");
+    assert_eq!(code, 200, "{readyz}");
+    assert!(readyz.contains("[+]foos ok"), "{readyz}");
+    let (code, metrics) = http_get(&addr, "/metrics");
+    assert_eq!(code, 200);
+    let value = |series: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
+    };
+    // Two Foos were created, scaled and deleted: every reconcile succeeded.
+    assert!(
+        value(
+            r#"controller_runtime_reconcile_total{controller="sample-controller",result="success"}"#
+        ) >= 5.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        value(r#"controller_runtime_reconcile_errors_total{controller="sample-controller"}"#),
+        0.0
+    );
+    assert_eq!(
+        value(r#"controller_runtime_max_concurrent_reconciles{controller="sample-controller"}"#),
+        2.0
+    );
+    assert!(
+        value(r#"workqueue_adds_total{name="sample-controller"}"#) >= 5.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        value(r#"reflex_informer_synced{resource="foos.samplecontroller.k8s.io"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(
+            r#"reflex_informer_events_total{resource="foos.samplecontroller.k8s.io",event="add"}"#
+        ),
+        2.0
+    );
+    assert_eq!(
+        value(
+            r#"reflex_informer_events_total{resource="foos.samplecontroller.k8s.io",event="delete"}"#
+        ),
+        1.0
+    );
+    example.interrupt();
+    let lines = example.finish(limit);
+    assert!(
+        lines.iter().any(|l| l == "interrupted"),
+        "{}",
+        lines.join("\n")
+    );
 }

@@ -17,8 +17,11 @@
 //! cargo run --example dynamic-watch -- --cluster --resource pods --index-label app
 //! ```
 
+#[allow(dead_code, reason = "shared by all examples; each uses part of it")]
+#[path = "../common/mod.rs"]
+mod common;
+
 use std::fmt::Write as _;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,7 +35,6 @@ use reflex::informer::informer::{InformerOptions, SharedIndexInformer};
 use reflex::informer::processor::handler_fn;
 use reflex::informer::source::ListWatch;
 use reflex::informer::store::Indexer;
-use reflex_testing::FakeApiServer;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -58,12 +60,8 @@ struct Args {
     /// Do not print the discovery table.
     #[arg(long)]
     no_discovery: bool,
-    /// Use this kubeconfig instead of the embedded fake API server.
-    #[arg(long, conflicts_with = "cluster")]
-    kubeconfig: Option<PathBuf>,
-    /// Use the cluster found by `kube::Config::infer` (KUBECONFIG, ~/.kube/config, in-cluster).
-    #[arg(long)]
-    cluster: bool,
+    #[command(flatten)]
+    cluster: common::ClusterArgs,
     /// Embedded mode: milliseconds between two steps of the workload.
     #[arg(long, default_value_t = 700)]
     interval_ms: u64,
@@ -81,18 +79,12 @@ struct Args {
 /// Why dynamic-watch could not run.
 #[derive(Debug, thiserror::Error)]
 enum DynamicWatchError {
-    /// The kubeconfig could not be read or used.
-    #[error("cannot use kubeconfig {0}")]
-    Kubeconfig(PathBuf, #[source] kube::config::KubeconfigError),
-    /// No cluster configuration was found.
-    #[error("cannot infer a cluster configuration")]
-    Infer(#[source] kube::config::InferConfigError),
-    /// The client could not be built.
-    #[error("cannot build a Kubernetes client")]
-    Client(#[source] kube::Error),
-    /// The embedded API server did not start.
-    #[error("cannot start the embedded API server")]
-    Fake(#[source] reflex_testing::FakeError),
+    /// No API server could be reached.
+    #[error(transparent)]
+    Connect(#[from] common::ConnectError),
+    /// The embedded API server refused the demo CRD.
+    #[error("cannot register the demo CRD")]
+    Crd(#[source] reflex_testing::FakeError),
     /// Seeding the embedded API server failed.
     #[error("cannot seed {0}")]
     Seed(String, #[source] kube::Error),
@@ -189,7 +181,10 @@ fn deployment(namespace: &str, name: &str, team: &str, replicas: i32) -> Deploym
     .expect("a literal deployment is a valid Deployment")
 }
 
-async fn seed(server: &FakeApiServer, client: &kube::Client) -> Result<(), DynamicWatchError> {
+async fn seed(
+    server: &reflex_testing::FakeApiServer,
+    client: &kube::Client,
+) -> Result<(), DynamicWatchError> {
     let namespaces: Api<Namespace> = Api::all(client.clone());
     for ns in ["shop", "search", "platform"] {
         let obj: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}}))
@@ -229,7 +224,7 @@ async fn seed(server: &FakeApiServer, client: &kube::Client) -> Result<(), Dynam
                               "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]
             }
         }))
-        .map_err(DynamicWatchError::Fake)?;
+        .map_err(DynamicWatchError::Crd)?;
     let ar = ApiResource {
         group: "demo.reflex.dev".into(),
         version: "v1".into(),
@@ -319,37 +314,6 @@ async fn workload(
     }
 }
 
-async fn client_for(
-    args: &Args,
-) -> Result<(kube::Client, Option<FakeApiServer>), DynamicWatchError> {
-    if let Some(path) = &args.kubeconfig {
-        let kubeconfig = kube::config::Kubeconfig::read_from(path)
-            .map_err(|e| DynamicWatchError::Kubeconfig(path.clone(), e))?;
-        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-            .await
-            .map_err(|e| DynamicWatchError::Kubeconfig(path.clone(), e))?;
-        let client = kube::Client::try_from(config).map_err(DynamicWatchError::Client)?;
-        return Ok((client, None));
-    }
-    if args.cluster {
-        let config = kube::Config::infer()
-            .await
-            .map_err(DynamicWatchError::Infer)?;
-        let client = kube::Client::try_from(config).map_err(DynamicWatchError::Client)?;
-        return Ok((client, None));
-    }
-    let server = FakeApiServer::start()
-        .await
-        .map_err(DynamicWatchError::Fake)?;
-    let client = server.client().map_err(DynamicWatchError::Fake)?;
-    println!(
-        "embedded API server at {} (no cluster needed; --kubeconfig or --cluster for a real one)",
-        server.url()
-    );
-    seed(&server, &client).await?;
-    Ok((client, Some(server)))
-}
-
 /// `label: value=count ...` from the informer's index.
 fn index_summary(indexer: &Indexer<DynamicObject>, label: &str) -> String {
     let mut out = format!("  index {label}:");
@@ -366,7 +330,11 @@ fn index_summary(indexer: &Indexer<DynamicObject>, label: &str) -> String {
 
 async fn run(args: Args) -> Result<(), DynamicWatchError> {
     let shutdown = reflex::runtime::signal::shutdown_token().map_err(DynamicWatchError::Signal)?;
-    let (client, server) = client_for(&args).await?;
+    let conn = common::connect(&args.cluster).await?;
+    let client = conn.client.clone();
+    if let Some(server) = &conn.server {
+        seed(server, &client).await?;
+    }
 
     let discovery = Discovery::new(client.clone())
         .run()
@@ -440,12 +408,7 @@ async fn run(args: Args) -> Result<(), DynamicWatchError> {
         let stop = stop.clone();
         async move { informer.run(stop).await }
     });
-    let deadline = async {
-        match args.exit_after {
-            Some(secs) => tokio::time::sleep(Duration::from_secs(secs)).await,
-            None => std::future::pending().await,
-        }
-    };
+    let deadline = common::deadline(args.exit_after);
     tokio::pin!(deadline);
     let synced = tokio::select! {
         synced = informer.wait_for_sync() => synced,
@@ -462,7 +425,7 @@ async fn run(args: Args) -> Result<(), DynamicWatchError> {
             informer.indexer().len()
         );
         println!("{}", index_summary(informer.indexer(), &args.index_label));
-        if server.is_some() {
+        if conn.is_embedded() {
             workload_task = Some(tokio::spawn(workload(
                 client.clone(),
                 Duration::from_millis(args.interval_ms),
@@ -494,31 +457,12 @@ async fn run(args: Args) -> Result<(), DynamicWatchError> {
         "{seen} changes seen; final {}",
         index_summary(informer.indexer(), &args.index_label).trim_start()
     );
-    if let Some(server) = server {
-        server.shutdown().await;
-    }
+    conn.shutdown().await;
     Ok(())
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match run(Args::parse()).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            let mut source = std::error::Error::source(&e);
-            while let Some(cause) = source {
-                eprintln!("  caused by: {cause}");
-                source = cause.source();
-            }
-            std::process::ExitCode::FAILURE
-        }
-    }
+    common::init_tracing();
+    common::exit_code(run(Args::parse()).await)
 }

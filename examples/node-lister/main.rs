@@ -14,8 +14,11 @@
 //! cargo run --example node-lister -- --kubeconfig ~/.kube/config -l node-role.kubernetes.io/worker
 //! ```
 
+#[allow(dead_code, reason = "shared by all examples; each uses part of it")]
+#[path = "../common/mod.rs"]
+mod common;
+
 use std::fmt::Write as _;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,7 +29,6 @@ use kube::core::Selector;
 use reflex::informer::factory::{FactoryOptions, SharedInformerFactory};
 use reflex::informer::fifo::DeltaObject;
 use reflex::informer::processor::handler_fn;
-use reflex_testing::FakeApiServer;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -40,12 +42,8 @@ struct Args {
     /// Label selector, e.g. `node-role.kubernetes.io/worker`.
     #[arg(short = 'l', long)]
     selector: Option<String>,
-    /// Use this kubeconfig instead of the embedded fake API server.
-    #[arg(long, conflicts_with = "cluster")]
-    kubeconfig: Option<PathBuf>,
-    /// Use the cluster found by `kube::Config::infer` (KUBECONFIG, ~/.kube/config, in-cluster).
-    #[arg(long)]
-    cluster: bool,
+    #[command(flatten)]
+    cluster: common::ClusterArgs,
     /// Embedded mode: milliseconds between two steps of the workload.
     #[arg(long, default_value_t = 700)]
     interval_ms: u64,
@@ -60,18 +58,9 @@ struct Args {
 /// Why node-lister could not run.
 #[derive(Debug, thiserror::Error)]
 enum NodeListerError {
-    /// The kubeconfig could not be read or used.
-    #[error("cannot use kubeconfig {0}")]
-    Kubeconfig(PathBuf, #[source] kube::config::KubeconfigError),
-    /// No cluster configuration was found.
-    #[error("cannot infer a cluster configuration")]
-    Infer(#[source] kube::config::InferConfigError),
-    /// The client could not be built.
-    #[error("cannot build a Kubernetes client")]
-    Client(#[source] kube::Error),
-    /// The embedded API server did not start.
-    #[error("cannot start the embedded API server")]
-    Fake(#[source] reflex_testing::FakeError),
+    /// No API server could be reached.
+    #[error(transparent)]
+    Connect(#[from] common::ConnectError),
     /// Seeding the embedded API server failed.
     #[error("cannot seed node {0}")]
     Seed(String, #[source] kube::Error),
@@ -276,38 +265,13 @@ async fn workload(client: kube::Client, interval: Duration, stop: CancellationTo
     }
 }
 
-async fn client_for(args: &Args) -> Result<(kube::Client, Option<FakeApiServer>), NodeListerError> {
-    if let Some(path) = &args.kubeconfig {
-        let kubeconfig = kube::config::Kubeconfig::read_from(path)
-            .map_err(|e| NodeListerError::Kubeconfig(path.clone(), e))?;
-        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-            .await
-            .map_err(|e| NodeListerError::Kubeconfig(path.clone(), e))?;
-        let client = kube::Client::try_from(config).map_err(NodeListerError::Client)?;
-        return Ok((client, None));
-    }
-    if args.cluster {
-        let config = kube::Config::infer()
-            .await
-            .map_err(NodeListerError::Infer)?;
-        let client = kube::Client::try_from(config).map_err(NodeListerError::Client)?;
-        return Ok((client, None));
-    }
-    let server = FakeApiServer::start()
-        .await
-        .map_err(NodeListerError::Fake)?;
-    let client = server.client().map_err(NodeListerError::Fake)?;
-    println!(
-        "embedded API server at {} (no cluster needed; --kubeconfig or --cluster for a real one)",
-        server.url()
-    );
-    seed(&client).await?;
-    Ok((client, Some(server)))
-}
-
 async fn run(args: Args) -> Result<(), NodeListerError> {
     let shutdown = reflex::runtime::signal::shutdown_token().map_err(NodeListerError::Signal)?;
-    let (client, server) = client_for(&args).await?;
+    let conn = common::connect(&args.cluster).await?;
+    let client = conn.client.clone();
+    if conn.is_embedded() {
+        seed(&client).await?;
+    }
 
     // One factory per process: every part of a program asking it for Nodes shares this informer.
     let factory = SharedInformerFactory::new(
@@ -348,12 +312,7 @@ async fn run(args: Args) -> Result<(), NodeListerError> {
 
     let stop = shutdown.child_token();
     factory.start();
-    let deadline = async {
-        match args.exit_after {
-            Some(secs) => tokio::time::sleep(Duration::from_secs(secs)).await,
-            None => std::future::pending().await,
-        }
-    };
+    let deadline = common::deadline(args.exit_after);
     tokio::pin!(deadline);
 
     let synced = tokio::select! {
@@ -376,7 +335,7 @@ async fn run(args: Args) -> Result<(), NodeListerError> {
             informer.last_sync_resource_version()
         );
         println!("         {}", header());
-        if server.is_some() {
+        if conn.is_embedded() {
             workload_task = Some(tokio::spawn(workload(
                 client.clone(),
                 Duration::from_millis(args.interval_ms),
@@ -400,31 +359,12 @@ async fn run(args: Args) -> Result<(), NodeListerError> {
     }
     factory.shutdown().await;
     println!("{seen} changes seen");
-    if let Some(server) = server {
-        server.shutdown().await;
-    }
+    conn.shutdown().await;
     Ok(())
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match run(Args::parse()).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            let mut source = std::error::Error::source(&e);
-            while let Some(cause) = source {
-                eprintln!("  caused by: {cause}");
-                source = cause.source();
-            }
-            std::process::ExitCode::FAILURE
-        }
-    }
+    common::init_tracing();
+    common::exit_code(run(Args::parse()).await)
 }

@@ -1,12 +1,12 @@
 //! Watches PersistentVolumeClaims and keeps their total claimed capacity up to date.
 //!
-//! The claims are read by a Reflector (list, then watch from the list's resourceVersion) into a
-//! small cache of our own: the example's `ClaimTracker` is the Reflector's sink, so every add,
-//! update and delete the server reports updates the total at once. Once the first list is in, a
-//! NAME / STATUS / CAPACITY table is printed with the total; after that, every change prints one
-//! line, and crossing `--max-claims` (default 200Gi) in either direction is called out with the
-//! percentage used. Quantities are summed exactly (see `quantity.rs`); a claim whose quantity does
-//! not parse is reported and left out of the total.
+//! The claims come from a shared informer (a `SharedInformerFactory` lists them, then watches
+//! from the list's resourceVersion). Once its cache has synced, a NAME / STATUS / CAPACITY table
+//! is printed from the informer's lister with the total. An event handler registered on the same
+//! informer keeps the total: each add, update and delete prints one line with the new total, and
+//! crossing `--max-claims` (default 200Gi) in either direction is called out with the percentage
+//! used. Quantities are summed exactly (see `quantity.rs`); a claim whose quantity does not parse
+//! is reported and left out of the total.
 //!
 //! With no `--kubeconfig` and no `--cluster`, the example needs no cluster: it starts an embedded
 //! fake API server, seeds it with about twenty claims and runs a small workload that creates,
@@ -18,6 +18,9 @@
 //! cargo run --example pvcwatch -- --cluster -l app=db            # kube::Config::infer
 //! ```
 
+#[allow(dead_code, reason = "shared by all examples; each uses part of it")]
+#[path = "../common/mod.rs"]
+mod common;
 #[allow(
     dead_code,
     reason = "quantity.rs is a complete quantity type; this example uses part of it"
@@ -26,7 +29,6 @@ mod quantity;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -34,13 +36,13 @@ use std::time::Duration;
 use clap::Parser;
 use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::core::Selector;
 use parking_lot::Mutex;
 use quantity::{Quantity, QuantityError};
-use reflex::informer::fifo::{FifoError, ReflectorSink};
+use reflex::informer::factory::{FactoryOptions, SharedInformerFactory};
+use reflex::informer::fifo::DeltaObject;
 use reflex::informer::key::ObjectKey;
-use reflex::informer::reflector::{Reflector, ReflectorOptions};
-use reflex::informer::source::ListWatch;
-use reflex_testing::FakeApiServer;
+use reflex::informer::processor::ResourceEventHandler;
 use serde_json::json;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -64,12 +66,8 @@ struct Args {
     /// The limit on the total claimed capacity.
     #[arg(long, default_value = "200Gi")]
     max_claims: String,
-    /// Use this kubeconfig instead of the embedded fake API server.
-    #[arg(long, conflicts_with = "cluster")]
-    kubeconfig: Option<PathBuf>,
-    /// Use the cluster found by `kube::Config::infer` (KUBECONFIG, ~/.kube/config, in-cluster).
-    #[arg(long)]
-    cluster: bool,
+    #[command(flatten)]
+    cluster: common::ClusterArgs,
     /// Embedded mode: milliseconds between two steps of the workload.
     #[arg(long, default_value_t = 500)]
     interval_ms: u64,
@@ -87,27 +85,21 @@ enum PvcWatchError {
     /// `--max-claims` is not a quantity.
     #[error("--max-claims {0:?} is not a quantity")]
     MaxClaims(String, #[source] QuantityError),
-    /// The kubeconfig could not be read or used.
-    #[error("cannot use kubeconfig {0}")]
-    Kubeconfig(PathBuf, #[source] kube::config::KubeconfigError),
-    /// No cluster configuration was found.
-    #[error("cannot infer a cluster configuration")]
-    Infer(#[source] kube::config::InferConfigError),
-    /// The client could not be built.
-    #[error("cannot build a Kubernetes client")]
-    Client(#[source] kube::Error),
-    /// The embedded API server did not start.
-    #[error("cannot start the embedded API server")]
-    Fake(#[source] reflex_testing::FakeError),
+    /// No API server could be reached.
+    #[error(transparent)]
+    Connect(#[from] common::ConnectError),
     /// Seeding the embedded API server failed.
     #[error("cannot seed claim {0}")]
     Seed(String, #[source] kube::Error),
+    /// The informer refused the event handler.
+    #[error("cannot register the event handler")]
+    Informer(#[source] reflex::informer::informer::InformerError),
     /// The signal handlers could not be installed.
     #[error("cannot install the Ctrl-C handler")]
     Signal(#[source] std::io::Error),
 }
 
-/// What the tracker knows about one claim.
+/// What pvcwatch knows about one claim.
 struct Claim {
     phase: String,
     size: Result<Quantity, QuantityError>,
@@ -143,16 +135,53 @@ impl Claim {
     }
 }
 
+/// The sum of the claims whose quantity parses.
+fn total<'a>(claims: impl Iterator<Item = &'a Claim>) -> Quantity {
+    claims.filter_map(|c| c.size.as_ref().ok()).copied().sum()
+}
+
+/// `NAME STATUS CAPACITY` rows and the summary line.
+fn table<'a>(claims: impl Iterator<Item = (&'a ObjectKey, &'a Claim)>, max: Quantity) -> String {
+    let mut out = format!("{:<36} {:<8} {:>10}\n", "NAME", "STATUS", "CAPACITY");
+    let claims: Vec<_> = claims.collect();
+    let count = claims.len();
+    let sum = total(claims.iter().map(|(_, c)| *c));
+    for (key, claim) in claims {
+        let size = match &claim.size {
+            Ok(_) => claim.raw.clone(),
+            Err(_) => format!("{} (malformed)", claim.raw),
+        };
+        let _ = writeln!(
+            out,
+            "{:<36} {:<8} {:>10}",
+            key.to_string(),
+            claim.phase,
+            size
+        );
+    }
+    let _ = write!(
+        out,
+        "{count} claims, {}, limit {max}{}",
+        usage(sum, max),
+        if sum > max { " (ABOVE)" } else { "" }
+    );
+    out
+}
+
+fn usage(total: Quantity, max: Quantity) -> String {
+    format!("total {total} ({:.1}% of {max})", total.percent_of(&max))
+}
+
 #[derive(Default)]
 struct TrackerState {
+    /// The claims as this handler's notifications describe them.
     claims: BTreeMap<ObjectKey, Claim>,
-    /// Keys seen so far in a relist in progress.
-    relist: Option<BTreeMap<ObjectKey, Claim>>,
-    synced: bool,
+    /// Whether the initial list has been handled (changes are printed from then on).
+    live: bool,
     over: bool,
 }
 
-/// The Reflector's sink: claims by key, the total, and the limit crossings.
+/// An event handler on the claims informer: the running total and the limit crossings.
 struct ClaimTracker {
     max: Quantity,
     /// With `--exit-after-events`: changes past this many are neither applied nor printed, so
@@ -174,163 +203,112 @@ impl ClaimTracker {
         }
     }
 
-    fn total(claims: &BTreeMap<ObjectKey, Claim>) -> Quantity {
-        claims
-            .values()
-            .filter_map(|c| c.size.as_ref().ok())
-            .copied()
-            .sum()
-    }
-
-    fn usage(&self, total: Quantity) -> String {
-        format!(
-            "total {total} ({:.1}% of {})",
-            total.percent_of(&self.max),
-            self.max
-        )
-    }
-
-    /// Prints one change and any limit crossing it caused.
-    fn change(
-        &self,
-        verb: &str,
-        obj: &PersistentVolumeClaim,
-        removed: bool,
-    ) -> Result<(), FifoError> {
-        let key = ObjectKey::from_resource(obj)?;
-        let claim = Claim::of(obj);
+    /// From now on every change is printed and counted; the current total sets the side of the
+    /// limit we are on.
+    fn go_live(&self) {
         let mut state = self.state.lock();
-        if state.synced
+        state.live = true;
+        state.over = total(state.claims.values()) > self.max;
+    }
+
+    /// Applies one change (`claim` is the new state, or the last one when `removed`), and once
+    /// live prints it with any limit crossing it caused.
+    fn change(&self, verb: &str, key: ObjectKey, claim: Claim, removed: bool) {
+        let mut state = self.state.lock();
+        if state.live
             && self
                 .stop_after
                 .is_some_and(|n| self.events.load(Ordering::Relaxed) >= n)
         {
-            return Ok(());
+            return;
         }
-        if let Err(e) = &claim.size {
-            println!("! {key}: {e}; left out of the total");
-        }
-        let line_claim = format!(
+        let line = format!(
             "{:<8} {:<36} {:<8} {:>8}",
             verb,
             key.to_string(),
             claim.phase,
             claim.raw
         );
+        if state.live
+            && !removed
+            && let Err(e) = &claim.size
+        {
+            println!("! {key}: {e}; left out of the total");
+        }
         if removed {
             state.claims.remove(&key);
         } else {
             state.claims.insert(key, claim);
         }
-        let total = Self::total(&state.claims);
-        if state.synced {
-            println!("{line_claim}   {}", self.usage(total));
-            self.crossing(&mut state, total);
-            drop(state);
-            self.events.fetch_add(1, Ordering::Relaxed);
-            self.changed.notify_waiters();
+        if !state.live {
+            return;
         }
-        Ok(())
-    }
-
-    fn crossing(&self, state: &mut TrackerState, total: Quantity) {
-        let over = total > self.max;
+        let sum = total(state.claims.values());
+        println!("{line}   {}", usage(sum, self.max));
+        let over = sum > self.max;
         if over != state.over {
             state.over = over;
-            let pct = total.percent_of(&self.max);
+            let pct = sum.percent_of(&self.max);
             if over {
                 println!(
-                    ">>> ABOVE the limit: {total} claimed is {pct:.1}% of {}",
+                    ">>> ABOVE the limit: {sum} claimed is {pct:.1}% of {}",
                     self.max
                 );
             } else {
                 println!(
-                    "<<< back BELOW the limit: {total} claimed is {pct:.1}% of {}",
+                    "<<< back BELOW the limit: {sum} claimed is {pct:.1}% of {}",
                     self.max
                 );
             }
         }
+        drop(state);
+        self.events.fetch_add(1, Ordering::Relaxed);
+        self.changed.notify_waiters();
     }
 
     fn table(&self) -> String {
         let state = self.state.lock();
-        let mut out = format!("{:<36} {:<8} {:>10}\n", "NAME", "STATUS", "CAPACITY");
-        for (key, claim) in &state.claims {
-            let size = match &claim.size {
-                Ok(_) => claim.raw.clone(),
-                Err(_) => format!("{} (malformed)", claim.raw),
-            };
-            let _ = writeln!(
-                out,
-                "{:<36} {:<8} {:>10}",
-                key.to_string(),
-                claim.phase,
-                size
-            );
-        }
-        let total = Self::total(&state.claims);
-        let _ = write!(
-            out,
-            "{} claims, {}, limit {}{}",
-            state.claims.len(),
-            self.usage(total),
-            self.max,
-            if total > self.max { " (ABOVE)" } else { "" }
-        );
-        out
-    }
-
-    fn is_synced(&self) -> bool {
-        self.state.lock().synced
+        table(state.claims.iter(), self.max)
     }
 }
 
-impl ReflectorSink<PersistentVolumeClaim> for ClaimTracker {
-    fn add(&self, obj: Arc<PersistentVolumeClaim>) -> Result<(), FifoError> {
-        self.change("ADDED", &obj, false)
-    }
-    fn update(&self, obj: Arc<PersistentVolumeClaim>) -> Result<(), FifoError> {
-        self.change("MODIFIED", &obj, false)
-    }
-    fn delete(&self, obj: Arc<PersistentVolumeClaim>) -> Result<(), FifoError> {
-        self.change("DELETED", &obj, true)
-    }
-    fn replace_begin(&self) {
-        self.state.lock().relist = Some(BTreeMap::new());
-    }
-    fn replace_page(&self, items: Vec<Arc<PersistentVolumeClaim>>) -> Result<(), FifoError> {
-        let mut state = self.state.lock();
-        let relist = state.relist.get_or_insert_with(BTreeMap::new);
-        for obj in items {
-            let key = ObjectKey::from_resource(obj.as_ref())?;
-            relist.insert(key, Claim::of(&obj));
+impl ResourceEventHandler<PersistentVolumeClaim> for ClaimTracker {
+    fn on_add(&self, obj: &Arc<PersistentVolumeClaim>, _: bool) {
+        match ObjectKey::from_resource(obj.as_ref()) {
+            Ok(key) => self.change("ADDED", key, Claim::of(obj), false),
+            Err(error) => tracing::warn!(%error, "claim without a key"),
         }
-        Ok(())
     }
-    fn replace_done(&self, resource_version: &str) -> Result<(), FifoError> {
-        let mut state = self.state.lock();
-        let claims = state.relist.take().unwrap_or_default();
-        for (key, claim) in &claims {
-            if let Err(e) = &claim.size {
-                println!("! {key}: {e}; left out of the total");
-            }
+
+    fn on_update(&self, old: &Arc<PersistentVolumeClaim>, new: &Arc<PersistentVolumeClaim>) {
+        // A resync or an unchanged object seen again by a relist: nothing to report.
+        if old.metadata.resource_version == new.metadata.resource_version {
+            return;
         }
-        state.claims = claims;
-        let total = Self::total(&state.claims);
-        if state.synced {
-            println!(
-                "relisted at resourceVersion {resource_version}: {} claims, {}",
-                state.claims.len(),
-                self.usage(total)
-            );
-            self.crossing(&mut state, total);
-        } else {
-            state.synced = true;
-            state.over = total > self.max;
+        match ObjectKey::from_resource(new.as_ref()) {
+            Ok(key) => self.change("MODIFIED", key, Claim::of(new), false),
+            Err(error) => tracing::warn!(%error, "claim without a key"),
         }
-        drop(state);
-        self.changed.notify_waiters();
-        Ok(())
+    }
+
+    fn on_delete(&self, obj: &DeltaObject<PersistentVolumeClaim>) {
+        let key = match obj {
+            DeltaObject::Object(o) => ObjectKey::from_resource(o.as_ref()),
+            DeltaObject::Tombstone(t) => Ok(t.key.clone()),
+        };
+        // A tombstone may carry no last state: then there is nothing to show but the key.
+        let last = obj.object().map_or(
+            Claim {
+                phase: "-".into(),
+                size: Ok(Quantity::default()),
+                raw: "-".into(),
+            },
+            |o| Claim::of(o),
+        );
+        match key {
+            Ok(key) => self.change("DELETED", key, last, true),
+            Err(error) => tracing::warn!(%error, "claim without a key"),
+        }
     }
 }
 
@@ -456,85 +434,63 @@ async fn workload(client: kube::Client, interval: Duration, stop: CancellationTo
     }
 }
 
-async fn client_for(args: &Args) -> Result<(kube::Client, Option<FakeApiServer>), PvcWatchError> {
-    if let Some(path) = &args.kubeconfig {
-        let kubeconfig = kube::config::Kubeconfig::read_from(path)
-            .map_err(|e| PvcWatchError::Kubeconfig(path.clone(), e))?;
-        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-            .await
-            .map_err(|e| PvcWatchError::Kubeconfig(path.clone(), e))?;
-        return Ok((
-            kube::Client::try_from(config).map_err(PvcWatchError::Client)?,
-            None,
-        ));
-    }
-    if args.cluster {
-        let config = kube::Config::infer().await.map_err(PvcWatchError::Infer)?;
-        return Ok((
-            kube::Client::try_from(config).map_err(PvcWatchError::Client)?,
-            None,
-        ));
-    }
-    let server = FakeApiServer::start().await.map_err(PvcWatchError::Fake)?;
-    let client = server.client().map_err(PvcWatchError::Fake)?;
-    println!(
-        "embedded API server at {} (no cluster needed; --kubeconfig or --cluster for a real one)",
-        server.url()
-    );
-    seed(&client).await?;
-    Ok((client, Some(server)))
-}
-
 async fn run(args: Args) -> Result<(), PvcWatchError> {
     let max: Quantity = args
         .max_claims
         .parse()
         .map_err(|e| PvcWatchError::MaxClaims(args.max_claims.clone(), e))?;
     let shutdown = reflex::runtime::signal::shutdown_token().map_err(PvcWatchError::Signal)?;
-    let (client, server) = client_for(&args).await?;
+    let conn = common::connect(&args.cluster).await?;
+    let client = conn.client.clone();
+    if conn.is_embedded() {
+        seed(&client).await?;
+    }
 
-    let api: Api<PersistentVolumeClaim> = match &args.namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
+    // The namespace and selectors become the informer's list and watch options.
+    let factory = SharedInformerFactory::new(
+        client.clone(),
+        FactoryOptions {
+            namespace: args.namespace.clone(),
+            label_selector: args.selector.clone(),
+            field_selector: args.field_selector.clone(),
+            ..FactoryOptions::default()
+        },
+    );
+    let claims = factory.informer::<PersistentVolumeClaim>();
     let tracker = Arc::new(ClaimTracker::new(max, args.exit_after_events));
-    let options = ReflectorOptions {
-        label_selector: args.selector.clone(),
-        field_selector: args.field_selector.clone(),
-        ..ReflectorOptions::default()
-    };
-    let source: Arc<dyn ListWatch<PersistentVolumeClaim>> = Arc::new(api);
-    let reflector = Reflector::new(source, tracker.clone(), options);
-    let stop = shutdown.child_token();
-    let reflector_task = tokio::spawn(reflector.run(stop.clone()));
+    let registration = claims
+        .add_event_handler(tracker.clone())
+        .map_err(PvcWatchError::Informer)?;
+    factory.start();
 
-    let deadline = async {
-        match args.exit_after {
-            Some(secs) => tokio::time::sleep(Duration::from_secs(secs)).await,
-            None => std::future::pending().await,
-        }
-    };
+    let deadline = common::deadline(args.exit_after);
     tokio::pin!(deadline);
 
-    // Wait for the first list.
-    while !tracker.is_synced() {
-        let changed = tracker.changed.notified();
-        tokio::pin!(changed);
-        changed.as_mut().enable();
-        if tracker.is_synced() {
-            break;
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = &mut deadline => break,
-            _ = changed => {}
-        }
-    }
+    // The handler has seen the whole initial list once its registration has synced.
+    let synced = tokio::select! {
+        synced = registration.wait_for_sync() => synced,
+        _ = shutdown.cancelled() => false,
+        _ = &mut deadline => false,
+    };
+    let stop = shutdown.child_token();
     let mut workload_task = None;
-    if tracker.is_synced() {
-        println!("{}\n", tracker.table());
+    if synced {
+        tracker.go_live();
+        // The first table comes from the informer's cache, through its lister.
+        let cached: BTreeMap<ObjectKey, Claim> = claims
+            .lister()
+            .list(&Selector::default())
+            .iter()
+            .filter_map(|pvc| Some((ObjectKey::from_resource(pvc.as_ref()).ok()?, Claim::of(pvc))))
+            .collect();
+        for (key, claim) in &cached {
+            if let Err(e) = &claim.size {
+                println!("! {key}: {e}; left out of the total");
+            }
+        }
+        println!("{}\n", table(cached.iter(), max));
         println!("watching for changes (Ctrl-C to stop)");
-        if server.is_some() {
+        if conn.is_embedded() {
             workload_task = Some(tokio::spawn(workload(
                 client.clone(),
                 Duration::from_millis(args.interval_ms),
@@ -562,37 +518,18 @@ async fn run(args: Args) -> Result<(), PvcWatchError> {
     if let Some(task) = workload_task {
         let _ = task.await;
     }
-    let _ = reflector_task.await;
+    factory.shutdown().await;
     println!(
         "{} changes seen; final state:\n{}",
         tracker.events.load(Ordering::Relaxed),
         tracker.table()
     );
-    if let Some(server) = server {
-        server.shutdown().await;
-    }
+    conn.shutdown().await;
     Ok(())
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match run(Args::parse()).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            let mut source = std::error::Error::source(&e);
-            while let Some(cause) = source {
-                eprintln!("  caused by: {cause}");
-                source = cause.source();
-            }
-            std::process::ExitCode::FAILURE
-        }
-    }
+    common::init_tracing();
+    common::exit_code(run(Args::parse()).await)
 }

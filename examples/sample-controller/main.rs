@@ -7,7 +7,9 @@
 //! Foo), scales it when the replicas differ, refuses to adopt a Deployment it does not own, and
 //! copies the Deployment's `availableReplicas` into `Foo.status`. Each outcome is recorded as an
 //! `events.k8s.io/v1` Event on the Foo and printed as one line. With `--leader-elect`, only the
-//! replica holding the `sample-controller` Lease reconciles.
+//! replica holding the `sample-controller` Lease reconciles, while every replica's informers (from
+//! one `SharedInformerFactory`) keep their caches warm. `--metrics-addr` serves Prometheus metrics
+//! (reconciles, work queue, informers), `/healthz` and `/readyz` (caches synced, leader).
 //!
 //! With no `--kubeconfig` and no `--cluster`, an embedded fake API server plays the cluster: a
 //! workload creates Foos, scales one and deletes another, and a stand-in for the Deployment
@@ -23,10 +25,13 @@
     reason = "Foo is the sample controller's resource kind, not a placeholder"
 )]
 
+#[allow(dead_code, reason = "shared by all examples; each uses part of it")]
+#[path = "../common/mod.rs"]
+mod common;
+
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,13 +43,16 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::core::NamespaceResourceScope;
-use reflex::informer::informer::{InformerOptions, SharedIndexInformer};
+use prometheus_client::registry::Registry;
+use reflex::informer::factory::{FactoryOptions, SharedInformerFactory};
+use reflex::informer::informer::SharedIndexInformer;
 use reflex::informer::key::ObjectKey;
 use reflex::informer::lister::Lister;
 use reflex::runtime::controller::{Action, Controller, ControllerOptions, default_error_policy};
 use reflex::runtime::events::{EventRecorder, EventType, KubeEventSink, RecorderConfig};
 use reflex::runtime::leader_election::{KubeLease, LeaderElectionConfig, LeaderElector};
-use reflex_testing::FakeApiServer;
+use reflex::runtime::metrics::Metrics;
+use reflex::runtime::serve::{HealthServer, ServeConfig};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -65,15 +73,15 @@ struct Args {
     /// Namespace of the Lease.
     #[arg(long, default_value = "default")]
     lease_namespace: String,
-    /// Use this kubeconfig instead of the embedded fake API server.
-    #[arg(long, conflicts_with = "cluster")]
-    kubeconfig: Option<PathBuf>,
-    /// Use the cluster found by `kube::Config::infer` (KUBECONFIG, ~/.kube/config, in-cluster).
-    #[arg(long)]
-    cluster: bool,
+    #[command(flatten)]
+    cluster: common::ClusterArgs,
     /// Embedded mode: milliseconds between two steps of the workload.
     #[arg(long, default_value_t = 1500)]
     interval_ms: u64,
+    /// Serve `/metrics`, `/healthz` and `/readyz` on this address (e.g. `127.0.0.1:8080`; port 0
+    /// picks a free port).
+    #[arg(long)]
+    metrics_addr: Option<std::net::SocketAddr>,
     /// Embedded mode: exit once the workload's four steps are done and every Foo has converged.
     #[arg(long)]
     exit_when_converged: bool,
@@ -85,18 +93,9 @@ struct Args {
 /// Why sample-controller could not run.
 #[derive(Debug, thiserror::Error)]
 enum SampleError {
-    /// The kubeconfig could not be read or used.
-    #[error("cannot use kubeconfig {0}")]
-    Kubeconfig(PathBuf, #[source] kube::config::KubeconfigError),
-    /// No cluster configuration was found.
-    #[error("cannot infer a cluster configuration")]
-    Infer(#[source] kube::config::InferConfigError),
-    /// The client could not be built.
-    #[error("cannot build a Kubernetes client")]
-    Client(#[source] kube::Error),
-    /// The embedded API server did not start.
-    #[error("cannot start the embedded API server")]
-    Fake(#[source] reflex_testing::FakeError),
+    /// No API server could be reached.
+    #[error(transparent)]
+    Connect(#[from] common::ConnectError),
     /// Installing the Foo CRD failed.
     #[error("cannot install the Foo CRD")]
     Crd(#[source] kube::Error),
@@ -112,6 +111,12 @@ enum SampleError {
     /// The signal handlers could not be installed.
     #[error("cannot install the Ctrl-C handler")]
     Signal(#[source] std::io::Error),
+    /// An informer could not be registered for metrics.
+    #[error("cannot register the informer metrics")]
+    Metrics(#[source] reflex::runtime::metrics::MetricsError),
+    /// The metrics and health endpoints could not be served.
+    #[error("cannot serve /metrics, /healthz and /readyz")]
+    Serve(#[source] reflex::runtime::serve::ServeError),
 }
 
 /// Why one reconcile failed (it is retried with the queue's per-key backoff).
@@ -180,11 +185,17 @@ impl kube::Resource for Foo {
     }
 }
 
+/// The Foo CRD. Its group ends in `.k8s.io`, which the API server protects: a CRD there must carry
+/// the `api-approved.kubernetes.io` annotation (here the value saying it is unapproved), or it is
+/// rejected as Invalid.
 fn foo_crd() -> CustomResourceDefinition {
     serde_json::from_value(json!({
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": "foos.samplecontroller.k8s.io"},
+        "metadata": {
+            "name": "foos.samplecontroller.k8s.io",
+            "annotations": {"api-approved.kubernetes.io": "unapproved, experimental-only"}
+        },
         "spec": {
             "group": "samplecontroller.k8s.io",
             "scope": "Namespaced",
@@ -433,8 +444,8 @@ fn foo(namespace: &str, name: &str, deployment: &str, replicas: i32) -> Foo {
 /// The number of workload steps (see [`workload_step`]).
 const WORKLOAD_STEPS: u64 = 4;
 
-/// Creates two Foos, scales one and deletes the other (with its Deployment, as the garbage
-/// collector would).
+/// Creates two Foos, scales one and deletes the other (whose Deployment `collect_garbage`
+/// removes).
 async fn workload_step(client: &kube::Client, step: u64) -> Result<(), kube::Error> {
     let foos: Api<Foo> = Api::namespaced(client.clone(), "default");
     match step {
@@ -462,15 +473,49 @@ async fn workload_step(client: &kube::Client, step: u64) -> Result<(), kube::Err
             .await
             .map(|_| ())
         }
-        _ => {
-            foos.delete("web", &DeleteParams::default()).await?;
-            let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
-            deployments
-                .delete("web-nginx", &DeleteParams::default())
-                .await
-                .map(|_| ())
+        // Its Deployment goes with it: see `collect_garbage`.
+        _ => foos
+            .delete("web", &DeleteParams::default())
+            .await
+            .map(|_| ()),
+    }
+}
+
+/// Stands in for Kubernetes' garbage collector, which the embedded server does not run: deletes
+/// every Deployment whose controlling Foo (by uid) no longer exists. Like the real collector it
+/// also removes a Deployment that a reconcile recreated from a cache that had not yet seen the
+/// Foo's deletion, so the embedded cluster converges the way a real one does.
+async fn collect_garbage(client: &kube::Client) -> Result<(), kube::Error> {
+    let foos: Api<Foo> = Api::all(client.clone());
+    let live: std::collections::BTreeSet<String> = foos
+        .list(&ListParams::default())
+        .await?
+        .into_iter()
+        .filter_map(|f| f.metadata.uid)
+        .collect();
+    let deployments: Api<Deployment> = Api::all(client.clone());
+    for d in deployments.list(&ListParams::default()).await? {
+        let orphaned = d
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|o| o.controller == Some(true) && o.kind == "Foo" && !live.contains(&o.uid));
+        if orphaned {
+            let api: Api<Deployment> = Api::namespaced(
+                client.clone(),
+                d.metadata.namespace.as_deref().unwrap_or("default"),
+            );
+            let name = d.metadata.name.as_deref().unwrap_or_default();
+            match api.delete(name, &DeleteParams::background()).await {
+                Ok(_) => {}
+                // Gone already: someone else collected it.
+                Err(kube::Error::Api(status)) if status.code == 404 => {}
+                Err(e) => return Err(e),
+            }
         }
     }
+    Ok(())
 }
 
 /// Stands in for the Deployment controller and the kubelet: every Deployment's replicas become
@@ -531,14 +576,19 @@ async fn workload(
         if let Err(error) = make_replicas_available(&client).await {
             tracing::warn!(%error, "marking replicas available failed");
         }
+        if let Err(error) = collect_garbage(&client).await {
+            tracing::warn!(%error, "collecting orphaned deployments failed");
+        }
     }
 }
 
 /// Whether the cache holds `expected_foos` Foos and each matches its Deployment: the right
-/// replicas, all available, and reported in the Foo's status.
+/// replicas, all available, and reported in the Foo's status; and no other Deployment is left
+/// (a deleted Foo's Deployment is gone).
 fn converged(ctx: &Ctx, expected_foos: usize) -> bool {
     let foos = ctx.foos.indexer().list();
     foos.len() == expected_foos
+        && ctx.deployments.indexer().len() == expected_foos
         && foos.iter().all(|foo| {
             let ns = foo.metadata.namespace.as_deref().unwrap_or("default");
             let dep = ctx
@@ -577,34 +627,20 @@ fn foo_table(ctx: &Ctx) -> String {
             foo.spec.deployment_name, foo.spec.replicas
         );
     }
+    let mut deployments: Vec<String> = ctx
+        .deployments
+        .indexer()
+        .list_keys()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    deployments.sort();
+    let _ = writeln!(out, "\ndeployments in the cache: {}", deployments.join(" "));
     out
 }
 
-async fn client_for(args: &Args) -> Result<(kube::Client, Option<FakeApiServer>), SampleError> {
-    if let Some(path) = &args.kubeconfig {
-        let kubeconfig = kube::config::Kubeconfig::read_from(path)
-            .map_err(|e| SampleError::Kubeconfig(path.clone(), e))?;
-        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-            .await
-            .map_err(|e| SampleError::Kubeconfig(path.clone(), e))?;
-        return Ok((
-            kube::Client::try_from(config).map_err(SampleError::Client)?,
-            None,
-        ));
-    }
-    if args.cluster {
-        let config = kube::Config::infer().await.map_err(SampleError::Infer)?;
-        return Ok((
-            kube::Client::try_from(config).map_err(SampleError::Client)?,
-            None,
-        ));
-    }
-    let server = FakeApiServer::start().await.map_err(SampleError::Fake)?;
-    let client = server.client().map_err(SampleError::Fake)?;
-    println!(
-        "embedded API server at {} (no cluster needed; --kubeconfig or --cluster for a real one)",
-        server.url()
-    );
+/// The embedded server starts empty; the controller's Foos live in `default`.
+async fn create_default_namespace(client: &kube::Client) {
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": "default"}}))
         .expect("a literal namespace is valid");
@@ -612,51 +648,31 @@ async fn client_for(args: &Args) -> Result<(kube::Client, Option<FakeApiServer>)
         // Already there is fine.
         tracing::debug!(error = %e, "creating namespace default");
     }
-    Ok((client, Some(server)))
 }
 
-/// Runs the controller until `shutdown` (or `leading`, under leader election) is cancelled.
+/// Runs the controller over the factory's informers until `stop` (or, under leader election, the
+/// end of this term of leadership) is cancelled. The informers outlive it: a standby replica keeps
+/// its caches warm and starts reconciling the moment it wins the Lease.
 async fn run_controller(
-    client: kube::Client,
+    foos: SharedIndexInformer<Foo>,
+    deployments: SharedIndexInformer<Deployment>,
+    ctx: Arc<Ctx>,
     workers: usize,
+    metrics: Metrics,
     stop: CancellationToken,
-    ctx_out: tokio::sync::oneshot::Sender<Arc<Ctx>>,
 ) -> Result<(), SampleError> {
-    let foos = SharedIndexInformer::new(
-        Arc::new(Api::<Foo>::all(client.clone())),
-        InformerOptions::default(),
-    );
-    let deployments = SharedIndexInformer::new(
-        Arc::new(Api::<Deployment>::all(client.clone())),
-        InformerOptions::default(),
-    );
-    let (recorder, recorder_task) = EventRecorder::new(
-        KubeEventSink::new(client.clone()),
-        RecorderConfig::new(
-            "samplecontroller.k8s.io/sample-controller",
-            format!("sample-controller-{}", std::process::id()),
-        ),
-        stop.clone(),
-    );
-    let ctx = Arc::new(Ctx {
-        client,
-        foos: foos.lister(),
-        deployments: deployments.lister(),
-        recorder,
-    });
-    let _ = ctx_out.send(ctx.clone());
-    let result = Controller::new(foos)
+    let summary = Controller::new(foos)
         .owns(deployments)
         .workers(workers)
         .options(ControllerOptions {
             name: "sample-controller".into(),
             shutdown: stop,
+            metrics: Some(metrics),
             ..ControllerOptions::default()
         })
         .run(reconcile, default_error_policy, ctx)
-        .await;
-    recorder_task.join().await;
-    let summary = result.map_err(SampleError::Controller)?;
+        .await
+        .map_err(SampleError::Controller)?;
     println!(
         "controller stopped: {} reconciles, {} errors, {} requeues",
         summary.reconciles, summary.errors, summary.requeues
@@ -666,66 +682,118 @@ async fn run_controller(
 
 async fn run(args: Args) -> Result<(), SampleError> {
     let shutdown = reflex::runtime::signal::shutdown_token().map_err(SampleError::Signal)?;
-    let (client, server) = client_for(&args).await?;
+    let conn = common::connect(&args.cluster).await?;
+    let client = conn.client.clone();
+    if conn.is_embedded() {
+        create_default_namespace(&client).await;
+    }
     install_crd(&client).await?;
 
     let stop = shutdown.child_token();
-    let (ctx_tx, ctx_rx) = tokio::sync::oneshot::channel();
-    let controller = {
-        let client = client.clone();
-        let stop = stop.clone();
-        let workers = args.workers;
-        if args.leader_elect {
-            let identity = format!("sample-controller-{}", std::process::id());
-            let lease = KubeLease::new(
-                Api::<Lease>::namespaced(client.clone(), &args.lease_namespace),
-                "sample-controller",
-            );
-            let elector = LeaderElector::new(lease, LeaderElectionConfig::new(identity.clone()))
-                .map_err(SampleError::LeaderElection)?;
+    // One factory per process; its informers run whether or not this replica leads.
+    let factory = SharedInformerFactory::new(client.clone(), FactoryOptions::default());
+    let foos = factory.informer::<Foo>();
+    let deployments = factory.informer::<Deployment>();
+    let mut registry = Registry::default();
+    let metrics = Metrics::new(&mut registry);
+    metrics
+        .register_informer("foos.samplecontroller.k8s.io", &foos)
+        .map_err(SampleError::Metrics)?;
+    metrics
+        .register_informer("deployments.apps", &deployments)
+        .map_err(SampleError::Metrics)?;
+    factory.start();
+    let (recorder, recorder_task) = EventRecorder::new(
+        KubeEventSink::new(client.clone()),
+        RecorderConfig::new(
+            "samplecontroller.k8s.io/sample-controller",
+            format!("sample-controller-{}", std::process::id()),
+        ),
+        stop.clone(),
+    );
+    let ctx = Arc::new(Ctx {
+        client: client.clone(),
+        foos: foos.lister(),
+        deployments: deployments.lister(),
+        recorder,
+    });
+
+    let elector = if args.leader_elect {
+        let identity = format!("sample-controller-{}", std::process::id());
+        let lease = KubeLease::new(
+            Api::<Lease>::namespaced(client.clone(), &args.lease_namespace),
+            "sample-controller",
+        );
+        let elector = LeaderElector::new(lease, LeaderElectionConfig::new(identity.clone()))
+            .map_err(SampleError::LeaderElection)?;
+        println!(
+            "campaigning for Lease {}/sample-controller as {identity}",
+            args.lease_namespace
+        );
+        Some(elector)
+    } else {
+        None
+    };
+    let health = match args.metrics_addr {
+        Some(addr) => {
+            let mut server = HealthServer::new(ServeConfig { addr })
+                .registry(Arc::new(registry))
+                .informer_synced("foos", &foos)
+                .informer_synced("deployments", &deployments);
+            if let Some(elector) = &elector {
+                server = server.leader_state(elector.subscribe());
+            }
+            let handle = server
+                .start(stop.clone())
+                .await
+                .map_err(SampleError::Serve)?;
             println!(
-                "campaigning for Lease {}/sample-controller as {identity}",
-                args.lease_namespace
+                "serving /metrics, /healthz and /readyz on http://{}",
+                handle.local_addr()
             );
-            tokio::spawn(async move {
-                let mut ctx_tx = Some(ctx_tx);
+            Some(handle)
+        }
+        None => None,
+    };
+
+    let controller = {
+        let (foos, deployments, ctx) = (foos.clone(), deployments.clone(), ctx.clone());
+        let (workers, metrics, stop) = (args.workers, metrics.clone(), stop.clone());
+        match elector {
+            Some(elector) => tokio::spawn(async move {
                 let outcome = elector
                     .run_while_leader(&stop, |leading| {
                         println!("leading: starting the controller");
-                        let (tx, rx) = tokio::sync::oneshot::channel();
-                        if let Some(first) = ctx_tx.take() {
-                            tokio::spawn(async move {
-                                if let Ok(ctx) = rx.await {
-                                    let _ = first.send(ctx);
-                                }
-                            });
-                        }
-                        run_controller(client.clone(), workers, leading, tx)
+                        run_controller(
+                            foos.clone(),
+                            deployments.clone(),
+                            ctx.clone(),
+                            workers,
+                            metrics.clone(),
+                            leading,
+                        )
                     })
                     .await;
                 outcome.unwrap_or(Ok(()))
-            })
-        } else {
-            tokio::spawn(run_controller(client, workers, stop, ctx_tx))
+            }),
+            None => tokio::spawn(run_controller(
+                foos,
+                deployments,
+                ctx,
+                workers,
+                metrics,
+                stop,
+            )),
         }
     };
 
-    let deadline = async {
-        match args.exit_after {
-            Some(secs) => tokio::time::sleep(Duration::from_secs(secs)).await,
-            None => std::future::pending().await,
-        }
-    };
+    let deadline = common::deadline(args.exit_after);
     tokio::pin!(deadline);
-    let ctx = tokio::select! {
-        ctx = ctx_rx => ctx.ok(),
-        _ = shutdown.cancelled() => None,
-        _ = &mut deadline => None,
-    };
     let mut workload_task = None;
     let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    if let Some(ctx) = &ctx {
-        if server.is_some() {
+    let mut reported = false;
+    {
+        if conn.is_embedded() {
             workload_task = Some(tokio::spawn(workload(
                 client.clone(),
                 Duration::from_millis(args.interval_ms),
@@ -742,9 +810,12 @@ async fn run(args: Args) -> Result<(), SampleError> {
             }
             // After the workload, one Foo is left (`example-foo`, scaled to 3).
             let steps_done = finished.load(std::sync::atomic::Ordering::SeqCst);
-            if args.exit_when_converged && server.is_some() && steps_done && converged(ctx, 1) {
+            if conn.is_embedded() && steps_done && !reported && converged(&ctx, 1) {
                 println!("converged");
-                break;
+                reported = true;
+                if args.exit_when_converged {
+                    break;
+                }
             }
         }
     }
@@ -756,10 +827,13 @@ async fn run(args: Args) -> Result<(), SampleError> {
         Ok(result) => result?,
         Err(e) => tracing::error!(error = %e, "controller task failed"),
     }
-    if let Some(ctx) = &ctx {
-        println!("{}", foo_table(ctx));
+    recorder_task.join().await;
+    if let Some(health) = health {
+        health.join().await;
     }
-    if let Some(server) = server {
+    println!("{}", foo_table(&ctx));
+    factory.shutdown().await;
+    if conn.is_embedded() {
         let events: Api<k8s_openapi::api::events::v1::Event> =
             Api::namespaced(client.clone(), "default");
         if let Ok(list) = events.list(&ListParams::default()).await {
@@ -770,30 +844,13 @@ async fn run(args: Args) -> Result<(), SampleError> {
             let summary: Vec<String> = reasons.iter().map(|(r, n)| format!("{r}={n}")).collect();
             println!("events recorded: {}", summary.join(" "));
         }
-        server.shutdown().await;
     }
+    conn.shutdown().await;
     Ok(())
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match run(Args::parse()).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            let mut source = std::error::Error::source(&e);
-            while let Some(cause) = source {
-                eprintln!("  caused by: {cause}");
-                source = cause.source();
-            }
-            std::process::ExitCode::FAILURE
-        }
-    }
+    common::init_tracing();
+    common::exit_code(run(Args::parse()).await)
 }

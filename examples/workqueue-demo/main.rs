@@ -16,6 +16,10 @@
 //! The queue is the whole point: duplicates of a waiting key are stored once, a key is never
 //! handed to two workers at once, and a failed key comes back after its backoff.
 
+#[allow(dead_code, reason = "shared by all examples; each uses part of it")]
+#[path = "../common/mod.rs"]
+mod common;
+
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -341,23 +345,6 @@ async fn run(args: Args) -> Result<(), DemoError> {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match run(Args::parse()).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            let mut source = std::error::Error::source(&e);
-            while let Some(cause) = source {
-                eprintln!("  caused by: {cause}");
-                source = cause.source();
-            }
-            std::process::ExitCode::FAILURE
-        }
-    }
+    common::init_tracing();
+    common::exit_code(run(Args::parse()).await)
 }

@@ -292,6 +292,12 @@ where
             .unwrap_or_default()
     }
 
+    /// The counters of the reflector (relists, watch restarts, errors), for metrics and tests;
+    /// `None` before [`run`](Self::run). After `run` returned they keep their final values.
+    pub fn reflector_stats(&self) -> Option<ReflectorHandle> {
+        self.inner.reflector.lock().clone()
+    }
+
     /// The store.
     pub fn indexer(&self) -> &Indexer<K> {
         &self.inner.indexer

@@ -18,8 +18,9 @@
 //!   resourceVersion is unchanged (a resync) or the [`filter`](Controller::filter) predicate
 //!   (e.g. [`predicates::generation_changed`]) says no;
 //! - [`owns`](Controller::owns): the key of the controlling owner (`ownerReferences` entry with
-//!   `controller: true` whose kind and apiVersion are `K`'s) of a changed or deleted child, before
-//!   and after an update (an adoption or release enqueues both owners);
+//!   `controller: true` whose kind and apiVersion are `K`'s; with [`Owned::every_owner`], every
+//!   owner of that kind) of a changed or deleted child, before and after an update (an adoption
+//!   or release enqueues both owners);
 //! - [`watches`](Controller::watches): whatever keys the mapper returns.
 //!
 //! Outcomes: `Ok(Action::requeue_after(d))` forgets the key's failures and adds it back after
@@ -31,6 +32,15 @@
 //! running yet and stops exactly those on shutdown. Informers already running (for example
 //! started by a factory, or shared with another controller) are left to whoever started them;
 //! the controller only removes its handlers from them.
+//!
+//! Primaries known only at run time (a `DynamicObject` informer from
+//! `SharedInformerFactory::dynamic_informer`) use [`Controller::new_with`], which takes the
+//! `ApiResource` and the scope that `K` cannot tell.
+//!
+//! Metrics: [`ControllerSummary`] counts live through [`Controller::metrics`]; for Prometheus, set
+//! [`ControllerOptions::metrics`] to a [`Metrics`] and every reconcile is counted by outcome and
+//! timed (see [`metrics`](crate::metrics) for the names), and the default queue reports
+//! client-go's workqueue metrics under the controller's name.
 //!
 //! Shutdown (cancel the token given to [`ControllerOptions::shutdown`]): workers stop taking
 //! keys, in-flight reconciles finish within [`ControllerOptions::shutdown_grace`] (those still
@@ -101,14 +111,19 @@ use std::time::Duration;
 use futures::FutureExt;
 use futures::future::{BoxFuture, join_all};
 use kube::core::ClusterResourceScope;
+use kube::core::discovery::Scope;
 use reflex_informer::fifo::DeltaObject;
 use reflex_informer::informer::{InformerError, SharedIndexInformer};
 use reflex_informer::key::ObjectKey;
 use reflex_informer::processor::handler_fn;
+use reflex_workqueue::queue::QueueConfig;
 use reflex_workqueue::{RateLimitingQueue, default_controller_rate_limiter};
 use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+
+use crate::metrics::{ControllerRecorder, Metrics, ReconcileResult};
 
 /// What a successful reconcile asks for next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -210,6 +225,11 @@ pub struct ControllerOptions {
     /// [`signal::shutdown_token`](crate::signal::shutdown_token)). Default: a token nobody
     /// cancels.
     pub shutdown: CancellationToken,
+    /// Where to report reconcile totals, errors, panics, durations and busy workers (labelled
+    /// with [`name`](Self::name)); the default queue then also reports its workqueue metrics
+    /// under that name (a queue given to [`Controller::queue`] reports wherever it was built
+    /// to). Controllers sharing a name share their series. Default: none.
+    pub metrics: Option<Metrics>,
 }
 
 impl Default for ControllerOptions {
@@ -219,6 +239,7 @@ impl Default for ControllerOptions {
             sync_timeout: None,
             shutdown_grace: Duration::from_secs(30),
             shutdown: CancellationToken::new(),
+            metrics: None,
         }
     }
 }
@@ -413,6 +434,7 @@ where
 /// A controller for the primary resource `K`; see the [module docs](self).
 pub struct Controller<K> {
     primary: SharedIndexInformer<K>,
+    owner: OwnerType,
     filter: Option<UpdateFilter<K>>,
     others: Vec<Arc<dyn Involved>>,
     workers: usize,
@@ -431,6 +453,49 @@ impl<K> fmt::Debug for Controller<K> {
     }
 }
 
+/// A child informer given to [`Controller::owns`], with which of its owners to enqueue. A plain
+/// `SharedIndexInformer<C>` converts into one that enqueues the controlling owner only.
+pub struct Owned<C> {
+    informer: SharedIndexInformer<C>,
+    every_owner: bool,
+}
+
+impl<C> Owned<C> {
+    /// Enqueue every owner of the primary's kind in the child's `ownerReferences`, not only the
+    /// one marked `controller: true` (controller-runtime's `MatchEveryOwner`).
+    pub fn every_owner(informer: SharedIndexInformer<C>) -> Self {
+        Owned {
+            informer,
+            every_owner: true,
+        }
+    }
+}
+
+impl<C> From<SharedIndexInformer<C>> for Owned<C> {
+    fn from(informer: SharedIndexInformer<C>) -> Self {
+        Owned {
+            informer,
+            every_owner: false,
+        }
+    }
+}
+
+impl<C> fmt::Debug for Owned<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Owned")
+            .field("every_owner", &self.every_owner)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What `owns` looks for in a child's `ownerReferences`, and how an owner's key is formed.
+#[derive(Debug, Clone)]
+struct OwnerType {
+    kind: String,
+    api_version: String,
+    cluster_scoped: bool,
+}
+
 impl<K> Controller<K>
 where
     K: kube::Resource + Send + Sync + 'static,
@@ -439,8 +504,60 @@ where
     /// A controller of the objects of `primary` (from a factory or built directly), with two
     /// workers, the default rate-limited queue and default options.
     pub fn new(primary: SharedIndexInformer<K>) -> Self {
+        let scope = if TypeId::of::<K::Scope>() == TypeId::of::<ClusterResourceScope>() {
+            Scope::Cluster
+        } else {
+            Scope::Namespaced
+        };
+        Self::new_with(primary, &K::DynamicType::default(), scope)
+    }
+}
+
+impl<K> Controller<K>
+where
+    K: kube::Resource + Send + Sync + 'static,
+{
+    /// A controller of a primary resource whose type is known at run time, such as
+    /// `DynamicObject` from [`SharedInformerFactory::dynamic_informer`]: `dyntype` (for
+    /// `DynamicObject`, the `ApiResource`) gives the kind and apiVersion that
+    /// [`owns`](Self::owns) matches in `ownerReferences`, and `scope` whether an owner's key has
+    /// a namespace (a namespaced owner shares its children's namespace; a cluster-scoped one has
+    /// none). For typed resources [`new`](Self::new) works both out from `K`.
+    ///
+    /// ```no_run
+    /// use kube::core::discovery::Scope;
+    /// use kube::discovery::ApiResource;
+    /// use reflex_informer::factory::{FactoryOptions, SharedInformerFactory};
+    /// use reflex_runtime::controller::Controller;
+    ///
+    /// # fn doc(client: kube::Client) {
+    /// let factory = SharedInformerFactory::new(client, FactoryOptions::default());
+    /// let foos = ApiResource {
+    ///     group: "samplecontroller.k8s.io".into(),
+    ///     version: "v1alpha1".into(),
+    ///     api_version: "samplecontroller.k8s.io/v1alpha1".into(),
+    ///     kind: "Foo".into(),
+    ///     plural: "foos".into(),
+    /// };
+    /// let controller = Controller::new_with(factory.dynamic_informer(&foos), &foos, Scope::Namespaced);
+    /// # let _ = controller;
+    /// # }
+    /// ```
+    ///
+    /// [`SharedInformerFactory::dynamic_informer`]: reflex_informer::factory::SharedInformerFactory::dynamic_informer
+    pub fn new_with(
+        primary: SharedIndexInformer<K>,
+        dyntype: &K::DynamicType,
+        scope: Scope,
+    ) -> Self {
+        let owner = OwnerType {
+            kind: K::kind(dyntype).into_owned(),
+            api_version: K::api_version(dyntype).into_owned(),
+            cluster_scoped: scope == Scope::Cluster,
+        };
         Controller {
             primary,
+            owner,
             filter: None,
             others: Vec::new(),
             workers: 2,
@@ -458,32 +575,42 @@ where
     }
 
     /// Enqueues the controlling owner of a changed or deleted child of type `C`: the
-    /// `ownerReferences` entry with `controller: true` and `K`'s kind and apiVersion.
-    pub fn owns<C>(mut self, informer: SharedIndexInformer<C>) -> Self
+    /// `ownerReferences` entry with `controller: true` and `K`'s kind and apiVersion. Pass
+    /// [`Owned::every_owner`]`(informer)` instead of the informer to enqueue every owner of `K`'s
+    /// kind, controlling or not.
+    pub fn owns<C>(mut self, child: impl Into<Owned<C>>) -> Self
     where
         C: kube::Resource + Send + Sync + 'static,
     {
-        let cluster_scoped = TypeId::of::<K::Scope>() == TypeId::of::<ClusterResourceScope>();
-        let dt = K::DynamicType::default();
-        let kind = K::kind(&dt).into_owned();
-        let api_version = K::api_version(&dt).into_owned();
+        let Owned {
+            informer,
+            every_owner,
+        } = child.into();
+        let OwnerType {
+            kind,
+            api_version,
+            cluster_scoped,
+        } = self.owner.clone();
         let mapper: Mapper<C> = Arc::new(move |child: &C| {
             let meta = child.meta();
-            meta.owner_references
-                .iter()
-                .flatten()
-                .filter(|r| {
-                    r.controller == Some(true) && r.kind == kind && r.api_version == api_version
-                })
-                .map(|r| {
-                    let ns = if cluster_scoped {
-                        None
-                    } else {
-                        meta.namespace.as_deref()
-                    };
-                    ObjectKey::new(ns, &r.name)
-                })
-                .collect()
+            let mut keys: Vec<ObjectKey> = Vec::new();
+            let owners = meta.owner_references.iter().flatten().filter(|r| {
+                (every_owner || r.controller == Some(true))
+                    && r.kind == kind
+                    && r.api_version == api_version
+            });
+            for r in owners {
+                let ns = if cluster_scoped {
+                    None
+                } else {
+                    meta.namespace.as_deref()
+                };
+                let key = ObjectKey::new(ns, &r.name);
+                if !keys.contains(&key) {
+                    keys.push(key);
+                }
+            }
+            keys
         });
         let name = format!("owns#{}:{}", self.others.len() + 1, short_type::<C>());
         self.others.push(Arc::new(Watched {
@@ -555,6 +682,7 @@ where
     {
         let Controller {
             primary,
+            owner,
             filter,
             others,
             workers,
@@ -562,13 +690,27 @@ where
             options,
             metrics,
         } = self;
-        let queue = queue.unwrap_or_else(|| Queue::new(default_controller_rate_limiter()));
         let name = options.name.clone();
+        let queue = queue.unwrap_or_else(|| match &options.metrics {
+            Some(m) => Queue::with_config(
+                default_controller_rate_limiter(),
+                QueueConfig {
+                    name: name.clone(),
+                    metrics: Some(m.workqueue()),
+                },
+            ),
+            None => Queue::new(default_controller_rate_limiter()),
+        });
+        let recorder = options
+            .metrics
+            .as_ref()
+            .map(|m| m.controller(&name, workers));
         let span = tracing::info_span!("controller", controller = %name);
-        let primary_mapper: Mapper<K> =
-            Arc::new(|obj: &K| ObjectKey::from_resource(obj).into_iter().collect());
+        // The store's own key function: the keys reconcile gets are the lister's keys.
+        let key_of = primary.indexer().key_func();
+        let primary_mapper: Mapper<K> = Arc::new(move |obj: &K| key_of(obj).into_iter().collect());
         let mut involved: Vec<Arc<dyn Involved>> = vec![Arc::new(Watched {
-            name: format!("primary:{}", short_type::<K>()),
+            name: format!("primary:{}", owner.kind),
             informer: primary,
             mapper: primary_mapper,
             role: Role::Primary { filter },
@@ -653,6 +795,7 @@ where
             error_policy,
             ctx,
             counters: metrics.counters.clone(),
+            recorder,
             stop: options.shutdown.clone(),
         });
         let mut worker_set = JoinSet::new();
@@ -720,6 +863,7 @@ struct Worker<C, R, P> {
     error_policy: P,
     ctx: Arc<C>,
     counters: Arc<Counters>,
+    recorder: Option<ControllerRecorder>,
     stop: CancellationToken,
 }
 
@@ -755,10 +899,21 @@ where
     async fn process(&self, key: &ObjectKey) {
         self.counters.reconciles.fetch_add(1, Ordering::Relaxed);
         let span = tracing::info_span!("reconcile", controller = %self.name, key = %key);
+        let active = self.recorder.as_ref().map(ControllerRecorder::started);
+        let started = Instant::now();
         let outcome = AssertUnwindSafe((self.reconcile)(key.clone(), self.ctx.clone()))
             .catch_unwind()
             .instrument(span.clone())
             .await;
+        if let Some(r) = &self.recorder {
+            let result = match &outcome {
+                Ok(Ok(action)) if action.requeue_delay().is_some() => ReconcileResult::RequeueAfter,
+                Ok(Ok(_)) => ReconcileResult::Success,
+                Ok(Err(_)) | Err(_) => ReconcileResult::Error,
+            };
+            r.finished(result, outcome.is_err(), started.elapsed().as_secs_f64());
+        }
+        drop(active);
         let _enter = span.enter();
         match outcome {
             Ok(Ok(action)) => {

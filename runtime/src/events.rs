@@ -13,13 +13,27 @@
 //!   later ones update the series in memory, written every
 //!   [`series_refresh`](RecorderConfig::series_refresh) (default 30 min) and when the series ends,
 //!   that is, after [`series_window`](RecorderConfig::series_window) (default 6 min) without a repeat.
-//!   A repeat after that starts a new Event. A PATCH answered NotFound falls back to a create.
+//!   A repeat after that starts a new Event.
 //! - **Spam filter.** Creating a new Event costs a token from a bucket per regarding object (burst
 //!   25, one token back every 5 minutes, like client-go's spam filter). Without a token the event is
 //!   skipped and counted ([`EventRecorder::filtered`]). Repeats of an existing series cost nothing:
 //!   they are counted in the series, so the count stays true while writes stay bounded.
 //! - Names are `<object name>.<hex nanoseconds>`; the namespace is the object's, or `default`.
-//! - Failed writes are logged and counted ([`EventRecorder::failed`]); they are not retried.
+//! - **Retries.** A write that fails transiently is tried again, as client-go's broadcaster sink
+//!   does: up to [`max_tries`](RecorderConfig::max_tries) attempts (default 12), the second after a
+//!   random wait in `[0, retry_interval)` (so that replicas do not retry in step after an API server
+//!   outage), the later ones [`retry_interval`](RecorderConfig::retry_interval) apart (default
+//!   10 s). Retries are timers of the writing task, not sleeps: other events keep flowing while one
+//!   waits, repeats of a waiting event are folded into the write that lands, and at most
+//!   [`retry_capacity`](RecorderConfig::retry_capacity) writes (default 1000) wait at once, so
+//!   memory stays bounded while the API server is down. What is transient
+//!   ([`EventError::is_transient`]): transport failures, as in client-go, and also 429 and 5xx
+//!   answers, which client-go gives up on but which say "try later" (a deliberate difference).
+//!   Other refusals (400, 403, 422, ...) would fail again and are not retried. A create answered
+//!   AlreadyExists means an earlier attempt landed; a PATCH answered NotFound (the Event expired)
+//!   falls back to creating it with its series, and that create answered AlreadyExists is retried
+//!   (as a PATCH). Writes abandoned (tries exhausted, not transient, no room, or still waiting at
+//!   shutdown) are logged and counted ([`EventRecorder::failed`]).
 //!
 //! Writes go through the [`EventSink`] trait: [`KubeEventSink`] for the API server,
 //! [`InMemoryEventSink`] for tests.
@@ -46,7 +60,7 @@
 //! # }
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -62,6 +76,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// What can go wrong writing an Event.
 #[derive(Debug, thiserror::Error)]
@@ -74,7 +89,15 @@ pub enum EventError {
         /// Name of the Event.
         name: String,
     },
-    /// The API server refused or failed the request.
+    /// An Event of that name exists already.
+    #[error("event {namespace}/{name} already exists")]
+    AlreadyExists {
+        /// Namespace of the Event.
+        namespace: String,
+        /// Name of the Event.
+        name: String,
+    },
+    /// The API server refused or failed the request, or it did not reach the server.
     #[error("writing event {namespace}/{name}")]
     Api {
         /// Namespace of the Event.
@@ -85,6 +108,25 @@ pub enum EventError {
         #[source]
         source: Box<kube::Error>,
     },
+}
+
+impl EventError {
+    /// Whether trying the same write again later may succeed: transport failures (the request
+    /// did not get an answer) and answers 429 Too Many Requests and 5xx. Not transient: NotFound,
+    /// AlreadyExists, other refusals (400, 403, 422, ...) and errors building the request, which
+    /// would fail the same way again.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            EventError::NotFound { .. } | EventError::AlreadyExists { .. } => false,
+            EventError::Api { source, .. } => match source.as_ref() {
+                kube::Error::Api(status) => status.code == 429 || status.code >= 500,
+                kube::Error::HyperError(_)
+                | kube::Error::Service(_)
+                | kube::Error::ReadEvents(_) => true,
+                _ => false,
+            },
+        }
+    }
 }
 
 /// Event severity, as the API allows it.
@@ -138,6 +180,10 @@ fn api_error(namespace: &str, name: &str, e: kube::Error) -> EventError {
             namespace: namespace.into(),
             name: name.into(),
         },
+        kube::Error::Api(s) if s.is_already_exists() => EventError::AlreadyExists {
+            namespace: namespace.into(),
+            name: name.into(),
+        },
         _ => EventError::Api {
             namespace: namespace.into(),
             name: name.into(),
@@ -170,14 +216,78 @@ impl EventSink for KubeEventSink {
     }
 }
 
+/// A failure [`InMemoryEventSink::fail_next`] injects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SinkFailure {
+    /// The API server answers with this HTTP status code (e.g. 500, 429, 403).
+    Status(u16),
+    /// The request gets no answer (connection refused).
+    Transport,
+}
+
+/// Which write a [`SinkAttempt`] was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SinkWrite {
+    /// [`EventSink::create`].
+    Create,
+    /// [`EventSink::patch_series`].
+    PatchSeries,
+}
+
+/// One write the in-memory sink received, failed or not.
+#[derive(Clone, Debug)]
+pub struct SinkAttempt {
+    /// When (tokio's clock, so paused-clock tests can measure spacing).
+    pub at: Instant,
+    /// Create or patch.
+    pub write: SinkWrite,
+    /// Namespace and name of the Event.
+    pub event: (String, String),
+    /// Whether it succeeded.
+    pub ok: bool,
+}
+
 #[derive(Default)]
 struct MemEvents {
     events: HashMap<(String, String), Event>,
     creates: u64,
     patches: u64,
+    fail_next: Vec<SinkFailure>,
+    attempts: Vec<SinkAttempt>,
 }
 
-/// An in-memory [`EventSink`] for tests: stores Events by namespace and name, counts writes.
+impl MemEvents {
+    /// Consumes one injected failure, recording the attempt either way.
+    fn attempt(&mut self, write: SinkWrite, namespace: &str, name: &str) -> Result<(), EventError> {
+        let failure = (!self.fail_next.is_empty()).then(|| self.fail_next.remove(0));
+        self.attempts.push(SinkAttempt {
+            at: Instant::now(),
+            write,
+            event: (namespace.to_owned(), name.to_owned()),
+            ok: failure.is_none(),
+        });
+        let source = match failure {
+            None => return Ok(()),
+            Some(SinkFailure::Status(code)) => kube::Error::Api(
+                kube::core::Status::failure("injected failure", "InjectedFailure")
+                    .with_code(code)
+                    .boxed(),
+            ),
+            Some(SinkFailure::Transport) => kube::Error::Service(Box::new(std::io::Error::new(
+                std::io::ErrorKind::ConnectionRefused,
+                "injected transport failure",
+            ))),
+        };
+        Err(EventError::Api {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            source: Box::new(source),
+        })
+    }
+}
+
+/// An in-memory [`EventSink`] for tests: stores Events by namespace and name, counts writes, can
+/// fail the next writes ([`fail_next`](Self::fail_next)) and logs every attempt with its time.
 #[derive(Clone, Default)]
 pub struct InMemoryEventSink {
     inner: Arc<Mutex<MemEvents>>,
@@ -201,10 +311,24 @@ impl InMemoryEventSink {
         out.into_iter().map(|(_, e)| e).collect()
     }
 
-    /// Number of creates and of patches so far.
+    /// Number of successful creates and of successful patches so far.
     pub fn writes(&self) -> (u64, u64) {
         let inner = self.inner.lock();
         (inner.creates, inner.patches)
+    }
+
+    /// Every write received so far, in order, failed ones included.
+    pub fn attempts(&self) -> Vec<SinkAttempt> {
+        self.inner.lock().attempts.clone()
+    }
+
+    /// Fails the next `n` writes (creates or patches) with `failure`, after any failures
+    /// already queued.
+    pub fn fail_next(&self, n: usize, failure: SinkFailure) {
+        self.inner
+            .lock()
+            .fail_next
+            .extend(std::iter::repeat_n(failure, n));
     }
 
     /// Deletes every stored Event (as the API server's TTL would).
@@ -220,6 +344,13 @@ impl EventSink for InMemoryEventSink {
             event.metadata.name.clone().unwrap_or_default(),
         );
         let mut inner = self.inner.lock();
+        inner.attempt(SinkWrite::Create, &key.0, &key.1)?;
+        if inner.events.contains_key(&key) {
+            return Err(EventError::AlreadyExists {
+                namespace: key.0,
+                name: key.1,
+            });
+        }
         inner.creates += 1;
         inner.events.insert(key, event.clone());
         Ok(event.clone())
@@ -232,7 +363,7 @@ impl EventSink for InMemoryEventSink {
         series: &EventSeries,
     ) -> Result<Event, EventError> {
         let mut inner = self.inner.lock();
-        inner.patches += 1;
+        inner.attempt(SinkWrite::PatchSeries, namespace, name)?;
         let Some(event) = inner
             .events
             .get_mut(&(namespace.to_owned(), name.to_owned()))
@@ -243,7 +374,9 @@ impl EventSink for InMemoryEventSink {
             });
         };
         event.series = Some(series.clone());
-        Ok(event.clone())
+        let event = event.clone();
+        inner.patches += 1;
+        Ok(event)
     }
 }
 
@@ -264,6 +397,13 @@ pub struct RecorderConfig {
     pub spam_burst: u32,
     /// Time for one new-Event token to come back (default 5 min).
     pub spam_refill: Duration,
+    /// Attempts per write, the first included (default 12, as client-go; 0 counts as 1).
+    pub max_tries: u32,
+    /// Wait between attempts (default 10 s); the first retry waits a random part of it.
+    pub retry_interval: Duration,
+    /// Writes allowed to wait for a retry at once (default 1000); a failed write finding no
+    /// room is abandoned.
+    pub retry_capacity: usize,
 }
 
 impl RecorderConfig {
@@ -280,6 +420,9 @@ impl RecorderConfig {
             series_refresh: Duration::from_secs(30 * 60),
             spam_burst: 25,
             spam_refill: Duration::from_secs(5 * 60),
+            max_tries: 12,
+            retry_interval: Duration::from_secs(10),
+            retry_capacity: 1000,
         }
     }
 }
@@ -297,6 +440,7 @@ struct Counters {
     dropped: AtomicU64,
     filtered: AtomicU64,
     failed: AtomicU64,
+    retries: AtomicU64,
 }
 
 /// Publishes Events; cheap to clone. See the [module docs](self).
@@ -330,15 +474,22 @@ impl EventRecorder {
     ) -> (Self, RecorderTask) {
         let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
         let counters = Arc::new(Counters::default());
+        let span = tracing::info_span!(
+            "event_recorder",
+            reporting_controller = %config.reporting_controller,
+            reporting_instance = %config.reporting_instance,
+        );
         let worker = Worker {
             sink,
             config,
             counters: counters.clone(),
             series: HashMap::new(),
             buckets: HashMap::new(),
+            retries: BTreeMap::new(),
+            retry_seq: 0,
             last_nanos: 0,
         };
-        let task = tokio::spawn(worker.run(rx, shutdown));
+        let task = tokio::spawn(worker.run(rx, shutdown).instrument(span));
         (Self { tx, counters }, RecorderTask { task })
     }
 
@@ -381,9 +532,15 @@ impl EventRecorder {
         self.counters.filtered.load(Ordering::Relaxed)
     }
 
-    /// Writes that failed.
+    /// Writes abandoned: tries exhausted, a failure that is not transient, no room to wait for a
+    /// retry, or still waiting at shutdown.
     pub fn failed(&self) -> u64 {
         self.counters.failed.load(Ordering::Relaxed)
+    }
+
+    /// Retries scheduled after failed attempts.
+    pub fn retries(&self) -> u64 {
+        self.counters.retries.load(Ordering::Relaxed)
     }
 }
 
@@ -410,18 +567,51 @@ fn object_key(r: &ObjectReference) -> ObjectKey {
     )
 }
 
+/// An Event being recorded: created, or waiting for its create to land.
 struct SeriesEntry {
-    namespace: String,
-    name: String,
+    /// The Event as first built (name, namespace, regarding, reason, ...; no series).
+    event: Event,
     count: i32,
     last_observed: Timestamp,
     last_seen: Instant,
+    /// The count changed since the last write that landed.
     dirty: bool,
+    /// The Event exists on the server (its create landed).
+    written: bool,
+    /// A retry is scheduled; it will write the latest count.
+    retrying: bool,
+}
+
+impl SeriesEntry {
+    fn series(&self) -> Option<EventSeries> {
+        (self.count >= 2).then_some(EventSeries {
+            count: self.count,
+            last_observed_time: MicroTime(self.last_observed),
+        })
+    }
+
+    fn namespace(&self) -> &str {
+        self.event
+            .metadata
+            .namespace
+            .as_deref()
+            .unwrap_or("default")
+    }
+
+    fn name(&self) -> &str {
+        self.event.metadata.name.as_deref().unwrap_or("")
+    }
 }
 
 struct Bucket {
     tokens: f64,
     updated: Instant,
+}
+
+/// How one attempt ended.
+enum Attempt {
+    Landed,
+    Failed { error: EventError, retry: bool },
 }
 
 struct Worker<S> {
@@ -430,6 +620,10 @@ struct Worker<S> {
     counters: Arc<Counters>,
     series: HashMap<IsoKey, SeriesEntry>,
     buckets: HashMap<ObjectKey, Bucket>,
+    /// Writes waiting for their next attempt, by due time (and a sequence number for ties),
+    /// with the attempts made so far.
+    retries: BTreeMap<(Instant, u64), (IsoKey, u32)>,
+    retry_seq: u64,
     last_nanos: i128,
 }
 
@@ -445,9 +639,17 @@ impl<S: EventSink> Worker<S> {
         finish.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let next_retry = self.retries.keys().next().map(|(due, _)| *due);
+            let retry_due = async move {
+                match next_retry {
+                    Some(due) => tokio::time::sleep_until(due).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
+                () = retry_due => self.retry_due().await,
                 next = rx.recv() => match next {
                     Some(p) => self.record(p).await,
                     None => break,
@@ -461,6 +663,14 @@ impl<S: EventSink> Worker<S> {
             self.record(p).await;
         }
         self.refresh_series().await;
+        let abandoned = self.retries.len() as u64;
+        if abandoned > 0 {
+            self.counters.failed.fetch_add(abandoned, Ordering::Relaxed);
+            tracing::warn!(
+                abandoned,
+                "event recorder stopping: writes waiting for a retry abandoned"
+            );
+        }
         tracing::debug!("event recorder stopped");
     }
 
@@ -503,9 +713,9 @@ impl<S: EventSink> Worker<S> {
             entry.last_observed = now;
             entry.last_seen = Instant::now();
             entry.dirty = true;
-            if entry.count == 2 {
-                let (ns, name) = (entry.namespace.clone(), entry.name.clone());
-                self.write_series(&key, &ns, &name).await;
+            // A waiting retry carries the new count; otherwise the first repeat is written at once.
+            if entry.written && !entry.retrying && entry.count == 2 {
+                self.write(&key, 0).await;
             }
             return;
         }
@@ -530,8 +740,8 @@ impl<S: EventSink> Worker<S> {
         let name = format!("{object_name}.{:x}", self.unique_nanos(now));
         let event = Event {
             metadata: ObjectMeta {
-                name: Some(name.clone()),
-                namespace: Some(namespace.clone()),
+                name: Some(name),
+                namespace: Some(namespace),
                 ..ObjectMeta::default()
             },
             event_time: Some(MicroTime(now)),
@@ -544,84 +754,180 @@ impl<S: EventSink> Worker<S> {
             reporting_instance: Some(self.config.reporting_instance.clone()),
             ..Event::default()
         };
-        match self.sink.create(&event).await {
-            Ok(_) => {
-                tracing::trace!(namespace = %namespace, event = %name, "event created");
-                self.series.insert(
-                    key,
-                    SeriesEntry {
-                        namespace,
-                        name,
-                        count: 1,
-                        last_observed: now,
-                        last_seen: Instant::now(),
-                        dirty: false,
-                    },
-                );
-            }
-            Err(error) => {
-                self.counters.failed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(namespace = %namespace, event = %name, %error, "creating event failed");
-            }
-        }
+        self.series.insert(
+            key.clone(),
+            SeriesEntry {
+                event,
+                count: 1,
+                last_observed: now,
+                last_seen: Instant::now(),
+                dirty: false,
+                written: false,
+                retrying: false,
+            },
+        );
+        self.write(&key, 0).await;
     }
 
-    /// Writes the series of `key`; a vanished Event is created again with the series.
-    async fn write_series(&mut self, key: &IsoKey, namespace: &str, name: &str) {
+    /// One attempt at bringing the server up to date with the entry of `key`: a create (with
+    /// the series, if repeats came while it waited) until one landed, then series patches.
+    async fn attempt(&mut self, key: &IsoKey) -> Option<Attempt> {
+        let entry = self.series.get_mut(key)?;
+        let series = entry.series();
+        entry.dirty = false;
+        if !entry.written {
+            let mut event = entry.event.clone();
+            event.series = series;
+            return Some(match self.sink.create(&event).await {
+                // An earlier attempt landed though its answer was lost.
+                Ok(_) | Err(EventError::AlreadyExists { .. }) => Attempt::Landed,
+                Err(error) => Attempt::Failed {
+                    retry: error.is_transient(),
+                    error,
+                },
+            });
+        }
+        let series = series?;
+        let (namespace, name) = (entry.namespace().to_owned(), entry.name().to_owned());
+        let mut event = entry.event.clone();
+        Some(
+            match self.sink.patch_series(&namespace, &name, &series).await {
+                Ok(_) => Attempt::Landed,
+                Err(EventError::NotFound { .. }) => {
+                    // Expired on the server: create it again, series and all.
+                    tracing::debug!(namespace, event = name, "event gone, creating it again");
+                    event.series = Some(series);
+                    event.metadata.resource_version = None;
+                    match self.sink.create(&event).await {
+                        Ok(_) => Attempt::Landed,
+                        // Someone created it in between: PATCH again.
+                        Err(error @ EventError::AlreadyExists { .. }) => {
+                            Attempt::Failed { error, retry: true }
+                        }
+                        Err(error) => Attempt::Failed {
+                            retry: error.is_transient(),
+                            error,
+                        },
+                    }
+                }
+                Err(error) => Attempt::Failed {
+                    retry: error.is_transient(),
+                    error,
+                },
+            },
+        )
+    }
+
+    /// Attempts the write of `key` (after `tries_before` failed attempts) and schedules the next
+    /// attempt, or gives up, if it fails.
+    async fn write(&mut self, key: &IsoKey, tries_before: u32) {
+        let Some(outcome) = self.attempt(key).await else {
+            return;
+        };
+        let tries = tries_before + 1;
+        let room = self.retries.len() < self.config.retry_capacity;
+        let max_tries = self.config.max_tries.max(1);
         let Some(entry) = self.series.get_mut(key) else {
             return;
         };
-        let series = EventSeries {
-            count: entry.count,
-            last_observed_time: MicroTime(entry.last_observed),
-        };
-        entry.dirty = false;
-        match self.sink.patch_series(namespace, name, &series).await {
-            Ok(_) => tracing::trace!(
-                namespace,
-                event = name,
-                count = series.count,
-                "event series written"
-            ),
-            Err(EventError::NotFound { .. }) => {
-                self.counters.failed.fetch_add(1, Ordering::Relaxed);
-                self.series.remove(key);
-                tracing::debug!(namespace, event = name, "event gone, series dropped");
+        let (namespace, name) = (entry.namespace().to_owned(), entry.name().to_owned());
+        match outcome {
+            Attempt::Landed => {
+                entry.written = true;
+                entry.retrying = false;
+                tracing::trace!(
+                    namespace,
+                    event = name,
+                    count = entry.count,
+                    tries,
+                    "event written"
+                );
             }
-            Err(error) => {
+            Attempt::Failed { error, retry } if retry && tries < max_tries && room => {
+                entry.retrying = true;
+                let interval = self.config.retry_interval;
+                // Spread the first retry so replicas do not retry in step after an outage.
+                let delay = if tries == 1 {
+                    interval.mul_f64(rand::random::<f64>())
+                } else {
+                    interval
+                };
+                self.retry_seq += 1;
+                self.retries.insert(
+                    (Instant::now() + delay, self.retry_seq),
+                    (key.clone(), tries),
+                );
+                self.counters.retries.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(namespace, event = name, tries, delay = ?delay, %error, "writing event failed, will retry");
+            }
+            Attempt::Failed { error, retry } => {
+                entry.retrying = false;
+                entry.dirty = true;
+                let written = entry.written;
+                if !written {
+                    // Never created: forget it, so the next repeat starts a new Event.
+                    self.series.remove(key);
+                }
                 self.counters.failed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(namespace, event = name, %error, "writing event series failed");
+                let why = if !retry {
+                    "not transient"
+                } else if tries >= max_tries {
+                    "tries exhausted"
+                } else {
+                    "no room to wait for a retry"
+                };
+                tracing::warn!(namespace, event = name, tries, why, %error, "writing event failed, giving up");
             }
         }
     }
 
-    async fn refresh_series(&mut self) {
-        let dirty: Vec<_> = self
-            .series
+    /// Attempts every write whose retry is due.
+    async fn retry_due(&mut self) {
+        let now = Instant::now();
+        let mut due = Vec::new();
+        while let Some(entry) = self.retries.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            due.push(entry.remove());
+        }
+        for (key, tries) in due {
+            self.write(&key, tries).await;
+        }
+    }
+
+    fn dirty_written(&self) -> Vec<IsoKey> {
+        self.series
             .iter()
-            .filter(|(_, e)| e.dirty)
-            .map(|(k, e)| (k.clone(), e.namespace.clone(), e.name.clone()))
-            .collect();
-        for (key, ns, name) in dirty {
-            self.write_series(&key, &ns, &name).await;
+            .filter(|(_, e)| e.dirty && e.written && !e.retrying)
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    async fn refresh_series(&mut self) {
+        for key in self.dirty_written() {
+            self.write(&key, 0).await;
         }
     }
 
     /// Ends series quiet for a whole window (writing their final count) and forgets full buckets.
+    /// Series waiting for a retry are kept until it is done.
     async fn finish_series(&mut self) {
         let now = Instant::now();
         let window = self.config.series_window;
         let ended: Vec<_> = self
             .series
             .iter()
-            .filter(|(_, e)| now.duration_since(e.last_seen) >= window)
-            .map(|(k, e)| (k.clone(), e.namespace.clone(), e.name.clone(), e.dirty))
+            .filter(|(_, e)| !e.retrying && now.duration_since(e.last_seen) >= window)
+            .map(|(k, e)| (k.clone(), e.dirty && e.written))
             .collect();
-        for (key, ns, name, dirty) in ended {
+        for (key, dirty) in ended {
             if dirty {
-                self.write_series(&key, &ns, &name).await;
+                self.write(&key, 0).await;
             }
-            self.series.remove(&key);
+            if self.series.get(&key).is_some_and(|e| !e.retrying) {
+                self.series.remove(&key);
+            }
         }
         let full_after = self
             .config

@@ -9,6 +9,7 @@
 //! | [`controller`] | informers to a rate-limited workqueue to `reconcile` workers |
 //! | [`leader_election`] | one active replica among many, on a `coordination.k8s.io/v1` Lease |
 //! | [`events`] | `events.k8s.io/v1` Events, written off the caller's path, repeats folded into series |
+//! | [`metrics`] | Prometheus metrics of controllers, work queues and informers on one registry |
 //! | [`retry`] | `retry_on_conflict` for read-modify-write loops |
 //! | [`serve`] | `/metrics`, `/healthz`, `/readyz` over HTTP |
 //! | [`signal`] | a shutdown token cancelled on SIGINT or SIGTERM |
@@ -16,11 +17,13 @@
 pub mod controller;
 pub mod events;
 pub mod leader_election;
+pub mod metrics;
 pub mod retry;
 pub mod serve;
 pub mod signal;
 
 pub use controller::{
     Action, Controller, ControllerError, ControllerMetrics, ControllerOptions, ControllerSummary,
-    ErrorAction,
+    ErrorAction, Owned,
 };
+pub use metrics::Metrics;

@@ -8,9 +8,9 @@
 //!
 //! | path | answer |
 //! |---|---|
-//! | `/metrics` | the [`Registry`] in OpenMetrics text |
+//! | `/metrics` | the [`Registry`] in OpenMetrics text (with [`Metrics`]: controllers, work queues, informers) |
 //! | `/healthz` (also `/livez`) | 200 when every liveness check passes (e.g. [`LeaderElector::check`]), else 500 |
-//! | `/readyz` | 200 when every readiness check passes (e.g. "caches synced"), else 503; the body also reports the leader |
+//! | `/readyz` | 200 when every readiness check passes (e.g. [`informer_synced`](HealthServer::informer_synced)), else 503; the body also reports the leader |
 //!
 //! Each check is a cheap synchronous closure (read an atomic or a flag); the body lists each check as
 //! `[+]name ok` or `[-]name failed: reason`, like the API server's own probes.
@@ -41,6 +41,7 @@
 //! ```
 //!
 //! [`LeaderElector::check`]: crate::leader_election::LeaderElector::check
+//! [`Metrics`]: crate::metrics::Metrics
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -53,6 +54,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use prometheus_client::registry::Registry;
+use reflex_informer::informer::SharedIndexInformer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -143,6 +145,28 @@ impl HealthServer {
     ) -> Self {
         self.shared.readiness.push((name.into(), Arc::new(check)));
         self
+    }
+
+    /// Adds a readiness check named `name` that passes once `informer` has synced (its initial
+    /// list reached the store): a replica whose caches are cold is not ready.
+    pub fn informer_synced<K>(
+        self,
+        name: impl Into<String>,
+        informer: &SharedIndexInformer<K>,
+    ) -> Self
+    where
+        K: kube::Resource + Send + Sync + 'static,
+    {
+        let informer = informer.clone();
+        self.readiness(name, move || {
+            if informer.has_synced() {
+                Ok(())
+            } else if informer.is_stopped() {
+                Err("informer stopped before it synced".into())
+            } else {
+                Err("informer not synced".into())
+            }
+        })
     }
 
     /// Reports the leader-election state in the `/readyz` body (it does not affect readiness:

@@ -7,13 +7,17 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::DynamicObject;
+use kube::core::discovery::Scope;
+use kube::discovery::ApiResource;
 use parking_lot::Mutex;
 use reflex_informer::informer::{InformerOptions, SharedIndexInformer};
 use reflex_informer::key::ObjectKey;
 use reflex_informer::source::SourceError;
 use reflex_informer::source::memory::{MemorySource, RecordedRequest};
+use reflex_informer::store::Indexer;
 use reflex_runtime::controller::{
-    Action, Controller, ControllerError, ControllerOptions, ControllerSummary, ErrorAction,
+    Action, Controller, ControllerError, ControllerOptions, ControllerSummary, ErrorAction, Owned,
     default_error_policy, predicates,
 };
 use tokio::sync::mpsc;
@@ -196,6 +200,80 @@ async fn owned_child_changes_and_deletions_enqueue_the_controlling_owner() {
     let summary = run.await.unwrap().unwrap();
     assert_eq!(summary.reconciles, 3);
     assert!(ctx.seen.lock().iter().all(|(k, _, _)| *k == key("parent")));
+}
+
+#[tokio::test(start_paused = true)]
+async fn dynamic_cluster_scoped_owner_is_matched_by_its_api_resource_and_keyed_without_namespace() {
+    let clusters = ApiResource {
+        group: "example.com".into(),
+        version: "v1".into(),
+        api_version: "example.com/v1".into(),
+        kind: "Cluster".into(),
+        plural: "clusters".into(),
+    };
+    let cluster_source = MemorySource::<DynamicObject>::new();
+    cluster_source
+        .apply(DynamicObject::new("east", &clusters))
+        .unwrap();
+    let primary = SharedIndexInformer::with_indexer(
+        Arc::new(cluster_source.clone()),
+        Indexer::with_dyntype(clusters.clone()),
+        InformerOptions::default(),
+    );
+    let secret_source = MemorySource::<Secret>::new();
+    let (ctx, mut rx) = Ctx::with_channel();
+    let shutdown = CancellationToken::new();
+    let run = tokio::spawn(
+        Controller::new_with(primary, &clusters, Scope::Cluster)
+            .owns(informer(&secret_source))
+            .options(options(&shutdown))
+            .run(ok_reconcile, default_error_policy, ctx.clone()),
+    );
+    let cluster_key = ObjectKey::new(None::<&str>, "east");
+    assert_eq!(rx.recv().await.unwrap().0, cluster_key);
+    // A namespaced child of the cluster-scoped owner: the owner's key has no namespace. A
+    // reference to another kind with the same name is not an owner of this controller.
+    let mut child = owned_secret("creds", "east", true);
+    child.metadata.owner_references.as_mut().unwrap()[0].api_version = "example.com/v1".into();
+    child.metadata.owner_references.as_mut().unwrap()[0].kind = "Cluster".into();
+    secret_source
+        .apply(owned_secret("other", "east", true))
+        .unwrap();
+    secret_source.apply(child).unwrap();
+    assert_eq!(rx.recv().await.unwrap().0, cluster_key);
+    shutdown.cancel();
+    let summary = run.await.unwrap().unwrap();
+    assert_eq!(summary.reconciles, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_owner_mode_enqueues_non_controlling_owners_too() {
+    let cm_source = MemorySource::<ConfigMap>::new();
+    let secret_source = MemorySource::<Secret>::new();
+    let (ctx, mut rx) = Ctx::with_channel();
+    let shutdown = CancellationToken::new();
+    let run = tokio::spawn(
+        Controller::new(informer(&cm_source))
+            .owns(Owned::every_owner(informer(&secret_source)))
+            .options(options(&shutdown))
+            .run(ok_reconcile, default_error_policy, ctx.clone()),
+    );
+    // Two owners of the primary's kind, one controlling, and one of another kind.
+    let mut shared = owned_secret("shared", "controller-owner", true);
+    let refs = shared.metadata.owner_references.as_mut().unwrap();
+    let mut plain = refs[0].clone();
+    plain.name = "plain-owner".into();
+    plain.controller = None;
+    let mut other_kind = refs[0].clone();
+    other_kind.kind = "Secret".into();
+    other_kind.name = "not-an-owner".into();
+    refs.extend([plain, other_kind]);
+    secret_source.apply(shared).unwrap();
+    let mut got = vec![rx.recv().await.unwrap().0, rx.recv().await.unwrap().0];
+    got.sort_by_key(|k| k.to_string());
+    assert_eq!(got, [key("controller-owner"), key("plain-owner")]);
+    shutdown.cancel();
+    assert_eq!(run.await.unwrap().unwrap().reconciles, 2);
 }
 
 #[tokio::test(start_paused = true)]

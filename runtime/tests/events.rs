@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ObjectReference;
-use reflex_runtime::events::{EventRecorder, EventType, InMemoryEventSink, RecorderConfig};
+use reflex_runtime::events::{
+    EventRecorder, EventType, InMemoryEventSink, RecorderConfig, SinkFailure, SinkWrite,
+};
 use tokio_util::sync::CancellationToken;
 
 fn pod(namespace: Option<&str>, name: &str) -> ObjectReference {
@@ -39,6 +41,14 @@ fn config() -> RecorderConfig {
 
 async fn settle() {
     tokio::time::sleep(Duration::from_millis(1)).await;
+}
+
+/// Lets the recorder task handle what was published without moving the paused clock, so a
+/// retry scheduled a random (possibly tiny) delay ahead cannot fire meanwhile.
+async fn drain() {
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -284,19 +294,303 @@ async fn shutdown_writes_events_already_queued() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn vanished_event_ends_its_series_and_next_repeat_creates_anew() {
+async fn vanished_event_is_created_again_with_its_series_when_the_patch_finds_it_gone() {
     let (rec, task, sink, shutdown) = start(config());
     let p = pod(Some("apps"), "web-0");
     rec.publish(&p, EventType::Normal, "Sync", "Reconcile", "synced");
     settle().await;
+    let name = sink.events()[0].metadata.name.clone();
     sink.clear();
     rec.publish(&p, EventType::Normal, "Sync", "Reconcile", "synced");
     settle().await;
-    assert_eq!(rec.failed(), 1);
+    // PATCH answered NotFound, then a create of the same Event carrying the series.
+    let writes: Vec<SinkWrite> = sink.attempts().iter().map(|a| a.write).collect();
+    assert_eq!(
+        writes,
+        [SinkWrite::Create, SinkWrite::PatchSeries, SinkWrite::Create]
+    );
+    let events = sink.events();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].metadata.name, name);
+    assert_eq!(events[0].series.as_ref().map(|s| s.count), Some(2));
+    // The series goes on against the recreated Event.
     rec.publish(&p, EventType::Normal, "Sync", "Reconcile", "synced");
-    settle().await;
-    assert_eq!(sink.writes().0, 2);
-    assert_eq!(sink.events().len(), 1);
     shutdown.cancel();
     task.join().await;
+    assert_eq!(sink.events()[0].series.as_ref().map(|s| s.count), Some(3));
+    assert_eq!((rec.failed(), rec.retries()), (0, 0));
+}
+
+const INTERVAL: Duration = Duration::from_secs(10);
+
+/// The gaps between consecutive attempts.
+fn gaps(sink: &InMemoryEventSink) -> Vec<Duration> {
+    let at: Vec<_> = sink.attempts().iter().map(|a| a.at).collect();
+    at.windows(2).map(|w| w[1] - w[0]).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_create_is_retried_first_after_a_random_wait_then_every_interval_until_it_lands() {
+    let (rec, task, sink, shutdown) = start(config());
+    sink.fail_next(3, SinkFailure::Status(500));
+    rec.publish(
+        &pod(Some("apps"), "web-0"),
+        EventType::Normal,
+        "Sync",
+        "Run",
+        "ok",
+    );
+    // 3 failures: at most 10 s + 10 s + 10 s of waiting.
+    tokio::time::sleep(INTERVAL * 3).await;
+    let attempts = sink.attempts();
+    assert_eq!(
+        attempts.iter().map(|a| a.ok).collect::<Vec<_>>(),
+        [false, false, false, true]
+    );
+    assert!(attempts.iter().all(|a| a.write == SinkWrite::Create));
+    let gaps = gaps(&sink);
+    assert!(gaps[0] < INTERVAL, "first retry after {:?}", gaps[0]);
+    assert_eq!(&gaps[1..], [INTERVAL, INTERVAL]);
+    assert_eq!(sink.events().len(), 1);
+    assert_eq!((rec.retries(), rec.failed()), (3, 0));
+    shutdown.cancel();
+    task.join().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn transport_failures_and_429_are_retried_like_5xx() {
+    let (rec, task, sink, shutdown) = start(config());
+    sink.fail_next(1, SinkFailure::Transport);
+    sink.fail_next(1, SinkFailure::Status(429));
+    sink.fail_next(1, SinkFailure::Status(503));
+    rec.publish(
+        &pod(Some("apps"), "web-0"),
+        EventType::Normal,
+        "Sync",
+        "Run",
+        "ok",
+    );
+    tokio::time::sleep(INTERVAL * 3).await;
+    assert_eq!(sink.attempts().len(), 4);
+    assert_eq!(sink.events().len(), 1);
+    assert_eq!((rec.retries(), rec.failed()), (3, 0));
+    shutdown.cancel();
+    task.join().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_write_is_abandoned_after_twelve_tries() {
+    let (rec, task, sink, shutdown) = start(config());
+    sink.fail_next(100, SinkFailure::Status(500));
+    rec.publish(
+        &pod(Some("apps"), "web-0"),
+        EventType::Normal,
+        "Sync",
+        "Run",
+        "ok",
+    );
+    tokio::time::sleep(INTERVAL * 20).await;
+    assert_eq!(sink.attempts().len(), 12);
+    assert_eq!(&gaps(&sink)[1..], [INTERVAL; 10]);
+    assert!(sink.events().is_empty());
+    assert_eq!((rec.retries(), rec.failed()), (11, 1));
+    shutdown.cancel();
+    task.join().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn refusals_that_would_fail_again_are_not_retried() {
+    for code in [400, 403, 422] {
+        let (rec, task, sink, shutdown) = start(config());
+        sink.fail_next(1, SinkFailure::Status(code));
+        rec.publish(
+            &pod(Some("apps"), "web-0"),
+            EventType::Normal,
+            "Sync",
+            "Run",
+            "ok",
+        );
+        tokio::time::sleep(INTERVAL * 3).await;
+        assert_eq!(sink.attempts().len(), 1, "code {code}");
+        assert_eq!((rec.retries(), rec.failed()), (0, 1), "code {code}");
+        shutdown.cancel();
+        task.join().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn other_events_flow_while_one_waits_and_its_repeats_land_in_the_retried_create() {
+    let (rec, task, sink, shutdown) = start(config());
+    let web = pod(Some("apps"), "web-0");
+    sink.fail_next(1, SinkFailure::Status(503));
+    rec.publish(&web, EventType::Normal, "Sync", "Run", "ok");
+    drain().await;
+    assert_eq!(rec.retries(), 1);
+    // While web-0's create waits: another object's event is written at once, and web-0's
+    // repeats are only counted (no write, no second Event).
+    rec.publish(
+        &pod(Some("apps"), "db-0"),
+        EventType::Normal,
+        "Sync",
+        "Run",
+        "ok",
+    );
+    rec.publish(&web, EventType::Normal, "Sync", "Run", "ok");
+    rec.publish(&web, EventType::Normal, "Sync", "Run", "ok");
+    drain().await;
+    assert_eq!(sink.attempts().len(), 2);
+    assert_eq!(sink.events().len(), 1);
+    tokio::time::sleep(INTERVAL).await;
+    let events = sink.events();
+    assert_eq!(events.len(), 2);
+    let web_event = events
+        .iter()
+        .find(|e| e.regarding.as_ref().unwrap().name.as_deref() == Some("web-0"))
+        .unwrap();
+    assert_eq!(web_event.series.as_ref().map(|s| s.count), Some(3));
+    assert_eq!(sink.attempts().len(), 3);
+    assert_eq!((rec.retries(), rec.failed()), (1, 0));
+    shutdown.cancel();
+    task.join().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_series_patch_is_retried_with_the_latest_count() {
+    let (rec, task, sink, shutdown) = start(config());
+    let p = pod(Some("apps"), "web-0");
+    rec.publish(&p, EventType::Normal, "Sync", "Run", "ok");
+    drain().await;
+    sink.fail_next(1, SinkFailure::Status(500));
+    rec.publish(&p, EventType::Normal, "Sync", "Run", "ok");
+    drain().await;
+    rec.publish(&p, EventType::Normal, "Sync", "Run", "ok");
+    tokio::time::sleep(INTERVAL).await;
+    let writes: Vec<(SinkWrite, bool)> = sink.attempts().iter().map(|a| (a.write, a.ok)).collect();
+    assert_eq!(
+        writes,
+        [
+            (SinkWrite::Create, true),
+            (SinkWrite::PatchSeries, false),
+            (SinkWrite::PatchSeries, true)
+        ]
+    );
+    assert_eq!(sink.events()[0].series.as_ref().map(|s| s.count), Some(3));
+    shutdown.cancel();
+    task.join().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn waiting_writes_are_bounded_and_the_excess_is_abandoned() {
+    let (rec, task, sink, shutdown) = start(RecorderConfig {
+        retry_capacity: 2,
+        ..config()
+    });
+    sink.fail_next(3, SinkFailure::Status(503));
+    for name in ["a", "b", "c"] {
+        rec.publish(
+            &pod(Some("apps"), name),
+            EventType::Normal,
+            "Sync",
+            "Run",
+            "ok",
+        );
+    }
+    drain().await;
+    assert_eq!((rec.retries(), rec.failed()), (2, 1));
+    tokio::time::sleep(INTERVAL).await;
+    assert_eq!(sink.events().len(), 2);
+    assert_eq!(sink.attempts().len(), 5);
+    shutdown.cancel();
+    task.join().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_abandons_waiting_retries_without_waiting_for_them() {
+    let (rec, task, sink, shutdown) = start(config());
+    sink.fail_next(1, SinkFailure::Status(503));
+    rec.publish(
+        &pod(Some("apps"), "web-0"),
+        EventType::Normal,
+        "Sync",
+        "Run",
+        "ok",
+    );
+    drain().await;
+    assert_eq!(rec.retries(), 1);
+    let before = tokio::time::Instant::now();
+    shutdown.cancel();
+    task.join().await;
+    assert_eq!(
+        tokio::time::Instant::now(),
+        before,
+        "join waited for the retry timer"
+    );
+    assert_eq!(sink.attempts().len(), 1);
+    assert_eq!(rec.failed(), 1);
+}
+
+#[test]
+fn transient_errors_are_transport_failures_429_and_5xx_only() {
+    use reflex_runtime::events::EventError;
+    let api = |code: u16| EventError::Api {
+        namespace: "apps".into(),
+        name: "e".into(),
+        source: Box::new(kube::Error::Api(
+            kube::core::Status::failure("test", "Test")
+                .with_code(code)
+                .boxed(),
+        )),
+    };
+    let cases: Vec<(&str, EventError, bool)> = vec![
+        ("400", api(400), false),
+        ("403", api(403), false),
+        ("409", api(409), false),
+        ("422", api(422), false),
+        ("429", api(429), true),
+        ("500", api(500), true),
+        ("503", api(503), true),
+        ("504", api(504), true),
+        (
+            "transport",
+            EventError::Api {
+                namespace: "apps".into(),
+                name: "e".into(),
+                source: Box::new(kube::Error::Service(Box::new(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "reset",
+                )))),
+            },
+            true,
+        ),
+        (
+            "serialization",
+            EventError::Api {
+                namespace: "apps".into(),
+                name: "e".into(),
+                source: Box::new(kube::Error::SerdeError(
+                    serde_json::from_str::<u8>("x").unwrap_err(),
+                )),
+            },
+            false,
+        ),
+        (
+            "not found",
+            EventError::NotFound {
+                namespace: "apps".into(),
+                name: "e".into(),
+            },
+            false,
+        ),
+        (
+            "already exists",
+            EventError::AlreadyExists {
+                namespace: "apps".into(),
+                name: "e".into(),
+            },
+            false,
+        ),
+    ];
+    for (name, error, transient) in cases {
+        assert_eq!(error.is_transient(), transient, "{name}");
+    }
 }

@@ -601,6 +601,71 @@ async fn repeated_event_for_one_object_and_reason_is_one_event_with_a_series() {
     server.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_create_failing_with_500_is_retried_and_lands_while_403_is_not_retried() {
+    let server = FakeApiServer::start().await.unwrap();
+    let client = server.client().unwrap();
+    let shutdown = CancellationToken::new();
+    let (recorder, task) = EventRecorder::new(
+        KubeEventSink::new(client.clone()),
+        RecorderConfig {
+            retry_interval: Duration::from_millis(100),
+            ..RecorderConfig::new("samplecontroller.k8s.io/sample-controller", "replica-a")
+        },
+        shutdown.clone(),
+    );
+    let regarding = ObjectReference {
+        api_version: Some("samplecontroller.k8s.io/v1alpha1".into()),
+        kind: Some("Foo".into()),
+        namespace: Some(NS.into()),
+        name: Some("example-foo".into()),
+        uid: Some("uid-1".into()),
+        ..ObjectReference::default()
+    };
+    let events: Api<Event> = Api::namespaced(client, NS);
+
+    // 403 Forbidden would be refused again: one attempt, abandoned.
+    server
+        .faults()
+        .fail_next(1, 403, Some("create"), Some("events"));
+    recorder.publish(
+        &regarding,
+        EventType::Warning,
+        "Denied",
+        "Reconcile",
+        "no rights",
+    );
+    eventually("the refused event abandoned", || async {
+        (recorder.failed() == 1).then_some(())
+    })
+    .await;
+    assert_eq!(recorder.retries(), 0);
+
+    // Two 500s: the third attempt lands.
+    server
+        .faults()
+        .fail_next(2, 500, Some("create"), Some("events"));
+    recorder.publish(
+        &regarding,
+        EventType::Normal,
+        "Synced",
+        "Reconcile",
+        "in sync",
+    );
+    let event = eventually("the retried event", || async {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        list.items.into_iter().next()
+    })
+    .await;
+    assert_eq!(event.reason.as_deref(), Some("Synced"));
+    assert_eq!((recorder.retries(), recorder.failed()), (2, 1));
+    shutdown.cancel();
+    task.join().await;
+    let all = events.list(&ListParams::default()).await.unwrap().items;
+    assert_eq!(all.len(), 1, "{all:?}");
+    server.shutdown().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Readiness.
 

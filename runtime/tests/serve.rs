@@ -157,3 +157,37 @@ async fn binding_a_taken_port_is_a_typed_error() {
         .err();
     assert!(matches!(err, Some(ServeError::Bind { addr: a, .. }) if a == addr));
 }
+
+#[tokio::test]
+async fn readyz_reports_an_informer_unsynced_until_its_initial_list_is_stored() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use reflex_informer::informer::{InformerOptions, SharedIndexInformer};
+    use reflex_informer::source::memory::MemorySource;
+
+    let source = MemorySource::<ConfigMap>::new();
+    let informer = SharedIndexInformer::new(Arc::new(source), InformerOptions::default());
+    let shutdown = CancellationToken::new();
+    let server = HealthServer::new(ephemeral())
+        .informer_synced("configmaps-synced", &informer)
+        .start(shutdown.clone())
+        .await
+        .unwrap();
+    let (status, body) = get(server.local_addr(), "/readyz").await;
+    assert_eq!(status, 503);
+    assert!(
+        body.contains("[-]configmaps-synced failed: informer not synced"),
+        "{body}"
+    );
+
+    let run = tokio::spawn({
+        let (informer, shutdown) = (informer.clone(), shutdown.clone());
+        async move { informer.run(shutdown).await }
+    });
+    assert!(informer.wait_for_sync().await);
+    let (status, body) = get(server.local_addr(), "/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("[+]configmaps-synced ok"), "{body}");
+    shutdown.cancel();
+    run.await.unwrap().unwrap();
+    server.join().await;
+}

@@ -85,3 +85,61 @@ async fn delay_and_pause_hold_responses() {
     api.list(&ListParams::default()).await.unwrap();
     assert!(start.elapsed() >= std::time::Duration::from_secs(30));
 }
+
+#[tokio::test]
+async fn expire_next_continue_answers_410_to_the_next_page_only() {
+    let server = FakeApiServer::start().await.unwrap();
+    let api: Api<ConfigMap> = Api::namespaced(server.client().unwrap(), "default");
+    for n in ["a", "b", "c", "d"] {
+        api.create(&PostParams::default(), &cm(n)).await.unwrap();
+    }
+    let first = api.list(&ListParams::default().limit(2)).await.unwrap();
+    let token = first.metadata.continue_.clone().unwrap();
+    server.faults().expire_next_continue();
+    let before = server.resource_version();
+    match api
+        .list(&ListParams::default().limit(2).continue_token(&token))
+        .await
+        .unwrap_err()
+    {
+        kube::Error::Api(s) => assert_eq!((s.code, s.reason.as_str()), (410, "Expired")),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(server.resource_version(), before + 1);
+    // A fresh list pages normally again, its token is not expired.
+    let fresh = api.list(&ListParams::default().limit(2)).await.unwrap();
+    let next = api
+        .list(
+            &ListParams::default()
+                .limit(2)
+                .continue_token(fresh.metadata.continue_.as_deref().unwrap()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(next.items.len(), 2);
+    // The old resourceVersion is gone for watches too.
+    let rv = first.metadata.resource_version.unwrap();
+    match api.watch(&WatchParams::default(), &rv).await.err() {
+        Some(kube::Error::Api(s)) => assert_eq!(s.code, 410),
+        other => panic!("expected a 410, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn request_count_counts_routed_requests_by_verb_and_resource() {
+    let server = FakeApiServer::start().await.unwrap();
+    let api: Api<ConfigMap> = Api::namespaced(server.client().unwrap(), "default");
+    server
+        .faults()
+        .fail_next(1, 500, Some("list"), Some("configmaps"));
+    assert!(api.list(&ListParams::default()).await.is_err());
+    api.list(&ListParams::default()).await.unwrap();
+    api.create(&PostParams::default(), &cm("a")).await.unwrap();
+    api.get("a").await.unwrap();
+    let f = server.faults();
+    assert_eq!(f.request_count("list", "configmaps"), 2);
+    assert_eq!(f.request_count("create", "configmaps"), 1);
+    assert_eq!(f.request_count("get", "configmaps"), 1);
+    assert_eq!(f.request_count("watch", "configmaps"), 0);
+    assert_eq!(f.request_count("list", "pods"), 0);
+}

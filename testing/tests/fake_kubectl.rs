@@ -1,4 +1,5 @@
-//! The real kubectl against the fake API server (skipped when kubectl is absent, unless
+//! The real kubectl against the fake API server (apply, the typed `create` generators that send
+//! protobuf, get, get -w, delete, api-resources) (skipped when kubectl is absent, unless
 //! `REFLEX_REQUIRE_KUBECTL=1`).
 
 use std::path::Path;
@@ -38,7 +39,7 @@ async fn run(bin: &str, kubeconfig: &Path, args: &[&str]) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kubectl_applies_gets_watches_and_deletes() {
+async fn kubectl_applies_creates_gets_watches_and_deletes() {
     let Some(bin) = kubectl() else { return };
     let server = FakeApiServer::start().await.unwrap();
     let dir = std::env::temp_dir().join(format!("reflex-fake-kubectl-{}", std::process::id()));
@@ -112,6 +113,61 @@ async fn kubectl_applies_gets_watches_and_deletes() {
             "{r} missing from api-resources:\n{resources}"
         );
     }
+    // Typed generators send protobuf bodies.
+    run(bin, &kubeconfig, &["create", "namespace", "team-a"]).await;
+    run(
+        bin,
+        &kubeconfig,
+        &[
+            "create",
+            "configmap",
+            "generated",
+            "-n",
+            "team-a",
+            "--from-literal=k=v",
+        ],
+    )
+    .await;
+    run(
+        bin,
+        &kubeconfig,
+        &[
+            "create",
+            "secret",
+            "generic",
+            "pw",
+            "-n",
+            "team-a",
+            "--from-literal=pw=hunter2",
+        ],
+    )
+    .await;
+    run(
+        bin,
+        &kubeconfig,
+        &["create", "serviceaccount", "robot", "-n", "team-a"],
+    )
+    .await;
+    let created = run(
+        bin,
+        &kubeconfig,
+        &[
+            "get",
+            "namespace/team-a",
+            "configmap/generated",
+            "secret/pw",
+            "serviceaccount/robot",
+            "-n",
+            "team-a",
+            "-o",
+            "jsonpath={range .items[*]}{.kind}/{.metadata.name} {.status.phase}{.data.k}{.data.pw}{.type}{\"\\n\"}{end}",
+        ],
+    )
+    .await;
+    assert_eq!(
+        created,
+        "Namespace/team-a Active\nConfigMap/generated v\nSecret/pw aHVudGVyMg==Opaque\nServiceAccount/robot \n"
+    );
     run(bin, &kubeconfig, &["delete", "configmap", "demo"]).await;
     let out = Command::new(bin)
         .arg("--kubeconfig")

@@ -507,3 +507,97 @@ async fn seeded_objects_resolve_their_resource_from_api_version_and_kind() {
             .is_err()
     );
 }
+
+#[tokio::test]
+async fn boolean_query_parameters_are_decoded_like_the_apiserver_does() {
+    // The Python client sends `watch=True`; the apiserver treats any value but 0/false as true.
+    let server = FakeApiServer::start().await.unwrap();
+    let client = server.client().unwrap();
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    api.create(&PostParams::default(), &cm("a", json!({})))
+        .await
+        .unwrap();
+    for (value, watches) in [
+        ("True", true),
+        ("true", true),
+        ("1", true),
+        ("t", true),
+        ("False", false),
+        ("false", false),
+        ("0", false),
+    ] {
+        let req = http::Request::get(format!(
+            "/api/v1/namespaces/default/configmaps?watch={value}&timeoutSeconds=1"
+        ))
+        .body(Vec::new())
+        .unwrap();
+        let resp = client.send(req.map(Into::into)).await.unwrap();
+        assert_eq!(resp.status(), 200, "watch={value}");
+        let bytes = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        let first: serde_json::Value =
+            serde_json::from_slice(bytes.split(|b| *b == b'\n').next().unwrap()).unwrap();
+        if watches {
+            assert_eq!(first["type"], "ADDED", "watch={value}: {first}");
+        } else {
+            assert_eq!(first["kind"], "ConfigMapList", "watch={value}: {first}");
+        }
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn delete_answers_a_status_or_the_object_as_kube_apiserver_does() {
+    let server = FakeApiServer::start().await.unwrap();
+    let client = server.client().unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let created = cms
+        .create(&PostParams::default(), &cm("gone", json!({})))
+        .await
+        .unwrap();
+    // Gone at once: a Status of Success naming what was deleted.
+    let status = cms
+        .delete("gone", &DeleteParams::default())
+        .await
+        .unwrap()
+        .right()
+        .expect("a Status for an object deleted at once");
+    assert_eq!(
+        status.status,
+        Some(kube::core::response::StatusSummary::Success)
+    );
+    let details = status.details.unwrap();
+    assert_eq!(
+        (details.name.as_str(), details.kind.as_str()),
+        ("gone", "configmaps")
+    );
+    assert_eq!(Some(details.uid), created.metadata.uid);
+    // Held by a finalizer: the object being deleted.
+    let mut held = cm("held", json!({}));
+    held.metadata.finalizers = Some(vec!["example.com/hold".into()]);
+    cms.create(&PostParams::default(), &held).await.unwrap();
+    let obj = cms
+        .delete("held", &DeleteParams::default())
+        .await
+        .unwrap()
+        .left()
+        .expect("the object for a deletion held by finalizers");
+    assert!(obj.metadata.deletion_timestamp.is_some());
+    // Pods (like services, service accounts, namespaces and CRDs) answer with the object.
+    let pods: Api<Pod> = Api::namespaced(client, "default");
+    let pod: Pod = serde_json::from_value(
+        json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "i"}]}}),
+    )
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    let obj = pods
+        .delete("p", &DeleteParams::default())
+        .await
+        .unwrap()
+        .left()
+        .expect("the deleted pod");
+    assert_eq!(obj.metadata.name.as_deref(), Some("p"));
+    server.shutdown().await;
+}

@@ -88,6 +88,19 @@ pub fn from_kube_error(err: kube::Error, what: &str) -> SourceError {
     }
 }
 
+/// Converts an error *item* of kube's watch stream. kube decodes a line that is not a watch
+/// event as a `Status` if it can, and a `Status` has no required field, so any JSON object (an
+/// event with an unknown `type`, say) comes back as an API error with code 0. A real error
+/// always carries a code; a code-0 "status" is a line that could not be decoded.
+fn from_kube_watch_item_error(err: kube::Error, what: &str) -> SourceError {
+    match err {
+        kube::Error::Api(status) if status.code == 0 => SourceError::malformed(format!(
+            "{what}: a watch line that is neither an event nor a Status"
+        )),
+        other => from_kube_error(other, what),
+    }
+}
+
 /// Converts kube's `Status` into an [`ApiStatus`].
 pub fn from_kube_status(status: &kube::core::Status) -> ApiStatus {
     ApiStatus {
@@ -156,7 +169,7 @@ where
                 .map_err(|e| from_kube_error(e, &what))?;
             Ok(stream
                 .map_ok(from_kube_event)
-                .map_err(move |e| from_kube_error(e, &what))
+                .map_err(move |e| from_kube_watch_item_error(e, &what))
                 .boxed())
         }
         .boxed()
@@ -197,7 +210,7 @@ where
                 .map_err(|e| from_kube_error(e, &what))?;
             Ok(stream
                 .map_ok(from_kube_event)
-                .map_err(move |e| from_kube_error(e, &what))
+                .map_err(move |e| from_kube_watch_item_error(e, &what))
                 .boxed())
         }
         .boxed()
@@ -274,6 +287,19 @@ mod tests {
         let err = from_kube_error(kube::Error::SerdeError(bad), "watch of pods");
         assert!(err.is_malformed());
         assert!(err.to_string().contains("watch of pods"));
+    }
+
+    #[test]
+    fn a_watch_line_kube_read_as_a_codeless_status_is_malformed() {
+        // kube's fallback for `{"type":"SURPRISE",...}`: every Status field is optional.
+        let line = r#"{"type":"SURPRISE","object":{"kind":"Pod","metadata":{"name":"a"}}}"#;
+        let status: kube::core::Status = serde_json::from_str(line).unwrap();
+        let err = from_kube_watch_item_error(kube::Error::Api(Box::new(status)), "watch of pods");
+        assert!(err.is_malformed(), "{err:?}");
+        let mut real = kube::core::Status::failure("too old resource version", "Expired");
+        real.code = 410;
+        let err = from_kube_watch_item_error(kube::Error::Api(Box::new(real)), "watch of pods");
+        assert!(err.is_expired() && !err.is_malformed(), "{err:?}");
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //! Faults are consumed per request before routing, so they apply uniformly to every verb and
 //! resource the server speaks, and the handle can flip them while requests are in flight.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -25,6 +27,9 @@ pub struct Faults {
     rules: Mutex<Vec<FailRule>>,
     delay: Mutex<Option<Duration>>,
     paused_tx: watch::Sender<bool>,
+    expire_next_continue: AtomicBool,
+    /// Requests routed so far, by (verb, resource plural).
+    requests: Mutex<HashMap<(String, String), u64>>,
 }
 
 impl Default for Faults {
@@ -33,6 +38,8 @@ impl Default for Faults {
             rules: Mutex::new(Vec::new()),
             delay: Mutex::new(None),
             paused_tx: watch::channel(false).0,
+            expire_next_continue: AtomicBool::new(false),
+            requests: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -82,5 +89,33 @@ impl Faults {
         let mut rx = self.paused_tx.subscribe();
         // The sender lives as long as `self`, so `wait_for` only fails if it is dropped.
         let _ = rx.wait_for(|p| !*p).await;
+    }
+
+    /// Arms the expiry of the next continue token.
+    pub fn set_expire_next_continue(&self) {
+        self.expire_next_continue.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether a list request carrying a continue token must expire it now (consumes the fault).
+    pub fn take_expire_next_continue(&self) -> bool {
+        self.expire_next_continue.swap(false, Ordering::SeqCst)
+    }
+
+    /// Counts one routed request.
+    pub fn count_request(&self, verb: &str, resource: &str) {
+        *self
+            .requests
+            .lock()
+            .entry((verb.to_string(), resource.to_string()))
+            .or_default() += 1;
+    }
+
+    /// Routed requests of a verb and resource so far.
+    pub fn request_count(&self, verb: &str, resource: &str) -> u64 {
+        self.requests
+            .lock()
+            .get(&(verb.to_string(), resource.to_string()))
+            .copied()
+            .unwrap_or(0)
     }
 }

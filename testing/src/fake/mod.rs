@@ -5,6 +5,15 @@
 //! so it needs no `k8s-openapi` types, and serves any built-in or CRD-defined resource through the
 //! same code. Faults are injected through [`FaultHandle`].
 //!
+//! Where a client can tell, it answers as kube-apiserver v1.35 does (the envtest fidelity test
+//! compares the two): `Accept: application/json;as=PartialObjectMetadata[List];g=meta.k8s.io;v=v1`
+//! gets metadata-only objects, lists, and watch events (the first acceptable range of the header
+//! wins; `as=Table` and protobuf are skipped, plain JSON is the fallback); list items carry no
+//! `apiVersion`/`kind`; DELETE answers a `Status` unless the object outlives the call; boolean
+//! query parameters read any value but `0`/`false` as true; selectors with invalid label keys or
+//! values, or on fields the resource has no field label for, answer 400. kubectl and the official
+//! Python client are tested against it.
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), reflex_testing::FakeError> {
 //! let server = reflex_testing::FakeApiServer::start().await?;
@@ -16,7 +25,9 @@
 //! ```
 
 mod faults;
+mod media;
 mod patch;
+mod protobuf;
 mod resources;
 mod selectors;
 mod server;
@@ -151,6 +162,21 @@ impl FaultHandle {
     /// Forgets the event history: older resourceVersions and continue tokens answer 410.
     pub fn compact(&self) {
         self.shared.storage.lock().compact();
+    }
+
+    /// Expires the next continue token: when the next list request carrying one arrives, the
+    /// resourceVersion advances (as a write to an unrelated resource would) and the history is
+    /// compacted before the request is served, so it answers `410 Expired` as a real apiserver
+    /// does when etcd compacts between the pages of a list. Clients are expected to relist.
+    pub fn expire_next_continue(&self) {
+        self.shared.faults.set_expire_next_continue();
+    }
+
+    /// Requests received so far for a verb (`"get"`, `"list"`, `"watch"`, `"create"`,
+    /// `"update"`, `"patch"`, `"delete"`, `"deletecollection"`) and resource plural, counted when
+    /// they are routed (after a pause, before an injected failure); failed requests count too.
+    pub fn request_count(&self, verb: &str, resource: &str) -> u64 {
+        self.shared.faults.request_count(verb, resource)
     }
 
     /// Writes raw bytes into every open watch stream.

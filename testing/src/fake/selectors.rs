@@ -52,6 +52,92 @@ fn valid_key(k: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
 }
 
+/// A label name or value: at most 63 characters, alphanumeric at both ends, `-_.` inside.
+fn qualified_name_part(s: &str) -> bool {
+    s.len() <= 63
+        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && s.ends_with(|c: char| c.is_ascii_alphanumeric())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// A label key: `name` or `prefix/name`, the prefix a DNS subdomain.
+fn valid_label_key(k: &str) -> bool {
+    match k.split_once('/') {
+        None => qualified_name_part(k),
+        Some((prefix, name)) => {
+            !prefix.is_empty()
+                && prefix.len() <= 253
+                && prefix.split('.').all(|l| {
+                    !l.is_empty()
+                        && l.len() <= 63
+                        && l.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+                        && l.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+                        && l.chars()
+                            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                })
+                && qualified_name_part(name)
+        }
+    }
+}
+
+/// A label value: empty, or a qualified name part.
+fn valid_label_value(v: &str) -> bool {
+    v.is_empty() || qualified_name_part(v)
+}
+
+/// Field labels kube-apiserver v1.35 accepts beyond `metadata.name` and `metadata.namespace`,
+/// per resource (checked against a real one: other resources refuse anything else), and the
+/// value a missing field compares as.
+fn extra_field_labels(group: &str, plural: &str) -> Option<&'static [&'static str]> {
+    Some(match (group, plural) {
+        ("", "secrets") => &["type"],
+        ("", "services") => &["spec.clusterIP", "spec.type"],
+        ("", "pods") => &[
+            "spec.nodeName",
+            "spec.restartPolicy",
+            "spec.schedulerName",
+            "spec.serviceAccountName",
+            "spec.hostNetwork",
+            "status.phase",
+            "status.podIP",
+            "status.podIPs",
+            "status.nominatedNodeName",
+        ],
+        ("", "nodes") => &["spec.unschedulable"],
+        ("", "namespaces") => &["status.phase"],
+        ("", "events") => &[
+            "involvedObject.kind",
+            "involvedObject.namespace",
+            "involvedObject.name",
+            "involvedObject.uid",
+            "involvedObject.apiVersion",
+            "involvedObject.resourceVersion",
+            "involvedObject.fieldPath",
+            "reason",
+            "reportingComponent",
+            "source",
+            "type",
+        ],
+        ("events.k8s.io", "events") => &[
+            "regarding.kind",
+            "regarding.namespace",
+            "regarding.name",
+            "regarding.uid",
+            "regarding.apiVersion",
+            "regarding.resourceVersion",
+            "regarding.fieldPath",
+            "reason",
+            "reportingController",
+            "type",
+        ],
+        _ => return None,
+    })
+}
+
+/// Boolean fields a field selector reads as `false` when the object leaves them out.
+const FALSE_WHEN_ABSENT: &[&str] = &["spec.unschedulable", "spec.hostNetwork"];
+
 fn parse_set(term: &str, rest: &str) -> Result<Vec<String>, ApiError> {
     let rest = rest.trim();
     let inner = rest
@@ -94,7 +180,12 @@ impl LabelSelector {
                 | LabelReq::Exists(k)
                 | LabelReq::NotExists(k) => k,
             };
-            if !valid_key(key) {
+            let values: &[String] = match &req {
+                LabelReq::Eq(_, v) | LabelReq::NotEq(_, v) => std::slice::from_ref(v),
+                LabelReq::In(_, vs) | LabelReq::NotIn(_, vs) => vs,
+                LabelReq::Exists(_) | LabelReq::NotExists(_) => &[],
+            };
+            if !valid_label_key(key) || !values.iter().all(|v| valid_label_value(v)) {
                 return Err(bad());
             }
             reqs.push(req);
@@ -143,12 +234,40 @@ impl FieldSelector {
         Ok(Self(terms))
     }
 
-    /// Whether every term holds; a missing field compares as the empty string.
+    /// Refuses field labels the resource does not support, with kube-apiserver's 400.
+    pub fn check_supported(&self, group: &str, plural: &str) -> Result<(), ApiError> {
+        let extra = extra_field_labels(group, plural);
+        for (path, _, _) in &self.0 {
+            if matches!(path.as_str(), "metadata.name" | "metadata.namespace") {
+                continue;
+            }
+            match extra {
+                Some(fields) if fields.contains(&path.as_str()) => {}
+                Some(_) => {
+                    return Err(ApiError::bad_request(format!(
+                        "field label not supported: {path}"
+                    )));
+                }
+                None => {
+                    return Err(ApiError::bad_request(format!(
+                        "\"{path}\" is not a known field selector: only \"metadata.name\", \"metadata.namespace\""
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether every term holds; a missing field compares as the empty string (`false` for
+    /// the boolean fields that have a field label).
     pub fn matches(&self, obj: &Value) -> bool {
         self.0.iter().all(|(path, eq, want)| {
             let pointer = format!("/{}", path.replace('.', "/"));
             let got = match obj.pointer(&pointer) {
                 Some(Value::String(s)) => s.clone(),
+                Some(Value::Null) | None if FALSE_WHEN_ABSENT.contains(&path.as_str()) => {
+                    "false".to_string()
+                }
                 Some(Value::Null) | None => String::new(),
                 Some(other) => other.to_string(),
             };
@@ -205,9 +324,66 @@ mod tests {
 
     #[test]
     fn malformed_selectors_are_rejected() {
-        assert!(LabelSelector::parse("app in web").is_err());
-        assert!(LabelSelector::parse("a b").is_err());
+        let bad_labels = [
+            "app in web",
+            "a b",
+            "app===x",
+            "-bad=x",
+            "bad-=x",
+            "app=-x",
+            "app in (x,-y)",
+            "Example.com/app=x",
+            "/app=x",
+            "example.com/=x",
+        ];
+        for sel in bad_labels {
+            assert!(LabelSelector::parse(sel).is_err(), "{sel}");
+        }
+        for sel in [
+            "example.com/app=x",
+            "a.b-c/d_e.f=g-h",
+            "app=",
+            "app in (x, y_z)",
+        ] {
+            assert!(LabelSelector::parse(sel).is_ok(), "{sel}");
+        }
         assert!(FieldSelector::parse("metadata.name").is_err());
+    }
+
+    #[test]
+    fn field_labels_are_checked_per_resource_like_kube_apiserver() {
+        let cases = [
+            (
+                "",
+                "configmaps",
+                "metadata.name=a,metadata.namespace=b",
+                true,
+            ),
+            ("", "configmaps", "spec.foo=x", false),
+            ("", "secrets", "type=Opaque", true),
+            ("", "secrets", "data.x=y", false),
+            ("", "pods", "spec.nodeName=n,status.phase=Running", true),
+            ("", "nodes", "spec.unschedulable=false", true),
+            ("", "events", "involvedObject.name=a,reason=B", true),
+            ("events.k8s.io", "events", "regarding.name=a", true),
+            ("events.k8s.io", "events", "involvedObject.name=a", false),
+            ("apps", "replicasets", "status.replicas=1", false),
+            ("example.com", "widgets", "spec.size=1", false),
+        ];
+        for (group, plural, sel, ok) in cases {
+            let parsed = FieldSelector::parse(sel).unwrap();
+            assert_eq!(
+                parsed.check_supported(group, plural).is_ok(),
+                ok,
+                "{group}/{plural} {sel}"
+            );
+        }
+        let node = json!({"metadata": {"name": "n"}, "spec": {}});
+        assert!(
+            FieldSelector::parse("spec.unschedulable=false")
+                .unwrap()
+                .matches(&node)
+        );
     }
 
     #[test]

@@ -18,8 +18,9 @@ use parking_lot::Mutex;
 use serde_json::{Value, json};
 
 use super::faults::Faults;
+use super::media::{Output, Shape, negotiate};
 use super::patch::{json_patch, merge_patch};
-use super::resources::{ResKey, api_group, groups, resource_list};
+use super::resources::{ResKey, ResourceDef, api_group, groups, resource_list};
 use super::selectors::{FieldSelector, LabelSelector, Selectors};
 use super::status::ApiError;
 use super::storage::{Storage, WatchFrom};
@@ -47,6 +48,23 @@ fn json_response(code: u16, v: &Value) -> Response<Body> {
         http::HeaderValue::from_static("application/json"),
     );
     r
+}
+
+/// A JSON response. Transformed (`as=PartialObjectMetadata`) answers are `application/json` too,
+/// as kube-apiserver sends them.
+fn bytes_response(code: u16, body: Vec<u8>) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(body)).boxed());
+    *r.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// One object in the negotiated representation.
+fn object_response(code: u16, out: Output, obj: &Arc<Value>) -> Response<Body> {
+    bytes_response(code, out.object_bytes(obj))
 }
 
 fn error_response(e: &ApiError) -> Response<Body> {
@@ -111,6 +129,31 @@ struct Target {
 fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
     serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+}
+
+/// The body of a create, update or delete: JSON, or the protobuf kubectl's typed commands send
+/// (`kubectl create configmap`, see [`protobuf`](super::protobuf)). Other encodings answer 415, as
+/// kube-apiserver does for a format it cannot read.
+fn parse_object_body(content_type: &str, body: &Bytes) -> Result<Value, ApiError> {
+    let media = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    if media == "application/vnd.kubernetes.protobuf" {
+        return super::protobuf::decode_object(body);
+    }
+    if !matches!(media.as_str(), "" | "application/json" | "*/*") {
+        return Err(ApiError::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unknown format ({media}) - accepted media types include: application/json"
+            ),
+        ));
+    }
+    parse_body(body)
 }
 
 fn route(
@@ -301,14 +344,24 @@ fn route(
             ));
         }
     };
-    resource(shared, method, t, q, ct, body)
+    resource(shared, accept, method, t, q, ct, body)
 }
 
-fn selectors(q: &HashMap<String, String>) -> Result<Selectors, ApiError> {
+fn selectors(q: &HashMap<String, String>, def: &ResourceDef) -> Result<Selectors, ApiError> {
+    let fields = FieldSelector::parse(q.get("fieldSelector").map(String::as_str).unwrap_or(""))?;
+    fields.check_supported(&def.group, &def.plural)?;
     Ok(Selectors {
         labels: LabelSelector::parse(q.get("labelSelector").map(String::as_str).unwrap_or(""))?,
-        fields: FieldSelector::parse(q.get("fieldSelector").map(String::as_str).unwrap_or(""))?,
+        fields,
     })
+}
+
+/// A boolean query parameter as the apiserver decodes it: absent is false, and any value but
+/// `0` or `false` (in any case) is true, so `watch=True` (the Python client) and `watch=1`
+/// both start a watch.
+fn query_bool(q: &HashMap<String, String>, name: &str) -> bool {
+    q.get(name)
+        .is_some_and(|v| v != "0" && !v.eq_ignore_ascii_case("false"))
 }
 
 fn parse_rv(s: &str) -> Result<u64, ApiError> {
@@ -331,8 +384,20 @@ fn unhex(s: &str) -> Option<String> {
     String::from_utf8(bytes?).ok()
 }
 
+/// Resources whose DELETE answers with the deleted object even when it is gone at once (as
+/// kube-apiserver's stores for them do); the others answer a `Status` of `Success` unless the
+/// object stays behind for its finalizers, when the answer is the object being deleted.
+const RETURNS_DELETED_OBJECT: &[&str] = &[
+    "pods",
+    "services",
+    "serviceaccounts",
+    "namespaces",
+    "customresourcedefinitions",
+];
+
 fn resource(
     shared: &Shared,
+    accept: &str,
     method: &Method,
     t: Target,
     q: &HashMap<String, String>,
@@ -340,7 +405,7 @@ fn resource(
     body: &Bytes,
 ) -> Result<Response<Body>, ApiError> {
     let def = shared.storage.lock().def(&t.res)?;
-    let is_watch = t.watch_path || q.get("watch").is_some_and(|w| w == "true" || w == "1");
+    let is_watch = t.watch_path || query_bool(q, "watch");
     let verb = match (method, &t.name, is_watch) {
         (&Method::GET, _, true) => "watch",
         (&Method::GET, Some(_), _) => "get",
@@ -352,6 +417,7 @@ fn resource(
         (&Method::DELETE, None, _) => "deletecollection",
         _ => return Err(ApiError::method_not_allowed()),
     };
+    shared.faults.count_request(verb, &def.plural);
     if let Some(e) = shared.faults.take_failure(verb, &def.plural) {
         return Err(e);
     }
@@ -383,23 +449,26 @@ fn resource(
     let ns = t.ns.clone().unwrap_or_default();
     let name = t.name.clone().unwrap_or_default();
     tracing::debug!(resource = %def.plural, namespace = %ns, name = %name, verb, "request");
+    let one = negotiate(accept, Shape::Object);
     match verb {
-        "get" => Ok(json_response(
+        "get" => Ok(object_response(
             200,
-            &*shared.storage.lock().get(&t.res, &ns, &name)?,
+            one,
+            &shared.storage.lock().get(&t.res, &ns, &name)?,
         )),
-        "list" => list(shared, &t, q),
-        "watch" => watch(shared, &t, q),
+        "list" => list(shared, &t, q, negotiate(accept, Shape::List)),
+        "watch" => watch(shared, &t, q, one),
         "create" => {
-            let obj = parse_body(body)?;
+            let obj = parse_object_body(ct, body)?;
             let created = shared.storage.lock().create(&t.res, &ns, obj)?;
-            Ok(json_response(201, &created))
+            Ok(object_response(201, one, &created))
         }
         "update" => {
-            let obj = parse_body(body)?;
-            Ok(json_response(
+            let obj = parse_object_body(ct, body)?;
+            Ok(object_response(
                 200,
-                &*shared
+                one,
+                &shared
                     .storage
                     .lock()
                     .update(&t.res, &ns, &name, obj, status_only)?,
@@ -418,7 +487,7 @@ fn resource(
                 if s.get(&t.res, &ns, &name).is_err() && !status_only {
                     let mut obj = patch;
                     obj["metadata"]["name"] = json!(name);
-                    return Ok(json_response(201, &*s.create(&t.res, &ns, obj)?));
+                    return Ok(object_response(201, one, &s.create(&t.res, &ns, obj)?));
                 }
             }
             let current = s.get(&t.res, &ns, &name)?;
@@ -440,24 +509,40 @@ fn resource(
             let precondition = patch.pointer("/metadata/resourceVersion").cloned();
             doc["metadata"]["resourceVersion"] =
                 precondition.unwrap_or_else(|| current["metadata"]["resourceVersion"].clone());
-            Ok(json_response(
+            Ok(object_response(
                 200,
-                &*s.update(&t.res, &ns, &name, doc, status_only)?,
+                one,
+                &s.update(&t.res, &ns, &name, doc, status_only)?,
             ))
         }
         "delete" => {
             let opts = if body.is_empty() {
                 json!({})
             } else {
-                parse_body(body)?
+                parse_object_body(ct, body)?
             };
+            let mut s = shared.storage.lock();
+            let deleted = s.delete(&t.res, &ns, &name, &opts)?;
+            let pending = s.get(&t.res, &ns, &name).is_ok();
+            drop(s);
+            if pending || RETURNS_DELETED_OBJECT.contains(&def.plural.as_str()) {
+                return Ok(object_response(200, one, &deleted));
+            }
+            let mut details = json!({
+                "name": name,
+                "kind": def.plural,
+                "uid": deleted.pointer("/metadata/uid").cloned().unwrap_or(Value::Null),
+            });
+            if !def.group.is_empty() {
+                details["group"] = json!(def.group);
+            }
             Ok(json_response(
                 200,
-                &*shared.storage.lock().delete(&t.res, &ns, &name, &opts)?,
+                &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details}),
             ))
         }
         _ => {
-            let sel = selectors(q)?;
+            let sel = selectors(q, &def)?;
             let mut s = shared.storage.lock();
             let objs = s.snapshot(&t.res, None)?;
             let mut items = Vec::new();
@@ -466,10 +551,17 @@ fn resource(
                     items.push(s.delete(&t.res, &ons, &oname, &json!({}))?);
                 }
             }
-            let items: Vec<&Value> = items.iter().map(|a| &**a).collect();
-            Ok(json_response(
+            let out = negotiate(accept, Shape::List);
+            let meta = json!({"resourceVersion": s.current_rv().to_string()});
+            drop(s);
+            Ok(bytes_response(
                 200,
-                &json!({"apiVersion": def.api_version(), "kind": format!("{}List", def.kind), "metadata": {"resourceVersion": s.current_rv().to_string()}, "items": items}),
+                out.list_bytes(
+                    &def.api_version(),
+                    &def.kind,
+                    &meta,
+                    items.iter().map(|a| &**a),
+                ),
             ))
         }
     }
@@ -479,9 +571,10 @@ fn list(
     shared: &Shared,
     t: &Target,
     q: &HashMap<String, String>,
+    out: Output,
 ) -> Result<Response<Body>, ApiError> {
     let def = shared.storage.lock().def(&t.res)?;
-    let sel = selectors(q)?;
+    let sel = selectors(q, &def)?;
     let limit: usize = match q.get("limit") {
         Some(l) => l
             .parse()
@@ -493,9 +586,12 @@ fn list(
         .get("resourceVersionMatch")
         .map(String::as_str)
         .unwrap_or("");
-    let s = shared.storage.lock();
+    let mut s = shared.storage.lock();
     let (at, start_after) = match q.get("continue").filter(|c| !c.is_empty()) {
         Some(token) => {
+            if shared.faults.take_expire_next_continue() {
+                s.advance_and_compact();
+            }
             let decoded =
                 unhex(token).ok_or_else(|| ApiError::bad_request("continue key is not valid"))?;
             let (rv_s, key) = decoded
@@ -590,9 +686,9 @@ fn list(
         meta["continue"] = json!(c);
         meta["remainingItemCount"] = json!(remaining);
     }
-    Ok(json_response(
+    Ok(bytes_response(
         200,
-        &json!({"apiVersion": def.api_version(), "kind": format!("{}List", def.kind), "metadata": meta, "items": items}),
+        out.list_bytes(&def.api_version(), &def.kind, &meta, items),
     ))
 }
 
@@ -600,10 +696,11 @@ fn watch(
     shared: &Shared,
     t: &Target,
     q: &HashMap<String, String>,
+    out: Output,
 ) -> Result<Response<Body>, ApiError> {
-    let sel = selectors(q)?;
+    let sel = selectors(q, &shared.storage.lock().def(&t.res)?)?;
     let rv = q.get("resourceVersion").map(String::as_str).unwrap_or("");
-    let send_initial = q.get("sendInitialEvents").is_some_and(|v| v == "true");
+    let send_initial = query_bool(q, "sendInitialEvents");
     if send_initial && q.get("resourceVersionMatch").map(String::as_str) != Some("NotOlderThan") {
         return Err(ApiError::invalid(
             "resourceVersionMatch: Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
@@ -614,10 +711,7 @@ fn watch(
         _ if send_initial => WatchFrom::Current,
         n => WatchFrom::After(parse_rv(n)?),
     };
-    let bookmarks = q
-        .get("allowWatchBookmarks")
-        .is_some_and(|v| v == "true")
-        .then_some(shared.bookmark_interval);
+    let bookmarks = query_bool(q, "allowWatchBookmarks").then_some(shared.bookmark_interval);
     let timeout = match q.get("timeoutSeconds") {
         Some(s) => Some(Duration::from_secs(s.parse().map_err(|_| {
             ApiError::bad_request(format!("invalid timeoutSeconds {s:?}"))
@@ -636,6 +730,7 @@ fn watch(
         bookmarks,
         timeout,
         initial_end_bookmark: send_initial,
+        output: out,
     };
     let frames = stream(def, start, opts).map(|b| Ok::<_, Infallible>(Frame::data(b)));
     let mut r = Response::new(BodyExt::boxed(StreamBody::new(frames)));

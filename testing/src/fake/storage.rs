@@ -163,6 +163,28 @@ fn spec_part(obj: &Value) -> Value {
     o
 }
 
+/// The defaults kube-apiserver fills in on create that clients read back: a namespace is
+/// `Active` with the `kubernetes` finalizer, a secret without a type is `Opaque`.
+fn apply_create_defaults(d: &ResourceDef, obj: &mut Value) {
+    match (d.group.as_str(), d.plural.as_str()) {
+        ("", "namespaces") => {
+            if obj.pointer("/spec/finalizers").is_none() {
+                obj["spec"]["finalizers"] = json!(["kubernetes"]);
+            }
+            obj["status"]["phase"] = json!("Active");
+        }
+        ("", "secrets")
+            if obj
+                .get("type")
+                .and_then(Value::as_str)
+                .is_none_or(str::is_empty) =>
+        {
+            obj["type"] = json!("Opaque");
+        }
+        _ => {}
+    }
+}
+
 fn finalizers_empty(obj: &Value) -> bool {
     obj.pointer("/metadata/finalizers")
         .and_then(Value::as_array)
@@ -413,6 +435,7 @@ impl Storage {
         };
         obj["apiVersion"] = json!(d.api_version());
         obj["kind"] = json!(d.kind);
+        apply_create_defaults(&d, &mut obj);
         self.rv += 1;
         let m = obj["metadata"]
             .as_object_mut()
@@ -663,6 +686,14 @@ impl Storage {
     pub fn compact(&mut self) {
         self.history.clear();
         self.oldest_rv = self.rv;
+    }
+
+    /// Advances the resourceVersion without an event of any served resource (as a write to an
+    /// unrelated resource would), then compacts: every resourceVersion before now answers 410,
+    /// including the current one before the call.
+    pub fn advance_and_compact(&mut self) {
+        self.rv += 1;
+        self.compact();
     }
 
     /// Closes every open watch.

@@ -13,6 +13,7 @@ use futures::Stream;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
+use super::media::Output;
 use super::resources::ResourceDef;
 use super::selectors::Selectors;
 use super::status::ApiError;
@@ -30,6 +31,8 @@ pub struct WatchOptions {
     pub timeout: Option<Duration>,
     /// Send the initial-events-end bookmark after the initial events.
     pub initial_end_bookmark: bool,
+    /// Representation of the event objects (full or `PartialObjectMetadata`).
+    pub output: Output,
 }
 
 fn line(v: &Value) -> Bytes {
@@ -38,14 +41,13 @@ fn line(v: &Value) -> Bytes {
     Bytes::from(b)
 }
 
-fn bookmark(def: &ResourceDef, rv: u64, initial_end: bool) -> Bytes {
+fn bookmark(def: &ResourceDef, output: Output, rv: u64, initial_end: bool) -> Bytes {
     let mut meta = json!({"resourceVersion": rv.to_string()});
     if initial_end {
         meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
     }
-    line(
-        &json!({"type": "BOOKMARK", "object": {"apiVersion": def.api_version(), "kind": def.kind, "metadata": meta}}),
-    )
+    let obj = json!({"apiVersion": def.api_version(), "kind": def.kind, "metadata": meta});
+    line(&json!({"type": "BOOKMARK", "object": &*output.object(&obj)}))
 }
 
 /// Translates an event through the selectors: objects entering the selection are ADDED, objects
@@ -67,7 +69,9 @@ fn filtered(ev: &Event, opts: &WatchOptions) -> Option<Bytes> {
         EventType::Modified if before => EventType::Deleted,
         _ => return None,
     };
-    Some(line(&json!({"type": kind.as_str(), "object": &*ev.obj})))
+    Some(line(
+        &json!({"type": kind.as_str(), "object": &*opts.output.object(&ev.obj)}),
+    ))
 }
 
 struct State {
@@ -112,7 +116,7 @@ pub fn stream(
         }
         if st.pending_initial_end {
             st.pending_initial_end = false;
-            let b = bookmark(&st.def, st.last_rv, true);
+            let b = bookmark(&st.def, st.opts.output, st.last_rv, true);
             return Some((b, st));
         }
         loop {
@@ -141,7 +145,7 @@ pub fn stream(
                 _ = sleep_until(bookmark_at) => {
                     let interval = st.opts.bookmarks.unwrap_or(Duration::from_secs(60));
                     st.next_bookmark = Some(Instant::now() + interval);
-                    let b = bookmark(&st.def, st.last_rv, false);
+                    let b = bookmark(&st.def, st.opts.output, st.last_rv, false);
                     return Some((b, st));
                 }
             }
@@ -194,6 +198,7 @@ mod tests {
             bookmarks: None,
             timeout: None,
             initial_end_bookmark: false,
+            output: Output::Full,
         };
         let lines: Vec<Value> = stream(def, start, opts)
             .map(|b| serde_json::from_slice(&b).unwrap())
