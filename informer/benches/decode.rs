@@ -3,6 +3,12 @@
 //! skipping decoder (managedFields dropped while parsing), the skipping decoder with more paths,
 //! and a small projection. Throughput is reported in Pods per second.
 //!
+//! The second group compares JSON libraries that decode into the same serde types on the same
+//! Pods: serde_json, sonic-rs and simd-json, decoding the whole `PodList` into
+//! `ObjectList<Pod>`, and each Pod through the skipping decoder's seed (managedFields dropped
+//! while parsing), which works over any serde `Deserializer`. simd-json parses in place, so
+//! its figures include copying the input.
+//!
 //! `cargo bench -p reflex-informer --bench decode -- --quick`
 
 #[path = "../tests/support/objects.rs"]
@@ -15,6 +21,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::core::ObjectList;
 use reflex_informer::decode::{DecodeOptions, Decoder, SkipPath};
+use serde::de::DeserializeSeed;
 
 const PODS: usize = 2_000;
 
@@ -120,5 +127,75 @@ fn decode(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decode);
+fn json_libraries(c: &mut Criterion) {
+    let mut g = objects::Gen::new(42);
+    let pods: Vec<_> = (0..PODS).map(|i| g.pod("bench", i)).collect();
+    let body = objects::list_json("PodList", "1", &pods);
+    let each: Vec<Vec<u8>> = pods
+        .iter()
+        .map(|p| serde_json::to_vec(p).expect("JSON values serialize"))
+        .collect();
+    let skip = Decoder::default();
+
+    // The libraries must agree before they are compared.
+    let reference: ObjectList<Pod> = serde_json::from_slice(&body).expect("serde_json decodes");
+    let sonic: ObjectList<Pod> = sonic_rs::from_slice(&body).expect("sonic-rs decodes");
+    let simd: ObjectList<Pod> =
+        simd_json::serde::from_slice(&mut body.clone()).expect("simd-json decodes");
+    assert!(reference.items == sonic.items && reference.items == simd.items);
+
+    let mut group = c.benchmark_group("json_libraries");
+    group.throughput(Throughput::Elements(PODS as u64));
+    group.sample_size(10);
+    group.bench_function("serde_json_object_list", |b| {
+        b.iter(|| {
+            let list: ObjectList<Pod> = serde_json::from_slice(black_box(&body)).expect("decodes");
+            black_box(list.items.len())
+        })
+    });
+    group.bench_function("sonic_rs_object_list", |b| {
+        b.iter(|| {
+            let list: ObjectList<Pod> = sonic_rs::from_slice(black_box(&body)).expect("decodes");
+            black_box(list.items.len())
+        })
+    });
+    group.bench_function("simd_json_object_list_with_copy", |b| {
+        b.iter(|| {
+            let mut copy = black_box(&body).clone();
+            let list: ObjectList<Pod> = simd_json::serde::from_slice(&mut copy).expect("decodes");
+            black_box(list.items.len())
+        })
+    });
+    group.bench_function("serde_json_skipping_seed_per_pod", |b| {
+        b.iter(|| {
+            for json in black_box(&each) {
+                let mut de = serde_json::Deserializer::from_slice(json);
+                let pod: Pod = skip.seed::<Pod>().deserialize(&mut de).expect("decodes");
+                black_box(pod);
+            }
+        })
+    });
+    group.bench_function("sonic_rs_skipping_seed_per_pod", |b| {
+        b.iter(|| {
+            for json in black_box(&each) {
+                let mut de = sonic_rs::Deserializer::from_slice(json);
+                let pod: Pod = skip.seed::<Pod>().deserialize(&mut de).expect("decodes");
+                black_box(pod);
+            }
+        })
+    });
+    group.bench_function("simd_json_skipping_seed_per_pod_with_copy", |b| {
+        b.iter(|| {
+            for json in black_box(&each) {
+                let mut copy = json.clone();
+                let mut de = simd_json::Deserializer::from_slice(&mut copy).expect("parses");
+                let pod: Pod = skip.seed::<Pod>().deserialize(&mut de).expect("decodes");
+                black_box(pod);
+            }
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, decode, json_libraries);
 criterion_main!(benches);

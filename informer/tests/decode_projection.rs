@@ -78,13 +78,37 @@ fn expected<K: DeserializeOwned>(value: &Value, options: &DecodeOptions) -> K {
     serde_json::from_value(value).unwrap()
 }
 
+/// Single objects, list pages and watch events all decode to the full decode with the paths
+/// removed.
 fn check_equivalence<K: DeserializeOwned + PartialEq + std::fmt::Debug>(objects: &[Value]) {
     for (name, options) in option_sets() {
         let decoder = Decoder::new(&options);
+        let want: Vec<K> = objects.iter().map(|o| expected::<K>(o, &options)).collect();
         for (i, object) in objects.iter().enumerate() {
             let bytes = serde_json::to_vec(object).unwrap();
             let got: K = decoder.decode(&bytes).unwrap();
-            assert_eq!(got, expected::<K>(object, &options), "{name}, object {i}");
+            assert_eq!(got, want[i], "{name}, object {i}");
+
+            let line = serde_json::to_vec(&json!({"type": "MODIFIED", "object": object})).unwrap();
+            match decoder.decode_event::<K>(&line).unwrap() {
+                WatchEvent::Modified(got) => assert_eq!(got, want[i], "{name}, event {i}"),
+                other => panic!("{name}, event {i}: expected MODIFIED, got {other:?}"),
+            }
+        }
+        for (page, chunk) in objects.chunks(37).enumerate() {
+            let body = list_json("List", &format!("{page}"), chunk);
+            let got = decoder.decode_list::<K>(&body).unwrap();
+            assert_eq!(
+                got.resource_version,
+                page.to_string(),
+                "{name}, page {page}"
+            );
+            let start = page * 37;
+            assert_eq!(
+                got.items,
+                want[start..start + chunk.len()],
+                "{name}, page {page}"
+            );
         }
     }
 }

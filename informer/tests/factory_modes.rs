@@ -207,6 +207,12 @@ async fn metadata_informer_holds_metadata_without_managed_fields_in_the_factory_
             json["metadata"]["labels"].as_object().map(|l| l.len())
         );
         assert!(m.metadata.managed_fields.is_none());
+        // The server honoured the Accept header: the list carried PartialObjectMetadata items.
+        assert_eq!(
+            m.types.as_ref().map(|t| t.kind.as_str()),
+            Some("PartialObjectMetadata"),
+            "listed as metadata only"
+        );
     }
     let api: kube::Api<Pod> = kube::Api::namespaced(client, "team-a");
     api.create(&PostParams::default(), &new_pod("team-a", "late", "n"))
@@ -217,6 +223,13 @@ async fn metadata_informer_holds_metadata_without_managed_fields_in_the_factory_
         meta.indexer().get_by_key(&late).is_some()
     })
     .await;
+    let late = meta.indexer().get_by_key(&late).unwrap();
+    assert_eq!(
+        late.types.as_ref().map(|t| t.kind.as_str()),
+        Some("PartialObjectMetadata"),
+        "watched as metadata only"
+    );
+    assert!(late.metadata.managed_fields.is_none());
     factory.shutdown().await;
     server.shutdown().await;
 }
