@@ -276,6 +276,8 @@ fn describe(e: &ProtocolError) -> String {
 fn check(contender: &Contender, sizes: &Sizes, mut o: Outcome) -> Outcome {
     let mib = o.peak_rss_kib as f64 / 1024.0;
     o.figures.insert("peak_rss_mib".into(), mib);
+    o.figures
+        .insert("rss_at_result_mib".into(), o.rss_kib as f64 / 1024.0);
     if contender.workload == Workload::Sync {
         // Every contender lists all namespaces, the steady-state Pods included.
         let expected = sizes.pods + sizes.steady_pods;
