@@ -301,7 +301,8 @@ fn route(
             ));
         }
     };
-    resource(shared, method, t, q, ct, body)
+    let metadata_only = accept.contains("as=PartialObjectMetadata");
+    resource(shared, method, t, q, ct, body, metadata_only)
 }
 
 fn selectors(q: &HashMap<String, String>) -> Result<Selectors, ApiError> {
@@ -331,6 +332,9 @@ fn unhex(s: &str) -> Option<String> {
     String::from_utf8(bytes?).ok()
 }
 
+/// `metadata_only`: the client asked for `PartialObjectMetadata` (`Accept: ...;as=
+/// PartialObjectMetadata[List];g=meta.k8s.io;v=v1`, as kubectl and metadata informers do): gets,
+/// lists and watch events carry only each object's metadata.
 fn resource(
     shared: &Shared,
     method: &Method,
@@ -338,6 +342,7 @@ fn resource(
     q: &HashMap<String, String>,
     ct: &str,
     body: &Bytes,
+    metadata_only: bool,
 ) -> Result<Response<Body>, ApiError> {
     let def = shared.storage.lock().def(&t.res)?;
     let is_watch = t.watch_path || q.get("watch").is_some_and(|w| w == "true" || w == "1");
@@ -384,12 +389,16 @@ fn resource(
     let name = t.name.clone().unwrap_or_default();
     tracing::debug!(resource = %def.plural, namespace = %ns, name = %name, verb, "request");
     match verb {
-        "get" => Ok(json_response(
-            200,
-            &*shared.storage.lock().get(&t.res, &ns, &name)?,
-        )),
-        "list" => list(shared, &t, q),
-        "watch" => watch(shared, &t, q),
+        "get" => {
+            let obj = shared.storage.lock().get(&t.res, &ns, &name)?;
+            if metadata_only {
+                Ok(json_response(200, &partial_metadata(&obj)))
+            } else {
+                Ok(json_response(200, &obj))
+            }
+        }
+        "list" => list(shared, &t, q, metadata_only),
+        "watch" => watch(shared, &t, q, metadata_only),
         "create" => {
             let obj = parse_body(body)?;
             let created = shared.storage.lock().create(&t.res, &ns, obj)?;
@@ -475,10 +484,17 @@ fn resource(
     }
 }
 
+/// The `PartialObjectMetadata` of an object.
+fn partial_metadata(obj: &Value) -> Value {
+    json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+           "metadata": obj.get("metadata").cloned().unwrap_or_else(|| json!({}))})
+}
+
 fn list(
     shared: &Shared,
     t: &Target,
     q: &HashMap<String, String>,
+    metadata_only: bool,
 ) -> Result<Response<Body>, ApiError> {
     let def = shared.storage.lock().def(&t.res)?;
     let sel = selectors(q)?;
@@ -587,6 +603,16 @@ fn list(
         meta["continue"] = json!(c);
         meta["remainingItemCount"] = json!(remaining);
     }
+    if metadata_only {
+        let partial: Vec<Value> = items.iter().map(|o| partial_metadata(o)).collect();
+        let refs: Vec<&Value> = partial.iter().collect();
+        return Ok(list_response(
+            "meta.k8s.io/v1",
+            "PartialObjectMetadataList",
+            &meta,
+            &refs,
+        ));
+    }
     Ok(list_response(
         &def.api_version(),
         &format!("{}List", def.kind),
@@ -626,6 +652,7 @@ fn watch(
     shared: &Shared,
     t: &Target,
     q: &HashMap<String, String>,
+    metadata_only: bool,
 ) -> Result<Response<Body>, ApiError> {
     let sel = selectors(q)?;
     let rv = q.get("resourceVersion").map(String::as_str).unwrap_or("");
@@ -662,6 +689,7 @@ fn watch(
         bookmarks,
         timeout,
         initial_end_bookmark: send_initial,
+        metadata_only,
     };
     let frames = stream(def, start, opts).map(|b| Ok::<_, Infallible>(Frame::data(b)));
     let mut r = Response::new(BodyExt::boxed(StreamBody::new(frames)));

@@ -30,6 +30,8 @@ pub struct WatchOptions {
     pub timeout: Option<Duration>,
     /// Send the initial-events-end bookmark after the initial events.
     pub initial_end_bookmark: bool,
+    /// Send each object's `PartialObjectMetadata` instead of the object.
+    pub metadata_only: bool,
 }
 
 fn line(v: &Value) -> Bytes {
@@ -67,18 +69,26 @@ fn filtered(ev: &Event, opts: &WatchOptions) -> Option<Bytes> {
         EventType::Modified if before => EventType::Deleted,
         _ => return None,
     };
-    Some(event_line(kind, &ev.obj))
+    Some(event_line(kind, &ev.obj, opts.metadata_only))
 }
 
 /// One watch event line, written around the stored object (building a `Value` of the event
 /// first would deep-copy the object for every watcher).
-fn event_line(kind: EventType, obj: &Value) -> Bytes {
+fn event_line(kind: EventType, obj: &Value, metadata_only: bool) -> Bytes {
     let mut b = Vec::with_capacity(4096);
     b.extend_from_slice(b"{\"type\":\"");
     b.extend_from_slice(kind.as_str().as_bytes());
     b.extend_from_slice(b"\",\"object\":");
     // Writing a JSON value into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut b, obj);
+    if metadata_only {
+        b.extend_from_slice(
+            b"{\"apiVersion\":\"meta.k8s.io/v1\",\"kind\":\"PartialObjectMetadata\",\"metadata\":",
+        );
+        let _ = serde_json::to_writer(&mut b, obj.get("metadata").unwrap_or(&Value::Null));
+        b.push(b'}');
+    } else {
+        let _ = serde_json::to_writer(&mut b, obj);
+    }
     b.extend_from_slice(b"}\n");
     Bytes::from(b)
 }
@@ -207,6 +217,7 @@ mod tests {
             bookmarks: None,
             timeout: None,
             initial_end_bookmark: false,
+            metadata_only: false,
         };
         let lines: Vec<Value> = stream(def, start, opts)
             .map(|b| serde_json::from_slice(&b).unwrap())
