@@ -137,7 +137,7 @@ pub fn run(cli: &Cli) -> Result<(), HarnessError> {
         ..reflex_testing::FakeConfig::default()
     };
     let server = rt.block_on(reflex_testing::FakeApiServer::start_with(config))?;
-    let steady_pods = {
+    let mut steady_pods = {
         let _guard = rt.enter();
         seed(&server, &sizes)?
     };
@@ -198,7 +198,7 @@ pub fn run(cli: &Cli) -> Result<(), HarnessError> {
             if let Some(rate) = rate {
                 match rt.block_on(crate::steady::write(
                     &server,
-                    &steady_pods,
+                    &mut steady_pods,
                     sizes.events,
                     rate,
                 )) {
