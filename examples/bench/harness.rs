@@ -137,7 +137,7 @@ pub fn run(cli: &Cli) -> Result<(), HarnessError> {
         ..reflex_testing::FakeConfig::default()
     };
     let server = rt.block_on(reflex_testing::FakeApiServer::start_with(config))?;
-    let steady_pods = {
+    let mut steady_pods = {
         let _guard = rt.enter();
         seed(&server, &sizes)?
     };
@@ -198,7 +198,7 @@ pub fn run(cli: &Cli) -> Result<(), HarnessError> {
             if let Some(rate) = rate {
                 match rt.block_on(crate::steady::write(
                     &server,
-                    &steady_pods,
+                    &mut steady_pods,
                     sizes.events,
                     rate,
                 )) {
@@ -276,6 +276,8 @@ fn describe(e: &ProtocolError) -> String {
 fn check(contender: &Contender, sizes: &Sizes, mut o: Outcome) -> Outcome {
     let mib = o.peak_rss_kib as f64 / 1024.0;
     o.figures.insert("peak_rss_mib".into(), mib);
+    o.figures
+        .insert("rss_at_result_mib".into(), o.rss_kib as f64 / 1024.0);
     if contender.workload == Workload::Sync {
         // Every contender lists all namespaces, the steady-state Pods included.
         let expected = sizes.pods + sizes.steady_pods;

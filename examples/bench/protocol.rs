@@ -70,6 +70,8 @@ pub struct Outcome {
     pub figures: Figures,
     /// Peak resident set (`VmHWM`) read by the harness, in KiB.
     pub peak_rss_kib: u64,
+    /// Resident set (`VmRSS`) when the result was reported, in KiB.
+    pub rss_kib: u64,
 }
 
 enum Line {
@@ -127,10 +129,11 @@ pub fn run_child(
     });
     let outcome = wait_result(&mut child, &rx, timeout, &mut on_ready);
     let outcome = outcome.and_then(|figures| {
-        let peak_rss_kib = peak_rss_kib(child.id())?;
+        let pid = child.id();
         Ok(Outcome {
             figures,
-            peak_rss_kib,
+            peak_rss_kib: status_kib(pid, "VmHWM:")?,
+            rss_kib: status_kib(pid, "VmRSS:")?,
         })
     });
     finish(child, stdin, outcome.is_err());
@@ -183,19 +186,19 @@ fn finish(mut child: Child, stdin: Option<ChildStdin>, kill: bool) {
     let _ = child.wait();
 }
 
-/// `VmHWM` of a live process, in KiB.
-pub fn peak_rss_kib(pid: u32) -> Result<u64, ProtocolError> {
+/// A `/proc/<pid>/status` field of a live process (`VmHWM:`, `VmRSS:`), in KiB.
+pub fn status_kib(pid: u32, field: &str) -> Result<u64, ProtocolError> {
     let path = format!("/proc/{pid}/status");
     let text = std::fs::read_to_string(&path).map_err(|e| ProtocolError::PeakMemory {
         pid,
         reason: e.to_string(),
     })?;
     text.lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .ok_or_else(|| ProtocolError::PeakMemory {
             pid,
-            reason: "no VmHWM line".into(),
+            reason: format!("no {field} line"),
         })
 }
 

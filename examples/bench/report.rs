@@ -150,6 +150,7 @@ pub fn json(rows: &[Row], sizes: &Sizes, machine: &Value) -> Value {
                 Ok(o) => {
                     base["figures"] = json!(o.figures);
                     base["peak_rss_kib"] = json!(o.peak_rss_kib);
+                    base["rss_at_result_kib"] = json!(o.rss_kib);
                     let ratios: serde_json::Map<String, Value> = row
                         .contender
                         .workload

@@ -240,7 +240,7 @@ pub async fn kube_runtime(p: Params) -> Run {
 /// `rate` 0 writes them as fast as the server takes them. Returns how long the writing took.
 pub async fn write(
     server: &reflex_testing::FakeApiServer,
-    pods: &[Value],
+    pods: &mut [Value],
     events: usize,
     rate: u64,
 ) -> Result<Duration, reflex_testing::FakeError> {
@@ -265,7 +265,8 @@ pub async fn write(
     );
     while seq < events {
         for _ in 0..per_tick.min(events - seq) {
-            let mut pod = pods[seq % pods.len()].clone();
+            let slot = seq % pods.len();
+            let mut pod = std::mem::take(&mut pods[slot]);
             let annotations = pod
                 .pointer_mut("/metadata")
                 .and_then(Value::as_object_mut)
@@ -278,7 +279,8 @@ pub async fn write(
                 a.insert(SEQ.into(), Value::String(seq.to_string()));
                 a.insert(WRITTEN_AT.into(), Value::String(unix_nanos().to_string()));
             }
-            server.update(pod)?;
+            // The stored object comes back and is the next update's base: one copy per write.
+            pods[slot] = server.update(pod)?;
             seq += 1;
         }
         next += tick;

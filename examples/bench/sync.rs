@@ -72,10 +72,12 @@ async fn reflex(p: Params, decode: DecodeOptions, transform: bool) -> Run {
     wait_synced(&factory).await?;
     let synced = start.elapsed();
     let count = informer.indexer().len();
-    Ok((
-        figures(synced, count),
-        Box::new((factory, informer)) as Keep,
-    ))
+    let mut f = figures(synced, count);
+    f.insert(
+        "with_managed_fields".into(),
+        with_managed_fields(&informer) as f64,
+    );
+    Ok((f, Box::new((factory, informer)) as Keep))
 }
 
 /// Reflex's metadata-only informer.
@@ -87,10 +89,25 @@ pub async fn reflex_metadata(p: Params) -> Run {
     wait_synced(&factory).await?;
     let synced = start.elapsed();
     let count = informer.indexer().len();
-    Ok((
-        figures(synced, count),
-        Box::new((factory, informer)) as Keep,
-    ))
+    let mut f = figures(synced, count);
+    f.insert(
+        "with_managed_fields".into(),
+        with_managed_fields(&informer) as f64,
+    );
+    Ok((f, Box::new((factory, informer)) as Keep))
+}
+
+/// How many cached objects still carry managedFields: the proof of each mode.
+fn with_managed_fields<K>(informer: &reflex_informer::informer::SharedIndexInformer<K>) -> usize
+where
+    K: kube::Resource + Send + Sync + 'static,
+{
+    informer
+        .indexer()
+        .list()
+        .iter()
+        .filter(|o| o.meta().managed_fields.is_some())
+        .count()
 }
 
 async fn wait_synced(factory: &SharedInformerFactory) -> Result<(), String> {

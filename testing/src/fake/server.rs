@@ -647,8 +647,9 @@ fn list(
     let mut items: Vec<&Value> = Vec::new();
     let mut cont = None;
     let mut remaining = 0usize;
-    for o in objs.iter() {
-        if !sel.matches(o) {
+    let match_all = sel.is_empty();
+    for (i, o) in objs.iter().enumerate() {
+        if !match_all && !sel.matches(o) {
             continue;
         }
         if limit > 0 && items.len() == limit {
@@ -672,6 +673,11 @@ fn list(
                 if let Some((lns, lname)) = last {
                     cont = Some(hex(&format!("{at}\n{lns}/{lname}")));
                 }
+            }
+            if match_all {
+                // Without selectors every object left is in the rest of the list.
+                remaining = objs.len() - i;
+                break;
             }
             remaining += 1;
             continue;
