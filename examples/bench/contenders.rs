@@ -217,6 +217,20 @@ pub static CONTENDERS: &[Contender] = &[
     },
     Contender {
         workload: Workload::Sync,
+        name: "reflex, projected",
+        reference: false,
+        runner: rust!(crate::sync::reflex_projected),
+        about: "projected_informer::<Pod, PodPlacement>() (metadata, nodeName, phase)",
+    },
+    Contender {
+        workload: Workload::Sync,
+        name: "reflex, compact store",
+        reference: false,
+        runner: rust!(crate::sync::reflex_compact),
+        about: "compact_informer::<Pod>() (LZ4-compressed JSON, decoded on read)",
+    },
+    Contender {
+        workload: Workload::Sync,
         name: "kube-runtime reflector",
         reference: false,
         runner: rust!(crate::sync::kube_runtime),
