@@ -67,34 +67,14 @@ async fn reflex(p: Params, decode: DecodeOptions, transform: bool) -> Run {
         }));
     }
     let informer = factory.informer::<Pod>();
-    let start = Instant::now();
-    factory.start();
-    wait_synced(&factory).await?;
-    let synced = start.elapsed();
-    let count = informer.indexer().len();
-    let mut f = figures(synced, count);
-    f.insert(
-        "with_managed_fields".into(),
-        with_managed_fields(&informer) as f64,
-    );
-    Ok((f, Box::new((factory, informer)) as Keep))
+    timed_sync(factory, informer).await
 }
 
 /// Reflex's metadata-only informer.
 pub async fn reflex_metadata(p: Params) -> Run {
     let factory = SharedInformerFactory::new(client(&p.server)?, FactoryOptions::default());
     let informer = factory.metadata_informer::<Pod>();
-    let start = Instant::now();
-    factory.start();
-    wait_synced(&factory).await?;
-    let synced = start.elapsed();
-    let count = informer.indexer().len();
-    let mut f = figures(synced, count);
-    f.insert(
-        "with_managed_fields".into(),
-        with_managed_fields(&informer) as f64,
-    );
-    Ok((f, Box::new((factory, informer)) as Keep))
+    timed_sync(factory, informer).await
 }
 
 /// What a scheduler-like controller reads of a Pod: its node and phase (issue 9's projection).
@@ -126,11 +106,7 @@ reflex_informer::impl_projection!(PodPlacement => Pod);
 pub async fn reflex_projected(p: Params) -> Run {
     let factory = SharedInformerFactory::new(client(&p.server)?, FactoryOptions::default());
     let informer = factory.projected_informer::<Pod, PodPlacement>();
-    let start = Instant::now();
-    factory.start();
-    wait_synced(&factory).await?;
-    let synced = start.elapsed();
-    let count = informer.indexer().len();
+    let (mut f, keep) = timed_sync(factory, informer.clone()).await?;
     // Read every projection once, so the fields are not dead code to the optimiser either.
     let placed = informer
         .indexer()
@@ -138,25 +114,31 @@ pub async fn reflex_projected(p: Params) -> Run {
         .iter()
         .filter(|p| p.spec.node_name.is_some() || p.status.phase.is_some())
         .count();
-    let mut f = figures(synced, count);
     f.insert("placed".into(), placed as f64);
-    f.insert(
-        "with_managed_fields".into(),
-        with_managed_fields(&informer) as f64,
-    );
-    Ok((f, Box::new((factory, informer)) as Keep))
+    Ok((f, keep))
 }
 
 /// Reflex's compact store: each Pod kept as LZ4-compressed JSON, decoded on read.
 pub async fn reflex_compact(p: Params) -> Run {
     let factory = SharedInformerFactory::new(client(&p.server)?, FactoryOptions::default());
     let informer = factory.compact_informer::<Pod>();
+    timed_sync(factory, informer).await
+}
+
+/// Starts `factory` (which made `informer`), times it to synced and reports the objects cached
+/// and how many still carry managedFields; the factory and informer are kept alive.
+async fn timed_sync<K>(
+    factory: SharedInformerFactory,
+    informer: reflex_informer::informer::SharedIndexInformer<K>,
+) -> Run
+where
+    K: kube::Resource + Send + Sync + 'static,
+{
     let start = Instant::now();
     factory.start();
     wait_synced(&factory).await?;
     let synced = start.elapsed();
-    let count = informer.indexer().len();
-    let mut f = figures(synced, count);
+    let mut f = figures(synced, informer.indexer().len());
     f.insert(
         "with_managed_fields".into(),
         with_managed_fields(&informer) as f64,
