@@ -419,13 +419,26 @@ fn sample_controller_serves_metrics_and_readiness_of_its_controller_queue_and_in
     let (code, readyz) = http_get(&addr, "/readyz");
     assert_eq!(code, 200, "{readyz}");
     assert!(readyz.contains("[+]foos ok"), "{readyz}");
-    let (code, metrics) = http_get(&addr, "/metrics");
-    assert_eq!(code, 200);
-    let value = |series: &str| -> f64 {
+    let value_in = |metrics: &str, series: &str| -> Option<f64> {
         metrics
             .lines()
             .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
+    };
+    // The metrics handler is one more handler of the informer: it may see the Foo's deletion a
+    // moment after the cache (and so the convergence check) did.
+    let deleted =
+        r#"reflex_informer_events_total{resource="foos.samplecontroller.k8s.io",event="delete"}"#;
+    let scrape_until = std::time::Instant::now() + limit;
+    let metrics = loop {
+        let (code, metrics) = http_get(&addr, "/metrics");
+        assert_eq!(code, 200);
+        if value_in(&metrics, deleted) == Some(1.0) || std::time::Instant::now() > scrape_until {
+            break metrics;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let value = |series: &str| -> f64 {
+        value_in(&metrics, series).unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
     };
     // Two Foos were created, scaled and deleted: every reconcile succeeded.
     assert!(
