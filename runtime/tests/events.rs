@@ -21,6 +21,17 @@ fn pod(namespace: Option<&str>, name: &str) -> ObjectReference {
     }
 }
 
+/// Publishes the Normal `Sync` event most tests use, for Pod `apps/web-0`.
+fn publish_sync(rec: &EventRecorder) {
+    rec.publish(
+        &pod(Some("apps"), "web-0"),
+        EventType::Normal,
+        "Sync",
+        "Run",
+        "ok",
+    );
+}
+
 fn start(
     config: RecorderConfig,
 ) -> (
@@ -333,13 +344,7 @@ fn gaps(sink: &InMemoryEventSink) -> Vec<Duration> {
 async fn failed_create_is_retried_first_after_a_random_wait_then_every_interval_until_it_lands() {
     let (rec, task, sink, shutdown) = start(config());
     sink.fail_next(3, SinkFailure::Status(500));
-    rec.publish(
-        &pod(Some("apps"), "web-0"),
-        EventType::Normal,
-        "Sync",
-        "Run",
-        "ok",
-    );
+    publish_sync(&rec);
     // 3 failures: at most 10 s + 10 s + 10 s of waiting.
     tokio::time::sleep(INTERVAL * 3).await;
     let attempts = sink.attempts();
@@ -363,13 +368,7 @@ async fn transport_failures_and_429_are_retried_like_5xx() {
     sink.fail_next(1, SinkFailure::Transport);
     sink.fail_next(1, SinkFailure::Status(429));
     sink.fail_next(1, SinkFailure::Status(503));
-    rec.publish(
-        &pod(Some("apps"), "web-0"),
-        EventType::Normal,
-        "Sync",
-        "Run",
-        "ok",
-    );
+    publish_sync(&rec);
     tokio::time::sleep(INTERVAL * 3).await;
     assert_eq!(sink.attempts().len(), 4);
     assert_eq!(sink.events().len(), 1);
@@ -382,13 +381,7 @@ async fn transport_failures_and_429_are_retried_like_5xx() {
 async fn a_write_is_abandoned_after_twelve_tries() {
     let (rec, task, sink, shutdown) = start(config());
     sink.fail_next(100, SinkFailure::Status(500));
-    rec.publish(
-        &pod(Some("apps"), "web-0"),
-        EventType::Normal,
-        "Sync",
-        "Run",
-        "ok",
-    );
+    publish_sync(&rec);
     tokio::time::sleep(INTERVAL * 20).await;
     assert_eq!(sink.attempts().len(), 12);
     assert_eq!(&gaps(&sink)[1..], [INTERVAL; 10]);
@@ -508,13 +501,7 @@ async fn waiting_writes_are_bounded_and_the_excess_is_abandoned() {
 async fn shutdown_abandons_waiting_retries_without_waiting_for_them() {
     let (rec, task, sink, shutdown) = start(config());
     sink.fail_next(1, SinkFailure::Status(503));
-    rec.publish(
-        &pod(Some("apps"), "web-0"),
-        EventType::Normal,
-        "Sync",
-        "Run",
-        "ok",
-    );
+    publish_sync(&rec);
     drain().await;
     assert_eq!(rec.retries(), 1);
     let before = tokio::time::Instant::now();
