@@ -4,9 +4,9 @@
 //!
 //! Real HTTP means the real clock: every wait is a bounded poll for a condition (30 s).
 
-use std::future::Future;
+mod support;
+
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
@@ -20,24 +20,9 @@ use reflex_testing::FakeApiServer;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-const NS: &str = "default";
-const POLL_LIMIT: Duration = Duration::from_secs(30);
-const POLL_EVERY: Duration = Duration::from_millis(20);
+use support::{POLL_LIMIT, eventually};
 
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + POLL_LIMIT;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(POLL_EVERY).await;
-    }
-}
+const NS: &str = "default";
 
 fn widgets() -> ApiResource {
     ApiResource {

@@ -5,9 +5,10 @@
 //! Real HTTP means no paused clock: every wait is a bounded poll (10 s, every 20 ms) for a
 //! condition, and the few real durations (leader election) are kept small through the config.
 
+mod support;
+
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -33,25 +34,9 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-const NS: &str = "default";
-const POLL_LIMIT: Duration = Duration::from_secs(10);
-const POLL_EVERY: Duration = Duration::from_millis(20);
+use support::{POLL_LIMIT, eventually};
 
-/// Polls `check` until it returns `Some`, at most [`POLL_LIMIT`]; panics with `what` otherwise.
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + POLL_LIMIT;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(POLL_EVERY).await;
-    }
-}
+const NS: &str = "default";
 
 // ---------------------------------------------------------------------------------------------
 // The sample-controller `Foo` type, with `kube::Resource` written by hand (no derive feature).
