@@ -37,6 +37,10 @@
 //!   moment the key is taken.
 //! - **Resync.** [`DeltaFifo::resync`] appends a `Sync` delta (the cached object) for every known
 //!   key with nothing queued, so a stale object never overtakes a queued change.
+//! - **Backlog.** [`DeltaFifo::wait_for_room`] resolves once fewer than the given number of keys are
+//!   queued (or the FIFO is closed); a Reflector with
+//!   [`list_backlog`](crate::reflector::ReflectorOptions::list_backlog) awaits it between list
+//!   pages, so a slow consumer holds back the list instead of piling up decoded objects.
 //! - **Close.** After [`DeltaFifo::close`], pending and future pops return
 //!   [`PopError::Closed`] at once (queued deltas are dropped: the informer is stopping), and
 //!   writes return [`FifoError::Closed`].
@@ -274,6 +278,8 @@ pub struct DeltaFifo<K> {
     /// Serializes processing with the writes that consult `known`.
     processing: Mutex<()>,
     notify: Notify,
+    /// Woken by every pop and by `close`: what [`ReflectorSink::wait_for_room`] waits on.
+    drained: Notify,
     known: Option<Arc<dyn KnownObjects<K>>>,
     key_fn: KeyFunc<K>,
 }
@@ -320,6 +326,7 @@ where
             }),
             processing: Mutex::new(()),
             notify: Notify::new(),
+            drained: Notify::new(),
             known,
             key_fn,
         }
@@ -375,6 +382,7 @@ where
                     let was_initial = state.initial_pending.remove(&key);
                     let deltas = state.items.remove(&key).unwrap_or_default();
                     drop(state);
+                    self.drained.notify_waiters();
                     tracing::trace!(key = %key, deltas = deltas.len(), is_in_initial_list, "popped");
                     let popped = Popped {
                         key: key.clone(),
@@ -444,6 +452,24 @@ where
         self.state.lock().closed = true;
         self.notify.notify_waiters();
         self.notify.notify_one();
+        self.drained.notify_waiters();
+    }
+
+    /// Resolves once fewer than `backlog` keys are queued, or the FIFO is closed.
+    pub async fn wait_for_room(&self, backlog: usize) {
+        loop {
+            let drained = self.drained.notified();
+            tokio::pin!(drained);
+            // Registered before the check, so a pop between the check and the await still wakes us.
+            drained.as_mut().enable();
+            {
+                let state = self.state.lock();
+                if state.closed || state.queue.len() < backlog {
+                    return;
+                }
+            }
+            drained.await;
+        }
     }
 
     /// Whether [`close`](Self::close) was called.
@@ -510,6 +536,10 @@ where
 
     fn replace_begin(&self) {
         self.state.lock().relist = Some(Relist::default());
+    }
+
+    fn wait_for_room(&self, backlog: usize) -> BoxFuture<'_, ()> {
+        Box::pin(DeltaFifo::wait_for_room(self, backlog))
     }
 
     fn replace_page(&self, items: Vec<Arc<K>>) -> Result<(), FifoError> {

@@ -12,6 +12,8 @@
 
 use std::sync::Arc;
 
+use futures::future::BoxFuture;
+
 use crate::key::ObjectKey;
 
 /// What happened to an object, as recorded in the FIFO.
@@ -138,4 +140,12 @@ pub trait ReflectorSink<K>: Send + Sync {
     fn replace_done(&self, resource_version: &str) -> Result<(), FifoError>;
     /// A bookmark (or any event) advanced the resourceVersion without changing an object.
     fn bookmark(&self, _resource_version: &str) {}
+    /// Resolves once fewer than `backlog` keys wait in the sink (or the sink is closed): the
+    /// Reflector awaits it between list pages when [`ReflectorOptions::list_backlog`] is set.
+    /// The default resolves at once, for sinks that do not queue.
+    ///
+    /// [`ReflectorOptions::list_backlog`]: crate::reflector::ReflectorOptions::list_backlog
+    fn wait_for_room(&self, _backlog: usize) -> BoxFuture<'_, ()> {
+        Box::pin(std::future::ready(()))
+    }
 }

@@ -511,4 +511,7 @@ where
     fn bookmark(&self, resource_version: &str) {
         self.informer.inner.fifo.bookmark(resource_version);
     }
+    fn wait_for_room(&self, backlog: usize) -> futures::future::BoxFuture<'_, ()> {
+        Box::pin(self.informer.inner.fifo.wait_for_room(backlog))
+    }
 }

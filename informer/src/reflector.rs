@@ -140,6 +140,14 @@ pub struct ReflectorOptions {
     pub label_selector: Option<String>,
     /// Field selector for lists and watches.
     pub field_selector: Option<String>,
+    /// Bound on a paged list's backlog: before fetching the next page, wait until fewer than
+    /// this many keys are queued in the sink ([`ReflectorSink::wait_for_room`]). `None`, the
+    /// default, follows client-go: pages are fetched as fast as the server answers and every
+    /// listed object may wait, decoded, in the DeltaFIFO. A bound keeps only a few pages of
+    /// decoded objects alive at once, which is what makes a compact store's peak memory small
+    /// (the factory's compact informers use two pages); it does not slow a list whose consumer
+    /// keeps up.
+    pub list_backlog: Option<usize>,
 }
 
 impl Default for ReflectorOptions {
@@ -153,6 +161,7 @@ impl Default for ReflectorOptions {
             streaming_lists: false,
             label_selector: None,
             field_selector: None,
+            list_backlog: None,
         }
     }
 }
@@ -529,6 +538,13 @@ where
                 .map_err(ReflectorError::Sink)?;
             match page.continue_token {
                 Some(token) => {
+                    if let Some(backlog) = self.options.list_backlog {
+                        debug!(
+                            page = page_no,
+                            backlog, "waiting for the sink's backlog before the next page"
+                        );
+                        self.sink.wait_for_room(backlog).await;
+                    }
                     params = ListParams {
                         continue_token: Some(token),
                         resource_version: None,

@@ -690,3 +690,104 @@ async fn watch_closed_at_once_without_events_counts_as_a_failure_and_relists() {
     r.assert_converges().await;
     r.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn list_backlog_holds_back_the_next_page_until_the_fifo_drains() {
+    use reflex_informer::delta_fifo::DeltaFifo;
+
+    let source = MemorySource::new();
+    for i in 0..7 {
+        source.apply(cm(&format!("o{i}"), "1")).unwrap();
+    }
+    let fifo = Arc::new(DeltaFifo::<ConfigMap>::new(None));
+    let reflector = Reflector::new(
+        Arc::new(source.clone()),
+        fifo.clone(),
+        ReflectorOptions {
+            page_size: Some(2),
+            list_backlog: Some(3),
+            ..Default::default()
+        },
+    );
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(reflector.run(shutdown.clone()));
+    let lists = |source: &MemorySource<ConfigMap>| {
+        source
+            .requests()
+            .iter()
+            .filter(|r| matches!(r, RecordedRequest::List(_)))
+            .count()
+    };
+    // Page 1 leaves 2 keys queued (< 3): page 2 is fetched; then 4 are queued and it waits.
+    wait_until("two pages listed", || fifo.len() == 4).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(lists(&source), 2, "no third page while 4 keys wait");
+    let mut popped = Vec::new();
+    let pop = async || {
+        fifo.pop(|p| Ok(p.key.to_string()))
+            .await
+            .expect("pop succeeds")
+    };
+    popped.push(pop().await);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(lists(&source), 2, "3 keys still wait: not below the bound");
+    popped.push(pop().await);
+    wait_until("third page listed", || lists(&source) == 3).await;
+    while popped.len() < 7 {
+        popped.push(pop().await);
+    }
+    wait_until("the list completes and a watch opens", || {
+        source.open_watches() > 0
+    })
+    .await;
+    assert_eq!(lists(&source), 4, "7 objects in pages of 2");
+    assert_eq!(
+        popped,
+        (0..7).map(|i| format!("ns/o{i}")).collect::<Vec<_>>(),
+        "every listed object reached the FIFO once, in order"
+    );
+    assert!(fifo.has_synced());
+    shutdown.cancel();
+    task.await.expect("reflector task panicked");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_closed_fifo_releases_a_reflector_waiting_for_room() {
+    use reflex_informer::delta_fifo::DeltaFifo;
+
+    let source = MemorySource::new();
+    for i in 0..6 {
+        source.apply(cm(&format!("o{i}"), "1")).unwrap();
+    }
+    let fifo = Arc::new(DeltaFifo::<ConfigMap>::new(None));
+    let mut reflector = Reflector::new(
+        Arc::new(source.clone()),
+        fifo.clone(),
+        ReflectorOptions {
+            page_size: Some(2),
+            list_backlog: Some(1),
+            ..Default::default()
+        },
+    );
+    let errors = Arc::new(Mutex::new(Vec::new()));
+    let seen = errors.clone();
+    reflector.set_watch_error_handler(Arc::new(move |e: &ReflectorError| {
+        seen.lock().push(e.to_string());
+    }));
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(reflector.run(shutdown.clone()));
+    wait_until("the first page is queued", || fifo.len() == 2).await;
+    fifo.close();
+    // Released, the reflector fetches the next page and the closed FIFO refuses it.
+    wait_until("the refused write is reported", || {
+        !errors.lock().is_empty()
+    })
+    .await;
+    assert!(
+        errors.lock()[0].contains("sink refused"),
+        "{:?}",
+        errors.lock()
+    );
+    shutdown.cancel();
+    task.await.expect("reflector task panicked");
+}
