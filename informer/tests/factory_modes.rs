@@ -295,3 +295,73 @@ async fn compact_informer_holds_the_same_objects_as_the_typed_one_and_delivers_a
     factory.shutdown().await;
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compact_metadata_and_projected_informers_hold_what_their_full_twins_hold() {
+    let server = FakeApiServer::start().await.expect("fake server");
+    // More than two pages of 500, so the compact informers' bounded list backlog is exercised.
+    let seeded = seed_pods(&server, "team-a", 1100, 31);
+    let client = server.client().expect("client");
+    let factory = SharedInformerFactory::new(client.clone(), FactoryOptions::default());
+    let meta = factory.metadata_informer::<Pod>();
+    let compact_meta = factory.compact_metadata_informer::<Pod>();
+    let projected = factory.projected_informer::<Pod, PodNode>();
+    let compact_projected = factory.compact_projected_informer::<Pod, PodNode>();
+    assert!(compact_meta.indexer().is_compact() && compact_projected.indexer().is_compact());
+    assert!(!meta.indexer().is_compact() && !projected.indexer().is_compact());
+    factory.start();
+    let synced = factory
+        .wait_for_cache_sync(Some(Duration::from_secs(60)))
+        .await;
+    assert!(synced.values().all(|s| *s), "not synced: {synced:?}");
+    assert_eq!(compact_meta.indexer().len(), seeded.len());
+    assert_eq!(compact_projected.indexer().len(), seeded.len());
+    for m in meta.indexer().list() {
+        let key = ObjectKey::from_resource(&*m).unwrap();
+        let c = compact_meta
+            .indexer()
+            .get_by_key(&key)
+            .expect("compact metadata");
+        assert_eq!(c.metadata, m.metadata, "{key}");
+        assert_eq!(c.types, m.types, "{key}");
+        assert_eq!(
+            c.types.as_ref().map(|t| t.kind.as_str()),
+            Some("PartialObjectMetadata")
+        );
+    }
+    for p in projected.indexer().list() {
+        let key = ObjectKey::from_resource(&*p).unwrap();
+        let c = compact_projected
+            .indexer()
+            .get_by_key(&key)
+            .expect("compact projection");
+        assert_eq!(*c, *p, "{key}");
+    }
+    let api: kube::Api<Pod> = kube::Api::namespaced(client, "team-a");
+    api.create(
+        &PostParams::default(),
+        &new_pod("team-a", "late", "node-late"),
+    )
+    .await
+    .unwrap();
+    let late = ObjectKey::new(Some("team-a"), "late");
+    eventually("the created pod in both compact stores", || {
+        compact_meta.indexer().get_by_key(&late).is_some()
+            && compact_projected.indexer().get_by_key(&late).is_some()
+    })
+    .await;
+    assert_eq!(
+        compact_projected
+            .indexer()
+            .get_by_key(&late)
+            .unwrap()
+            .spec
+            .node_name
+            .as_deref(),
+        Some("node-late")
+    );
+    assert_eq!(compact_meta.indexer().decode_failures(), 0);
+    assert_eq!(compact_projected.indexer().decode_failures(), 0);
+    factory.shutdown().await;
+    server.shutdown().await;
+}
