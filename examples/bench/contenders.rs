@@ -231,6 +231,13 @@ pub static CONTENDERS: &[Contender] = &[
     },
     Contender {
         workload: Workload::Sync,
+        name: "reflex, metadata-only, compact store",
+        reference: false,
+        runner: rust!(crate::sync::reflex_compact_metadata),
+        about: "compact_metadata_informer::<Pod>() (PartialObjectMeta, LZ4-compressed)",
+    },
+    Contender {
+        workload: Workload::Sync,
         name: "kube-runtime reflector",
         reference: false,
         runner: rust!(crate::sync::kube_runtime),

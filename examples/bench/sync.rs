@@ -125,6 +125,13 @@ pub async fn reflex_compact(p: Params) -> Run {
     timed_sync(factory, informer).await
 }
 
+/// Reflex's metadata-only informer over a compact store: the smallest cache of the Pods.
+pub async fn reflex_compact_metadata(p: Params) -> Run {
+    let factory = SharedInformerFactory::new(client(&p.server)?, FactoryOptions::default());
+    let informer = factory.compact_metadata_informer::<Pod>();
+    timed_sync(factory, informer).await
+}
+
 /// Starts `factory` (which made `informer`), times it to synced and reports the objects cached
 /// and how many still carry managedFields; the factory and informer are kept alive.
 async fn timed_sync<K>(
