@@ -158,11 +158,13 @@ fn with_managed_fields<K>(informer: &reflex_informer::informer::SharedIndexInfor
 where
     K: kube::Resource + Send + Sync + 'static,
 {
+    // One object at a time: a compact store decodes each as it is reached, and a `list()`
+    // would hold every decoded object at once and so raise the peak being measured.
     informer
         .indexer()
-        .list()
+        .snapshot()
         .iter()
-        .filter(|o| o.meta().managed_fields.is_some())
+        .filter(|(_, o)| o.meta().managed_fields.is_some())
         .count()
 }
 

@@ -64,7 +64,8 @@ pub struct FactoryOptions {
     /// skips `metadata.managedFields`, which controllers almost never read and which is about a
     /// quarter of a typical object's JSON; use [`DecodeOptions::full`] to keep it.
     pub decode: DecodeOptions,
-    /// The store options of [`SharedInformerFactory::compact_informer`]s.
+    /// The store options of the factory's compact informers
+    /// ([`SharedInformerFactory::compact_informer`] and its metadata and projection twins).
     pub compact: CompactOptions,
 }
 
@@ -258,6 +259,14 @@ impl SharedInformerFactory {
     /// [`FactoryOptions::compact`]. Handlers still receive the decoded `Arc<K>` of each event.
     /// For large caches read mostly by key or index; see the
     /// [store docs](crate::store#compact-mode) for the trade-off.
+    ///
+    /// Unless the factory's reflector options say otherwise, a compact informer lists in pages
+    /// of 500, its first list a consistent read (`resourceVersion=""`, where other informers
+    /// list at `"0"`, which the API server's watch cache answers whole), and fetches the next
+    /// page only once fewer than two pages of objects wait to be stored
+    /// ([`ReflectorOptions::list_backlog`](crate::reflector::ReflectorOptions::list_backlog)):
+    /// the decoded objects of a list never all exist at once, so the process's peak memory is
+    /// the compact store's, not that of the full objects.
     ///
     /// ```no_run
     /// use k8s_openapi::api::core::v1::Pod;
@@ -534,16 +543,23 @@ impl SharedInformerFactory {
     }
 }
 
-/// Compact informers bound their lists' backlog to two pages (unless the factory's reflector
-/// options already bound it): a compact store only saves memory if the decoded objects of a
-/// list do not all wait in the DeltaFIFO before they are packed.
+/// The reflector options of compact informers: a compact store only saves memory if the
+/// decoded objects of a list never all exist at once before they are packed, so their lists are
+/// paged (every list, the first one a consistent read: a list at `"0"` is answered whole, in
+/// one response, by the API server's watch cache) and their backlog is bounded to two pages.
+/// Options the factory's user set explicitly are kept.
 fn compact_informer_options(mut options: InformerOptions) -> InformerOptions {
-    if options.reflector.list_backlog.is_none() {
-        let page = match options.reflector.page_size {
+    let reflector = &mut options.reflector;
+    if reflector.page_size.is_none() {
+        reflector.page_size = Some(crate::reflector::DEFAULT_PAGE_SIZE);
+        reflector.consistent_initial_list = true;
+    }
+    if reflector.list_backlog.is_none() {
+        let page = match reflector.page_size {
             Some(n) if n > 0 => n as usize,
             _ => crate::reflector::DEFAULT_PAGE_SIZE as usize,
         };
-        options.reflector.list_backlog = Some(2 * page);
+        reflector.list_backlog = Some(2 * page);
     }
     options
 }

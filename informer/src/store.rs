@@ -72,12 +72,13 @@
 //! stored entry costs beyond its packed bytes (the persistent map's nodes, the key, the
 //! namespace index) is about 260 bytes.
 //!
-//! A compact store saves a process memory only if the decoded objects of a list do not all
-//! exist at once before they are packed: the factory's compact informers therefore bound their
-//! list's backlog ([`ReflectorOptions::list_backlog`](crate::reflector::ReflectorOptions::list_backlog)),
-//! so at most a few pages of decoded objects wait in the DeltaFIFO. A relist at a known
-//! resourceVersion is served whole from the API server's watch cache, in one response, so its
-//! objects are all decoded at once whatever the bound.
+//! A compact store saves a process memory only if the decoded objects of a list never all exist
+//! at once before they are packed. The factory's compact informers therefore page every list (the
+//! first one a consistent read: a list at resourceVersion `"0"` is answered whole, in one
+//! response, from the API server's watch cache) and bound the list's backlog
+//! ([`ReflectorOptions::list_backlog`](crate::reflector::ReflectorOptions::list_backlog)) to
+//! two pages, so at most a few pages of decoded objects wait in the DeltaFIFO. An `Indexer::compact`
+//! under an informer of your own wants the same reflector options.
 //!
 //! # Contract
 //!
