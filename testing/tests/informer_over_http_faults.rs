@@ -2,13 +2,16 @@
 //! every fault of its [`FaultHandle`](reflex_testing::FaultHandle).
 //!
 //! Each case of the table arms one fault, with writes (creates, replaces, patches, deletes)
-//! before, during and after it, and runs against five contenders, each on its own server:
+//! before, during and after it, and runs against each contender on its own server:
 //!
 //! - `reflector`: a bare `Reflector` over `kube::Api` into a map-building sink, once with kube's
 //!   default client (which retries 429/503/504 itself) and once without those retries;
 //! - `informer`: a `SharedIndexInformer` over `kube::Api`, with two handlers;
 //! - `factory`: the factory's typed informer, which decodes through `RawApi`, with a handler;
-//! - `metadata`: the factory's metadata-only informer (`PartialObjectMetadata` responses).
+//! - `metadata`: the factory's metadata-only informer (`PartialObjectMetadata` responses);
+//! - the factory's other decoding and store modes: typed with managedFields kept
+//!   (`DecodeOptions::full()`), a projection (`projected_informer`), and the compact stores
+//!   (`compact_informer`, `compact_metadata_informer`, whose lists hold back on a bounded backlog).
 //!
 //! After the fault stops, the convergence invariant must hold: every view of the cache (the
 //! store, and each handler's view built only from its notifications) equals the server's state
@@ -30,6 +33,7 @@ use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use parking_lot::Mutex;
+use reflex_informer::decode::DecodeOptions;
 use reflex_informer::factory::{FactoryOptions, SharedInformerFactory};
 use reflex_informer::fifo::{DeltaObject, FifoError, ReflectorSink};
 use reflex_informer::informer::{InformerOptions, SharedIndexInformer};
@@ -152,7 +156,21 @@ enum Contender {
     Informer,
     Factory,
     Metadata,
+    FactoryManagedFieldsKept,
+    Projected,
+    Compact,
+    CompactMetadata,
 }
+
+/// A projection of ConfigMaps: metadata and data, nothing else.
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+struct ConfigMapData {
+    metadata: kube::api::ObjectMeta,
+    #[serde(default)]
+    data: Option<BTreeMap<String, String>>,
+}
+
+reflex_informer::impl_projection!(ConfigMapData => ConfigMap);
 
 /// What every contender must show after a fault, before the convergence check.
 #[derive(Debug, Clone, Copy, Default)]
@@ -471,22 +489,43 @@ async fn start(contender: Contender, client: kube::Client) -> Running {
             synced(informer.wait_for_sync(), "informer").await;
             running
         }
-        Contender::Factory | Contender::Metadata => {
+        Contender::Factory
+        | Contender::Metadata
+        | Contender::FactoryManagedFieldsKept
+        | Contender::Projected
+        | Contender::Compact
+        | Contender::CompactMetadata => {
+            let decode = if matches!(contender, Contender::FactoryManagedFieldsKept) {
+                DecodeOptions::full()
+            } else {
+                DecodeOptions::default()
+            };
             let factory = SharedInformerFactory::new(
                 client,
                 FactoryOptions {
                     reflector: fast_reflector(),
+                    decode,
                     ..Default::default()
                 },
             );
-            let mut running = if matches!(contender, Contender::Factory) {
-                let informer = factory.informer::<ConfigMap>();
+            fn watched<K>(informer: SharedIndexInformer<K>, on_error: WatchErrorHandler) -> Running
+            where
+                K: kube::Resource + Send + Sync + 'static,
+            {
                 informer.set_watch_error_handler(on_error).unwrap();
                 informer_views(&informer, 1)
-            } else {
-                let informer = factory.metadata_informer::<ConfigMap>();
-                informer.set_watch_error_handler(on_error).unwrap();
-                informer_views(&informer, 1)
+            }
+            let mut running = match contender {
+                Contender::Metadata => watched(factory.metadata_informer::<ConfigMap>(), on_error),
+                Contender::Projected => watched(
+                    factory.projected_informer::<ConfigMap, ConfigMapData>(),
+                    on_error,
+                ),
+                Contender::Compact => watched(factory.compact_informer::<ConfigMap>(), on_error),
+                Contender::CompactMetadata => {
+                    watched(factory.compact_metadata_informer::<ConfigMap>(), on_error)
+                }
+                _ => watched(factory.informer::<ConfigMap>(), on_error),
             };
             factory.start();
             let synced = tokio::time::timeout(WAIT, factory.wait_for_cache_sync(None))
@@ -785,4 +824,24 @@ async fn the_factory_informer_decoding_through_raw_api_converges_after_every_fau
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_factory_metadata_informer_converges_after_every_fault() {
     run_all(Contender::Metadata).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_factory_informer_keeping_managed_fields_converges_after_every_fault() {
+    run_all(Contender::FactoryManagedFieldsKept).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_factory_projected_informer_converges_after_every_fault() {
+    run_all(Contender::Projected).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_factory_compact_informer_converges_after_every_fault() {
+    run_all(Contender::Compact).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_factory_compact_metadata_informer_converges_after_every_fault() {
+    run_all(Contender::CompactMetadata).await;
 }
