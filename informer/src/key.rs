@@ -19,6 +19,7 @@
 //! assert_eq!(ObjectKey::new(None::<&str>, "node-1").to_string(), "node-1");
 //! ```
 
+use std::collections::HashSet;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -50,6 +51,20 @@ pub struct ObjectKey {
 }
 
 impl ObjectKey {
+    /// This key with its namespace swapped for the equal one in `namespaces` (added there if
+    /// new), so that every key a store holds for one namespace shares one allocation.
+    pub(crate) fn share_namespace(mut self, namespaces: &mut HashSet<Arc<str>>) -> Self {
+        if let Some(ns) = &self.namespace {
+            match namespaces.get(ns) {
+                Some(shared) => self.namespace = Some(shared.clone()),
+                None => {
+                    namespaces.insert(ns.clone());
+                }
+            }
+        }
+        self
+    }
+
     /// A key from its parts. An empty namespace is the same as none.
     pub fn new(namespace: Option<impl AsRef<str>>, name: impl AsRef<str>) -> Self {
         let namespace = namespace
@@ -185,6 +200,21 @@ impl FromStr for ObjectKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn share_namespace_gives_equal_namespaces_one_allocation_and_keeps_the_key_equal() {
+        let mut namespaces = HashSet::new();
+        let a = ObjectKey::new(Some("team-a"), "x").share_namespace(&mut namespaces);
+        let b = ObjectKey::new(Some("team-a"), "y").share_namespace(&mut namespaces);
+        let c = ObjectKey::new(Some("team-b"), "x").share_namespace(&mut namespaces);
+        let cluster = ObjectKey::new(None::<&str>, "node-1").share_namespace(&mut namespaces);
+        let ptr = |k: &ObjectKey| k.namespace.as_ref().map(|ns| Arc::as_ptr(ns) as *const u8);
+        assert_eq!(ptr(&a), ptr(&b), "one allocation for team-a");
+        assert_ne!(ptr(&a), ptr(&c));
+        assert_eq!(b, ObjectKey::new(Some("team-a"), "y"));
+        assert_eq!(cluster, ObjectKey::new(None::<&str>, "node-1"));
+        assert_eq!(namespaces.len(), 2);
+    }
 
     #[test]
     fn round_trips_through_its_string_form() {
