@@ -62,6 +62,15 @@ fn seed_pods(server: &FakeApiServer, ns: &str, n: usize, seed: u64) -> Vec<Value
         .collect()
 }
 
+/// Creates Pod `team-a/late` on `node` through `client`; returns the Pods API and its key.
+async fn create_late(client: kube::Client, node: &str) -> (kube::Api<Pod>, ObjectKey) {
+    let api: kube::Api<Pod> = kube::Api::namespaced(client, "team-a");
+    api.create(&PostParams::default(), &new_pod("team-a", "late", node))
+        .await
+        .unwrap();
+    (api, ObjectKey::new(Some("team-a"), "late"))
+}
+
 fn new_pod(ns: &str, name: &str, node: &str) -> Pod {
     serde_json::from_value(serde_json::json!({
         "apiVersion": "v1",
@@ -132,14 +141,7 @@ async fn projected_informer_lists_watches_keys_and_indexes_only_the_projected_fi
     }
 
     // Watch: a created Pod arrives projected and indexed; a deleted one leaves.
-    let api: kube::Api<Pod> = kube::Api::namespaced(client, "team-a");
-    api.create(
-        &PostParams::default(),
-        &new_pod("team-a", "late", "node-late"),
-    )
-    .await
-    .unwrap();
-    let late = ObjectKey::new(Some("team-a"), "late");
+    let (api, late) = create_late(client, "node-late").await;
     eventually("the created pod in the projected store", || {
         pods.indexer().get_by_key(&late).is_some()
     })
@@ -214,11 +216,7 @@ async fn metadata_informer_holds_metadata_without_managed_fields_in_the_factory_
             "listed as metadata only"
         );
     }
-    let api: kube::Api<Pod> = kube::Api::namespaced(client, "team-a");
-    api.create(&PostParams::default(), &new_pod("team-a", "late", "n"))
-        .await
-        .unwrap();
-    let late = ObjectKey::new(Some("team-a"), "late");
+    let (_, late) = create_late(client, "n").await;
     eventually("the created pod in the metadata store", || {
         meta.indexer().get_by_key(&late).is_some()
     })
@@ -274,10 +272,7 @@ async fn compact_informer_holds_the_same_objects_as_the_typed_one_and_delivers_a
             .len(),
         seeded.len()
     );
-    let api: kube::Api<Pod> = kube::Api::namespaced(client, "team-a");
-    api.create(&PostParams::default(), &new_pod("team-a", "late", "n"))
-        .await
-        .unwrap();
+    create_late(client, "n").await;
     let mut initial = 0;
     loop {
         let (name, is_initial) = tokio::time::timeout(Duration::from_secs(30), rx.recv())
@@ -344,14 +339,7 @@ async fn compact_metadata_and_projected_informers_hold_what_their_full_twins_hol
             .expect("compact projection");
         assert_eq!(*c, *p, "{key}");
     }
-    let api: kube::Api<Pod> = kube::Api::namespaced(client, "team-a");
-    api.create(
-        &PostParams::default(),
-        &new_pod("team-a", "late", "node-late"),
-    )
-    .await
-    .unwrap();
-    let late = ObjectKey::new(Some("team-a"), "late");
+    let (_, late) = create_late(client, "node-late").await;
     eventually("the created pod in both compact stores", || {
         compact_meta.indexer().get_by_key(&late).is_some()
             && compact_projected.indexer().get_by_key(&late).is_some()
