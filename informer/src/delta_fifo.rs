@@ -455,8 +455,10 @@ where
         self.drained.notify_waiters();
     }
 
-    /// Resolves once fewer than `backlog` keys are queued, or the FIFO is closed.
+    /// Resolves once fewer than `backlog` keys are queued, or the FIFO is closed. A `backlog`
+    /// of zero is read as one (wait for an empty queue): nothing could ever satisfy it otherwise.
     pub async fn wait_for_room(&self, backlog: usize) {
+        let backlog = backlog.max(1);
         loop {
             let drained = self.drained.notified();
             tokio::pin!(drained);

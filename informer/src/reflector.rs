@@ -146,7 +146,7 @@ pub struct ReflectorOptions {
     /// listed object may wait, decoded, in the DeltaFIFO. A bound keeps only a few pages of
     /// decoded objects alive at once, which is what makes a compact store's peak memory small
     /// (the factory's compact informers use two pages); it does not slow a list whose consumer
-    /// keeps up.
+    /// keeps up. `Some(0)` is read as `Some(1)`: the next page waits for an empty queue.
     pub list_backlog: Option<usize>,
 }
 
@@ -541,7 +541,7 @@ where
                     if let Some(backlog) = self.options.list_backlog {
                         debug!(
                             page = page_no,
-                            backlog, "waiting for the sink's backlog before the next page"
+                            backlog, "next page once the sink's backlog is below the bound"
                         );
                         self.sink.wait_for_room(backlog).await;
                     }

@@ -791,3 +791,38 @@ async fn a_closed_fifo_releases_a_reflector_waiting_for_room() {
     shutdown.cancel();
     task.await.expect("reflector task panicked");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_zero_list_backlog_waits_for_an_empty_queue_instead_of_forever() {
+    use reflex_informer::delta_fifo::DeltaFifo;
+
+    let source = MemorySource::new();
+    for i in 0..4 {
+        source.apply(cm(&format!("o{i}"), "1")).unwrap();
+    }
+    let fifo = Arc::new(DeltaFifo::<ConfigMap>::new(None));
+    let reflector = Reflector::new(
+        Arc::new(source.clone()),
+        fifo.clone(),
+        ReflectorOptions {
+            page_size: Some(2),
+            list_backlog: Some(0),
+            ..Default::default()
+        },
+    );
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(reflector.run(shutdown.clone()));
+    for i in 0..4 {
+        tokio::time::timeout(Duration::from_secs(60), fifo.pop(|_| Ok(())))
+            .await
+            .unwrap_or_else(|_| panic!("object {i} never listed: the reflector waits forever"))
+            .expect("pop succeeds");
+    }
+    wait_until("the list completes and a watch opens", || {
+        source.open_watches() > 0
+    })
+    .await;
+    assert!(fifo.has_synced());
+    shutdown.cancel();
+    task.await.expect("reflector task panicked");
+}
