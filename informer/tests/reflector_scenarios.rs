@@ -691,26 +691,56 @@ async fn watch_closed_at_once_without_events_counts_as_a_failure_and_relists() {
     r.stop().await;
 }
 
-#[tokio::test(start_paused = true)]
-async fn list_backlog_holds_back_the_next_page_until_the_fifo_drains() {
-    use reflex_informer::delta_fifo::DeltaFifo;
+/// A Reflector listing into a real DeltaFifo (no known objects), and what it reported.
+struct Paged {
+    source: MemorySource<ConfigMap>,
+    fifo: Arc<reflex_informer::delta_fifo::DeltaFifo<ConfigMap>>,
+    errors: Arc<Mutex<Vec<String>>>,
+    shutdown: CancellationToken,
+    task: JoinHandle<()>,
+}
 
+/// `objects` ConfigMaps listed in pages of 2 by a Reflector with `list_backlog: Some(backlog)`.
+fn paged_into_fifo(objects: usize, backlog: usize) -> Paged {
     let source = MemorySource::new();
-    for i in 0..7 {
+    for i in 0..objects {
         source.apply(cm(&format!("o{i}"), "1")).unwrap();
     }
-    let fifo = Arc::new(DeltaFifo::<ConfigMap>::new(None));
-    let reflector = Reflector::new(
+    let fifo = Arc::new(reflex_informer::delta_fifo::DeltaFifo::new(None));
+    let mut reflector = Reflector::new(
         Arc::new(source.clone()),
         fifo.clone(),
         ReflectorOptions {
             page_size: Some(2),
-            list_backlog: Some(3),
+            list_backlog: Some(backlog),
             ..Default::default()
         },
     );
+    let errors = Arc::new(Mutex::new(Vec::new()));
+    let seen = errors.clone();
+    reflector.set_watch_error_handler(Arc::new(move |e: &ReflectorError| {
+        seen.lock().push(e.to_string());
+    }));
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(reflector.run(shutdown.clone()));
+    Paged {
+        source,
+        fifo,
+        errors,
+        shutdown,
+        task,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn list_backlog_holds_back_the_next_page_until_the_fifo_drains() {
+    let Paged {
+        source,
+        fifo,
+        shutdown,
+        task,
+        ..
+    } = paged_into_fifo(7, 3);
     let lists = |source: &MemorySource<ConfigMap>| {
         source
             .requests()
@@ -753,29 +783,13 @@ async fn list_backlog_holds_back_the_next_page_until_the_fifo_drains() {
 
 #[tokio::test(start_paused = true)]
 async fn a_closed_fifo_releases_a_reflector_waiting_for_room() {
-    use reflex_informer::delta_fifo::DeltaFifo;
-
-    let source = MemorySource::new();
-    for i in 0..6 {
-        source.apply(cm(&format!("o{i}"), "1")).unwrap();
-    }
-    let fifo = Arc::new(DeltaFifo::<ConfigMap>::new(None));
-    let mut reflector = Reflector::new(
-        Arc::new(source.clone()),
-        fifo.clone(),
-        ReflectorOptions {
-            page_size: Some(2),
-            list_backlog: Some(1),
-            ..Default::default()
-        },
-    );
-    let errors = Arc::new(Mutex::new(Vec::new()));
-    let seen = errors.clone();
-    reflector.set_watch_error_handler(Arc::new(move |e: &ReflectorError| {
-        seen.lock().push(e.to_string());
-    }));
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(reflector.run(shutdown.clone()));
+    let Paged {
+        fifo,
+        errors,
+        shutdown,
+        task,
+        ..
+    } = paged_into_fifo(6, 1);
     wait_until("the first page is queued", || fifo.len() == 2).await;
     fifo.close();
     // Released, the reflector fetches the next page and the closed FIFO refuses it.
@@ -794,24 +808,13 @@ async fn a_closed_fifo_releases_a_reflector_waiting_for_room() {
 
 #[tokio::test(start_paused = true)]
 async fn a_zero_list_backlog_waits_for_an_empty_queue_instead_of_forever() {
-    use reflex_informer::delta_fifo::DeltaFifo;
-
-    let source = MemorySource::new();
-    for i in 0..4 {
-        source.apply(cm(&format!("o{i}"), "1")).unwrap();
-    }
-    let fifo = Arc::new(DeltaFifo::<ConfigMap>::new(None));
-    let reflector = Reflector::new(
-        Arc::new(source.clone()),
-        fifo.clone(),
-        ReflectorOptions {
-            page_size: Some(2),
-            list_backlog: Some(0),
-            ..Default::default()
-        },
-    );
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(reflector.run(shutdown.clone()));
+    let Paged {
+        source,
+        fifo,
+        shutdown,
+        task,
+        ..
+    } = paged_into_fifo(4, 0);
     for i in 0..4 {
         tokio::time::timeout(Duration::from_secs(60), fifo.pop(|_| Ok(())))
             .await
