@@ -80,7 +80,7 @@
 //! # }
 //! ```
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::error::Error as StdError;
 use std::fmt;
 use std::sync::Arc;
@@ -92,6 +92,7 @@ use tokio::sync::Notify;
 use crate::fifo::{
     DeletedFinalStateUnknown, Delta, DeltaObject, DeltaType, FifoError, ReflectorSink,
 };
+use crate::hash::{FastHashMap, FastHashSet};
 use crate::key::ObjectKey;
 use crate::store::{Indexer, KeyFunc, meta_key_func};
 
@@ -206,17 +207,17 @@ pub trait Fifo<K>: ReflectorSink<K> {
 /// The relist in progress: keys listed by its pages so far.
 #[derive(Default)]
 struct Relist {
-    seen: HashSet<ObjectKey>,
+    seen: FastHashSet<ObjectKey>,
 }
 
 struct State<K> {
-    items: HashMap<ObjectKey, Vec<Delta<K>>>,
+    items: FastHashMap<ObjectKey, Vec<Delta<K>>>,
     queue: VecDeque<ObjectKey>,
     relist: Option<Relist>,
     /// True once the first relist's `replace_done` ran.
     initial_relist_done: bool,
     /// Keys queued by the first relist and not popped yet.
-    initial_pending: HashSet<ObjectKey>,
+    initial_pending: FastHashSet<ObjectKey>,
     closed: bool,
 }
 
@@ -317,11 +318,11 @@ where
     pub fn with_key_func(key_fn: KeyFunc<K>, known: Option<Arc<dyn KnownObjects<K>>>) -> Self {
         DeltaFifo {
             state: Mutex::new(State {
-                items: HashMap::new(),
+                items: FastHashMap::default(),
                 queue: VecDeque::new(),
                 relist: None,
                 initial_relist_done: false,
-                initial_pending: HashSet::new(),
+                initial_pending: FastHashSet::default(),
                 closed: false,
             }),
             processing: Mutex::new(()),

@@ -19,10 +19,12 @@
 //! assert_eq!(ObjectKey::new(None::<&str>, "node-1").to_string(), "node-1");
 //! ```
 
-use std::collections::HashSet;
 use std::fmt;
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::str::FromStr;
 use std::sync::Arc;
+
+use crate::hash::FastHashSet;
 
 /// Why an object or a string could not be turned into an [`ObjectKey`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -44,16 +46,72 @@ pub enum KeyError {
 ///
 /// Cheap to clone (the parts are reference counted), ordered (namespace first, then name), and
 /// hashable, so it serves directly as a workqueue item.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+///
+/// # Hashing
+///
+/// A key computes its hash once, when it is made, and [`Hash`] feeds only that 64-bit value to
+/// a hasher. Every map keyed by `ObjectKey` (the store, the DeltaFIFO, a controller's work
+/// queue) therefore hashes a key in one step, whatever the length of its name, and compares
+/// two keys by that value before it compares any bytes. The value comes from
+/// [foldhash](https://docs.rs/foldhash)'s quality hasher seeded at random once per process:
+/// keys name objects of an authenticated API server, and an unpredictable seed keeps even a
+/// user able to choose object names from aiming collisions at one bucket. The value is not
+/// stable across processes; never persist it.
+#[derive(Clone)]
 pub struct ObjectKey {
+    hash: u64,
     namespace: Option<Arc<str>>,
     name: Arc<str>,
+}
+
+/// The process-wide seed of key hashes.
+fn key_hasher() -> &'static foldhash::quality::RandomState {
+    static STATE: std::sync::OnceLock<foldhash::quality::RandomState> = std::sync::OnceLock::new();
+    STATE.get_or_init(foldhash::quality::RandomState::default)
+}
+
+fn hash_parts(namespace: Option<&str>, name: &str) -> u64 {
+    let mut hasher = key_hasher().build_hasher();
+    hasher.write(namespace.unwrap_or("").as_bytes());
+    hasher.write_u8(0xff);
+    hasher.write(name.as_bytes());
+    hasher.finish()
+}
+
+impl PartialEq for ObjectKey {
+    fn eq(&self, other: &Self) -> bool {
+        // The hash first: unequal keys almost always differ there, without reading a byte of
+        // either name. `Arc<str>` compares pointers before bytes, which makes shared
+        // namespaces free.
+        self.hash == other.hash && self.name == other.name && self.namespace == other.namespace
+    }
+}
+
+impl Eq for ObjectKey {}
+
+impl Hash for ObjectKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+impl PartialOrd for ObjectKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ObjectKey {
+    /// Cluster-scoped keys first, then by namespace, then by name.
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (&self.namespace, &self.name).cmp(&(&other.namespace, &other.name))
+    }
 }
 
 impl ObjectKey {
     /// This key with its namespace swapped for the equal one in `namespaces` (added there if
     /// new), so that every key a store holds for one namespace shares one allocation.
-    pub(crate) fn share_namespace(mut self, namespaces: &mut HashSet<Arc<str>>) -> Self {
+    pub(crate) fn share_namespace(mut self, namespaces: &mut FastHashSet<Arc<str>>) -> Self {
         if let Some(ns) = &self.namespace {
             match namespaces.get(ns) {
                 Some(shared) => self.namespace = Some(shared.clone()),
@@ -68,13 +126,21 @@ impl ObjectKey {
     /// A key from its parts. An empty namespace is the same as none.
     pub fn new(namespace: Option<impl AsRef<str>>, name: impl AsRef<str>) -> Self {
         let namespace = namespace
-            .map(|ns| ns.as_ref().to_owned())
-            .filter(|ns| !ns.is_empty())
-            .map(Arc::from);
+            .as_ref()
+            .map(AsRef::as_ref)
+            .filter(|ns| !ns.is_empty());
+        let name = name.as_ref();
         ObjectKey {
-            namespace,
-            name: Arc::from(name.as_ref()),
+            hash: hash_parts(namespace, name),
+            namespace: namespace.map(Arc::from),
+            name: Arc::from(name),
         }
+    }
+
+    /// The 64-bit hash this key was given when it was made (see [Hashing](#hashing)): what
+    /// [`Hash`] writes, for maps that index by it directly.
+    pub fn hash_value(&self) -> u64 {
+        self.hash
     }
 
     /// The key of any Kubernetes resource, from its `metadata.namespace` and `metadata.name`.
@@ -203,7 +269,7 @@ mod tests {
 
     #[test]
     fn share_namespace_gives_equal_namespaces_one_allocation_and_keeps_the_key_equal() {
-        let mut namespaces = HashSet::new();
+        let mut namespaces = FastHashSet::default();
         let a = ObjectKey::new(Some("team-a"), "x").share_namespace(&mut namespaces);
         let b = ObjectKey::new(Some("team-a"), "y").share_namespace(&mut namespaces);
         let c = ObjectKey::new(Some("team-b"), "x").share_namespace(&mut namespaces);

@@ -21,6 +21,7 @@ pub mod decode;
 pub mod delta_fifo;
 pub mod factory;
 pub mod fifo;
+mod hash;
 pub mod informer;
 pub mod key;
 pub mod lister;
