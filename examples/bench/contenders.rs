@@ -117,8 +117,12 @@ const QUEUE_COLUMNS: &[Column] = &[
     col("w8_adds_per_s", "8 workers", Better::Higher),
 ];
 const READ_COLUMNS: &[Column] = &[
+    col("get_per_s_10k", "get/s 10k", Better::Higher),
+    col("reader_get_per_s_10k", "Reader get/s 10k", Better::Higher),
+    col("list_ns_per_s_10k", "list by ns/s 10k", Better::Higher),
     col("get_per_s", "get/s", Better::Higher),
-    col("list_ns_per_s", "list by namespace/s", Better::Higher),
+    col("reader_get_per_s", "Reader get/s", Better::Higher),
+    col("list_ns_per_s", "list by ns/s", Better::Higher),
 ];
 
 /// How a contender runs.
@@ -318,7 +322,7 @@ pub static CONTENDERS: &[Contender] = &[
         name: "reflex Indexer",
         reference: true,
         runner: rust!(crate::reads::reflex),
-        about: "Indexer get_by_key and by_index(namespace)",
+        about: "Indexer get_by_key (owned Arc), Reader::get (lent), by_index(namespace)",
     },
     Contender {
         workload: Workload::Reads,

@@ -1,8 +1,15 @@
 //! Cache reads with a concurrent writer: the contender lists the N Pods once from the server
-//! (serde_json, full objects, the same data for every contender), fills its store, then starts
-//! a writer thread updating Pods at `write_rate` per second while the reader does point gets
-//! for `read_ms`, then lists by namespace for `read_ms`. Figures: `get_per_s`, `list_ns_per_s`,
-//! `writes` (updates the writer made).
+//! (serde_json, full objects, the same data for every contender) and, for each store size (10k
+//! Pods, every (N/10k)-th of the list so that all namespaces stay represented, and all N when N
+//! is larger), fills a store and starts a writer thread updating its Pods at `write_rate` per
+//! second. Meanwhile the reader runs [`ROUNDS`] rounds, each a phase of point gets then a
+//! phase of lists by namespace, `read_ms / ROUNDS` each; a figure is the median of its rounds.
+//! Figures: `get_per_s`, `list_ns_per_s` (all N Pods), the same with `_10k` (the 10k store,
+//! only when N is larger), Reflex's `reader_get_per_s` (a [`Reader`], which lends the object
+//! instead of cloning its `Arc`, as client-go's `GetByKey` hands out a pointer), and `writes`
+//! (updates the writers made).
+//!
+//! [`Reader`]: reflex_informer::store::Reader
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -71,8 +78,54 @@ impl Writer {
     }
 }
 
+/// Rounds of each read phase; a figure is their median.
+pub const ROUNDS: usize = 5;
+/// The small store of issue 14's targets.
+pub const SMALL: usize = 10_000;
+
+/// The store sizes measured for `n` listed Pods.
+fn sizes(n: usize) -> Vec<usize> {
+    if n > SMALL { vec![SMALL, n] } else { vec![n] }
+}
+
+/// The figure-name suffix of a store size.
+fn suffix(size: usize, n: usize) -> &'static str {
+    if size < n { "_10k" } else { "" }
+}
+
+/// `size` of `pods`, evenly spread over the list (the Go peer takes the same ones).
+fn subset<T: Clone>(pods: &[T], size: usize) -> Vec<T> {
+    let step = (pods.len() / size.max(1)).max(1);
+    pods.iter().step_by(step).take(size).cloned().collect()
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs.get(xs.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// One store under a writer: per round, `phases` each run `per_second` and recorded under its
+/// name; returns the medians, named with `suffix`.
+fn rounds(
+    p: &Params,
+    suffix: &str,
+    phases: &mut [(&str, &mut dyn FnMut(usize) -> usize)],
+    figures: &mut Figures,
+) {
+    let ms = (p.read_ms / ROUNDS as u64).max(1);
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); phases.len()];
+    for _ in 0..ROUNDS {
+        for (i, (_, op)) in phases.iter_mut().enumerate() {
+            samples[i].push(per_second(ms, &mut **op));
+        }
+    }
+    for ((name, _), xs) in phases.iter().zip(samples) {
+        figures.insert(format!("{name}{suffix}"), median(xs));
+    }
+}
+
 /// Runs `op` repeatedly for `ms` milliseconds; returns operations per second.
-fn per_second(ms: u64, mut op: impl FnMut(usize) -> usize) -> f64 {
+fn per_second(ms: u64, op: &mut dyn FnMut(usize) -> usize) -> f64 {
     let bound = Duration::from_millis(ms.max(1));
     let start = Instant::now();
     let mut ops = 0_usize;
@@ -99,99 +152,120 @@ fn namespaces(p: &Params) -> Vec<String> {
     (0..p.namespaces.max(1)).map(crate::namespace).collect()
 }
 
-/// Reflex's `Indexer`: `get_by_key` and `by_index("namespace", ns)`.
+/// Reflex's `Indexer`: `get_by_key` (an `Arc` the caller owns), a `Reader`'s lent `get`, and
+/// `by_index("namespace", ns)`.
 pub async fn reflex(p: Params) -> Run {
     use reflex_informer::key::ObjectKey;
     use reflex_informer::store::{Indexer, NAMESPACE_INDEX};
-    let pods: Vec<Arc<Pod>> = list_pods(&p.server)
+    let all: Vec<Arc<Pod>> = list_pods(&p.server)
         .await?
         .into_iter()
         .map(Arc::new)
         .collect();
-    let indexer: Indexer<Pod> = Indexer::new();
-    indexer
-        .replace(pods.iter().cloned())
-        .map_err(|e| format!("filling the store: {e}"))?;
-    let keys: Vec<ObjectKey> = pods
-        .iter()
-        .filter_map(|p| ObjectKey::from_resource(p.as_ref()).ok())
-        .collect();
     let namespaces = namespaces(&p);
-    let writer_store = indexer.clone();
-    let writer = Writer::start(pods.clone(), p.write_rate, move |pod| {
-        let _ = writer_store.update(Arc::new(pod));
-    });
-    let reader = indexer.clone();
-    let (gets, lists) = tokio::task::spawn_blocking(move || {
-        let gets = per_second(p.read_ms, |i| {
-            usize::from(reader.get_by_key(&keys[spread(i, keys.len())]).is_some())
+    let mut figures = Figures::new();
+    let mut writes = 0;
+    let mut keep = Vec::new();
+    for size in sizes(all.len()) {
+        let pods = subset(&all, size);
+        let indexer: Indexer<Pod> = Indexer::new();
+        indexer
+            .replace(pods.iter().cloned())
+            .map_err(|e| format!("filling the store: {e}"))?;
+        let keys: Vec<ObjectKey> = pods
+            .iter()
+            .filter_map(|p| ObjectKey::from_resource(p.as_ref()).ok())
+            .collect();
+        let writer_store = indexer.clone();
+        let writer = Writer::start(pods.clone(), p.write_rate, move |pod| {
+            let _ = writer_store.update(Arc::new(pod));
         });
-        let lists = per_second(p.read_ms, |i| {
-            reader
-                .by_index(NAMESPACE_INDEX, &namespaces[i % namespaces.len()])
-                .map(|v| v.len())
-                .unwrap_or(0)
-        });
-        (gets, lists)
-    })
-    .await
-    .map_err(|e| format!("reader: {e}"))?;
-    let writes = writer.stop();
-    Ok((
-        figures(gets, lists, writes),
-        Box::new((indexer, pods)) as Keep,
-    ))
+        let (reader, namespaces, params) = (indexer.clone(), namespaces.clone(), p.clone());
+        let suffix = suffix(size, all.len());
+        figures = tokio::task::spawn_blocking(move || {
+            let mut lent = reader.reader();
+            let n = keys.len();
+            let mut get = |i: usize| usize::from(reader.get_by_key(&keys[spread(i, n)]).is_some());
+            let mut reader_get = |i: usize| usize::from(lent.get(&keys[spread(i, n)]).is_some());
+            let mut list = |i: usize| {
+                reader
+                    .by_index(NAMESPACE_INDEX, &namespaces[i % namespaces.len()])
+                    .map(|v| v.len())
+                    .unwrap_or(0)
+            };
+            rounds(
+                &params,
+                suffix,
+                &mut [
+                    ("get_per_s", &mut get),
+                    ("reader_get_per_s", &mut reader_get),
+                    ("list_ns_per_s", &mut list),
+                ],
+                &mut figures,
+            );
+            figures
+        })
+        .await
+        .map_err(|e| format!("reader: {e}"))?;
+        writes += writer.stop();
+        keep.push(indexer);
+    }
+    figures.insert("writes".into(), writes as f64);
+    Ok((figures, Box::new((keep, all)) as Keep))
 }
 
 /// kube-runtime's `Store`: `get` and `state_filter` by namespace (it has no index: a scan).
 pub async fn kube_runtime(p: Params) -> Run {
     use kube_runtime::reflector::{self, ObjectRef};
     use kube_runtime::watcher::Event;
-    let pods: Vec<Arc<Pod>> = list_pods(&p.server)
+    let all: Vec<Arc<Pod>> = list_pods(&p.server)
         .await?
         .into_iter()
         .map(Arc::new)
         .collect();
-    let (store, mut writer) = reflector::store::<Pod>();
-    writer.apply_watcher_event(&Event::Init);
-    for pod in &pods {
-        writer.apply_watcher_event(&Event::InitApply(Pod::clone(pod)));
-    }
-    writer.apply_watcher_event(&Event::InitDone);
-    let refs: Vec<ObjectRef<Pod>> = pods
-        .iter()
-        .map(|p| ObjectRef::from_obj(p.as_ref()))
-        .collect();
     let namespaces = namespaces(&p);
-    let writer = Writer::start(pods.clone(), p.write_rate, move |pod| {
-        writer.apply_watcher_event(&Event::Apply(pod));
-    });
-    let reader = store.clone();
-    let (gets, lists) = tokio::task::spawn_blocking(move || {
-        let gets = per_second(p.read_ms, |i| {
-            usize::from(reader.get(&refs[spread(i, refs.len())]).is_some())
+    let mut figures = Figures::new();
+    let mut writes = 0;
+    let mut keep = Vec::new();
+    for size in sizes(all.len()) {
+        let pods = subset(&all, size);
+        let (store, mut writer) = reflector::store::<Pod>();
+        writer.apply_watcher_event(&Event::Init);
+        for pod in &pods {
+            writer.apply_watcher_event(&Event::InitApply(Pod::clone(pod)));
+        }
+        writer.apply_watcher_event(&Event::InitDone);
+        let refs: Vec<ObjectRef<Pod>> = pods
+            .iter()
+            .map(|p| ObjectRef::from_obj(p.as_ref()))
+            .collect();
+        let writer = Writer::start(pods.clone(), p.write_rate, move |pod| {
+            writer.apply_watcher_event(&Event::Apply(pod));
         });
-        let lists = per_second(p.read_ms, |i| {
-            let ns = &namespaces[i % namespaces.len()];
-            reader
-                .state_filter(|pod| pod.metadata.namespace.as_deref() == Some(ns.as_str()))
-                .len()
-        });
-        (gets, lists)
-    })
-    .await
-    .map_err(|e| format!("reader: {e}"))?;
-    let writes = writer.stop();
-    Ok((
-        figures(gets, lists, writes),
-        Box::new((store, pods)) as Keep,
-    ))
-}
-
-fn figures(gets: f64, lists: f64, writes: u64) -> Figures {
-    Figures::from([
-        ("get_per_s".to_string(), gets),
-        ("list_ns_per_s".to_string(), lists),
-        ("writes".to_string(), writes as f64),
-    ])
+        let (reader, namespaces, params) = (store.clone(), namespaces.clone(), p.clone());
+        let suffix = suffix(size, all.len());
+        figures = tokio::task::spawn_blocking(move || {
+            let n = refs.len();
+            let mut get = |i: usize| usize::from(reader.get(&refs[spread(i, n)]).is_some());
+            let mut list = |i: usize| {
+                let ns = &namespaces[i % namespaces.len()];
+                reader
+                    .state_filter(|pod| pod.metadata.namespace.as_deref() == Some(ns.as_str()))
+                    .len()
+            };
+            rounds(
+                &params,
+                suffix,
+                &mut [("get_per_s", &mut get), ("list_ns_per_s", &mut list)],
+                &mut figures,
+            );
+            figures
+        })
+        .await
+        .map_err(|e| format!("reader: {e}"))?;
+        writes += writer.stop();
+        keep.push(store);
+    }
+    figures.insert("writes".into(), writes as f64);
+    Ok((figures, Box::new((keep, all)) as Keep))
 }

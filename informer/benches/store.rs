@@ -177,6 +177,13 @@ fn store_ops(c: &mut Criterion) {
             indexer.get_by_key(&keys[i])
         })
     });
+    let mut reader = indexer.reader();
+    group.bench_function("indexer/reader_get", |b| {
+        b.iter(|| {
+            i = (i + 1) % N;
+            reader.get(&keys[i]).is_some()
+        })
+    });
     group.bench_function("rwlock/get_by_key", |b| {
         b.iter(|| {
             i = (i + 1) % N;
@@ -340,17 +347,18 @@ criterion_group! {
         .measurement_time(std::time::Duration::from_secs(1));
     targets = store_ops, fifo_ops, reads_under_writes
 }
-/// Tail latency of single reads while a writer swaps in whole relists (criterion reports means
-/// per sample, which hide a reader stuck behind a writer): p50, p99, p99.9 and max.
+/// Tail latency of single reads while a writer relists continuously (criterion reports means
+/// per sample, which hide a reader stuck behind a writer): p50, p99, p99.9 and max, at 10k and
+/// at 100k objects. A relist is either one atomic `replace` of the whole store or, as the
+/// informer applies a relist's deltas, one `update` per object; the `RwLock` baseline swaps its
+/// map under the write lock.
 fn read_latency_tail() {
     const READS: usize = 200_000;
-    let keys: Vec<ObjectKey> = (0..N).map(key_of).collect();
-    let relist = objects(3);
     let report = |name: &str, mut samples: Vec<u128>| {
         samples.sort_unstable();
         let at = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize];
         println!(
-            "read latency under replace writes, {name}: {} reads, p50 {} ns, p99 {} ns, p99.9 {} ns, max {} ns",
+            "read latency under relists, {name}: {} reads, p50 {} ns, p99 {} ns, p99.9 {} ns, max {} ns",
             samples.len(),
             at(0.5),
             at(0.99),
@@ -358,37 +366,63 @@ fn read_latency_tail() {
             samples[samples.len() - 1]
         );
     };
-    // Bounded by count and by time: a reader starved behind a writer that re-takes the lock
-    // at once (the RwLock baseline on a busy machine) must not make the probe run for minutes.
-    let time_reads = |read: &dyn Fn(&ObjectKey) -> Option<Arc<ConfigMap>>| {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
-        let mut samples = Vec::with_capacity(READS);
-        for i in 0..READS {
-            let start = std::time::Instant::now();
-            black_box(read(&keys[i % N]));
-            samples.push(start.elapsed().as_nanos());
-            if start > deadline {
-                break;
+    for n in [N, 10 * N] {
+        let keys: Vec<ObjectKey> = (0..n).map(key_of).collect();
+        let relist: Vec<Arc<ConfigMap>> = (0..n).map(|i| cm(i, 3)).collect();
+        // Bounded by count and by time: a reader starved behind a writer that re-takes the lock
+        // at once (the RwLock baseline on a busy machine) must not make the probe run for minutes.
+        let time_reads = |read: &dyn Fn(&ObjectKey) -> Option<Arc<ConfigMap>>| {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+            let mut samples = Vec::with_capacity(READS);
+            for i in 0..READS {
+                let start = std::time::Instant::now();
+                black_box(read(&keys[(i * 7919) % n]));
+                samples.push(start.elapsed().as_nanos());
+                if start > deadline {
+                    break;
+                }
             }
-        }
-        samples
-    };
+            samples
+        };
 
-    let indexer = filled_indexer();
-    let writer = {
-        let (indexer, relist) = (indexer.clone(), relist.clone());
-        Writer::spawn(move |_| indexer.replace(relist.iter().cloned()).unwrap())
-    };
-    report("indexer", time_reads(&|k| indexer.get_by_key(k)));
-    drop(writer);
+        let indexer = Indexer::new();
+        indexer.replace(relist.iter().cloned()).unwrap();
+        let writer = {
+            let (indexer, relist) = (indexer.clone(), relist.clone());
+            Writer::spawn(move |_| indexer.replace(relist.iter().cloned()).unwrap())
+        };
+        report(
+            &format!("indexer, {n} objects, replace"),
+            time_reads(&|k| indexer.get_by_key(k)),
+        );
+        drop(writer);
 
-    let locked = Arc::new(filled_locked());
-    let writer = {
-        let (locked, relist) = (locked.clone(), relist.clone());
-        Writer::spawn(move |_| locked.replace(&relist))
-    };
-    report("rwlock", time_reads(&|k| locked.get(k)));
-    drop(writer);
+        let writer = {
+            let (indexer, relist) = (indexer.clone(), relist.clone());
+            Writer::spawn(move |_| {
+                for obj in &relist {
+                    indexer.update(obj.clone()).unwrap();
+                }
+            })
+        };
+        report(
+            &format!("indexer, {n} objects, update per object"),
+            time_reads(&|k| indexer.get_by_key(k)),
+        );
+        drop(writer);
+
+        let locked = Arc::new(LockedStore::default());
+        locked.replace(&relist);
+        let writer = {
+            let (locked, relist) = (locked.clone(), relist.clone());
+            Writer::spawn(move |_| locked.replace(&relist))
+        };
+        report(
+            &format!("rwlock, {n} objects, replace"),
+            time_reads(&|k| locked.get(k)),
+        );
+        drop(writer);
+    }
 }
 
 fn main() {

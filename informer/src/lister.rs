@@ -288,6 +288,12 @@ where
         self.indexer.by_index(name, value)
     }
 
+    /// A handle for many reads in a row that lends objects instead of cloning them (see
+    /// [`Reader`](crate::store::Reader)): for loops over many keys, one per worker.
+    pub fn reader(&self) -> crate::store::Reader<K> {
+        self.indexer.reader()
+    }
+
     /// A view of one namespace.
     pub fn namespaced(&self, namespace: &str) -> NamespacedLister<K> {
         NamespacedLister {
@@ -339,12 +345,13 @@ where
     pub fn list(&self, selector: &Selector) -> Vec<Arc<K>> {
         // The namespace index is built in and cannot be removed, so this cannot fail; an empty
         // answer is still the right one if it ever did.
-        self.indexer
-            .by_index(NAMESPACE_INDEX, &self.namespace)
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|obj| labels_match(selector, obj.as_ref()))
-            .collect()
+        self.indexer.with_snapshot(|snapshot| {
+            snapshot
+                .by_index_where(NAMESPACE_INDEX, &self.namespace, |obj| {
+                    labels_match(selector, obj)
+                })
+                .unwrap_or_default()
+        })
     }
 }
 

@@ -337,6 +337,15 @@ func perSecond(ms int, op func(int) int) float64 {
 	return float64(ops) / time.Since(start).Seconds()
 }
 
+// Rounds of each read phase and the small store size, as examples/bench/reads.rs.
+const readRounds = 5
+const smallStore = 10000
+
+func medianOf(xs []float64) float64 {
+	sort.Float64s(xs)
+	return xs[len(xs)/2]
+}
+
 func cacheReads(p params) (figures, any, error) {
 	cs, err := clientset(p.server)
 	if err != nil {
@@ -346,61 +355,95 @@ func cacheReads(p params) (figures, any, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	indexer := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc})
-	pods := make([]*corev1.Pod, len(list.Items))
-	ks := make([]string, len(list.Items))
+	all := make([]*corev1.Pod, len(list.Items))
 	for i := range list.Items {
-		pods[i] = &list.Items[i]
-		if err := indexer.Add(pods[i]); err != nil {
-			return nil, nil, err
-		}
-		ks[i], _ = cache.MetaNamespaceKeyFunc(pods[i])
+		all[i] = &list.Items[i]
+	}
+	sizes := []int{len(all)}
+	if len(all) > smallStore {
+		sizes = []int{smallStore, len(all)}
 	}
 	namespaces := make([]string, 0, p.namespaces)
 	for i := 0; i < p.namespaces || i == 0; i++ {
 		namespaces = append(namespaces, fmt.Sprintf("bench-%03d", i))
 	}
-	var stop atomic.Bool
+	roundMs := p.readMs / readRounds
+	if roundMs < 1 {
+		roundMs = 1
+	}
+	f := figures{}
 	var writes atomic.Int64
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		rate := p.writeRate
-		if rate < 1 {
-			rate = 1
+	var keep []any
+	for _, size := range sizes {
+		// Every (N/size)-th Pod, as the Rust contenders take them.
+		step := len(all) / size
+		if step < 1 {
+			step = 1
 		}
-		perTick := rate / 100
-		if perTick < 1 {
-			perTick = 1
+		pods := make([]*corev1.Pod, 0, size)
+		for i := 0; i < len(all) && len(pods) < size; i += step {
+			pods = append(pods, all[i])
 		}
-		tick := time.Duration(float64(time.Second) * float64(perTick) / float64(rate))
-		next := time.Now()
-		for i := 0; !stop.Load() && len(pods) > 0; {
-			for j := 0; j < perTick; j++ {
-				pod := pods[i%len(pods)].DeepCopy()
-				pod.ResourceVersion = fmt.Sprintf("w%d", i)
-				_ = indexer.Update(pod)
-				writes.Add(1)
-				i++
+		indexer := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc})
+		ks := make([]string, len(pods))
+		for i, pod := range pods {
+			if err := indexer.Add(pod); err != nil {
+				return nil, nil, err
 			}
-			next = next.Add(tick)
-			if d := time.Until(next); d > 0 {
-				time.Sleep(d)
+			ks[i], _ = cache.MetaNamespaceKeyFunc(pod)
+		}
+		var stop atomic.Bool
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rate := p.writeRate
+			if rate < 1 {
+				rate = 1
 			}
+			perTick := rate / 100
+			if perTick < 1 {
+				perTick = 1
+			}
+			tick := time.Duration(float64(time.Second) * float64(perTick) / float64(rate))
+			next := time.Now()
+			for i := 0; !stop.Load() && len(pods) > 0; {
+				for j := 0; j < perTick; j++ {
+					pod := pods[i%len(pods)].DeepCopy()
+					pod.ResourceVersion = fmt.Sprintf("w%d", i)
+					_ = indexer.Update(pod)
+					writes.Add(1)
+					i++
+				}
+				next = next.Add(tick)
+				if d := time.Until(next); d > 0 {
+					time.Sleep(d)
+				}
+			}
+		}()
+		var gets, lists []float64
+		for r := 0; r < readRounds; r++ {
+			gets = append(gets, perSecond(roundMs, func(i int) int {
+				if _, ok, _ := indexer.GetByKey(ks[spread(i, len(ks))]); ok {
+					return 1
+				}
+				return 0
+			}))
+			lists = append(lists, perSecond(roundMs, func(i int) int {
+				objs, _ := indexer.ByIndex(cache.NamespaceIndex, namespaces[i%len(namespaces)])
+				return len(objs)
+			}))
 		}
-	}()
-	gets := perSecond(p.readMs, func(i int) int {
-		if _, ok, _ := indexer.GetByKey(ks[spread(i, len(ks))]); ok {
-			return 1
+		stop.Store(true)
+		wg.Wait()
+		suffix := ""
+		if size < len(all) {
+			suffix = "_10k"
 		}
-		return 0
-	})
-	lists := perSecond(p.readMs, func(i int) int {
-		objs, _ := indexer.ByIndex(cache.NamespaceIndex, namespaces[i%len(namespaces)])
-		return len(objs)
-	})
-	stop.Store(true)
-	wg.Wait()
-	return figures{"get_per_s": gets, "list_ns_per_s": lists, "writes": float64(writes.Load())}, []any{indexer, pods}, nil
+		f["get_per_s"+suffix] = medianOf(gets)
+		f["list_ns_per_s"+suffix] = medianOf(lists)
+		keep = append(keep, indexer)
+	}
+	f["writes"] = float64(writes.Load())
+	return f, []any{keep, all}, nil
 }

@@ -7,22 +7,37 @@
 //! read-write lock, so a `List()` copying 100k pointers holds the lock for milliseconds and a
 //! writer (and, behind the writer, every other reader) waits for it.
 //!
-//! Here the whole state, objects *and* indexes, is an immutable snapshot built from persistent
-//! maps ([`imbl`]) and published through an [`arc_swap::ArcSwap`]:
+//! Here the whole state, objects *and* indexes, is an immutable [`Snapshot`] published through
+//! an [`arc_swap::ArcSwap`]:
 //!
-//! - readers `load()` the current snapshot without taking any lock; a reader never waits for a
-//!   writer and a writer never waits for a reader;
-//! - writers are serialized by a mutex, copy the snapshot (`O(1)`: persistent maps share their
-//!   nodes), apply the change (`O(log n)` path copying) and publish the new snapshot atomically;
-//! - every read sees one consistent state: a [`Snapshot`] taken with [`Indexer::snapshot`] answers
-//!   any number of questions (`list`, `by_index`, `get_by_key`) about the same instant.
+//! - readers load the current snapshot without taking any lock; a reader never waits for a
+//!   writer, and a writer never waits for a reader;
+//! - writers are serialized by a mutex, copy the snapshot (`O(1)`: its maps are persistent and
+//!   share their nodes), apply the change (copying only the path it touches) and publish the
+//!   new snapshot atomically;
+//! - every read sees one consistent state: a [`Snapshot`] taken with [`Indexer::snapshot`]
+//!   answers any number of questions (`list`, `by_index`, `get_by_key`) about the same instant.
 //!
-//! The benchmark `informer/benches/store.rs` compares this with a `parking_lot::RwLock<HashMap>`.
-//! The trade is deliberate: a single write costs several microseconds (path copying) instead of
-//! well under one, and a point read is about 1.5x slower, but a read never queues behind a
-//! writer: while a writer swaps in whole relists, the median `get_by_key` stayed under 1 µs here
-//! against about 9 µs with the read-write lock. Writes are bounded by the watch rate (thousands
-//! per second at most), reads by the number of workers, so the read side is the one to protect.
+//! The objects live in a map built for the read path (a shallow radix over the key's
+//! precomputed hash with flat `hashbrown` leaves, see `store/map.rs`): a point read costs about
+//! what one probe of a flat hash table costs. Index values map to sorted key sets.
+//!
+//! Two ways to read, for two kinds of caller:
+//!
+//! - [`Indexer::get_by_key`] (and the [`Lister`](crate::lister::Lister)'s reads) hand out an
+//!   `Arc<K>` the caller owns: it may be kept, sent to another task, held across `.await`.
+//! - A [`Reader`] ([`Indexer::reader`]) is one caller's handle for many reads in a row: it
+//!   keeps the last snapshot it saw and checks it is still current with one relaxed atomic
+//!   load, and [`Reader::get`] lends the object ([`StoreRef`]) without touching its reference
+//!   count. Use it in loops that read many keys; a `Reader` that is kept but not used holds
+//!   on to the snapshot it last saw (and so to objects deleted since), so drop it when idle.
+//!
+//! How fast each read is, beside client-go's `threadSafeMap` and kube-runtime's `Store`, is in
+//! BENCHMARKS.md; `informer/benches/store.rs` compares the store with a
+//! `parking_lot::RwLock<HashMap>` and measures read latency while a writer swaps in whole
+//! relists. The trade is deliberate: a write costs microseconds (path copying), reads never
+//! queue behind a writer. Writes are bounded by the watch rate (thousands per second at most),
+//! reads by the number of workers, so the read side is the one to protect.
 //!
 //! # Compact mode
 //!
@@ -52,25 +67,11 @@
 //! normal store where lists and selectors over the whole cache are frequent, or where
 //! `Arc::ptr_eq` identity across reads matters.
 //!
-//! Measured with `cargo run --release -p reflex-informer --example store_memory -- <mode> 100000`
-//! (100,000 generated Pods of 5.3 KB JSON each, one mode per process, resident set before and
-//! after decoding and storing them page by page, 100,000 random `get_by_key` reads; 2 shared
-//! cores, so the tails are noisy):
-//!
-//! | store | resident per Pod | `get` p50 | `get` p99 |
-//! |---|---|---|---|
-//! | typed `Pod`, managedFields skipped while parsing | 25.1 KiB | 1.8 µs | 3.2 µs |
-//! | typed `Pod`, managedFields kept | 43.2 KiB | 1.6 µs | 3.0 µs |
-//! | compact, LZ4 (2.2 KB packed per Pod) | 2.9 KiB | 76 µs | 123 µs |
-//! | compact, plain JSON (3.5 KB per Pod) | 4.1 KiB | 72 µs | 131 µs |
-//! | metadata-only (`PartialObjectMeta<Pod>`) | 3.2 KiB | 1.4 µs | 2.4 µs |
-//! | metadata-only, compact, LZ4 (705 B packed) | 1.35 KiB | 7.4 µs | 17 µs |
-//!
 //! A packed object is one allocation of exactly its size (its id and bytes together), encoded
 //! and compressed through buffers the store reuses, so packing leaves no freed temporaries
-//! between the long-lived objects; keys of one namespace share one namespace string. What a
-//! stored entry costs beyond its packed bytes (the persistent map's nodes, the key, the
-//! namespace index) is about 260 bytes.
+//! between the long-lived objects; keys of one namespace share one namespace string. What each
+//! mode costs per Pod, and how long its reads take, is in BENCHMARKS.md
+//! (`cargo run --release -p reflex-informer --example store_memory -- <mode> 100000`).
 //!
 //! A compact store saves a process memory only if the decoded objects of a list never all exist
 //! at once before they are packed. The factory's compact informers therefore page every list (the
@@ -125,17 +126,25 @@
 //! assert!(store.by_index("no-such-index", "x").is_err());
 //! ```
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::fmt;
+use std::ops::Deref;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::hash::{FastHashSet, FastState};
 use crate::key::{KeyError, ObjectKey};
+
+mod compact;
+mod map;
+
+pub use compact::CompactOptions;
+use compact::{Codec, Packed};
+use map::KeyMap;
 
 /// Name of the built-in index that maps a namespace to the keys of the objects in it.
 ///
@@ -202,29 +211,11 @@ pub enum StoreError {
     },
 }
 
-type KeySet = imbl::OrdSet<ObjectKey>;
-type ValueMap = imbl::HashMap<String, KeySet>;
-
-/// Options of a compact store ([`Indexer::compact`]); see the [module docs](self#compact-mode).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CompactOptions {
-    /// How many decoded objects are kept for reads (recently written or read ones; zero: none).
-    /// Each costs a decoded object's memory (about 20-30 KiB for a realistic Pod).
-    pub cache_capacity: usize,
-    /// Compress each object's JSON with LZ4 (about 3x smaller for Pods, a few microseconds per
-    /// read). Without it the store keeps plain JSON.
-    pub compress: bool,
-}
-
-impl Default for CompactOptions {
-    /// 256 cached objects, LZ4 on.
-    fn default() -> Self {
-        CompactOptions {
-            cache_capacity: 256,
-            compress: true,
-        }
-    }
-}
+/// The objects under one index value, by key: a list by index walks this set alone, without a
+/// look-up per key. Every write of an object replaces its slot here too.
+type KeySet<K> = imbl::OrdMap<ObjectKey, Slot<K>>;
+type ValueMap<K> =
+    imbl::GenericHashMap<String, KeySet<K>, FastState, imbl::shared_ptr::DefaultSharedPtr>;
 
 /// One stored object: the object itself, or its packed form in a compact store.
 enum Slot<K> {
@@ -241,212 +232,65 @@ impl<K> Clone for Slot<K> {
     }
 }
 
-/// An object's packed form, in one allocation of exactly its size: an 8-byte id, unique within
-/// its store, that names it in the cache of decoded objects, then its JSON (LZ4-compressed, with
-/// LZ4's 4-byte length prefix, if so configured).
-#[derive(Clone)]
-struct Packed(Arc<[u8]>);
-
-const ID_LEN: usize = std::mem::size_of::<u64>();
-
-impl Packed {
-    fn id(&self) -> u64 {
-        let mut id = [0u8; ID_LEN];
-        id.copy_from_slice(&self.0[..ID_LEN]);
-        u64::from_le_bytes(id)
-    }
-
-    fn payload(&self) -> &[u8] {
-        &self.0[ID_LEN..]
-    }
+/// An object read from the store without taking a reference: borrowed from a snapshot (a
+/// normal store), or decoded for this read (a compact store). It dereferences to the object.
+///
+/// ```
+/// use std::sync::Arc;
+/// use k8s_openapi::api::core::v1::ConfigMap;
+/// use reflex_informer::key::ObjectKey;
+/// use reflex_informer::store::Indexer;
+///
+/// let store = Indexer::<ConfigMap>::new();
+/// let mut cm = ConfigMap::default();
+/// cm.metadata.name = Some("settings".into());
+/// store.add(Arc::new(cm)).unwrap();
+/// let mut reader = store.reader();
+/// let cm = reader.get(&ObjectKey::new(None::<&str>, "settings")).unwrap();
+/// assert_eq!(cm.metadata.name.as_deref(), Some("settings"));
+/// let owned: Arc<ConfigMap> = cm.to_arc();
+/// # drop(owned);
+/// ```
+pub enum StoreRef<'a, K> {
+    /// The stored `Arc`, lent.
+    Borrowed(&'a Arc<K>),
+    /// A compact store's object, decoded (or taken from its cache) for this read.
+    Decoded(Arc<K>),
 }
 
-/// The buffers a compact store encodes and compresses into, reused from object to object so
-/// that packing allocates nothing but the packed object itself (temporary buffers freed between
-/// long-lived allocations would leave the heap fragmented).
-#[derive(Default)]
-struct Scratch {
-    json: Vec<u8>,
-    packed: Vec<u8>,
-}
-
-/// Scratch buffers grown beyond this (by an unusually large object) are not kept.
-const SCRATCH_KEEP: usize = 1 << 20;
-
-/// The most recently used decoded objects of a compact store, by [`Packed::id`]: a CLOCK
-/// (second-chance FIFO) cache, so a hit is a hash look-up and a flag, never a reordering.
-struct DecodedCache<K> {
-    capacity: usize,
-    entries: HashMap<u64, (Arc<K>, bool)>,
-    order: VecDeque<u64>,
-}
-
-impl<K> DecodedCache<K> {
-    fn get(&mut self, id: u64) -> Option<Arc<K>> {
-        let (obj, referenced) = self.entries.get_mut(&id)?;
-        *referenced = true;
-        Some(obj.clone())
-    }
-
-    fn peek(&self, id: u64) -> Option<Arc<K>> {
-        self.entries.get(&id).map(|(obj, _)| obj.clone())
-    }
-
-    fn insert(&mut self, id: u64, obj: Arc<K>) {
-        if self.capacity == 0 {
-            return;
+impl<K> StoreRef<'_, K> {
+    /// The object as an `Arc` of the caller's own (for a normal store, a clone of the stored
+    /// `Arc`: no deep copy).
+    pub fn to_arc(&self) -> Arc<K> {
+        match self {
+            StoreRef::Borrowed(obj) => Arc::clone(obj),
+            StoreRef::Decoded(obj) => Arc::clone(obj),
         }
-        if let Some(entry) = self.entries.get_mut(&id) {
-            *entry = (obj, true);
-            return;
-        }
-        while self.entries.len() >= self.capacity {
-            let Some(oldest) = self.order.pop_front() else {
-                break;
-            };
-            match self.entries.get_mut(&oldest) {
-                Some((_, referenced)) if *referenced => {
-                    *referenced = false;
-                    self.order.push_back(oldest);
-                }
-                Some(_) => {
-                    self.entries.remove(&oldest);
-                }
-                None => {}
-            }
-        }
-        self.entries.insert(id, (obj, false));
-        self.order.push_back(id);
     }
 
-    fn forget(&mut self, id: u64) -> Option<Arc<K>> {
-        let (obj, _) = self.entries.remove(&id)?;
-        // Forgotten ids stay in `order` until eviction passes them; keep it bounded.
-        if self.order.len() > 2 * self.capacity.max(16) {
-            let entries = &self.entries;
-            self.order.retain(|id| entries.contains_key(id));
-        }
-        Some(obj)
-    }
-}
-
-/// How a compact store turns objects into bytes and back, and what it decoded recently.
-struct Codec<K> {
-    encode: fn(&K, &mut Vec<u8>) -> Result<(), serde_json::Error>,
-    decode: fn(&[u8]) -> Result<K, serde_json::Error>,
-    compress: bool,
-    next_id: AtomicU64,
-    cache: Mutex<DecodedCache<K>>,
-    decode_failures: AtomicU64,
-    scratch: Mutex<Scratch>,
-}
-
-fn encode_json<K: Serialize>(obj: &K, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
-    serde_json::to_writer(out, obj)
-}
-
-fn decode_json<K: DeserializeOwned>(bytes: &[u8]) -> Result<K, serde_json::Error> {
-    serde_json::from_slice(bytes)
-}
-
-impl<K: Serialize + DeserializeOwned> Codec<K> {
-    fn new(options: &CompactOptions) -> Self {
-        Codec {
-            encode: encode_json::<K>,
-            decode: decode_json::<K>,
-            compress: options.compress,
-            next_id: AtomicU64::new(0),
-            cache: Mutex::new(DecodedCache {
-                capacity: options.cache_capacity,
-                entries: HashMap::new(),
-                order: VecDeque::new(),
-            }),
-            decode_failures: AtomicU64::new(0),
-            scratch: Mutex::new(Scratch::default()),
+    /// Turns the read into an `Arc` of the caller's own.
+    pub fn into_arc(self) -> Arc<K> {
+        match self {
+            StoreRef::Borrowed(obj) => Arc::clone(obj),
+            StoreRef::Decoded(obj) => obj,
         }
     }
 }
 
-impl<K> Codec<K> {
-    /// Packs `obj` and caches it as the decoded form of the new packed bytes.
-    fn pack(&self, key: &ObjectKey, obj: &Arc<K>) -> Result<Packed, StoreError> {
-        let encode_error = |reason: String| StoreError::Encode {
-            key: key.clone(),
-            reason,
-        };
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut scratch = self.scratch.lock();
-        let Scratch { json, packed } = &mut *scratch;
-        json.clear();
-        packed.clear();
-        packed.extend_from_slice(&id.to_le_bytes());
-        if self.compress {
-            (self.encode)(obj, json).map_err(|e| encode_error(e.to_string()))?;
-            let len = u32::try_from(json.len())
-                .map_err(|_| encode_error(format!("{} bytes of JSON is too large", json.len())))?;
-            packed.extend_from_slice(&len.to_le_bytes());
-            let start = packed.len();
-            packed.resize(
-                start + lz4_flex::block::get_maximum_output_size(json.len()),
-                0,
-            );
-            let written = lz4_flex::block::compress_into(json, &mut packed[start..])
-                .map_err(|e| encode_error(e.to_string()))?;
-            packed.truncate(start + written);
-        } else {
-            (self.encode)(obj, packed).map_err(|e| encode_error(e.to_string()))?;
-        }
-        let out = Packed(Arc::from(&packed[..]));
-        if json.capacity() > SCRATCH_KEEP || packed.capacity() > SCRATCH_KEEP {
-            *scratch = Scratch::default();
-        }
-        drop(scratch);
-        self.cache.lock().insert(id, obj.clone());
-        Ok(out)
-    }
+impl<K> Deref for StoreRef<'_, K> {
+    type Target = K;
 
-    /// The decoded object of `packed`: from the cache, or decoded (and cached if `remember`).
-    /// A decode failure (a type whose `Serialize` and `Deserialize` do not round-trip) is
-    /// logged and counted, and the object reads as absent.
-    fn unpack(&self, packed: &Packed, remember: bool) -> Option<Arc<K>> {
-        {
-            let mut cache = self.cache.lock();
-            let hit = if remember {
-                cache.get(packed.id())
-            } else {
-                cache.peek(packed.id())
-            };
-            if hit.is_some() {
-                return hit;
-            }
-        }
-        let decoded = if self.compress {
-            lz4_flex::decompress_size_prepended(packed.payload())
-                .map_err(|e| e.to_string())
-                .and_then(|json| (self.decode)(&json).map_err(|e| e.to_string()))
-        } else {
-            (self.decode)(packed.payload()).map_err(|e| e.to_string())
-        };
-        match decoded {
-            Ok(obj) => {
-                let obj = Arc::new(obj);
-                if remember {
-                    self.cache.lock().insert(packed.id(), obj.clone());
-                }
-                Some(obj)
-            }
-            Err(error) => {
-                self.decode_failures.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(id = packed.id(), bytes = packed.payload().len(), %error, "compact store cannot decode an object it encoded");
-                None
-            }
+    fn deref(&self) -> &K {
+        match self {
+            StoreRef::Borrowed(obj) => obj,
+            StoreRef::Decoded(obj) => obj,
         }
     }
+}
 
-    /// The decoded object of a packed object being replaced or removed, taken out of the cache.
-    fn retire(&self, packed: &Packed) -> Option<Arc<K>> {
-        let cached = self.cache.lock().forget(packed.id());
-        cached.or_else(|| self.unpack(packed, false))
+impl<K: fmt::Debug> fmt::Debug for StoreRef<'_, K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&**self, f)
     }
 }
 
@@ -455,9 +299,9 @@ impl<K> Codec<K> {
 /// Taking a snapshot is lock-free and `O(1)`; it stays valid (and unchanged) however the
 /// indexer is written afterwards. Use it to answer several questions about the same instant.
 pub struct Snapshot<K> {
-    items: imbl::HashMap<ObjectKey, Slot<K>>,
+    items: KeyMap<Slot<K>>,
     index_funcs: imbl::OrdMap<Arc<str>, IndexFunc<K>>,
-    indices: imbl::HashMap<Arc<str>, ValueMap>,
+    indices: imbl::OrdMap<Arc<str>, ValueMap<K>>,
     /// Set in a compact store: how packed objects are decoded.
     codec: Option<Arc<Codec<K>>>,
 }
@@ -485,9 +329,9 @@ impl<K> fmt::Debug for Snapshot<K> {
 impl<K> Snapshot<K> {
     fn empty(codec: Option<Arc<Codec<K>>>) -> Self {
         Snapshot {
-            items: imbl::HashMap::new(),
+            items: KeyMap::default(),
             index_funcs: imbl::OrdMap::new(),
-            indices: imbl::HashMap::new(),
+            indices: imbl::OrdMap::new(),
             codec,
         }
     }
@@ -502,9 +346,25 @@ impl<K> Snapshot<K> {
         }
     }
 
+    /// The object in `slot`, lent when it is stored as itself.
+    fn lend<'a>(&'a self, slot: &'a Slot<K>) -> Option<StoreRef<'a, K>> {
+        match (slot, &self.codec) {
+            (Slot::Full(obj), _) => Some(StoreRef::Borrowed(obj)),
+            (Slot::Packed(packed), Some(codec)) => {
+                codec.unpack(packed, true).map(StoreRef::Decoded)
+            }
+            (Slot::Packed(_), None) => None,
+        }
+    }
+
     /// The object stored under `key`.
     pub fn get_by_key(&self, key: &ObjectKey) -> Option<Arc<K>> {
         self.items.get(key).and_then(|slot| self.load(slot, true))
+    }
+
+    /// The object stored under `key`, lent rather than cloned (see [`StoreRef`]).
+    pub fn get(&self, key: &ObjectKey) -> Option<StoreRef<'_, K>> {
+        self.items.get(key).and_then(|slot| self.lend(slot))
     }
 
     /// Whether an object is stored under `key`.
@@ -514,15 +374,20 @@ impl<K> Snapshot<K> {
 
     /// Every stored object, in no particular order.
     pub fn list(&self) -> Vec<Arc<K>> {
-        self.items
-            .values()
-            .filter_map(|slot| self.load(slot, false))
-            .collect()
+        let mut out = Vec::with_capacity(self.items.len());
+        out.extend(
+            self.items
+                .values()
+                .filter_map(|slot| self.load(slot, false)),
+        );
+        out
     }
 
     /// Every stored key, in no particular order.
     pub fn list_keys(&self) -> Vec<ObjectKey> {
-        self.items.keys().cloned().collect()
+        let mut out = Vec::with_capacity(self.items.len());
+        out.extend(self.items.iter().map(|(key, _)| key.clone()));
+        out
     }
 
     /// Iterates over the stored `(key, object)` pairs (in a compact store, decoding each object
@@ -540,7 +405,7 @@ impl<K> Snapshot<K> {
 
     /// Whether nothing is stored.
     pub fn is_empty(&self) -> bool {
-        self.items.is_empty()
+        self.items.len() == 0
     }
 
     /// The registered index names, sorted.
@@ -548,7 +413,7 @@ impl<K> Snapshot<K> {
         self.index_funcs.keys().map(|n| n.to_string()).collect()
     }
 
-    fn values_of(&self, name: &str) -> Result<&ValueMap, StoreError> {
+    fn values_of(&self, name: &str) -> Result<&ValueMap<K>, StoreError> {
         self.indices
             .get(name)
             .ok_or_else(|| StoreError::UnknownIndex { name: name.into() })
@@ -559,22 +424,43 @@ impl<K> Snapshot<K> {
         Ok(self
             .values_of(name)?
             .get(value)
-            .map(|keys| keys.iter().cloned().collect())
+            .map(|keys| keys.keys().cloned().collect())
             .unwrap_or_default())
     }
 
     /// The objects indexed under `value` in index `name`, in key order.
     pub fn by_index(&self, name: &str, value: &str) -> Result<Vec<Arc<K>>, StoreError> {
-        Ok(self
-            .values_of(name)?
-            .get(value)
-            .map(|keys| {
-                keys.iter()
-                    .filter_map(|k| self.items.get(k))
-                    .filter_map(|slot| self.load(slot, keys.len() == 1))
-                    .collect()
-            })
-            .unwrap_or_default())
+        self.by_index_where(name, value, |_| true)
+    }
+
+    /// The objects indexed under `value` in index `name` for which `keep` holds, in key order.
+    /// Objects that are not kept are never cloned (in a compact store they are still decoded).
+    pub(crate) fn by_index_where(
+        &self,
+        name: &str,
+        value: &str,
+        keep: impl Fn(&K) -> bool,
+    ) -> Result<Vec<Arc<K>>, StoreError> {
+        let Some(keys) = self.values_of(name)?.get(value) else {
+            return Ok(Vec::new());
+        };
+        let remember = keys.len() == 1;
+        let mut out = Vec::with_capacity(keys.len());
+        for slot in keys.values() {
+            match slot {
+                Slot::Full(obj) => {
+                    if keep(obj) {
+                        out.push(obj.clone());
+                    }
+                }
+                Slot::Packed(_) => {
+                    if let Some(obj) = self.load(slot, remember).filter(|obj| keep(obj)) {
+                        out.push(obj);
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// How many objects are indexed under `value` in index `name`.
@@ -600,37 +486,34 @@ impl<K> Snapshot<K> {
             .get(name)
             .ok_or_else(|| StoreError::UnknownIndex { name: name.into() })?;
         let values = self.values_of(name)?;
-        let mut keys = BTreeSet::new();
+        let mut found: std::collections::BTreeMap<&ObjectKey, &Slot<K>> = Default::default();
         for value in func(obj) {
             if let Some(set) = values.get(&value) {
-                keys.extend(set.iter().cloned());
+                found.extend(set.iter());
             }
         }
-        Ok(keys
-            .iter()
-            .filter_map(|k| self.items.get(k))
+        Ok(found
+            .values()
             .filter_map(|slot| self.load(slot, false))
             .collect())
     }
 
-    /// Moves `key` from the index values of `old` to those of `new`, for every index.
-    fn reindex(&mut self, key: &ObjectKey, old: Option<&K>, new: Option<&K>) {
+    /// Files `key` under the index values of `new` (with its new slot) and takes it out of the
+    /// values `old` had and `new` has not, for every index.
+    fn reindex(&mut self, key: &ObjectKey, old: Option<&K>, new: Option<(&K, &Slot<K>)>) {
         for (name, func) in self.index_funcs.iter() {
-            let old_values: BTreeSet<String> = old
-                .map(|o| func(o))
-                .unwrap_or_default()
-                .into_iter()
-                .collect();
-            let new_values: BTreeSet<String> = new
-                .map(|n| func(n))
-                .unwrap_or_default()
-                .into_iter()
-                .collect();
-            if old_values == new_values {
-                continue;
+            let mut old_values = old.map(|o| func(o)).unwrap_or_default();
+            let mut new_values = new.map(|(n, _)| func(n)).unwrap_or_default();
+            if old_values.len() > 1 || new_values.len() > 1 {
+                old_values.sort_unstable();
+                old_values.dedup();
+                new_values.sort_unstable();
+                new_values.dedup();
             }
-            let values = self.indices.entry(name.clone()).or_default();
-            for gone in old_values.difference(&new_values) {
+            let Some(values) = self.indices.get_mut(&**name) else {
+                continue;
+            };
+            for gone in old_values.iter().filter(|v| !new_values.contains(v)) {
                 let now_empty = match values.get_mut(gone) {
                     Some(keys) => {
                         keys.remove(key);
@@ -642,8 +525,13 @@ impl<K> Snapshot<K> {
                     values.remove(gone);
                 }
             }
-            for added in new_values.difference(&old_values) {
-                values.entry(added.clone()).or_default().insert(key.clone());
+            if let Some((_, slot)) = new {
+                for value in new_values {
+                    values
+                        .entry(value)
+                        .or_default()
+                        .insert(key.clone(), slot.clone());
+                }
             }
         }
     }
@@ -662,9 +550,9 @@ impl<K> Snapshot<K> {
     fn put(&mut self, key: ObjectKey, slot: Slot<K>, obj: &K) -> Option<Arc<K>> {
         let old = self
             .items
-            .insert(key.clone(), slot)
+            .insert(key.clone(), slot.clone())
             .and_then(|old| self.retire(old));
-        self.reindex(&key, old.as_deref(), Some(obj));
+        self.reindex(&key, old.as_deref(), Some((obj, &slot)));
         old
     }
 
@@ -675,39 +563,81 @@ impl<K> Snapshot<K> {
         old
     }
 
-    fn build_index(&self, func: &IndexFunc<K>) -> ValueMap {
+    fn build_index(&self, func: &IndexFunc<K>) -> ValueMap<K> {
         build_index(
             func,
             self.items
                 .iter()
-                .filter_map(|(key, slot)| Some((key, self.load(slot, false)?))),
+                .filter_map(|(key, slot)| Some((key, slot, self.load(slot, false)?))),
         )
     }
 }
 
-/// The values of index `func` over `objects`.
+/// The values of index `func` over `objects` (each with its key and slot).
 fn build_index<'a, K: 'a, O: AsRef<K>>(
     func: &IndexFunc<K>,
-    objects: impl Iterator<Item = (&'a ObjectKey, O)>,
-) -> ValueMap {
-    let mut values = ValueMap::new();
-    for (key, obj) in objects {
-        let own: BTreeSet<String> = func(obj.as_ref()).into_iter().collect();
+    objects: impl Iterator<Item = (&'a ObjectKey, &'a Slot<K>, O)>,
+) -> ValueMap<K> {
+    let mut values = ValueMap::default();
+    for (key, slot, obj) in objects {
+        let mut own = func(obj.as_ref());
+        own.sort_unstable();
+        own.dedup();
         for value in own {
-            values.entry(value).or_default().insert(key.clone());
+            values
+                .entry(value)
+                .or_default()
+                .insert(key.clone(), slot.clone());
         }
     }
     values
 }
 
 struct Shared<K> {
-    current: ArcSwap<Snapshot<K>>,
+    /// In its own `Arc` so that a [`Reader`] can keep a cache of it.
+    current: Arc<ArcSwap<Snapshot<K>>>,
     writer: Mutex<()>,
     /// One shared allocation per namespace for the keys this store holds. It only grows, by one
     /// short string per namespace ever stored.
-    namespaces: Mutex<HashSet<Arc<str>>>,
+    namespaces: Mutex<FastHashSet<Arc<str>>>,
     key_fn: KeyFunc<K>,
     codec: Option<Arc<Codec<K>>>,
+}
+
+/// One caller's handle for many reads of an [`Indexer`] in a row; see the
+/// [module docs](self#why-it-looks-like-this).
+///
+/// It keeps the snapshot it last read and, before each read, checks with one relaxed atomic
+/// load whether the store published a newer one (and loads that if so), so it sees every write
+/// an [`Indexer::get_by_key`] at the same moment would see. Reads lend the object
+/// ([`StoreRef`]) instead of cloning its `Arc`. A `Reader` is `Send` but reads need `&mut self`:
+/// give each worker its own (they are cheap to make). While it is kept, it holds on to the
+/// snapshot it last read; drop it (or read again) so that objects deleted since can be freed.
+pub struct Reader<K> {
+    cache: arc_swap::cache::Cache<Arc<ArcSwap<Snapshot<K>>>, Arc<Snapshot<K>>>,
+}
+
+impl<K> Reader<K> {
+    /// The current snapshot (the cached one, if nothing was written since).
+    pub fn snapshot(&mut self) -> &Arc<Snapshot<K>> {
+        self.cache.load()
+    }
+
+    /// The object stored under `key` now, lent.
+    pub fn get(&mut self, key: &ObjectKey) -> Option<StoreRef<'_, K>> {
+        self.cache.load().get(key)
+    }
+
+    /// Whether an object is stored under `key` now.
+    pub fn contains_key(&mut self, key: &ObjectKey) -> bool {
+        self.cache.load().contains_key(key)
+    }
+}
+
+impl<K> fmt::Debug for Reader<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reader").finish_non_exhaustive()
+    }
 }
 
 /// A thread-safe, indexed store of `Arc<K>` with lock-free reads. See the [module docs](self).
@@ -813,12 +743,12 @@ where
         snapshot
             .index_funcs
             .insert(name.clone(), Arc::new(namespace_index_func::<K>));
-        snapshot.indices.insert(name, ValueMap::new());
+        snapshot.indices.insert(name, ValueMap::<K>::default());
         Indexer {
             shared: Arc::new(Shared {
-                current: ArcSwap::from_pointee(snapshot),
+                current: Arc::new(ArcSwap::from_pointee(snapshot)),
                 writer: Mutex::new(()),
-                namespaces: Mutex::new(HashSet::new()),
+                namespaces: Mutex::new(FastHashSet::default()),
                 key_fn,
                 codec,
             }),
@@ -850,6 +780,20 @@ where
     /// The current state, lock-free. It never changes afterwards.
     pub fn snapshot(&self) -> Arc<Snapshot<K>> {
         self.shared.current.load_full()
+    }
+
+    /// A handle for many reads in a row that lends objects instead of cloning them; see
+    /// [`Reader`].
+    pub fn reader(&self) -> Reader<K> {
+        Reader {
+            cache: arc_swap::cache::Cache::new(self.shared.current.clone()),
+        }
+    }
+
+    /// Runs `read` on the current snapshot without taking a reference to it (cheaper than
+    /// [`snapshot`](Self::snapshot) for one short question; do not block inside `read`).
+    pub fn with_snapshot<R>(&self, read: impl FnOnce(&Snapshot<K>) -> R) -> R {
+        read(&self.shared.current.load())
     }
 
     /// Whether this is a compact store ([`Indexer::compact`]).
@@ -951,20 +895,27 @@ where
     ///
     /// Nothing is changed if any object cannot be keyed.
     pub fn replace(&self, objs: impl IntoIterator<Item = Arc<K>>) -> Result<(), StoreError> {
-        let mut objects = HashMap::new();
+        let mut objects = crate::hash::FastHashMap::default();
         for obj in objs {
             objects.insert(self.stored_key(&obj)?, obj);
         }
-        let mut items = imbl::HashMap::new();
+        let mut slots = Vec::with_capacity(objects.len());
         for (key, obj) in &objects {
-            items.insert(key.clone(), self.slot_of(key, obj)?);
+            slots.push((key.clone(), self.slot_of(key, obj)?, obj));
         }
+        let items =
+            KeyMap::from_entries(slots.iter().map(|(k, slot, _)| (k.clone(), slot.clone())));
         self.write(|s| {
             // Indexes are computed from the objects given, never by decoding packed ones.
-            let rebuilt: Vec<(Arc<str>, ValueMap)> = s
+            let rebuilt: Vec<(Arc<str>, ValueMap<K>)> = s
                 .index_funcs
                 .iter()
-                .map(|(name, func)| (name.clone(), build_index(func, objects.iter())))
+                .map(|(name, func)| {
+                    let objects = slots
+                        .iter()
+                        .map(|(k, slot, obj)| (k, slot, Arc::clone(obj)));
+                    (name.clone(), build_index(func, objects))
+                })
                 .collect();
             s.indices = rebuilt.into_iter().collect();
             s.items = items;
@@ -1028,14 +979,6 @@ where
 mod tests {
     use super::*;
 
-    fn cache(capacity: usize) -> DecodedCache<u32> {
-        DecodedCache {
-            capacity,
-            entries: HashMap::new(),
-            order: VecDeque::new(),
-        }
-    }
-
     #[test]
     fn packed_objects_read_back_after_an_oversized_one_reset_the_scratch_buffers() {
         use k8s_openapi::api::core::v1::ConfigMap;
@@ -1059,7 +1002,7 @@ mod tests {
             });
             let objects = [
                 cm("small", 10),
-                cm("huge", 3 * SCRATCH_KEEP),
+                cm("huge", 3 * compact::SCRATCH_KEEP),
                 cm("after", 20),
             ];
             for obj in &objects {
@@ -1070,41 +1013,8 @@ mod tests {
                 assert_eq!(store.get_by_key(&key).as_deref(), Some(&**obj), "{key}");
             }
             let scratch = store.shared.codec.as_ref().unwrap().scratch.lock();
-            assert!(scratch.json.capacity() <= SCRATCH_KEEP);
-            assert!(scratch.packed.capacity() <= SCRATCH_KEEP);
+            assert!(scratch.json.capacity() <= compact::SCRATCH_KEEP);
+            assert!(scratch.packed.capacity() <= compact::SCRATCH_KEEP);
         }
-    }
-
-    #[test]
-    fn decoded_cache_gives_a_read_entry_a_second_chance_and_evicts_the_unread() {
-        let mut c = cache(2);
-        c.insert(1, Arc::new(10));
-        c.insert(2, Arc::new(20));
-        assert_eq!(c.get(1).as_deref(), Some(&10), "1 is now referenced");
-        c.insert(3, Arc::new(30));
-        assert!(c.peek(2).is_none(), "2 was never read: evicted first");
-        assert_eq!(c.peek(1).as_deref(), Some(&10));
-        assert_eq!(c.peek(3).as_deref(), Some(&30));
-        c.insert(4, Arc::new(40));
-        assert!(c.peek(1).is_none(), "1 used its second chance");
-        assert_eq!(c.entries.len(), 2);
-    }
-
-    #[test]
-    fn decoded_cache_of_capacity_zero_keeps_nothing_and_forget_bounds_the_order() {
-        let mut c = cache(0);
-        c.insert(1, Arc::new(1));
-        assert!(c.peek(1).is_none());
-        let mut c = cache(4);
-        for id in 0..1000 {
-            c.insert(id, Arc::new(id as u32));
-            assert_eq!(c.forget(id).as_deref(), Some(&(id as u32)));
-        }
-        assert!(c.entries.is_empty());
-        assert!(
-            c.order.len() <= 2 * 16 + 1,
-            "order holds {} ids",
-            c.order.len()
-        );
     }
 }
