@@ -374,6 +374,92 @@ fn a_snapshot_does_not_change_after_later_writes() {
 }
 
 #[test]
+fn a_list_by_index_read_before_an_update_returns_the_updated_object_after_it() {
+    // A list by index is kept between reads; every write of an object under the value must
+    // replace it, also when the object's index values did not change.
+    for mode in MODES {
+        let store = user_store(mode);
+        store.add(pod("ns", "one", "x")).unwrap();
+        store.add(pod("ns", "two", "x,y")).unwrap();
+        let version = |objs: Vec<Arc<Pod>>| -> Vec<Option<String>> {
+            objs.iter()
+                .map(|p| p.metadata.resource_version.clone())
+                .collect()
+        };
+        assert_eq!(version(store.by_index(BY_USER, "x").unwrap()), [None, None]);
+        let before = store.snapshot();
+        let mut updated = Pod::clone(&pod("ns", "two", "x,y"));
+        updated.metadata.resource_version = Some("2".into());
+        store.update(Arc::new(updated)).unwrap();
+        assert_eq!(
+            version(store.by_index(BY_USER, "x").unwrap()),
+            [None, Some("2".into())],
+            "{mode:?}"
+        );
+        assert_eq!(
+            version(store.by_index(BY_USER, "y").unwrap()),
+            [Some("2".into())],
+            "{mode:?}"
+        );
+        assert_eq!(
+            version(store.by_index(NAMESPACE_INDEX, "ns").unwrap()),
+            [None, Some("2".into())],
+            "{mode:?}"
+        );
+        // The snapshot taken before keeps its own list.
+        assert_eq!(
+            version(before.by_index(BY_USER, "x").unwrap()),
+            [None, None]
+        );
+        store.delete_key(&ObjectKey::new(Some("ns"), "one"));
+        assert_eq!(names(&store.by_index(BY_USER, "x").unwrap()), ["two"]);
+        assert_eq!(
+            names(&before.by_index(BY_USER, "x").unwrap()),
+            ["one", "two"]
+        );
+    }
+}
+
+#[test]
+fn a_reader_sees_every_write_made_after_it_was_created_and_lends_the_stored_arc() {
+    for mode in MODES {
+        let store = store::<ConfigMap>(mode);
+        let mut reader = store.reader();
+        let key = ObjectKey::new(Some("a"), "x");
+        assert!(reader.get(&key).is_none());
+        let obj = cm(Some("a"), "x");
+        store.add(obj.clone()).unwrap();
+        let lent = reader.get(&key).expect("written after the reader was made");
+        assert_eq!(*lent, *obj);
+        if mode == Mode::Full {
+            assert!(Arc::ptr_eq(&lent.to_arc(), &obj), "lent, not copied");
+        }
+        store.delete_key(&key);
+        assert!(!reader.contains_key(&key), "{mode:?}");
+        assert_eq!(reader.snapshot().len(), 0);
+    }
+}
+
+#[test]
+fn a_lent_read_does_not_take_a_reference_to_the_object() {
+    let store = store::<ConfigMap>(Mode::Full);
+    let obj = cm(Some("a"), "x");
+    store.add(obj.clone()).unwrap();
+    let references = Arc::strong_count(&obj);
+    let mut reader = store.reader();
+    let key = ObjectKey::new(Some("a"), "x");
+    let lent = reader.get(&key).unwrap();
+    assert_eq!(Arc::strong_count(&obj), references);
+    assert_eq!(lent.metadata.name.as_deref(), Some("x"));
+    let snapshot = store.snapshot();
+    let borrowed = snapshot.get(&key).unwrap();
+    assert_eq!(Arc::strong_count(&obj), references);
+    let owned = borrowed.into_arc();
+    assert_eq!(Arc::strong_count(&obj), references + 1);
+    assert!(Arc::ptr_eq(&owned, &obj));
+}
+
+#[test]
 fn readers_always_see_items_and_indexes_consistent_while_a_writer_writes() {
     for mode in MODES {
         // The writer keeps 100 pods, each indexed under exactly one "generation" value, and moves

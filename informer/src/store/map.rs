@@ -12,9 +12,11 @@
 //! leaves, each leaf a flat `hashbrown` table. A read is two array steps (the small upper
 //! levels stay in cache) and one SIMD probe of a leaf, as many cache misses as one flat table.
 //! A write copies one root array, one middle array and one leaf (`Arc::make_mut`: nothing is
-//! copied twice within one batch of writes), about 32 + 32 + 100 entries at 100k keys. `b`
-//! grows (and shrinks) with the number of entries so that a leaf holds 8 to 128 of them; a
-//! resize rebuilds the map once, which amortizes to a constant per write.
+//! copied twice within one batch of writes), about 64 + 64 + 24 entries at 100k keys. `b`
+//! grows (and shrinks) with the number of entries so that a leaf holds 8 to 64 of them on
+//! average; a resize rebuilds the map once, which amortizes to a constant per write. (Leaves
+//! of up to 128 made single writes 10% dearer and reads no faster: `cargo bench -p
+//! reflex-informer --bench store -- --quick store/`.)
 //!
 //! Key hashes are the keys' own precomputed values ([`ObjectKey::hash_value`]): bits 32 and up
 //! choose the path, the leaf table probes with the low bits and tags with the top seven, so
@@ -27,7 +29,7 @@ use hashbrown::HashTable;
 use crate::key::ObjectKey;
 
 /// Entries a leaf holds on average before the map grows by one level of bits.
-const GROW_ABOVE: usize = 128;
+const GROW_ABOVE: usize = 64;
 /// Entries a leaf holds on average below which the map shrinks by one level of bits.
 const SHRINK_BELOW: usize = 8;
 /// The largest `b`: 2^24 leaves, enough for billions of entries at 128 a leaf.
@@ -302,7 +304,7 @@ mod tests {
         assert_eq!(map.get(&key(0)), Some(&900));
         assert_eq!(map.bits, bits_for(1_000));
         let big = KeyMap::from_entries((0..100_000).map(|i| (key(i), i)));
-        assert_eq!(big.bits, 5, "100k entries: 1024 leaves of about 100");
+        assert_eq!(big.bits, 6, "100k entries: 4096 leaves of about 24");
     }
 
     #[test]

@@ -128,15 +128,15 @@
 
 use std::fmt;
 use std::ops::Deref;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::hash::{FastHashSet, FastState};
+use crate::hash::{FastHashMap, FastHashSet, FastState};
 use crate::key::{KeyError, ObjectKey};
 
 mod compact;
@@ -211,11 +211,38 @@ pub enum StoreError {
     },
 }
 
-/// The objects under one index value, by key: a list by index walks this set alone, without a
-/// look-up per key. Every write of an object replaces its slot here too.
-type KeySet<K> = imbl::OrdMap<ObjectKey, Slot<K>>;
+/// The keys under one index value, and their objects in key order once someone asked for them.
+///
+/// The object list is built by the first read after a write touched this value (a write
+/// replaces it with an empty one) and then shared by every later read and every later
+/// snapshot until the next such write: a list by index under a steady trickle of writes is a
+/// walk over one array, not a look-up per key. Readers never wait for each other to build it:
+/// a reader that finds it empty builds its own and offers it.
+struct ValueEntry<K> {
+    keys: imbl::OrdSet<ObjectKey>,
+    objects: Arc<OnceLock<Arc<[Slot<K>]>>>,
+}
+
+impl<K> Clone for ValueEntry<K> {
+    fn clone(&self) -> Self {
+        ValueEntry {
+            keys: self.keys.clone(),
+            objects: self.objects.clone(),
+        }
+    }
+}
+
+impl<K> Default for ValueEntry<K> {
+    fn default() -> Self {
+        ValueEntry {
+            keys: imbl::OrdSet::new(),
+            objects: Arc::default(),
+        }
+    }
+}
+
 type ValueMap<K> =
-    imbl::GenericHashMap<String, KeySet<K>, FastState, imbl::shared_ptr::DefaultSharedPtr>;
+    imbl::GenericHashMap<Arc<str>, ValueEntry<K>, FastState, imbl::shared_ptr::DefaultSharedPtr>;
 
 /// One stored object: the object itself, or its packed form in a compact store.
 enum Slot<K> {
@@ -424,7 +451,7 @@ impl<K> Snapshot<K> {
         Ok(self
             .values_of(name)?
             .get(value)
-            .map(|keys| keys.keys().cloned().collect())
+            .map(|entry| entry.keys.iter().cloned().collect())
             .unwrap_or_default())
     }
 
@@ -441,12 +468,22 @@ impl<K> Snapshot<K> {
         value: &str,
         keep: impl Fn(&K) -> bool,
     ) -> Result<Vec<Arc<K>>, StoreError> {
-        let Some(keys) = self.values_of(name)?.get(value) else {
+        let Some(entry) = self.values_of(name)?.get(value) else {
             return Ok(Vec::new());
         };
-        let remember = keys.len() == 1;
-        let mut out = Vec::with_capacity(keys.len());
-        for slot in keys.values() {
+        let built;
+        let slots: &[Slot<K>] = match entry.objects.get() {
+            Some(slots) => slots,
+            None => {
+                built = self.slots_of(&entry.keys);
+                // Whoever offers first wins; the others' lists are just as right.
+                let _ = entry.objects.set(built.clone());
+                &built
+            }
+        };
+        let remember = slots.len() == 1;
+        let mut out = Vec::with_capacity(slots.len());
+        for slot in slots {
             match slot {
                 Slot::Full(obj) => {
                     if keep(obj) {
@@ -468,14 +505,25 @@ impl<K> Snapshot<K> {
         Ok(self
             .values_of(name)?
             .get(value)
-            .map_or(0, |keys| keys.len()))
+            .map_or(0, |entry| entry.keys.len()))
     }
 
     /// Every value of index `name` that at least one object has, sorted.
     pub fn list_index_values(&self, name: &str) -> Result<Vec<String>, StoreError> {
-        let mut values: Vec<String> = self.values_of(name)?.keys().cloned().collect();
+        let mut values: Vec<String> = self
+            .values_of(name)?
+            .keys()
+            .map(|v| v.to_string())
+            .collect();
         values.sort_unstable();
         Ok(values)
+    }
+
+    /// The slots of `keys`, in their order.
+    fn slots_of(&self, keys: &imbl::OrdSet<ObjectKey>) -> Arc<[Slot<K>]> {
+        keys.iter()
+            .filter_map(|k| self.items.get(k).cloned())
+            .collect()
     }
 
     /// The objects that share at least one value of index `name` with `obj` (deduplicated, in
@@ -486,24 +534,25 @@ impl<K> Snapshot<K> {
             .get(name)
             .ok_or_else(|| StoreError::UnknownIndex { name: name.into() })?;
         let values = self.values_of(name)?;
-        let mut found: std::collections::BTreeMap<&ObjectKey, &Slot<K>> = Default::default();
+        let mut found = std::collections::BTreeSet::new();
         for value in func(obj) {
-            if let Some(set) = values.get(&value) {
-                found.extend(set.iter());
+            if let Some(entry) = values.get(value.as_str()) {
+                found.extend(entry.keys.iter());
             }
         }
         Ok(found
-            .values()
+            .into_iter()
+            .filter_map(|k| self.items.get(k))
             .filter_map(|slot| self.load(slot, false))
             .collect())
     }
 
-    /// Files `key` under the index values of `new` (with its new slot) and takes it out of the
-    /// values `old` had and `new` has not, for every index.
-    fn reindex(&mut self, key: &ObjectKey, old: Option<&K>, new: Option<(&K, &Slot<K>)>) {
+    /// Moves `key` from the index values of `old` to those of `new`, for every index, and
+    /// drops the object lists of every value either has (the object under `key` changed).
+    fn reindex(&mut self, key: &ObjectKey, old: Option<&K>, new: Option<&K>) {
         for (name, func) in self.index_funcs.iter() {
             let mut old_values = old.map(|o| func(o)).unwrap_or_default();
-            let mut new_values = new.map(|(n, _)| func(n)).unwrap_or_default();
+            let mut new_values = new.map(|n| func(n)).unwrap_or_default();
             if old_values.len() > 1 || new_values.len() > 1 {
                 old_values.sort_unstable();
                 old_values.dedup();
@@ -513,25 +562,29 @@ impl<K> Snapshot<K> {
             let Some(values) = self.indices.get_mut(&**name) else {
                 continue;
             };
-            for gone in old_values.iter().filter(|v| !new_values.contains(v)) {
-                let now_empty = match values.get_mut(gone) {
-                    Some(keys) => {
-                        keys.remove(key);
-                        keys.is_empty()
+            for value in &old_values {
+                let gone = !new_values.contains(value);
+                let now_empty = match values.get_mut(value.as_str()) {
+                    Some(entry) => {
+                        entry.objects = Arc::default();
+                        if gone {
+                            entry.keys.remove(key);
+                        }
+                        entry.keys.is_empty()
                     }
                     None => false,
                 };
                 if now_empty {
-                    values.remove(gone);
+                    values.remove(value.as_str());
                 }
             }
-            if let Some((_, slot)) = new {
-                for value in new_values {
-                    values
-                        .entry(value)
-                        .or_default()
-                        .insert(key.clone(), slot.clone());
+            for value in new_values {
+                if old_values.contains(&value) {
+                    continue;
                 }
+                let entry = values.entry(Arc::from(value)).or_default();
+                entry.objects = Arc::default();
+                entry.keys.insert(key.clone());
             }
         }
     }
@@ -550,9 +603,9 @@ impl<K> Snapshot<K> {
     fn put(&mut self, key: ObjectKey, slot: Slot<K>, obj: &K) -> Option<Arc<K>> {
         let old = self
             .items
-            .insert(key.clone(), slot.clone())
+            .insert(key.clone(), slot)
             .and_then(|old| self.retire(old));
-        self.reindex(&key, old.as_deref(), Some((obj, &slot)));
+        self.reindex(&key, old.as_deref(), Some(obj));
         old
     }
 
@@ -568,29 +621,35 @@ impl<K> Snapshot<K> {
             func,
             self.items
                 .iter()
-                .filter_map(|(key, slot)| Some((key, slot, self.load(slot, false)?))),
+                .filter_map(|(key, slot)| Some((key, self.load(slot, false)?))),
         )
     }
 }
 
-/// The values of index `func` over `objects` (each with its key and slot).
+/// The values of index `func` over `objects`.
 fn build_index<'a, K: 'a, O: AsRef<K>>(
     func: &IndexFunc<K>,
-    objects: impl Iterator<Item = (&'a ObjectKey, &'a Slot<K>, O)>,
+    objects: impl Iterator<Item = (&'a ObjectKey, O)>,
 ) -> ValueMap<K> {
-    let mut values = ValueMap::default();
-    for (key, slot, obj) in objects {
+    let mut values: FastHashMap<String, imbl::OrdSet<ObjectKey>> = FastHashMap::default();
+    for (key, obj) in objects {
         let mut own = func(obj.as_ref());
         own.sort_unstable();
         own.dedup();
         for value in own {
-            values
-                .entry(value)
-                .or_default()
-                .insert(key.clone(), slot.clone());
+            values.entry(value).or_default().insert(key.clone());
         }
     }
     values
+        .into_iter()
+        .map(|(value, keys)| {
+            let entry = ValueEntry {
+                keys,
+                objects: Arc::default(),
+            };
+            (Arc::from(value), entry)
+        })
+        .collect()
 }
 
 struct Shared<K> {
@@ -901,21 +960,15 @@ where
         }
         let mut slots = Vec::with_capacity(objects.len());
         for (key, obj) in &objects {
-            slots.push((key.clone(), self.slot_of(key, obj)?, obj));
+            slots.push((key.clone(), self.slot_of(key, obj)?));
         }
-        let items =
-            KeyMap::from_entries(slots.iter().map(|(k, slot, _)| (k.clone(), slot.clone())));
+        let items = KeyMap::from_entries(slots);
         self.write(|s| {
             // Indexes are computed from the objects given, never by decoding packed ones.
             let rebuilt: Vec<(Arc<str>, ValueMap<K>)> = s
                 .index_funcs
                 .iter()
-                .map(|(name, func)| {
-                    let objects = slots
-                        .iter()
-                        .map(|(k, slot, obj)| (k, slot, Arc::clone(obj)));
-                    (name.clone(), build_index(func, objects))
-                })
+                .map(|(name, func)| (name.clone(), build_index(func, objects.iter())))
                 .collect();
             s.indices = rebuilt.into_iter().collect();
             s.items = items;
