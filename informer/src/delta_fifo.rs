@@ -81,7 +81,6 @@
 //! ```
 
 use std::collections::VecDeque;
-use std::error::Error as StdError;
 use std::fmt;
 use std::sync::Arc;
 
@@ -90,119 +89,12 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use crate::fifo::{
-    DeletedFinalStateUnknown, Delta, DeltaObject, DeltaType, FifoError, ReflectorSink,
+    DeletedFinalStateUnknown, Delta, DeltaObject, DeltaType, Fifo, FifoError, KnownObjects, Pop,
+    PopError, Popped, ProcessError, ProcessFn, ReflectorSink,
 };
 use crate::hash::{FastHashMap, FastHashSet};
 use crate::key::ObjectKey;
-use crate::store::{Indexer, KeyFunc, meta_key_func};
-
-/// A boxed error from a processing closure.
-pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
-
-/// The objects the informer already has, as the DeltaFIFO needs to see them: to ignore deletes
-/// of unknown keys, to tombstone keys a relist no longer lists, and to resync.
-///
-/// Implemented by [`Indexer`].
-pub trait KnownObjects<K>: Send + Sync {
-    /// Every known key.
-    fn list_keys(&self) -> Vec<ObjectKey>;
-    /// The known object under `key`.
-    fn get_by_key(&self, key: &ObjectKey) -> Option<Arc<K>>;
-}
-
-impl<K: Send + Sync + 'static> KnownObjects<K> for Indexer<K> {
-    fn list_keys(&self) -> Vec<ObjectKey> {
-        Indexer::list_keys(self)
-    }
-
-    fn get_by_key(&self, key: &ObjectKey) -> Option<Arc<K>> {
-        Indexer::get_by_key(self, key)
-    }
-}
-
-/// What a pop hands to the processing closure: one key and everything that happened to it.
-#[derive(Debug)]
-pub struct Popped<K> {
-    /// The object's key.
-    pub key: ObjectKey,
-    /// The key's deltas, oldest first; never empty.
-    pub deltas: Vec<Delta<K>>,
-    /// Whether the FIFO had not yet synced when this key was taken (the deltas belong to the
-    /// initial list, as far as a handler is concerned).
-    pub is_in_initial_list: bool,
-}
-
-impl<K> Popped<K> {
-    /// The newest delta.
-    pub fn newest(&self) -> Option<&Delta<K>> {
-        self.deltas.last()
-    }
-}
-
-/// What a processing closure reports when it could not process a key's deltas.
-#[derive(Debug, thiserror::Error)]
-pub enum ProcessError {
-    /// Put the deltas back at the front of the queue and try again later.
-    #[error("processing failed, deltas requeued: {0}")]
-    Requeue(#[source] BoxError),
-    /// Give up on these deltas (they are dropped).
-    #[error("processing failed: {0}")]
-    Failed(#[source] BoxError),
-}
-
-/// Why a pop did not process anything successfully.
-#[derive(Debug, thiserror::Error)]
-pub enum PopError {
-    /// The FIFO is closed.
-    #[error("the FIFO is closed")]
-    Closed,
-    /// The closure asked for a requeue; the deltas of `key` are back at the front.
-    #[error("processing {key} failed, deltas requeued")]
-    Requeued {
-        /// The key whose deltas were requeued.
-        key: ObjectKey,
-        /// The closure's error.
-        #[source]
-        source: BoxError,
-    },
-    /// The closure failed; the deltas of `key` were dropped.
-    #[error("processing {key} failed, deltas dropped")]
-    Failed {
-        /// The key whose deltas were dropped.
-        key: ObjectKey,
-        /// The closure's error.
-        #[source]
-        source: BoxError,
-    },
-}
-
-/// The processing closure of [`Fifo::pop`]: it may run once per pop.
-pub type ProcessFn<'a, K> = dyn FnMut(Popped<K>) -> Result<(), ProcessError> + Send + 'a;
-
-/// The queue interface the informer drives: a [`ReflectorSink`] that can be popped.
-///
-/// [`DeltaFifo`] is the classic implementation; an in-order FIFO (client-go 1.36's `RealFIFO`)
-/// can implement this trait and be chosen as an informer option without touching the Reflector
-/// or the processor. The trait is dyn-compatible (`Arc<dyn Fifo<K>>`).
-pub trait Fifo<K>: ReflectorSink<K> {
-    /// Waits for the next key, hands its deltas to `process`, and applies the closure's verdict
-    /// (see [`DeltaFifo::pop`]).
-    fn pop<'a>(&'a self, process: &'a mut ProcessFn<'a, K>) -> BoxFuture<'a, Result<(), PopError>>;
-    /// Whether the first relist completed and every key it queued was popped.
-    fn has_synced(&self) -> bool;
-    /// Queues a `Sync` for every known key with nothing queued.
-    fn resync(&self) -> Result<(), FifoError>;
-    /// Closes the FIFO: pops return [`PopError::Closed`] promptly, writes fail.
-    fn close(&self);
-    /// Whether [`close`](Fifo::close) was called.
-    fn is_closed(&self) -> bool;
-    /// How many keys are queued.
-    fn len(&self) -> usize;
-    /// Whether no key is queued.
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
+use crate::store::{KeyFunc, meta_key_func};
 
 /// The relist in progress: keys listed by its pages so far.
 #[derive(Default)]
@@ -638,7 +530,7 @@ where
     K: Send + Sync + 'static,
 {
     fn pop<'a>(&'a self, process: &'a mut ProcessFn<'a, K>) -> BoxFuture<'a, Result<(), PopError>> {
-        Box::pin(DeltaFifo::pop(self, process))
+        Box::pin(DeltaFifo::pop(self, |popped| process(Pop::Key(popped))))
     }
 
     fn has_synced(&self) -> bool {

@@ -64,6 +64,9 @@ pub struct FactoryOptions {
     /// skips `metadata.managedFields`, which controllers almost never read and which is about a
     /// quarter of a typical object's JSON; use [`DecodeOptions::full`] to keep it.
     pub decode: DecodeOptions,
+    /// Which FIFO every informer of the factory queues changes in (see
+    /// [`FifoMode`](crate::fifo::FifoMode)); the classic DeltaFIFO by default.
+    pub fifo: crate::fifo::FifoMode,
     /// The store options of the factory's compact informers
     /// ([`SharedInformerFactory::compact_informer`] and its metadata and projection twins).
     pub compact: CompactOptions,
@@ -173,6 +176,7 @@ impl SharedInformerFactory {
                 .copied()
                 .unwrap_or(self.options.default_resync),
             reflector,
+            fifo: self.options.fifo,
         }
     }
 

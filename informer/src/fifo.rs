@@ -5,16 +5,24 @@
 //! as a sequence of pages (`replace_page`) closed by `replace_done`, so that neither the whole
 //! list nor a second copy of the cache is ever held in memory next to the store.
 //!
-//! [`DeltaFifo`](crate::delta_fifo::DeltaFifo) is the classic implementation (one queue entry per
-//! key, deltas coalesced under it, as client-go's `DeltaFIFO`). Because the Reflector and the
-//! informer only see this trait, an in-order FIFO (client-go 1.36's `RealFIFO`) can be offered as
-//! an informer option without touching either of them.
+//! The informer pops what the sink queued through [`Fifo`]. Two implementations, chosen per
+//! informer by [`FifoMode`]:
+//!
+//! - [`DeltaFifo`](crate::delta_fifo::DeltaFifo), client-go's classic `DeltaFIFO`: one queue
+//!   entry per key, its deltas coalesced under it;
+//! - [`InOrderFifo`](crate::in_order_fifo::InOrderFifo), client-go's `RealFIFO`: every change
+//!   in server order, optionally with atomic relists.
+//!
+//! The Reflector only sees [`ReflectorSink`], the informer only [`Fifo`]: adding a mode touches
+//! neither.
 
+use std::error::Error as StdError;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
 
 use crate::key::ObjectKey;
+use crate::store::Indexer;
 
 /// What happened to an object, as recorded in the FIFO.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -115,7 +123,8 @@ pub enum FifoError {
     Closed,
 }
 
-/// What a Reflector writes into. Implemented by [`DeltaFifo`](crate::delta_fifo::DeltaFifo).
+/// What a Reflector writes into. Implemented by [`DeltaFifo`](crate::delta_fifo::DeltaFifo) and
+/// [`InOrderFifo`](crate::in_order_fifo::InOrderFifo).
 ///
 /// Contract:
 /// - Calls come from one Reflector task, in the order the server sent the changes.
@@ -148,4 +157,176 @@ pub trait ReflectorSink<K>: Send + Sync {
     fn wait_for_room(&self, _backlog: usize) -> BoxFuture<'_, ()> {
         Box::pin(std::future::ready(()))
     }
+}
+
+/// A boxed error from a processing closure.
+pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
+
+/// The objects the informer already has, as a FIFO needs to see them: to ignore deletes
+/// of unknown keys, to tombstone keys a relist no longer lists, and to resync.
+///
+/// Implemented by [`Indexer`].
+pub trait KnownObjects<K>: Send + Sync {
+    /// Every known key.
+    fn list_keys(&self) -> Vec<ObjectKey>;
+    /// The known object under `key`.
+    fn get_by_key(&self, key: &ObjectKey) -> Option<Arc<K>>;
+}
+
+impl<K: Send + Sync + 'static> KnownObjects<K> for Indexer<K> {
+    fn list_keys(&self) -> Vec<ObjectKey> {
+        Indexer::list_keys(self)
+    }
+
+    fn get_by_key(&self, key: &ObjectKey) -> Option<Arc<K>> {
+        Indexer::get_by_key(self, key)
+    }
+}
+
+/// What a pop hands to the processing closure: one key and everything that happened to it.
+#[derive(Debug)]
+pub struct Popped<K> {
+    /// The object's key.
+    pub key: ObjectKey,
+    /// The key's deltas, oldest first; never empty.
+    pub deltas: Vec<Delta<K>>,
+    /// Whether the FIFO had not yet synced when this key was taken (the deltas belong to the
+    /// initial list, as far as a handler is concerned).
+    pub is_in_initial_list: bool,
+}
+
+impl<K> Popped<K> {
+    /// The newest delta.
+    pub fn newest(&self) -> Option<&Delta<K>> {
+        self.deltas.last()
+    }
+}
+
+/// What a processing closure reports when it could not process a key's deltas.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    /// Put the deltas back at the front of the queue and try again later.
+    #[error("processing failed, deltas requeued: {0}")]
+    Requeue(#[source] BoxError),
+    /// Give up on these deltas (they are dropped).
+    #[error("processing failed: {0}")]
+    Failed(#[source] BoxError),
+}
+
+/// Why a pop did not process anything successfully.
+#[derive(Debug, thiserror::Error)]
+pub enum PopError {
+    /// The FIFO is closed.
+    #[error("the FIFO is closed")]
+    Closed,
+    /// The closure asked for a requeue; the deltas of `key` are back at the front.
+    #[error("processing {key} failed, deltas requeued")]
+    Requeued {
+        /// The key whose deltas were requeued.
+        key: ObjectKey,
+        /// The closure's error.
+        #[source]
+        source: BoxError,
+    },
+    /// The closure failed; the deltas of `key` were dropped.
+    #[error("processing {key} failed, deltas dropped")]
+    Failed {
+        /// The key whose deltas were dropped.
+        key: ObjectKey,
+        /// The closure's error.
+        #[source]
+        source: BoxError,
+    },
+    /// The closure failed on a whole relist ([`Pop::Relist`]); it was dropped (the store keeps
+    /// its state, the next relist or watch event corrects it).
+    #[error("processing the relist at resourceVersion {resource_version} failed, relist dropped")]
+    RelistFailed {
+        /// The relist's resourceVersion.
+        resource_version: String,
+        /// The closure's error.
+        #[source]
+        source: BoxError,
+    },
+    /// The closure failed on a whole-store resync ([`Pop::ResyncAll`]); it was dropped.
+    #[error("processing a resync of the whole store failed")]
+    ResyncFailed {
+        /// The closure's error.
+        #[source]
+        source: BoxError,
+    },
+}
+
+/// What a FIFO hands its consumer on one pop.
+#[derive(Debug)]
+pub enum Pop<K> {
+    /// The deltas of one key: all that accumulated under it ([`DeltaFifo`](crate::delta_fifo::DeltaFifo)), or exactly one
+    /// (the in-order FIFOs).
+    Key(Popped<K>),
+    /// A whole relist at one resourceVersion, to be applied to the store at once before any
+    /// handler hears of it (the atomic in-order FIFO). The consumer compares it with the store:
+    /// keys it no longer lists are deletions.
+    Relist {
+        /// The list's resourceVersion.
+        resource_version: String,
+        /// Every listed object, in list order.
+        objects: Vec<Arc<K>>,
+        /// Whether this is (part of) the initial list.
+        is_in_initial_list: bool,
+    },
+    /// Re-deliver every stored object as an update to itself (the atomic in-order FIFO's
+    /// resync: the consumer reads the objects from the store when it gets here).
+    ResyncAll,
+}
+
+/// The processing closure of [`Fifo::pop`]: it may run once per pop.
+pub type ProcessFn<'a, K> = dyn FnMut(Pop<K>) -> Result<(), ProcessError> + Send + 'a;
+
+/// The queue interface the informer drives: a [`ReflectorSink`] that can be popped.
+///
+/// The informer holds an `Arc<dyn Fifo<K>>` chosen by [`FifoMode`]: [`DeltaFifo`] (the classic
+/// per-key queue) or [`InOrderFifo`] (client-go's `RealFIFO`, plain or atomic).
+///
+/// [`DeltaFifo`]: crate::delta_fifo::DeltaFifo
+/// [`InOrderFifo`]: crate::in_order_fifo::InOrderFifo
+pub trait Fifo<K>: ReflectorSink<K> {
+    /// Waits for the next item, hands it to `process`, and applies the closure's verdict (see
+    /// [`DeltaFifo::pop`](crate::delta_fifo::DeltaFifo::pop)).
+    fn pop<'a>(&'a self, process: &'a mut ProcessFn<'a, K>) -> BoxFuture<'a, Result<(), PopError>>;
+    /// Whether the first relist completed and every key it queued was popped.
+    fn has_synced(&self) -> bool;
+    /// Queues a resync: a `Sync` for every known key with nothing queued, or (atomic)
+    /// [`Pop::ResyncAll`].
+    fn resync(&self) -> Result<(), FifoError>;
+    /// Closes the FIFO: pops return [`PopError::Closed`] promptly, writes fail.
+    fn close(&self);
+    /// Whether [`close`](Fifo::close) was called.
+    fn is_closed(&self) -> bool;
+    /// How many items are queued (keys for the DeltaFIFO, deltas for the in-order FIFOs).
+    fn len(&self) -> usize;
+    /// Whether nothing is queued.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Which FIFO an informer queues changes in; every mode keeps the informer's contract (the store
+/// is updated before handlers hear of a change, late handlers miss nothing), they differ in what
+/// a handler may assume about order and coalescing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum FifoMode {
+    /// client-go's classic `DeltaFIFO` ([`DeltaFifo`](crate::delta_fifo::DeltaFifo)): one queue
+    /// entry per key, its deltas popped together. A burst of changes to one object costs one
+    /// pop; across keys, changes come in the order each key was *first* queued, and a relist's
+    /// replacements come before its deletions. The default.
+    #[default]
+    DeltaFifo,
+    /// client-go's `RealFIFO` (the only informer queue since client-go 1.36): every change in
+    /// the order the server sent it, one per pop, nothing coalesced; a relist's deletions come
+    /// before its replacements. A handler sees the server's order across keys.
+    InOrder,
+    /// `RealFIFO` with atomic relists: a relist reaches the store as one change at one
+    /// resourceVersion, *then* handlers hear of its deletions, updates and adds (in list
+    /// order); a resync re-delivers every stored object. While a relist is applied no handler
+    /// sees half of it, and a lister never shows half of it.
+    InOrderAtomic,
 }

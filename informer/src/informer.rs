@@ -61,8 +61,12 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::delta_fifo::{DeltaFifo, KnownObjects, PopError, Popped, ProcessError};
-use crate::fifo::{DeltaObject, DeltaType, FifoError, ReflectorSink};
+use crate::delta_fifo::DeltaFifo;
+use crate::fifo::{
+    DeletedFinalStateUnknown, DeltaObject, DeltaType, Fifo, FifoError, FifoMode, KnownObjects, Pop,
+    PopError, Popped, ProcessError, ReflectorSink,
+};
+use crate::in_order_fifo::InOrderFifo;
 use crate::lister::Lister;
 use crate::processor::{
     Notification, Processor, ProcessorError, Registration, ResourceEventHandler,
@@ -102,6 +106,9 @@ pub struct InformerOptions {
     pub default_resync: Duration,
     /// How the reflector lists and watches.
     pub reflector: ReflectorOptions,
+    /// Which FIFO queues changes between the reflector and the store (and so what handlers may
+    /// assume about order); the classic DeltaFIFO by default.
+    pub fifo: FifoMode,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -115,7 +122,7 @@ struct Inner<K> {
     source: Arc<dyn ListWatch<K>>,
     options: InformerOptions,
     indexer: Indexer<K>,
-    fifo: Arc<DeltaFifo<K>>,
+    fifo: Arc<dyn Fifo<K>>,
     processor: Processor<K>,
     /// Held while a popped key's deltas go to the store and the processor, and while a late
     /// handler receives the store's content: the two never interleave.
@@ -151,7 +158,7 @@ impl<K> fmt::Debug for SharedIndexInformer<K> {
     }
 }
 
-fn resource_version<K: kube::Resource>(obj: &K) -> Option<&str> {
+fn resource_version_of<K: kube::Resource>(obj: &K) -> Option<&str> {
     obj.meta().resource_version.as_deref()
 }
 
@@ -178,7 +185,14 @@ where
         options: InformerOptions,
     ) -> Self {
         let known: Arc<dyn KnownObjects<K>> = Arc::new(indexer.clone());
-        let fifo = Arc::new(DeltaFifo::with_key_func(indexer.key_func(), Some(known)));
+        let key_fn = indexer.key_func();
+        let fifo: Arc<dyn Fifo<K>> = match options.fifo {
+            FifoMode::DeltaFifo => Arc::new(DeltaFifo::with_key_func(key_fn, Some(known))),
+            FifoMode::InOrder => Arc::new(InOrderFifo::with_key_func(key_fn, Some(known), false)),
+            FifoMode::InOrderAtomic => {
+                Arc::new(InOrderFifo::with_key_func(key_fn, Some(known), true))
+            }
+        };
         SharedIndexInformer {
             inner: Arc::new(Inner {
                 source,
@@ -389,6 +403,7 @@ where
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             interval
         });
+        let mut handle = |pop| self.handle(pop);
         loop {
             let tick = async {
                 match resync.as_mut() {
@@ -409,13 +424,94 @@ where
                         }
                     }
                 }
-                popped = self.inner.fifo.pop(|popped| self.handle_deltas(popped)) => match popped {
+                popped = self.inner.fifo.pop(&mut handle) => match popped {
                     Ok(()) => self.mark_synced_if(),
                     Err(PopError::Closed) => return,
                     Err(e) => tracing::warn!(error = %e, "processing deltas failed"),
                 },
             }
         }
+    }
+
+    fn handle(&self, pop: Pop<K>) -> Result<(), ProcessError> {
+        match pop {
+            Pop::Key(popped) => self.handle_deltas(popped),
+            Pop::Relist {
+                resource_version,
+                objects,
+                is_in_initial_list,
+            } => self.handle_relist(&resource_version, objects, is_in_initial_list),
+            Pop::ResyncAll => {
+                let _block = self.inner.block_deltas.lock();
+                for obj in self.inner.indexer.list() {
+                    let update = Notification::Update {
+                        old: obj.clone(),
+                        new: obj,
+                    };
+                    self.inner.processor.distribute(&update, true);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// An atomic relist: the store takes the whole list at once, then handlers hear of the
+    /// deletions (keys the store had that the list has not), then of every listed object, in
+    /// list order (an update when the store had it, an add otherwise).
+    fn handle_relist(
+        &self,
+        resource_version: &str,
+        objects: Vec<Arc<K>>,
+        is_in_initial_list: bool,
+    ) -> Result<(), ProcessError> {
+        let _block = self.inner.block_deltas.lock();
+        let indexer = &self.inner.indexer;
+        let before = indexer.snapshot();
+        indexer
+            .replace(objects.iter().cloned())
+            .map_err(|e| ProcessError::Failed(Box::new(e)))?;
+        let after = indexer.snapshot();
+        let processor = &self.inner.processor;
+        let mut deleted = 0usize;
+        for (key, old) in before.iter() {
+            if !after.contains_key(key) {
+                deleted += 1;
+                let tombstone = DeletedFinalStateUnknown {
+                    key: key.clone(),
+                    obj: Some(old),
+                };
+                processor.distribute(
+                    &Notification::Delete(DeltaObject::Tombstone(tombstone)),
+                    false,
+                );
+            }
+        }
+        for obj in objects {
+            let old = indexer
+                .key_of(&obj)
+                .ok()
+                .and_then(|key| before.get_by_key(&key));
+            match old {
+                Some(old) => {
+                    let is_sync = resource_version_of(&*old) == resource_version_of(&*obj);
+                    processor.distribute(&Notification::Update { old, new: obj }, is_sync);
+                }
+                None => processor.distribute(
+                    &Notification::Add {
+                        obj,
+                        is_in_initial_list,
+                    },
+                    false,
+                ),
+            }
+        }
+        tracing::debug!(
+            resource_version,
+            objects = after.len(),
+            deleted,
+            "atomic relist applied"
+        );
+        Ok(())
     }
 
     fn handle_deltas(&self, popped: Popped<K>) -> Result<(), ProcessError> {
@@ -440,12 +536,12 @@ where
                         .map_err(|e| ProcessError::Failed(Box::new(e)))?;
                     match old {
                         Some(old) => {
-                            let is_sync = resource_version(&*old) == resource_version(&*obj);
-                            tracing::trace!(key = %key, resource_version = ?resource_version(&*obj), is_sync, "update");
+                            let is_sync = resource_version_of(&*old) == resource_version_of(&*obj);
+                            tracing::trace!(key = %key, resource_version = ?resource_version_of(&*obj), is_sync, "update");
                             processor.distribute(&Notification::Update { old, new: obj }, is_sync);
                         }
                         None => {
-                            tracing::trace!(key = %key, resource_version = ?resource_version(&*obj), "add");
+                            tracing::trace!(key = %key, resource_version = ?resource_version_of(&*obj), "add");
                             processor.distribute(
                                 &Notification::Add {
                                     obj,

@@ -13,6 +13,7 @@
 //! | [`source`] | `ListWatch`: where objects come from (kube::Api, in-memory) |
 //! | [`reflector`] | list-then-watch into the FIFO, with resourceVersion bookkeeping |
 //! | [`delta_fifo`] | `DeltaFifo`: per-key queue of deltas between Reflector and informer |
+//! | [`in_order_fifo`] | `InOrderFifo`: every change in server order (client-go's `RealFIFO`), plain or atomic |
 //! | [`store`] | `Indexer`: the lock-free, indexed cache of `Arc<K>` |
 //! | [`lister`] | `Lister`: typed reads of the cache, by namespace, selector and index |
 //! | [`decode`] | decoding that skips what nobody reads (`managedFields`, configured paths) while parsing |
@@ -22,6 +23,7 @@ pub mod delta_fifo;
 pub mod factory;
 pub mod fifo;
 mod hash;
+pub mod in_order_fifo;
 pub mod informer;
 pub mod key;
 pub mod lister;

@@ -5,8 +5,11 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::ObjectMeta;
-use reflex_informer::delta_fifo::{DeltaFifo, Fifo, KnownObjects, PopError, Popped, ProcessError};
-use reflex_informer::fifo::{Delta, DeltaType, FifoError, ReflectorSink};
+use reflex_informer::delta_fifo::DeltaFifo;
+use reflex_informer::fifo::{
+    Delta, DeltaType, Fifo, FifoError, KnownObjects, Pop, PopError, Popped, ProcessError,
+    ReflectorSink,
+};
 use reflex_informer::key::ObjectKey;
 use reflex_informer::store::Indexer;
 
@@ -591,15 +594,17 @@ async fn works_through_the_dyn_fifo_trait() {
     fifo.replace_done("1").unwrap();
     assert_eq!(fifo.len(), 1);
     let mut seen = Vec::new();
-    let mut process = |p: Popped<ConfigMap>| {
-        seen.push((p.key.clone(), p.is_in_initial_list));
+    let mut process = |pop: Pop<ConfigMap>| {
+        if let Pop::Key(p) = pop {
+            seen.push((p.key.clone(), p.is_in_initial_list));
+        }
         Ok(())
     };
     fifo.pop(&mut process).await.unwrap();
     assert_eq!(seen, [(key("a"), true)]);
     assert!(fifo.has_synced());
     fifo.close();
-    let mut process = |_p: Popped<ConfigMap>| Ok(());
+    let mut process = |_p: Pop<ConfigMap>| Ok(());
     assert!(matches!(
         fifo.pop(&mut process).await,
         Err(PopError::Closed)

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use parking_lot::Mutex;
-use reflex_informer::fifo::DeltaObject;
+use reflex_informer::fifo::{DeltaObject, FifoMode};
 use reflex_informer::informer::{InformerError, InformerOptions, SharedIndexInformer};
 use reflex_informer::key::ObjectKey;
 use reflex_informer::processor::handler_fn;
@@ -33,6 +33,13 @@ fn informer_in(
 }
 
 type View = Arc<Mutex<BTreeMap<String, String>>>;
+
+/// Every FIFO mode: each guarantee of the informer holds in each.
+const FIFO_MODES: [FifoMode; 3] = [
+    FifoMode::DeltaFifo,
+    FifoMode::InOrder,
+    FifoMode::InOrderAtomic,
+];
 
 fn cm(name: &str, data: &str) -> ConfigMap {
     let mut cm = ConfigMap::default();
@@ -143,8 +150,9 @@ async fn store_and_every_handler_view_converge_to_the_source_after_faults() {
         ("malformed event", |s| s.inject_malformed_event()),
         ("all watches dropped", |s| s.close_watches()),
     ];
-    for (mode, (case, fault)) in faults.iter().flat_map(|f| MODES.map(|m| (m, *f))) {
-        let case = &format!("{mode:?}: {case}");
+    let setups = MODES.into_iter().flat_map(|m| FIFO_MODES.map(|f| (m, f)));
+    for ((mode, fifo), (case, fault)) in setups.flat_map(|s| faults.iter().map(move |f| (s, *f))) {
+        let case = &format!("{mode:?}, {fifo:?}: {case}");
         let source = MemorySource::<ConfigMap>::new();
         for i in 0..30 {
             source.apply(cm(&format!("o{i}"), "0")).unwrap();
@@ -157,6 +165,7 @@ async fn store_and_every_handler_view_converge_to_the_source_after_faults() {
                     page_size: Some(7),
                     ..Default::default()
                 },
+                fifo,
                 ..Default::default()
             },
         );
@@ -312,7 +321,7 @@ async fn empty_initial_list_still_syncs() {
 
 #[tokio::test(start_paused = true)]
 async fn resync_updates_with_equal_resource_versions_reach_only_handlers_due_for_resync() {
-    for mode in MODES {
+    for (mode, fifo) in MODES.into_iter().flat_map(|m| FIFO_MODES.map(|f| (m, f))) {
         let source = MemorySource::<ConfigMap>::new();
         for i in 0..5 {
             source.apply(cm(&format!("o{i}"), "0")).unwrap();
@@ -322,6 +331,7 @@ async fn resync_updates_with_equal_resource_versions_reach_only_handlers_due_for
             Arc::new(source.clone()),
             InformerOptions {
                 default_resync: Duration::from_secs(10),
+                fifo,
                 ..Default::default()
             },
         );
@@ -347,12 +357,125 @@ async fn resync_updates_with_equal_resource_versions_reach_only_handlers_due_for
         });
         assert!(informer.wait_for_sync().await);
         tokio::time::sleep(Duration::from_secs(25)).await;
-        assert_eq!(*resyncing.lock(), 10, "two resyncs of five objects");
+        assert_eq!(
+            *resyncing.lock(),
+            10,
+            "{mode:?}, {fifo:?}: two resyncs of five objects"
+        );
         assert_eq!(
             *silent.lock(),
             0,
-            "a handler without resync gets no resync updates"
+            "{mode:?}, {fifo:?}: a handler without resync gets no resync updates"
         );
+        shutdown.cancel();
+        run.await.unwrap().unwrap();
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_atomic_relist_reaches_the_store_whole_then_handlers_hear_deletions_then_list_order() {
+    for mode in MODES {
+        let source = MemorySource::<ConfigMap>::new();
+        for name in ["a", "b", "c"] {
+            source.apply(cm(name, "0")).unwrap();
+        }
+        let informer = informer_in(
+            mode,
+            Arc::new(source.clone()),
+            InformerOptions {
+                fifo: FifoMode::InOrderAtomic,
+                ..Default::default()
+            },
+        );
+        // Each notification, and the keys the store held when the handler ran.
+        type Seen = Arc<Mutex<Vec<(String, Vec<String>)>>>;
+        let seen: Seen = Arc::default();
+        let store = informer.indexer().clone();
+        let record = move |seen: &Seen, what: String| {
+            let mut keys: Vec<String> = store.list().iter().map(|o| key_of(o)).collect();
+            keys.sort();
+            seen.lock().push((what, keys));
+        };
+        let (r1, r2, r3) = (record.clone(), record.clone(), record);
+        let (s1, s2, s3) = (seen.clone(), seen.clone(), seen.clone());
+        informer
+            .add_event_handler(
+                handler_fn()
+                    .on_add(move |o: &Arc<ConfigMap>, initial| {
+                        r1(&s1, format!("add {} initial={initial}", key_of(o)))
+                    })
+                    .on_update(move |old: &Arc<ConfigMap>, new: &Arc<ConfigMap>| {
+                        r2(
+                            &s2,
+                            format!("update {} {}->{}", key_of(new), rv(old), rv(new)),
+                        )
+                    })
+                    .on_delete(move |o: &DeltaObject<ConfigMap>| {
+                        let what = match o {
+                            DeltaObject::Object(o) => format!("delete {}", key_of(o)),
+                            DeltaObject::Tombstone(t) => format!("delete {} (tombstone)", t.key),
+                        };
+                        r3(&s3, what)
+                    }),
+            )
+            .unwrap();
+        let shutdown = CancellationToken::new();
+        let run = tokio::spawn({
+            let informer = informer.clone();
+            let shutdown = shutdown.clone();
+            async move { informer.run(shutdown).await }
+        });
+        assert!(informer.wait_for_sync().await);
+        let eventually = |n: usize| {
+            let seen = seen.clone();
+            async move {
+                for _ in 0..6000 {
+                    if seen.lock().len() >= n {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        };
+        eventually(3).await;
+        let all = |keys: &[&str]| keys.iter().map(|k| format!("ns/{k}")).collect::<Vec<_>>();
+        assert_eq!(
+            *seen.lock(),
+            [
+                ("add ns/a initial=true".to_string(), all(&["a", "b", "c"])),
+                ("add ns/b initial=true".to_string(), all(&["a", "b", "c"])),
+                ("add ns/c initial=true".to_string(), all(&["a", "b", "c"])),
+            ],
+            "{mode:?}: the initial list"
+        );
+        seen.lock().clear();
+        // Behind the watch's back (it ends, the re-watch is refused as too old): a deleted, c
+        // changed, d created; the reflector relists.
+        let (b_rv, c_rv) = (
+            rv(&source.objects()[&ObjectKey::new(Some("ns"), "b")]),
+            rv(&source.objects()[&ObjectKey::new(Some("ns"), "c")]),
+        );
+        source.close_watches();
+        source.fail_next_watch(SourceError::Status(ApiStatus::gone(
+            "too old resource version",
+        )));
+        source.delete(&ObjectKey::new(Some("ns"), "a"));
+        source.apply(cm("c", "1")).unwrap();
+        source.apply(cm("d", "1")).unwrap();
+        let c_new = rv(&source.objects()[&ObjectKey::new(Some("ns"), "c")]);
+        eventually(4).await;
+        let after = all(&["b", "c", "d"]);
+        assert_eq!(
+            *seen.lock(),
+            [
+                ("delete ns/a (tombstone)".to_string(), after.clone()),
+                (format!("update ns/b {b_rv}->{b_rv}"), after.clone()),
+                (format!("update ns/c {c_rv}->{c_new}"), after.clone()),
+                ("add ns/d initial=false".to_string(), after.clone()),
+            ],
+            "{mode:?}: one relist, deletions first, then list order"
+        );
+        assert_converges(&source, &informer, &[], "atomic relist").await;
         shutdown.cancel();
         run.await.unwrap().unwrap();
     }
