@@ -54,12 +54,12 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use tokio::sync::Notify;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::delta_fifo::DeltaFifo;
 use crate::fifo::{
@@ -131,8 +131,9 @@ struct Inner<K> {
     error_handler: Mutex<Option<WatchErrorHandler>>,
     state: Mutex<RunState>,
     reflector: Mutex<Option<ReflectorHandle>>,
-    synced: AtomicBool,
-    synced_changed: Notify,
+    /// Whether the initial list reached the store: the one flag the informer, its processor and
+    /// every handler registration read.
+    synced: watch::Sender<bool>,
     stopped: CancellationToken,
 }
 
@@ -153,7 +154,7 @@ impl<K> fmt::Debug for SharedIndexInformer<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SharedIndexInformer")
             .field("state", &*self.inner.state.lock())
-            .field("synced", &self.inner.synced.load(Ordering::Relaxed))
+            .field("synced", &*self.inner.synced.borrow())
             .finish()
     }
 }
@@ -193,10 +194,11 @@ where
                 Arc::new(InOrderFifo::with_key_func(key_fn, Some(known), true))
             }
         };
+        let synced = watch::Sender::new(false);
         SharedIndexInformer {
             inner: Arc::new(Inner {
                 source,
-                processor: Processor::new(options.default_resync),
+                processor: Processor::with_upstream(options.default_resync, synced.clone()),
                 options,
                 indexer,
                 fifo,
@@ -205,8 +207,7 @@ where
                 error_handler: Mutex::new(None),
                 state: Mutex::new(RunState::Idle),
                 reflector: Mutex::new(None),
-                synced: AtomicBool::new(false),
-                synced_changed: Notify::new(),
+                synced,
                 stopped: CancellationToken::new(),
             }),
         }
@@ -274,25 +275,15 @@ where
 
     /// Whether the initial list has been fully applied to the store.
     pub fn has_synced(&self) -> bool {
-        self.inner.synced.load(Ordering::Acquire)
+        *self.inner.synced.borrow()
     }
 
     /// Waits until [`has_synced`](Self::has_synced); false if the informer stopped first.
     pub async fn wait_for_sync(&self) -> bool {
-        loop {
-            let notified = self.inner.synced_changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.has_synced() {
-                return true;
-            }
-            if self.inner.stopped.is_cancelled() {
-                return false;
-            }
-            tokio::select! {
-                () = notified => {}
-                () = self.inner.stopped.cancelled() => {}
-            }
+        let mut synced = self.inner.synced.subscribe();
+        tokio::select! {
+            result = synced.wait_for(|synced| *synced) => result.is_ok(),
+            () = self.inner.stopped.cancelled() => self.has_synced(),
         }
     }
 
@@ -333,10 +324,13 @@ where
     }
 
     fn mark_synced_if(&self) {
-        if !self.inner.synced.load(Ordering::Acquire) && self.inner.fifo.has_synced() {
-            self.inner.synced.store(true, Ordering::Release);
-            self.inner.processor.set_upstream_synced();
-            self.inner.synced_changed.notify_waiters();
+        let fifo = &self.inner.fifo;
+        let now_synced = self.inner.synced.send_if_modified(|synced| {
+            let newly = !*synced && fifo.has_synced();
+            *synced |= newly;
+            newly
+        });
+        if now_synced {
             tracing::info!(resource = %self.inner.source.describe(), "informer synced");
         }
     }
@@ -354,7 +348,12 @@ where
         }
         let resource = self.inner.source.describe();
         let span = tracing::info_span!("informer", resource = %resource);
-        let _enter = span.enter();
+        self.run_started(shutdown).instrument(span).await;
+        Ok(())
+    }
+
+    /// The body of [`run`](Self::run), once the state says running.
+    async fn run_started(&self, shutdown: CancellationToken) {
         let sink: Arc<dyn ReflectorSink<K>> = Arc::new(InformerSink {
             informer: self.clone(),
             transform: self.inner.transform.lock().clone(),
@@ -393,7 +392,6 @@ where
         }
         self.inner.stopped.cancel();
         tracing::info!("informer stopped");
-        Ok(())
     }
 
     async fn processing_loop(&self, token: &CancellationToken) {

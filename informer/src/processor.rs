@@ -61,14 +61,15 @@
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::fifo::DeltaObject;
 
@@ -289,8 +290,11 @@ struct Listener<K> {
     queued: AtomicUsize,
     panics: AtomicU64,
     handled: AtomicU64,
-    upstream_synced: Arc<AtomicBool>,
-    synced_changed: Arc<Notify>,
+    /// The informer's synced flag (one source for it: the informer's own).
+    upstream: watch::Sender<bool>,
+    /// Bumped whenever this listener's own half of "synced" may have changed (its last initial
+    /// add was handled, it was removed, the processor stopped).
+    changed: watch::Sender<()>,
 }
 
 struct ResyncState {
@@ -303,8 +307,7 @@ struct ResyncState {
 
 impl<K> Listener<K> {
     fn has_synced(&self) -> bool {
-        self.upstream_synced.load(Ordering::Acquire)
-            && self.pending_initial.load(Ordering::Acquire) == 0
+        *self.upstream.borrow() && self.pending_initial.load(Ordering::Acquire) == 0
     }
 }
 
@@ -370,13 +373,16 @@ impl<K: Send + Sync + 'static> Listener<K> {
         // A panicking initial add still counts as handled: unlike client-go (kubernetes#129024),
         // one bad object does not keep the registration unsynced forever.
         if initial && self.pending_initial.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.synced_changed.notify_waiters();
+            self.changed.send_replace(());
         }
     }
 
-    async fn run(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Queued<K>>) {
+    async fn run(self: Arc<Self>, rx: mpsc::UnboundedReceiver<Queued<K>>) {
         let span = tracing::debug_span!("event_handler", handler = self.id);
-        let _enter = span.enter();
+        self.handle_until_stopped(rx).instrument(span).await;
+    }
+
+    async fn handle_until_stopped(&self, mut rx: mpsc::UnboundedReceiver<Queued<K>>) {
         loop {
             let queued = tokio::select! {
                 biased;
@@ -409,8 +415,8 @@ struct Inner<K> {
     shutdown: CancellationToken,
     resync_check_period: Mutex<Duration>,
     next_id: AtomicU64,
-    upstream_synced: Arc<AtomicBool>,
-    synced_changed: Arc<Notify>,
+    /// Whether the informer has synced (shared with the informer when it made the processor).
+    upstream: watch::Sender<bool>,
 }
 
 /// The fan-out from one informer to its handlers (client-go's `sharedProcessor`).
@@ -460,6 +466,15 @@ impl<K: Send + Sync + 'static> Processor<K> {
     /// A processor whose resync check period starts at `resync_check_period` (the informer's
     /// default handler resync period; zero disables resync for every handler).
     pub fn new(resync_check_period: Duration) -> Self {
+        Self::with_upstream(resync_check_period, watch::Sender::new(false))
+    }
+
+    /// A processor whose handlers count as synced once `upstream` is true (and their initial
+    /// adds were handled): the informer passes its own synced flag.
+    pub(crate) fn with_upstream(
+        resync_check_period: Duration,
+        upstream: watch::Sender<bool>,
+    ) -> Self {
         Processor {
             inner: Arc::new(Inner {
                 listeners: Mutex::new(Vec::new()),
@@ -468,8 +483,7 @@ impl<K: Send + Sync + 'static> Processor<K> {
                 shutdown: CancellationToken::new(),
                 resync_check_period: Mutex::new(clamp_resync(resync_check_period)),
                 next_id: AtomicU64::new(0),
-                upstream_synced: Arc::new(AtomicBool::new(false)),
-                synced_changed: Arc::new(Notify::new()),
+                upstream,
             }),
         }
     }
@@ -545,8 +559,8 @@ impl<K: Send + Sync + 'static> Processor<K> {
             queued: AtomicUsize::new(0),
             panics: AtomicU64::new(0),
             handled: AtomicU64::new(0),
-            upstream_synced: self.inner.upstream_synced.clone(),
-            synced_changed: self.inner.synced_changed.clone(),
+            upstream: self.inner.upstream.clone(),
+            changed: watch::Sender::new(()),
         });
         for obj in initial {
             listener.enqueue(Notification::Add {
@@ -602,8 +616,7 @@ impl<K: Send + Sync + 'static> Processor<K> {
 
     /// Records that the informer has synced: registrations may now report synced.
     pub fn set_upstream_synced(&self) {
-        self.inner.upstream_synced.store(true, Ordering::Release);
-        self.inner.synced_changed.notify_waiters();
+        self.inner.upstream.send_replace(true);
     }
 
     /// How many handlers are registered.
@@ -671,8 +684,9 @@ impl<K: Send + Sync + 'static> Processor<K> {
                 tracing::error!(error = %e, "event handler task panicked outside a handler");
             }
         }
-        self.inner.listeners.lock().clear();
-        self.inner.synced_changed.notify_waiters();
+        for listener in std::mem::take(&mut *self.inner.listeners.lock()) {
+            listener.changed.send_replace(());
+        }
         tracing::debug!("processor stopped");
     }
 }
@@ -718,10 +732,10 @@ impl<K> Registration<K> {
     /// Waits until [`has_synced`](Registration::has_synced), or returns false if the handler
     /// was removed or the processor stopped first.
     pub async fn wait_for_sync(&self) -> bool {
+        // Subscribed before the first check: a change after it is still seen by `changed()`.
+        let mut upstream = self.listener.upstream.subscribe();
+        let mut own = self.listener.changed.subscribe();
         loop {
-            let notified = self.listener.synced_changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
             if self.listener.has_synced() {
                 return true;
             }
@@ -729,7 +743,8 @@ impl<K> Registration<K> {
                 return false;
             }
             tokio::select! {
-                () = notified => {}
+                _ = upstream.changed() => {}
+                _ = own.changed() => {}
                 () = self.listener.cancel.cancelled() => {}
             }
         }
@@ -768,7 +783,7 @@ impl<K> Registration<K> {
         let removed = listeners.len() != before;
         drop(listeners);
         if removed {
-            self.listener.synced_changed.notify_waiters();
+            self.listener.changed.send_replace(());
             tracing::debug!(handler = self.listener.id, "event handler removed");
         }
         removed
