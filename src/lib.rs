@@ -13,3 +13,18 @@
 pub use reflex_informer as informer;
 pub use reflex_runtime as runtime;
 pub use reflex_workqueue as workqueue;
+
+/// The names most controllers use, in one import: `use reflex::prelude::*;`.
+///
+/// ```no_run
+/// use reflex::prelude::*;
+/// # fn names(_: Option<(SharedInformerFactory, ObjectKey, Action)>) {}
+/// ```
+pub mod prelude {
+    pub use reflex_informer::{
+        DeltaObject, FactoryOptions, Lister, ObjectKey, ResourceEventHandler, SharedIndexInformer,
+        SharedInformerFactory, handler_fn,
+    };
+    pub use reflex_runtime::{Action, Controller, ControllerOptions, ErrorAction, Owned};
+    pub use reflex_workqueue::{Queue, RateLimitingQueue, default_controller_rate_limiter};
+}

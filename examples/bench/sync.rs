@@ -136,7 +136,7 @@ pub async fn reflex_compact_metadata(p: Params) -> Run {
 /// and how many still carry managedFields; the factory and informer are kept alive.
 async fn timed_sync<K>(
     factory: SharedInformerFactory,
-    informer: reflex_informer::informer::SharedIndexInformer<K>,
+    informer: reflex_informer::SharedIndexInformer<K>,
 ) -> Run
 where
     K: kube::Resource + Send + Sync + 'static,
@@ -154,7 +154,7 @@ where
 }
 
 /// How many cached objects still carry managedFields: the proof of each mode.
-fn with_managed_fields<K>(informer: &reflex_informer::informer::SharedIndexInformer<K>) -> usize
+fn with_managed_fields<K>(informer: &reflex_informer::SharedIndexInformer<K>) -> usize
 where
     K: kube::Resource + Send + Sync + 'static,
 {

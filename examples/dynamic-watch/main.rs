@@ -30,11 +30,11 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::discovery::{ApiCapabilities, ApiResource, Discovery, Scope};
-use reflex::informer::fifo::DeltaObject;
-use reflex::informer::informer::{InformerOptions, SharedIndexInformer};
-use reflex::informer::processor::handler_fn;
+use reflex::informer::handler::DeltaObject;
+use reflex::informer::handler::handler_fn;
 use reflex::informer::source::ListWatch;
-use reflex::informer::store::Indexer;
+use reflex::informer::store::{Indexer, Store};
+use reflex::informer::{InformerOptions, SharedIndexInformer};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -96,7 +96,7 @@ enum DynamicWatchError {
     UnknownResource(String),
     /// The informer refused a handler or an index.
     #[error("cannot set up the informer")]
-    Informer(#[source] reflex::informer::informer::InformerError),
+    Informer(#[source] reflex::informer::InformerError),
     /// The signal handlers could not be installed.
     #[error("cannot install the Ctrl-C handler")]
     Signal(#[source] std::io::Error),
@@ -315,7 +315,7 @@ async fn workload(
 }
 
 /// `label: value=count ...` from the informer's index.
-fn index_summary(indexer: &Indexer<DynamicObject>, label: &str) -> String {
+fn index_summary(indexer: &Store<DynamicObject>, label: &str) -> String {
     let mut out = format!("  index {label}:");
     for value in indexer.list_index_values(LABEL_INDEX).unwrap_or_default() {
         let count = indexer

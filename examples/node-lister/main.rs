@@ -27,8 +27,8 @@ use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::core::Selector;
 use reflex::informer::factory::{FactoryOptions, SharedInformerFactory};
-use reflex::informer::fifo::DeltaObject;
-use reflex::informer::processor::handler_fn;
+use reflex::informer::handler::DeltaObject;
+use reflex::informer::handler::handler_fn;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -66,7 +66,7 @@ enum NodeListerError {
     Seed(String, #[source] kube::Error),
     /// The informer refused a handler.
     #[error("cannot register the event handler")]
-    Informer(#[source] reflex::informer::informer::InformerError),
+    Informer(#[source] reflex::informer::InformerError),
     /// The signal handlers could not be installed.
     #[error("cannot install the Ctrl-C handler")]
     Signal(#[source] std::io::Error),

@@ -40,9 +40,9 @@ use kube::core::Selector;
 use parking_lot::Mutex;
 use quantity::{Quantity, QuantityError};
 use reflex::informer::factory::{FactoryOptions, SharedInformerFactory};
-use reflex::informer::fifo::DeltaObject;
+use reflex::informer::handler::DeltaObject;
+use reflex::informer::handler::ResourceEventHandler;
 use reflex::informer::key::ObjectKey;
-use reflex::informer::processor::ResourceEventHandler;
 use serde_json::json;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -93,7 +93,7 @@ enum PvcWatchError {
     Seed(String, #[source] kube::Error),
     /// The informer refused the event handler.
     #[error("cannot register the event handler")]
-    Informer(#[source] reflex::informer::informer::InformerError),
+    Informer(#[source] reflex::informer::InformerError),
     /// The signal handlers could not be installed.
     #[error("cannot install the Ctrl-C handler")]
     Signal(#[source] std::io::Error),

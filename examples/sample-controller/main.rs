@@ -44,8 +44,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::core::NamespaceResourceScope;
 use prometheus_client::registry::Registry;
+use reflex::informer::SharedIndexInformer;
 use reflex::informer::factory::{FactoryOptions, SharedInformerFactory};
-use reflex::informer::informer::SharedIndexInformer;
 use reflex::informer::key::ObjectKey;
 use reflex::informer::lister::Lister;
 use reflex::runtime::controller::{Action, Controller, ControllerOptions, default_error_policy};
@@ -586,9 +586,9 @@ async fn workload(
 /// replicas, all available, and reported in the Foo's status; and no other Deployment is left
 /// (a deleted Foo's Deployment is gone).
 fn converged(ctx: &Ctx, expected_foos: usize) -> bool {
-    let foos = ctx.foos.indexer().list();
+    let foos = ctx.foos.store().list();
     foos.len() == expected_foos
-        && ctx.deployments.indexer().len() == expected_foos
+        && ctx.deployments.store().len() == expected_foos
         && foos.iter().all(|foo| {
             let ns = foo.metadata.namespace.as_deref().unwrap_or("default");
             let dep = ctx
@@ -605,7 +605,7 @@ fn converged(ctx: &Ctx, expected_foos: usize) -> bool {
 }
 
 fn foo_table(ctx: &Ctx) -> String {
-    let mut foos = ctx.foos.indexer().list();
+    let mut foos = ctx.foos.store().list();
     foos.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     let mut out = format!(
         "{:<24} {:<16} {:>8} {:>10}\n",
@@ -629,7 +629,7 @@ fn foo_table(ctx: &Ctx) -> String {
     }
     let mut deployments: Vec<String> = ctx
         .deployments
-        .indexer()
+        .store()
         .list_keys()
         .iter()
         .map(ToString::to_string)

@@ -5,9 +5,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use k8s_openapi::api::core::v1::ConfigMap;
-use reflex_informer::informer::{InformerOptions, SharedIndexInformer};
-use reflex_informer::processor::handler_fn;
+use reflex_informer::handler::handler_fn;
 use reflex_informer::source::memory::MemorySource;
+use reflex_informer::{InformerOptions, SharedIndexInformer};
 use tokio_util::sync::CancellationToken;
 
 const OBJECTS: usize = 2_000;

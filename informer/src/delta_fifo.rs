@@ -89,9 +89,10 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use crate::fifo::{
-    DeletedFinalStateUnknown, Delta, DeltaObject, DeltaType, Fifo, FifoError, KnownObjects, Pop,
-    PopError, Popped, ProcessError, ProcessFn, ReflectorSink,
+    Delta, DeltaType, Fifo, FifoError, KnownObjects, Pop, PopError, Popped, ProcessError,
+    ProcessFn, ReflectorSink,
 };
+use crate::handler::{DeletedFinalStateUnknown, DeltaObject};
 use crate::hash::{FastHashMap, FastHashSet};
 use crate::key::ObjectKey;
 use crate::store::{KeyFunc, meta_key_func};
@@ -206,7 +207,7 @@ impl<K> DeltaFifo<K>
 where
     K: Send + Sync + 'static,
 {
-    /// A FIFO with a custom key function (use the store's, [`Indexer::key_func`], so both agree).
+    /// A FIFO with a custom key function (use the store's, [`Store::key_func`](crate::store::Store::key_func), so both agree).
     pub fn with_key_func(key_fn: KeyFunc<K>, known: Option<Arc<dyn KnownObjects<K>>>) -> Self {
         DeltaFifo {
             state: Mutex::new(State {

@@ -21,8 +21,9 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 
+use crate::handler::DeltaObject;
 use crate::key::ObjectKey;
-use crate::store::Indexer;
+use crate::store::{Indexer, Store};
 
 /// What happened to an object, as recorded in the FIFO.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -37,61 +38,6 @@ pub enum DeltaType {
     Replaced,
     /// A periodic resync re-delivered the cached object.
     Sync,
-}
-
-/// The last known state of an object that was deleted while the watch was not looking.
-///
-/// A relist that no longer contains a key the cache knows proves the object is gone, but not what
-/// it looked like at the end: `obj` is the last state Reflex saw (absent if none was known).
-#[derive(Debug)]
-pub struct DeletedFinalStateUnknown<K> {
-    /// The key of the deleted object.
-    pub key: ObjectKey,
-    /// The last state of the object the cache knew, if any.
-    pub obj: Option<Arc<K>>,
-}
-
-impl<K> Clone for DeletedFinalStateUnknown<K> {
-    fn clone(&self) -> Self {
-        DeletedFinalStateUnknown {
-            key: self.key.clone(),
-            obj: self.obj.clone(),
-        }
-    }
-}
-
-/// The object carried by a delta: the object itself, or a tombstone for a deletion whose final
-/// state is unknown.
-#[derive(Debug)]
-pub enum DeltaObject<K> {
-    /// The object as the server sent it (after the transform, if any).
-    Object(Arc<K>),
-    /// A deletion observed only through a relist.
-    Tombstone(DeletedFinalStateUnknown<K>),
-}
-
-impl<K> Clone for DeltaObject<K> {
-    fn clone(&self) -> Self {
-        match self {
-            DeltaObject::Object(o) => DeltaObject::Object(o.clone()),
-            DeltaObject::Tombstone(t) => DeltaObject::Tombstone(t.clone()),
-        }
-    }
-}
-
-impl<K> DeltaObject<K> {
-    /// The object, or the tombstone's last known object.
-    pub fn object(&self) -> Option<&Arc<K>> {
-        match self {
-            DeltaObject::Object(o) => Some(o),
-            DeltaObject::Tombstone(t) => t.obj.as_ref(),
-        }
-    }
-
-    /// Whether this is a [`DeletedFinalStateUnknown`] tombstone.
-    pub fn is_tombstone(&self) -> bool {
-        matches!(self, DeltaObject::Tombstone(_))
-    }
 }
 
 /// One change to one object.
@@ -165,7 +111,7 @@ pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 /// The objects the informer already has, as a FIFO needs to see them: to ignore deletes
 /// of unknown keys, to tombstone keys a relist no longer lists, and to resync.
 ///
-/// Implemented by [`Indexer`].
+/// Implemented by [`Store`] and [`Indexer`].
 pub trait KnownObjects<K>: Send + Sync {
     /// Every known key.
     fn list_keys(&self) -> Vec<ObjectKey>;
@@ -173,13 +119,23 @@ pub trait KnownObjects<K>: Send + Sync {
     fn get_by_key(&self, key: &ObjectKey) -> Option<Arc<K>>;
 }
 
-impl<K: Send + Sync + 'static> KnownObjects<K> for Indexer<K> {
+impl<K: Send + Sync + 'static> KnownObjects<K> for Store<K> {
     fn list_keys(&self) -> Vec<ObjectKey> {
-        Indexer::list_keys(self)
+        Store::list_keys(self)
     }
 
     fn get_by_key(&self, key: &ObjectKey) -> Option<Arc<K>> {
-        Indexer::get_by_key(self, key)
+        Store::get_by_key(self, key)
+    }
+}
+
+impl<K: Send + Sync + 'static> KnownObjects<K> for Indexer<K> {
+    fn list_keys(&self) -> Vec<ObjectKey> {
+        self.store().list_keys()
+    }
+
+    fn get_by_key(&self, key: &ObjectKey) -> Option<Arc<K>> {
+        self.store().get_by_key(key)
     }
 }
 

@@ -87,9 +87,10 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use crate::fifo::{
-    DeletedFinalStateUnknown, Delta, DeltaObject, DeltaType, Fifo, FifoError, KnownObjects, Pop,
-    PopError, Popped, ProcessError, ProcessFn, ReflectorSink,
+    Delta, DeltaType, Fifo, FifoError, KnownObjects, Pop, PopError, Popped, ProcessError,
+    ProcessFn, ReflectorSink,
 };
+use crate::handler::{DeletedFinalStateUnknown, DeltaObject};
 use crate::hash::{FastHashMap, FastHashSet};
 use crate::key::ObjectKey;
 use crate::store::{KeyFunc, meta_key_func};

@@ -8,19 +8,19 @@
 //!   lister sees at least that change.
 //! - Every handler sees, in order, an `on_add` per object first seen, `on_update(old, new)` per
 //!   change, and `on_delete` per removal (the last object, or a
-//!   [`DeletedFinalStateUnknown`](crate::fifo::DeletedFinalStateUnknown) tombstone). Changes may
+//!   [`DeletedFinalStateUnknown`](crate::handler::DeletedFinalStateUnknown) tombstone). Changes may
 //!   be coalesced (a key is the identity, not the UID). A relist or resync may deliver
 //!   `on_update(o, o)` with equal resourceVersions; such updates go only to handlers whose own
 //!   resync period is due (or to all when no handler resyncs).
 //! - A handler added after start first gets `on_add(obj, true)` for every object already cached,
 //!   atomically with respect to delta processing: it misses nothing and sees nothing twice.
-//! - Each handler runs in its own task with its own buffer (see [`processor`](crate::processor)).
+//! - Each handler runs in its own task with its own buffer (see [`handler`](crate::handler)).
 //!
 //! ```
 //! use std::sync::Arc;
 //! use k8s_openapi::api::core::v1::ConfigMap;
-//! use reflex_informer::informer::{InformerOptions, SharedIndexInformer};
-//! use reflex_informer::processor::handler_fn;
+//! use reflex_informer::{InformerOptions, SharedIndexInformer};
+//! use reflex_informer::handler::handler_fn;
 //! use reflex_informer::source::memory::MemorySource;
 //!
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
@@ -45,7 +45,7 @@
 //!     async move { informer.run(shutdown).await }
 //! });
 //! assert!(informer.wait_for_sync().await);
-//! assert_eq!(informer.lister().indexer().len(), 1);
+//! assert_eq!(informer.lister().store().len(), 1);
 //! assert_eq!(rx.recv().await.unwrap().as_deref(), Some("settings"));
 //! shutdown.cancel();
 //! run.await.unwrap().unwrap();
@@ -63,17 +63,17 @@ use tracing::Instrument;
 
 use crate::delta_fifo::DeltaFifo;
 use crate::fifo::{
-    DeletedFinalStateUnknown, DeltaObject, DeltaType, Fifo, FifoError, FifoMode, KnownObjects, Pop,
-    PopError, Popped, ProcessError, ReflectorSink,
+    DeltaType, Fifo, FifoError, FifoMode, KnownObjects, Pop, PopError, Popped, ProcessError,
+    ReflectorSink,
 };
+use crate::handler::{DeletedFinalStateUnknown, DeltaObject};
+use crate::handler::{ProcessorError, Registration, ResourceEventHandler};
 use crate::in_order_fifo::InOrderFifo;
 use crate::lister::Lister;
-use crate::processor::{
-    Notification, Processor, ProcessorError, Registration, ResourceEventHandler,
-};
+use crate::processor::{Notification, Processor};
 use crate::reflector::{Reflector, ReflectorHandle, ReflectorOptions, WatchErrorHandler};
 use crate::source::ListWatch;
-use crate::store::{Indexer, StoreError};
+use crate::store::{Indexer, Store, StoreError};
 
 /// Rewrites an object before it enters the FIFO and the store (for example to drop
 /// `managedFields`). It receives the only reference to a freshly decoded object, so
@@ -222,9 +222,13 @@ where
         self.add_event_handler_with_resync(handler, self.inner.options.default_resync)
     }
 
-    /// Adds a handler with its own resync period (client-go's rules, see
-    /// [`Processor`]). Works before and after start; a late handler first receives `on_add(obj,
-    /// true)` for every cached object. After the informer stopped: [`InformerError::Stopped`].
+    /// Adds a handler with its own resync period, by client-go's rules: zero means none, a
+    /// period under [`MINIMUM_RESYNC_PERIOD`](crate::handler::MINIMUM_RESYNC_PERIOD) is raised to
+    /// it; before start a shorter period than the informer's lowers how often the informer checks
+    /// for due handlers, after start it is raised to that check period; a handler gets resync
+    /// updates only when its own period is due. Works before and after start; a late handler
+    /// first receives `on_add(obj, true)` for every cached object. After the informer stopped:
+    /// [`InformerError::Stopped`].
     pub fn add_event_handler_with_resync(
         &self,
         handler: impl ResourceEventHandler<K>,
@@ -303,14 +307,14 @@ where
         self.inner.reflector.lock().clone()
     }
 
-    /// The store.
-    pub fn indexer(&self) -> &Indexer<K> {
-        &self.inner.indexer
+    /// The cache, read-only: only the informer's own delta processing writes into it.
+    pub fn indexer(&self) -> &Store<K> {
+        self.inner.indexer.store()
     }
 
     /// A lister over the store.
     pub fn lister(&self) -> Lister<K> {
-        Lister::new(self.inner.indexer.clone())
+        Lister::new(self.inner.indexer.store().clone())
     }
 
     /// Whether [`run`](Self::run) has returned.
@@ -318,9 +322,15 @@ where
         *self.inner.state.lock() == RunState::Stopped
     }
 
-    /// The processor (handler count, panics).
-    pub fn processor(&self) -> &Processor<K> {
-        &self.inner.processor
+    /// How many event handlers are registered (removed ones and those of a stopped informer
+    /// are not counted).
+    pub fn handler_count(&self) -> usize {
+        self.inner.processor.handler_count()
+    }
+
+    /// How many handler panics were caught, over the handlers registered now.
+    pub fn panics(&self) -> u64 {
+        self.inner.processor.panics()
     }
 
     fn mark_synced_if(&self) {

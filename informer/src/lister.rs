@@ -1,7 +1,7 @@
 //! Listers: the read side of an informer's cache, for controllers.
 //!
 //! A controller reads through a [`Lister`] instead of the API server: every read is a lock-free
-//! look-up in the [`Indexer`]'s current snapshot, returns `Arc`s (no copies of objects), and
+//! look-up in the [`Indexer`](crate::store::Indexer)'s current snapshot, returns `Arc`s (no copies of objects), and
 //! never waits for the informer writing the store. Objects must be treated as read-only; to
 //! change one, clone it and write it back through the API.
 //!
@@ -43,7 +43,7 @@ use std::sync::Arc;
 pub use kube::core::{Expression, Selector, SelectorExt};
 
 use crate::key::ObjectKey;
-use crate::store::{Indexer, NAMESPACE_INDEX, StoreError};
+use crate::store::{NAMESPACE_INDEX, Store, StoreError};
 
 /// Why a label selector string could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -238,20 +238,20 @@ fn labels_match<K: kube::Resource>(selector: &Selector, obj: &K) -> bool {
 
 /// Read access to an informer's store. Cheap to clone; every read is lock-free.
 pub struct Lister<K> {
-    indexer: Indexer<K>,
+    store: Store<K>,
 }
 
 impl<K> Clone for Lister<K> {
     fn clone(&self) -> Self {
         Lister {
-            indexer: self.indexer.clone(),
+            store: self.store.clone(),
         }
     }
 }
 
 impl<K> std::fmt::Debug for Lister<K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("Lister").field(&self.indexer).finish()
+        f.debug_tuple("Lister").field(&self.store).finish()
     }
 }
 
@@ -259,19 +259,22 @@ impl<K> Lister<K>
 where
     K: kube::Resource + Send + Sync + 'static,
 {
-    /// A lister over `indexer`.
-    pub fn new(indexer: Indexer<K>) -> Self {
-        Lister { indexer }
+    /// A lister over `store` (an [`Indexer`](crate::store::Indexer) or its read-only
+    /// [`Store`]).
+    pub fn new(store: impl Into<Store<K>>) -> Self {
+        Lister {
+            store: store.into(),
+        }
     }
 
     /// The store this lister reads.
-    pub fn indexer(&self) -> &Indexer<K> {
-        &self.indexer
+    pub fn store(&self) -> &Store<K> {
+        &self.store
     }
 
     /// Every object whose labels match `selector` (one consistent snapshot).
     pub fn list(&self, selector: &Selector) -> Vec<Arc<K>> {
-        let snapshot = self.indexer.snapshot();
+        let snapshot = self.store.snapshot();
         snapshot
             .iter()
             .filter_map(|(_, obj)| labels_match(selector, obj.as_ref()).then_some(obj))
@@ -280,24 +283,24 @@ where
 
     /// The object stored under `key`.
     pub fn get_by_key(&self, key: &ObjectKey) -> Option<Arc<K>> {
-        self.indexer.get_by_key(key)
+        self.store.get_by_key(key)
     }
 
     /// The objects indexed under `value` in index `name`.
     pub fn by_index(&self, name: &str, value: &str) -> Result<Vec<Arc<K>>, StoreError> {
-        self.indexer.by_index(name, value)
+        self.store.by_index(name, value)
     }
 
     /// A handle for many reads in a row that lends objects instead of cloning them (see
     /// [`Reader`](crate::store::Reader)): for loops over many keys, one per worker.
     pub fn reader(&self) -> crate::store::Reader<K> {
-        self.indexer.reader()
+        self.store.reader()
     }
 
     /// A view of one namespace.
     pub fn namespaced(&self, namespace: &str) -> NamespacedLister<K> {
         NamespacedLister {
-            indexer: self.indexer.clone(),
+            store: self.store.clone(),
             namespace: Arc::from(namespace),
         }
     }
@@ -305,14 +308,14 @@ where
 
 /// A [`Lister`] limited to one namespace; lists use the namespace index, not a scan.
 pub struct NamespacedLister<K> {
-    indexer: Indexer<K>,
+    store: Store<K>,
     namespace: Arc<str>,
 }
 
 impl<K> Clone for NamespacedLister<K> {
     fn clone(&self) -> Self {
         NamespacedLister {
-            indexer: self.indexer.clone(),
+            store: self.store.clone(),
             namespace: self.namespace.clone(),
         }
     }
@@ -337,7 +340,7 @@ where
 
     /// The object named `name` in this namespace.
     pub fn get(&self, name: &str) -> Option<Arc<K>> {
-        self.indexer
+        self.store
             .get_by_key(&ObjectKey::new(Some(&*self.namespace), name))
     }
 
@@ -345,7 +348,7 @@ where
     pub fn list(&self, selector: &Selector) -> Vec<Arc<K>> {
         // The namespace index is built in and cannot be removed, so this cannot fail; an empty
         // answer is still the right one if it ever did.
-        self.indexer.with_snapshot(|snapshot| {
+        self.store.with_snapshot(|snapshot| {
             snapshot
                 .by_index_where(NAMESPACE_INDEX, &self.namespace, |obj| {
                     labels_match(selector, obj)

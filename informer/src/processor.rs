@@ -1,4 +1,5 @@
-//! Fan-out of notifications from one informer to many event handlers.
+//! Fan-out of notifications from one informer to many event handlers (crate-private: users
+//! register [`ResourceEventHandler`](crate::handler::ResourceEventHandler)s on the informer).
 //!
 //! An informer applies each change to its store and then tells every registered handler about
 //! it. The handlers are independent: one handler being slow, stuck or panicking must never delay
@@ -15,48 +16,9 @@
 //!   handled.
 //!
 //! Notifications carry `Arc<K>` only: fanning one change out to N handlers costs N reference
-//! count increments, never a copy of the object.
-//!
-//! Handlers are synchronous callbacks, like client-go's `ResourceEventHandler`: they run on a
-//! tokio worker thread and **must not block**. The usual handler computes a key and enqueues it
-//! on a work queue.
-//!
-//! ```
-//! use std::sync::Arc;
-//! use k8s_openapi::api::core::v1::ConfigMap;
-//! use reflex_informer::processor::{Processor, handler_fn};
-//!
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() {
-//! let processor = Processor::<ConfigMap>::new(std::time::Duration::ZERO);
-//! let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-//! let registration = processor
-//!     .add_handler(
-//!         handler_fn().on_add(move |cm: &Arc<ConfigMap>, _initial| {
-//!             let _ = tx.send(cm.metadata.name.clone());
-//!         }),
-//!         std::time::Duration::ZERO,
-//!         Vec::new(),
-//!     )
-//!     .unwrap();
-//! let shutdown = tokio_util::sync::CancellationToken::new();
-//! let run = tokio::spawn({
-//!     let processor = processor.clone();
-//!     let shutdown = shutdown.clone();
-//!     async move { processor.run(shutdown).await }
-//! });
-//! let mut cm = ConfigMap::default();
-//! cm.metadata.name = Some("settings".into());
-//! processor.distribute(&reflex_informer::processor::Notification::Add {
-//!     obj: Arc::new(cm),
-//!     is_in_initial_list: false,
-//! }, false);
-//! assert_eq!(rx.recv().await.unwrap().as_deref(), Some("settings"));
-//! assert_eq!(registration.panics(), 0);
-//! shutdown.cancel();
-//! run.await.unwrap();
-//! # }
-//! ```
+//! count increments, never a copy of the object. Only the informer may call
+//! [`Processor::distribute`], under its lock that also orders late registrations, which is why
+//! none of this is public.
 
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -71,144 +33,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::fifo::DeltaObject;
-
-/// The smallest non-zero resync period a handler may ask for; smaller requests are raised to it.
-pub const MINIMUM_RESYNC_PERIOD: Duration = Duration::from_secs(1);
-
-/// Receives the changes an informer observes.
-///
-/// Contract:
-/// - Calls for one handler are made one at a time, in the order the informer applied the changes
-///   to its store; the store already reflects a change when its notification is delivered.
-/// - Different handlers are not coordinated: each sees the same sequence, at its own pace.
-/// - `on_update(old, new)` may be called with `old` and `new` at the same resourceVersion (a
-///   periodic resync, or a relist that found the object unchanged): compare resourceVersions if
-///   that matters.
-/// - `on_delete` receives the last known object, or a
-///   [`DeletedFinalStateUnknown`](crate::fifo::DeletedFinalStateUnknown) tombstone when the
-///   deletion was only noticed by a relist.
-/// - Handlers run on a tokio worker thread and **must not block**: enqueue work (for example an
-///   object key on a work queue) and return. A panic is caught and counted; the handler keeps
-///   receiving notifications.
-///
-/// Every method has an empty default, so a handler implements only what it needs. For closures,
-/// see [`handler_fn`].
-pub trait ResourceEventHandler<K>: Send + Sync + 'static {
-    /// An object appeared in the cache. `is_in_initial_list` is true for objects of the initial
-    /// list, and for objects already cached when the handler was added late.
-    fn on_add(&self, obj: &Arc<K>, is_in_initial_list: bool) {
-        let _ = (obj, is_in_initial_list);
-    }
-    /// A cached object changed (or was resynced: then `old` and `new` share a resourceVersion).
-    fn on_update(&self, old: &Arc<K>, new: &Arc<K>) {
-        let _ = (old, new);
-    }
-    /// An object left the cache.
-    fn on_delete(&self, obj: &DeltaObject<K>) {
-        let _ = obj;
-    }
-}
-
-impl<K, H: ResourceEventHandler<K> + ?Sized> ResourceEventHandler<K> for Arc<H> {
-    fn on_add(&self, obj: &Arc<K>, is_in_initial_list: bool) {
-        (**self).on_add(obj, is_in_initial_list);
-    }
-    fn on_update(&self, old: &Arc<K>, new: &Arc<K>) {
-        (**self).on_update(old, new);
-    }
-    fn on_delete(&self, obj: &DeltaObject<K>) {
-        (**self).on_delete(obj);
-    }
-}
-
-type AddFn<K> = Box<dyn Fn(&Arc<K>, bool) + Send + Sync>;
-type UpdateFn<K> = Box<dyn Fn(&Arc<K>, &Arc<K>) + Send + Sync>;
-type DeleteFn<K> = Box<dyn Fn(&DeltaObject<K>) + Send + Sync>;
-
-/// A [`ResourceEventHandler`] made of closures; see [`handler_fn`].
-pub struct FnHandler<K> {
-    add: Option<AddFn<K>>,
-    update: Option<UpdateFn<K>>,
-    delete: Option<DeleteFn<K>>,
-}
-
-impl<K> fmt::Debug for FnHandler<K> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FnHandler")
-            .field("on_add", &self.add.is_some())
-            .field("on_update", &self.update.is_some())
-            .field("on_delete", &self.delete.is_some())
-            .finish()
-    }
-}
-
-impl<K> Default for FnHandler<K> {
-    fn default() -> Self {
-        FnHandler {
-            add: None,
-            update: None,
-            delete: None,
-        }
-    }
-}
-
-/// Starts a closure-based handler: chain `.on_add(..)`, `.on_update(..)`, `.on_delete(..)`;
-/// the callbacks not given do nothing.
-///
-/// ```
-/// use std::sync::Arc;
-/// use std::sync::atomic::{AtomicUsize, Ordering};
-/// use k8s_openapi::api::core::v1::Pod;
-/// use reflex_informer::processor::{ResourceEventHandler, handler_fn};
-///
-/// let adds = Arc::new(AtomicUsize::new(0));
-/// let counter = adds.clone();
-/// let handler = handler_fn::<Pod>().on_add(move |_pod, _initial| {
-///     counter.fetch_add(1, Ordering::Relaxed);
-/// });
-/// ResourceEventHandler::on_add(&handler, &Arc::new(Pod::default()), true);
-/// assert_eq!(adds.load(Ordering::Relaxed), 1);
-/// ```
-pub fn handler_fn<K>() -> FnHandler<K> {
-    FnHandler::default()
-}
-
-impl<K> FnHandler<K> {
-    /// Sets the closure called for [`ResourceEventHandler::on_add`].
-    pub fn on_add(mut self, f: impl Fn(&Arc<K>, bool) + Send + Sync + 'static) -> Self {
-        self.add = Some(Box::new(f));
-        self
-    }
-    /// Sets the closure called for [`ResourceEventHandler::on_update`].
-    pub fn on_update(mut self, f: impl Fn(&Arc<K>, &Arc<K>) + Send + Sync + 'static) -> Self {
-        self.update = Some(Box::new(f));
-        self
-    }
-    /// Sets the closure called for [`ResourceEventHandler::on_delete`].
-    pub fn on_delete(mut self, f: impl Fn(&DeltaObject<K>) + Send + Sync + 'static) -> Self {
-        self.delete = Some(Box::new(f));
-        self
-    }
-}
-
-impl<K: 'static> ResourceEventHandler<K> for FnHandler<K> {
-    fn on_add(&self, obj: &Arc<K>, is_in_initial_list: bool) {
-        if let Some(f) = &self.add {
-            f(obj, is_in_initial_list);
-        }
-    }
-    fn on_update(&self, old: &Arc<K>, new: &Arc<K>) {
-        if let Some(f) = &self.update {
-            f(old, new);
-        }
-    }
-    fn on_delete(&self, obj: &DeltaObject<K>) {
-        if let Some(f) = &self.delete {
-            f(obj);
-        }
-    }
-}
+use crate::handler::{DeltaObject, MINIMUM_RESYNC_PERIOD, ProcessorError, ResourceEventHandler};
 
 /// One change, as queued for a handler. Cloning it clones `Arc`s only.
 #[derive(Debug)]
@@ -258,17 +83,6 @@ impl<K> Notification<K> {
             Notification::Delete(_) => "delete",
         }
     }
-}
-
-/// Why the processor refused a request.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ProcessorError {
-    /// The processor (its informer) was stopped; it never takes handlers again.
-    #[error("the informer was stopped; it accepts no new event handlers")]
-    Stopped,
-    /// [`Processor::run`] was called a second time.
-    #[error("the processor is already running or has run")]
-    AlreadyStarted,
 }
 
 /// A queued notification plus whether it counts towards the handler's initial sync.
@@ -465,6 +279,7 @@ fn clamp_resync(requested: Duration) -> Duration {
 impl<K: Send + Sync + 'static> Processor<K> {
     /// A processor whose resync check period starts at `resync_check_period` (the informer's
     /// default handler resync period; zero disables resync for every handler).
+    #[cfg(test)]
     pub fn new(resync_check_period: Duration) -> Self {
         Self::with_upstream(resync_check_period, watch::Sender::new(false))
     }
@@ -615,6 +430,7 @@ impl<K: Send + Sync + 'static> Processor<K> {
     }
 
     /// Records that the informer has synced: registrations may now report synced.
+    #[cfg(test)]
     pub fn set_upstream_synced(&self) {
         self.inner.upstream.send_replace(true);
     }
@@ -635,6 +451,7 @@ impl<K: Send + Sync + 'static> Processor<K> {
     }
 
     /// Whether [`run`](Processor::run) has finished (or the processor was shut down).
+    #[cfg(test)]
     pub fn is_stopped(&self) -> bool {
         matches!(*self.inner.state.lock(), RunState::Stopped)
     }
@@ -793,6 +610,7 @@ impl<K> Registration<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::handler::{FnHandler, handler_fn};
     use k8s_openapi::api::core::v1::ConfigMap;
     use std::collections::BTreeMap;
 

@@ -243,7 +243,7 @@ async fn compact_informer_holds_the_same_objects_as_the_typed_one_and_delivers_a
     assert!(compact.indexer().is_compact());
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     compact
-        .add_event_handler(reflex_informer::processor::handler_fn().on_add(
+        .add_event_handler(reflex_informer::handler::handler_fn().on_add(
             move |p: &std::sync::Arc<Pod>, initial| {
                 let _ = tx.send((p.metadata.name.clone(), initial));
             },

@@ -691,7 +691,7 @@ async fn tombstone_of_a_known_key_carries_the_cached_object() {
     let delta = &p.deltas[0];
     assert_eq!(delta.kind, Deleted);
     match &delta.object {
-        reflex_informer::fifo::DeltaObject::Tombstone(t) => {
+        reflex_informer::handler::DeltaObject::Tombstone(t) => {
             assert_eq!(t.key, key("gone"));
             let cached = store.get_by_key(&key("gone")).unwrap();
             assert!(Arc::ptr_eq(t.obj.as_ref().unwrap(), &cached));

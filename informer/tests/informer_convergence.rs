@@ -10,13 +10,14 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use parking_lot::Mutex;
-use reflex_informer::fifo::{DeltaObject, FifoMode};
-use reflex_informer::informer::{InformerError, InformerOptions, SharedIndexInformer};
+use reflex_informer::fifo::FifoMode;
+use reflex_informer::handler::DeltaObject;
+use reflex_informer::handler::handler_fn;
 use reflex_informer::key::ObjectKey;
-use reflex_informer::processor::handler_fn;
 use reflex_informer::source::ListWatch;
 use reflex_informer::source::memory::MemorySource;
 use reflex_informer::source::{ApiStatus, SourceError};
+use reflex_informer::{InformerError, InformerOptions, SharedIndexInformer};
 use stores::{MODES, Mode, store};
 use tokio_util::sync::CancellationToken;
 
@@ -63,7 +64,7 @@ fn rv(cm: &ConfigMap) -> String {
 
 /// A handler whose view is what its notifications say the cache holds; it panics on objects
 /// named `panic-*` after recording them (a panicking handler must still converge).
-fn viewer(view: View) -> reflex_informer::processor::FnHandler<ConfigMap> {
+fn viewer(view: View) -> reflex_informer::handler::FnHandler<ConfigMap> {
     let (a, u, d) = (view.clone(), view.clone(), view);
     handler_fn()
         .on_add(move |o: &Arc<ConfigMap>, _| {
@@ -199,7 +200,7 @@ async fn store_and_every_handler_view_converge_to_the_source_after_faults() {
         assert!(!informer.last_sync_resource_version().is_empty());
         shutdown.cancel();
         run.await.unwrap().unwrap();
-        assert!(informer.processor().handler_count() == 0 || informer.is_stopped());
+        assert!(informer.handler_count() == 0 || informer.is_stopped());
     }
 }
 

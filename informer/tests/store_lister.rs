@@ -167,7 +167,7 @@ fn get_by_key_and_by_index_read_through_to_the_store() {
         assert_same(
             mode,
             &lister.get_by_key(&key).unwrap(),
-            &lister.indexer().get_by_key(&key).unwrap(),
+            &lister.store().get_by_key(&key).unwrap(),
         );
         assert_eq!(
             sorted_names(lister.by_index(NAMESPACE_INDEX, "b").unwrap()),

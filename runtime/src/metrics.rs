@@ -82,8 +82,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use reflex_informer::informer::{InformerError, SharedIndexInformer};
-use reflex_informer::processor::handler_fn;
+use reflex_informer::handler::handler_fn;
+use reflex_informer::{InformerError, SharedIndexInformer};
 use reflex_workqueue::metrics::PrometheusMetricsProvider;
 
 /// Why an informer could not be registered.

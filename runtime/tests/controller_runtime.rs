@@ -11,11 +11,11 @@ use kube::api::DynamicObject;
 use kube::core::discovery::Scope;
 use kube::discovery::ApiResource;
 use parking_lot::Mutex;
-use reflex_informer::informer::{InformerOptions, SharedIndexInformer};
 use reflex_informer::key::ObjectKey;
 use reflex_informer::source::SourceError;
 use reflex_informer::source::memory::{MemorySource, RecordedRequest};
 use reflex_informer::store::Indexer;
+use reflex_informer::{InformerOptions, SharedIndexInformer};
 use reflex_runtime::controller::{
     Action, Controller, ControllerError, ControllerOptions, ControllerSummary, ErrorAction, Owned,
     default_error_policy, predicates,
@@ -669,7 +669,7 @@ async fn informers_already_running_are_left_running() {
     shutdown.cancel();
     run.await.unwrap().unwrap();
     assert!(!cms.is_stopped());
-    assert_eq!(cms.processor().handler_count(), 0, "handlers removed");
+    assert_eq!(cms.handler_count(), 0, "handlers removed");
     informer_stop.cancel();
     informer_run.await.unwrap().unwrap();
 }

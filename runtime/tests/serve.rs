@@ -161,8 +161,8 @@ async fn binding_a_taken_port_is_a_typed_error() {
 #[tokio::test]
 async fn readyz_reports_an_informer_unsynced_until_its_initial_list_is_stored() {
     use k8s_openapi::api::core::v1::ConfigMap;
-    use reflex_informer::informer::{InformerOptions, SharedIndexInformer};
     use reflex_informer::source::memory::MemorySource;
+    use reflex_informer::{InformerOptions, SharedIndexInformer};
 
     let source = MemorySource::<ConfigMap>::new();
     let informer = SharedIndexInformer::new(Arc::new(source), InformerOptions::default());

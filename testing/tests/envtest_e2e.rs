@@ -19,10 +19,10 @@ use kube::api::{
     WatchParams,
 };
 use kube::core::ObjectMeta;
+use reflex_informer::SharedIndexInformer;
 use reflex_informer::factory::{FactoryOptions, SharedInformerFactory};
-use reflex_informer::fifo::DeltaObject;
-use reflex_informer::informer::SharedIndexInformer;
-use reflex_informer::processor::{FnHandler, handler_fn};
+use reflex_informer::handler::DeltaObject;
+use reflex_informer::handler::{FnHandler, handler_fn};
 use reflex_informer::reflector::ReflectorOptions;
 use reflex_testing::envtest::{Environment, Options};
 use serde::Serialize;

@@ -35,14 +35,15 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use parking_lot::Mutex;
 use reflex_informer::decode::DecodeOptions;
 use reflex_informer::factory::{FactoryOptions, SharedInformerFactory};
-use reflex_informer::fifo::{DeltaObject, FifoError, ReflectorSink};
-use reflex_informer::informer::{InformerOptions, SharedIndexInformer};
+use reflex_informer::fifo::{FifoError, ReflectorSink};
+use reflex_informer::handler::DeltaObject;
+use reflex_informer::handler::{FnHandler, handler_fn};
 use reflex_informer::key::{KeyError, ObjectKey};
-use reflex_informer::processor::{FnHandler, handler_fn};
 use reflex_informer::reflector::{
     BackoffOptions, Reflector, ReflectorError, ReflectorHandle, ReflectorOptions, WatchErrorHandler,
 };
 use reflex_informer::source::ListWatch;
+use reflex_informer::{InformerOptions, SharedIndexInformer};
 use reflex_testing::FakeApiServer;
 use serde_json::json;
 use tokio::task::JoinHandle;

@@ -15,7 +15,7 @@
 //! - writers are serialized by a mutex, copy the snapshot (`O(1)`: its maps are persistent and
 //!   share their nodes), apply the change (copying only the path it touches) and publish the
 //!   new snapshot atomically;
-//! - every read sees one consistent state: a [`Snapshot`] taken with [`Indexer::snapshot`]
+//! - every read sees one consistent state: a [`Snapshot`] taken with [`Store::snapshot`]
 //!   answers any number of questions (`list`, `by_index`, `get_by_key`) about the same instant.
 //!
 //! The objects live in a map built for the read path (a shallow radix over the key's
@@ -24,9 +24,9 @@
 //!
 //! Two ways to read, for two kinds of caller:
 //!
-//! - [`Indexer::get_by_key`] (and the [`Lister`](crate::lister::Lister)'s reads) hand out an
+//! - [`Store::get_by_key`] (and the [`Lister`](crate::lister::Lister)'s reads) hand out an
 //!   `Arc<K>` the caller owns: it may be kept, sent to another task, held across `.await`.
-//! - A [`Reader`] ([`Indexer::reader`]) is one caller's handle for many reads in a row: it
+//! - A [`Reader`] ([`Store::reader`]) is one caller's handle for many reads in a row: it
 //!   keeps the last snapshot it saw and checks it is still current with one relaxed atomic
 //!   load, and [`Reader::get`] lends the object ([`StoreRef`]) without touching its reference
 //!   count. Use it in loops that read many keys; a `Reader` that is kept but not used holds
@@ -60,7 +60,7 @@
 //! - `K` must round-trip through JSON (`Serialize` then `Deserialize` gives the same value), as
 //!   Kubernetes types and derived projections do. An object that cannot be encoded is a
 //!   [`StoreError::Encode`]; one that cannot be decoded reads as absent, is logged and counted
-//!   ([`Indexer::decode_failures`]).
+//!   ([`Store::decode_failures`]).
 //!
 //! Use it for large caches read mostly by key or through indexes (a controller over every Pod
 //! of a big cluster), where memory matters more than the microseconds of a decode. Keep the
@@ -91,7 +91,7 @@
 //! - Index functions (`Fn(&K) -> Vec<String>`) are registered by name; the namespace index
 //!   [`NAMESPACE_INDEX`] is built in. Registering an index while objects are stored indexes them
 //!   at once. Every write keeps every index up to date; a value whose set of keys becomes empty
-//!   is removed (so [`Indexer::list_index_values`] only names values in use).
+//!   is removed (so [`Store::list_index_values`] only names values in use).
 //! - Asking for an index that was never registered is a [`StoreError::UnknownIndex`], not an
 //!   empty answer; asking for a value nobody has is an empty answer.
 //!
@@ -668,7 +668,7 @@ struct Shared<K> {
 ///
 /// It keeps the snapshot it last read and, before each read, checks with one relaxed atomic
 /// load whether the store published a newer one (and loads that if so), so it sees every write
-/// an [`Indexer::get_by_key`] at the same moment would see. Reads lend the object
+/// an [`Store::get_by_key`] at the same moment would see. Reads lend the object
 /// ([`StoreRef`]) instead of cloning its `Arc`. A `Reader` is `Send` but reads need `&mut self`:
 /// give each worker its own (they are cheap to make). While it is kept, it holds on to the
 /// snapshot it last read; drop it (or read again) so that objects deleted since can be freed.
@@ -699,17 +699,42 @@ impl<K> fmt::Debug for Reader<K> {
     }
 }
 
+/// A read-only handle on an [`Indexer`]: every read, no write. It is what an informer hands out
+/// ([`SharedIndexInformer::indexer`](crate::informer::SharedIndexInformer::indexer)), so that
+/// only its own delta processing writes into its cache. Cheap to clone; every clone reads the
+/// same store.
+pub struct Store<K> {
+    shared: Arc<Shared<K>>,
+}
+
+impl<K> Clone for Store<K> {
+    fn clone(&self) -> Self {
+        Store {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<K> fmt::Debug for Store<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Store")
+            .field(&self.shared.current.load())
+            .finish()
+    }
+}
+
 /// A thread-safe, indexed store of `Arc<K>` with lock-free reads. See the [module docs](self).
 ///
-/// Cloning an `Indexer` is cheap and every clone is the same store.
+/// Cloning an `Indexer` is cheap and every clone is the same store. Its reads are those of the
+/// [`Store`] it dereferences to; [`Indexer::store`] hands out that read-only view alone.
 pub struct Indexer<K> {
-    shared: Arc<Shared<K>>,
+    store: Store<K>,
 }
 
 impl<K> Clone for Indexer<K> {
     fn clone(&self) -> Self {
         Indexer {
-            shared: self.shared.clone(),
+            store: self.store.clone(),
         }
     }
 }
@@ -717,8 +742,22 @@ impl<K> Clone for Indexer<K> {
 impl<K> fmt::Debug for Indexer<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_tuple("Indexer")
-            .field(&self.shared.current.load())
+            .field(&self.store.shared.current.load())
             .finish()
+    }
+}
+
+impl<K> Deref for Indexer<K> {
+    type Target = Store<K>;
+
+    fn deref(&self) -> &Store<K> {
+        &self.store
+    }
+}
+
+impl<K> From<Indexer<K>> for Store<K> {
+    fn from(indexer: Indexer<K>) -> Self {
+        indexer.store
     }
 }
 
@@ -804,31 +843,26 @@ where
             .insert(name.clone(), Arc::new(namespace_index_func::<K>));
         snapshot.indices.insert(name, ValueMap::<K>::default());
         Indexer {
-            shared: Arc::new(Shared {
-                current: Arc::new(ArcSwap::from_pointee(snapshot)),
-                writer: Mutex::new(()),
-                namespaces: Mutex::new(FastHashSet::default()),
-                key_fn,
-                codec,
-            }),
+            store: Store {
+                shared: Arc::new(Shared {
+                    current: Arc::new(ArcSwap::from_pointee(snapshot)),
+                    writer: Mutex::new(()),
+                    namespaces: Mutex::new(FastHashSet::default()),
+                    key_fn,
+                    codec,
+                }),
+            },
         }
     }
 }
 
-impl<K> Indexer<K>
+impl<K> Store<K>
 where
     K: Send + Sync + 'static,
 {
     /// The key this store files `obj` under.
     pub fn key_of(&self, obj: &K) -> Result<ObjectKey, KeyError> {
         (self.shared.key_fn)(obj)
-    }
-
-    /// The key `obj` is stored under, its namespace shared with the other keys of the store.
-    fn stored_key(&self, obj: &K) -> Result<ObjectKey, KeyError> {
-        Ok(self
-            .key_of(obj)?
-            .share_namespace(&mut self.shared.namespaces.lock()))
     }
 
     /// The key function, for a DeltaFIFO or anything that must agree with this store on keys.
@@ -885,97 +919,6 @@ where
             .sum()
     }
 
-    /// The slot `obj` is stored in: itself, or (in a compact store) its packed form, encoded
-    /// before the writer lock is taken.
-    fn slot_of(&self, key: &ObjectKey, obj: &Arc<K>) -> Result<Slot<K>, StoreError> {
-        match &self.shared.codec {
-            None => Ok(Slot::Full(obj.clone())),
-            Some(codec) => Ok(Slot::Packed(codec.pack(key, obj)?)),
-        }
-    }
-
-    /// Applies `change` to a copy of the current state and publishes it, writers serialized.
-    fn write<R>(&self, change: impl FnOnce(&mut Snapshot<K>) -> R) -> R {
-        let _writer = self.shared.writer.lock();
-        let mut next = Snapshot::clone(&self.shared.current.load());
-        let out = change(&mut next);
-        self.shared.current.store(Arc::new(next));
-        out
-    }
-
-    /// Registers an index function under `name` and indexes every stored object with it.
-    ///
-    /// A name already registered (including [`NAMESPACE_INDEX`]) is a
-    /// [`StoreError::IndexExists`].
-    pub fn add_indexer<F>(&self, name: &str, func: F) -> Result<(), StoreError>
-    where
-        F: Fn(&K) -> Vec<String> + Send + Sync + 'static,
-    {
-        let func: IndexFunc<K> = Arc::new(func);
-        self.write(|s| {
-            if s.index_funcs.contains_key(name) {
-                return Err(StoreError::IndexExists { name: name.into() });
-            }
-            let values = s.build_index(&func);
-            let name: Arc<str> = Arc::from(name);
-            s.index_funcs.insert(name.clone(), func);
-            s.indices.insert(name, values);
-            Ok(())
-        })
-    }
-
-    /// Stores `obj` (inserting or replacing); returns the object it replaced.
-    pub fn add(&self, obj: Arc<K>) -> Result<Option<Arc<K>>, StoreError> {
-        let key = self.stored_key(&obj)?;
-        let slot = self.slot_of(&key, &obj)?;
-        Ok(self.write(|s| s.put(key, slot, &obj)))
-    }
-
-    /// Stores `obj` (same as [`add`](Self::add): the store does not distinguish them).
-    pub fn update(&self, obj: Arc<K>) -> Result<Option<Arc<K>>, StoreError> {
-        self.add(obj)
-    }
-
-    /// Removes the object with `obj`'s key; returns what was stored, if anything.
-    pub fn delete(&self, obj: &K) -> Result<Option<Arc<K>>, StoreError> {
-        let key = self.key_of(obj)?;
-        Ok(self.delete_key(&key))
-    }
-
-    /// Removes the object stored under `key`; returns it, if any.
-    pub fn delete_key(&self, key: &ObjectKey) -> Option<Arc<K>> {
-        if !self.shared.current.load().contains_key(key) {
-            return None;
-        }
-        self.write(|s| s.take(key))
-    }
-
-    /// Replaces the whole content with `objs` (indexes rebuilt), as one atomic change.
-    ///
-    /// Nothing is changed if any object cannot be keyed.
-    pub fn replace(&self, objs: impl IntoIterator<Item = Arc<K>>) -> Result<(), StoreError> {
-        let mut objects = crate::hash::FastHashMap::default();
-        for obj in objs {
-            objects.insert(self.stored_key(&obj)?, obj);
-        }
-        let mut slots = Vec::with_capacity(objects.len());
-        for (key, obj) in &objects {
-            slots.push((key.clone(), self.slot_of(key, obj)?));
-        }
-        let items = KeyMap::from_entries(slots);
-        self.write(|s| {
-            // Indexes are computed from the objects given, never by decoding packed ones.
-            let rebuilt: Vec<(Arc<str>, ValueMap<K>)> = s
-                .index_funcs
-                .iter()
-                .map(|(name, func)| (name.clone(), build_index(func, objects.iter())))
-                .collect();
-            s.indices = rebuilt.into_iter().collect();
-            s.items = items;
-        });
-        Ok(())
-    }
-
     /// The object stored under `key`.
     pub fn get_by_key(&self, key: &ObjectKey) -> Option<Arc<K>> {
         self.shared.current.load().get_by_key(key)
@@ -1025,6 +968,114 @@ where
     /// The objects sharing at least one value of index `name` with `obj`.
     pub fn index(&self, name: &str, obj: &K) -> Result<Vec<Arc<K>>, StoreError> {
         self.shared.current.load().index(name, obj)
+    }
+}
+
+impl<K> Indexer<K>
+where
+    K: Send + Sync + 'static,
+{
+    /// The read-only view of this store.
+    pub fn store(&self) -> &Store<K> {
+        &self.store
+    }
+
+    /// The key `obj` is stored under, its namespace shared with the other keys of the store.
+    fn stored_key(&self, obj: &K) -> Result<ObjectKey, KeyError> {
+        Ok(self
+            .key_of(obj)?
+            .share_namespace(&mut self.store.shared.namespaces.lock()))
+    }
+
+    /// The slot `obj` is stored in: itself, or (in a compact store) its packed form, encoded
+    /// before the writer lock is taken.
+    fn slot_of(&self, key: &ObjectKey, obj: &Arc<K>) -> Result<Slot<K>, StoreError> {
+        match &self.store.shared.codec {
+            None => Ok(Slot::Full(obj.clone())),
+            Some(codec) => Ok(Slot::Packed(codec.pack(key, obj)?)),
+        }
+    }
+
+    /// Applies `change` to a copy of the current state and publishes it, writers serialized.
+    fn write<R>(&self, change: impl FnOnce(&mut Snapshot<K>) -> R) -> R {
+        let _writer = self.store.shared.writer.lock();
+        let mut next = Snapshot::clone(&self.store.shared.current.load());
+        let out = change(&mut next);
+        self.store.shared.current.store(Arc::new(next));
+        out
+    }
+
+    /// Registers an index function under `name` and indexes every stored object with it.
+    ///
+    /// A name already registered (including [`NAMESPACE_INDEX`]) is a
+    /// [`StoreError::IndexExists`].
+    pub fn add_indexer<F>(&self, name: &str, func: F) -> Result<(), StoreError>
+    where
+        F: Fn(&K) -> Vec<String> + Send + Sync + 'static,
+    {
+        let func: IndexFunc<K> = Arc::new(func);
+        self.write(|s| {
+            if s.index_funcs.contains_key(name) {
+                return Err(StoreError::IndexExists { name: name.into() });
+            }
+            let values = s.build_index(&func);
+            let name: Arc<str> = Arc::from(name);
+            s.index_funcs.insert(name.clone(), func);
+            s.indices.insert(name, values);
+            Ok(())
+        })
+    }
+
+    /// Stores `obj` (inserting or replacing); returns the object it replaced.
+    pub fn add(&self, obj: Arc<K>) -> Result<Option<Arc<K>>, StoreError> {
+        let key = self.stored_key(&obj)?;
+        let slot = self.slot_of(&key, &obj)?;
+        Ok(self.write(|s| s.put(key, slot, &obj)))
+    }
+
+    /// Stores `obj` (same as [`add`](Self::add): the store does not distinguish them).
+    pub fn update(&self, obj: Arc<K>) -> Result<Option<Arc<K>>, StoreError> {
+        self.add(obj)
+    }
+
+    /// Removes the object with `obj`'s key; returns what was stored, if anything.
+    pub fn delete(&self, obj: &K) -> Result<Option<Arc<K>>, StoreError> {
+        let key = self.key_of(obj)?;
+        Ok(self.delete_key(&key))
+    }
+
+    /// Removes the object stored under `key`; returns it, if any.
+    pub fn delete_key(&self, key: &ObjectKey) -> Option<Arc<K>> {
+        if !self.store.shared.current.load().contains_key(key) {
+            return None;
+        }
+        self.write(|s| s.take(key))
+    }
+
+    /// Replaces the whole content with `objs` (indexes rebuilt), as one atomic change.
+    ///
+    /// Nothing is changed if any object cannot be keyed.
+    pub fn replace(&self, objs: impl IntoIterator<Item = Arc<K>>) -> Result<(), StoreError> {
+        let mut objects = crate::hash::FastHashMap::default();
+        for obj in objs {
+            objects.insert(self.stored_key(&obj)?, obj);
+        }
+        let mut slots = Vec::with_capacity(objects.len());
+        for (key, obj) in &objects {
+            slots.push((key.clone(), self.slot_of(key, obj)?));
+        }
+        let items = KeyMap::from_entries(slots);
+        self.write(|s| {
+            // Indexes are computed from the objects given, never by decoding packed ones.
+            let rebuilt: Vec<(Arc<str>, ValueMap<K>)> = s
+                .index_funcs
+                .iter()
+                .map(|(name, func)| (name.clone(), build_index(func, objects.iter())))
+                .collect();
+            s.indices = rebuilt.into_iter().collect();
+            s.items = items;
+        });
+        Ok(())
     }
 }
 
