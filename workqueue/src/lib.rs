@@ -70,6 +70,7 @@
 //! ```
 
 pub mod delaying;
+mod hash;
 pub mod limiter;
 pub mod metrics;
 pub mod queue;

@@ -67,6 +67,8 @@
 //! ```
 
 use std::collections::{HashMap, VecDeque};
+
+use crate::hash::{RandomState, random_state};
 use std::hash::Hash;
 use std::sync::Arc;
 use std::sync::Weak;
@@ -193,10 +195,10 @@ struct State<T> {
     queue: VecDeque<T>,
     /// Items added and not yet handed out, with the time of their first add when metrics are
     /// on. Includes items being processed that were added again meanwhile.
-    dirty: HashMap<T, Option<Instant>>,
+    dirty: HashMap<T, Option<Instant>, RandomState>,
     /// Items handed out and not yet done, with the time they were handed out when metrics
     /// are on.
-    processing: HashMap<T, Option<Instant>>,
+    processing: HashMap<T, Option<Instant>, RandomState>,
     shutting_down: bool,
     drain: bool,
 }
@@ -228,8 +230,8 @@ impl<T: Clone + Eq + Hash + Send + Sync + 'static> Queue<T> {
             name: config.name,
             state: Mutex::new(State {
                 queue: VecDeque::new(),
-                dirty: HashMap::new(),
-                processing: HashMap::new(),
+                dirty: HashMap::with_hasher(random_state()),
+                processing: HashMap::with_hasher(random_state()),
                 shutting_down: false,
                 drain: false,
             }),
