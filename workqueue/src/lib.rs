@@ -75,6 +75,7 @@ pub mod limiter;
 pub mod metrics;
 pub mod queue;
 pub mod rate_limiting;
+mod waiters;
 
 pub use delaying::{DelayingError, DelayingQueue};
 pub use limiter::{
