@@ -23,8 +23,12 @@
 //!   [`Done::Requeued`]). Any number of adds during one processing produce exactly one more run.
 //! - **FIFO.** Distinct items are handed out in the order they were first queued.
 //! - **One wake per item.** Each queued item wakes at most one waiting [`Queue::get`], and none
-//!   when a getter already woken will take it, so eight idle workers are not
+//!   when a getter already woken (or about to look) will take it, so eight idle workers are not
 //!   all woken for one item. A woken `get` that is cancelled hands its wake-up to another one.
+//! - **Idle getters spin briefly, never long.** A `get` that finds nothing watches for the next
+//!   add for a few microseconds (a bounded loop of spin-loop hints, one getter at a time)
+//!   before it sleeps: when items arrive about as fast as workers take them, that saves parking
+//!   and unparking a thread per item.
 //! - **Depth is client-go's.** The depth metric ([`QueueMetrics::depth`]) counts items added and
 //!   not yet handed out, including items being processed that were added again (they are
 //!   handed out after `done`). [`Queue::len`] counts only the items waiting in the FIFO.
@@ -79,7 +83,7 @@ use std::hash::Hash;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::Weak;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -188,6 +192,8 @@ struct Inner<T> {
     /// Woken when a drain may have completed.
     drained: Notify,
     metrics: Option<Arc<dyn QueueMetrics>>,
+    /// Set by an add while a getter spins (see [`spin_until`]).
+    spin_signal: AtomicBool,
     unexpected_done: AtomicU64,
     refresher: Mutex<Option<JoinHandle<()>>>,
 }
@@ -212,6 +218,8 @@ struct State<T> {
     dirty_processing: usize,
     /// Getters waiting for an item.
     waiters: Waiters,
+    /// True while one idle getter spins, watching for the next add before it sleeps.
+    spinning: bool,
     /// Timestamps for the metrics (`None` without metrics).
     stamps: Option<Stamps<T>>,
     shutting_down: bool,
@@ -261,8 +269,14 @@ impl<T> State<T> {
 
     /// The getter to wake for an item just queued: one per item, and none when enough getters
     /// are already woken for the items waiting.
-    fn wake_for_new_item(&mut self) -> Option<Waker> {
-        if self.waiters.should_wake(self.queue.len(), 0) {
+    fn wake_for_new_item(&mut self, spin_signal: &AtomicBool) -> Option<Waker> {
+        if self.spinning {
+            spin_signal.store(true, Ordering::Release);
+        }
+        if self
+            .waiters
+            .should_wake(self.queue.len(), usize::from(self.spinning))
+        {
             self.waiters.wake_one()
         } else {
             None
@@ -349,12 +363,14 @@ impl<T: Clone + Eq + Hash + Send + Sync + 'static> Queue<T> {
                 processing: 0,
                 dirty_processing: 0,
                 waiters: Waiters::default(),
+                spinning: false,
                 stamps: metrics.as_ref().map(|_| Stamps::new()),
                 shutting_down: false,
                 drain: false,
             }),
             drained: Notify::new(),
             metrics,
+            spin_signal: AtomicBool::new(false),
             unexpected_done: AtomicU64::new(0),
             refresher: Mutex::new(None),
         });
@@ -405,7 +421,7 @@ impl<T: Clone + Eq + Hash + Send + Sync + 'static> Queue<T> {
                     metrics.depth(state.depth() + 1);
                 }
                 state.queue.push_back(item);
-                let wake = state.wake_for_new_item();
+                let wake = state.wake_for_new_item(&self.inner.spin_signal);
                 drop(guard);
                 if let Some(waker) = wake {
                     waker.wake();
@@ -463,7 +479,7 @@ impl<T: Clone + Eq + Hash + Send + Sync + 'static> Queue<T> {
             }
             let drained = state.shutting_down && state.processing == 0 && state.queue.is_empty();
             let wake = match outcome {
-                Done::Requeued => state.wake_for_new_item(),
+                Done::Requeued => state.wake_for_new_item(&self.inner.spin_signal),
                 _ => None,
             };
             (outcome, drained, wake)
@@ -602,9 +618,13 @@ impl<T: Clone + Eq + Hash> Future for Get<'_, T> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
         let inner = self.inner;
-        {
+        let mut spun = false;
+        loop {
             let mut guard = inner.state.lock();
             let state = &mut *guard;
+            if spun {
+                state.spinning = false;
+            }
             if state.shutting_down && !state.drain {
                 if let Some(id) = self.wait.take() {
                     let _ = state.waiters.release(id);
@@ -631,6 +651,17 @@ impl<T: Clone + Eq + Hash> Future for Get<'_, T> {
                 }
                 return Poll::Ready(None);
             }
+            if !spun && !state.spinning {
+                // Nothing waiting: before sleeping, watch briefly for the next add (one
+                // getter at a time), which saves parking and unparking a thread when items
+                // trickle in about as fast as workers take them.
+                state.spinning = true;
+                inner.spin_signal.store(false, Ordering::Relaxed);
+                drop(guard);
+                spin_until(&inner.spin_signal);
+                spun = true;
+                continue;
+            }
             match self.wait {
                 Some(id) => state.waiters.rearm(id, cx.waker()),
                 None => {
@@ -639,7 +670,24 @@ impl<T: Clone + Eq + Hash> Future for Get<'_, T> {
                     self.wait = Some(id);
                 }
             }
-            Poll::Pending
+            return Poll::Pending;
+        }
+    }
+}
+
+/// How often an idle getter looks for a new item before it sleeps, and how many spin-loop
+/// hints it waits between two looks: a few microseconds in all, bounded.
+const SPIN_CHECKS: u32 = 32;
+const PAUSES_PER_CHECK: u32 = 8;
+
+/// Waits until `signal` is set, or the bounded spin is over.
+fn spin_until(signal: &AtomicBool) {
+    for _ in 0..SPIN_CHECKS {
+        for _ in 0..PAUSES_PER_CHECK {
+            std::hint::spin_loop();
+        }
+        if signal.load(Ordering::Acquire) {
+            return;
         }
     }
 }
