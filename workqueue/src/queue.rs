@@ -83,7 +83,7 @@ use std::hash::Hash;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::Weak;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -95,7 +95,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::metrics::{MetricsProvider, QueueMetrics};
-use crate::waiters::{WaitId, Waiters};
+use crate::waiters::{SpinSignal, WaitId, Waiters, spin_until};
 
 /// How often the unfinished-work and longest-running gauges are refreshed when a metrics
 /// provider is configured (client-go uses the same period).
@@ -193,7 +193,7 @@ struct Inner<T> {
     drained: Notify,
     metrics: Option<Arc<dyn QueueMetrics>>,
     /// Set by an add while a getter spins (see [`spin_until`]).
-    spin_signal: AtomicBool,
+    spin_signal: SpinSignal,
     unexpected_done: AtomicU64,
     refresher: Mutex<Option<JoinHandle<()>>>,
 }
@@ -269,9 +269,9 @@ impl<T> State<T> {
 
     /// The getter to wake for an item just queued: one per item, and none when enough getters
     /// are already woken for the items waiting.
-    fn wake_for_new_item(&mut self, spin_signal: &AtomicBool) -> Option<Waker> {
+    fn wake_for_new_item(&mut self, spin_signal: &SpinSignal) -> Option<Waker> {
         if self.spinning {
-            spin_signal.store(true, Ordering::Release);
+            spin_signal.set();
         }
         if self
             .waiters
@@ -370,7 +370,7 @@ impl<T: Clone + Eq + Hash + Send + Sync + 'static> Queue<T> {
             }),
             drained: Notify::new(),
             metrics,
-            spin_signal: AtomicBool::new(false),
+            spin_signal: SpinSignal::default(),
             unexpected_done: AtomicU64::new(0),
             refresher: Mutex::new(None),
         });
@@ -656,7 +656,7 @@ impl<T: Clone + Eq + Hash> Future for Get<'_, T> {
                 // getter at a time), which saves parking and unparking a thread when items
                 // trickle in about as fast as workers take them.
                 state.spinning = true;
-                inner.spin_signal.store(false, Ordering::Relaxed);
+                inner.spin_signal.reset();
                 drop(guard);
                 spin_until(&inner.spin_signal);
                 spun = true;
@@ -671,23 +671,6 @@ impl<T: Clone + Eq + Hash> Future for Get<'_, T> {
                 }
             }
             return Poll::Pending;
-        }
-    }
-}
-
-/// How often an idle getter looks for a new item before it sleeps, and how many spin-loop
-/// hints it waits between two looks: a few microseconds in all, bounded.
-const SPIN_CHECKS: u32 = 32;
-const PAUSES_PER_CHECK: u32 = 8;
-
-/// Waits until `signal` is set, or the bounded spin is over.
-fn spin_until(signal: &AtomicBool) {
-    for _ in 0..SPIN_CHECKS {
-        for _ in 0..PAUSES_PER_CHECK {
-            std::hint::spin_loop();
-        }
-        if signal.load(Ordering::Acquire) {
-            return;
         }
     }
 }

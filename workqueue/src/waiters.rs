@@ -20,7 +20,45 @@
 //!   ([`Waiters::release`] tells the queue it was woken), so cancelling a `get` never strands an
 //!   item.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Waker;
+
+/// How often an idle getter looks for a new item before it sleeps, and how many spin-loop
+/// hints it waits between two looks: a few microseconds in all, bounded.
+const SPIN_CHECKS: u32 = 32;
+const PAUSES_PER_CHECK: u32 = 8;
+
+/// The flag an add sets for a spinning getter, alone on its cache line: the spinner reads it in
+/// a loop, and sharing a line with the queue's lock would slow every add down.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub(crate) struct SpinSignal(AtomicBool);
+
+impl SpinSignal {
+    /// Clears the flag before a getter starts spinning.
+    pub(crate) fn reset(&self) {
+        self.0.store(false, Ordering::Relaxed);
+    }
+
+    /// Tells the spinning getter an item is there.
+    pub(crate) fn set(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+/// Waits until `signal` is set (an add saw a spinning getter), or the bounded spin is over.
+/// The caller looks at the queue again under its lock either way.
+pub(crate) fn spin_until(signal: &SpinSignal) {
+    let signal = &signal.0;
+    for _ in 0..SPIN_CHECKS {
+        for _ in 0..PAUSES_PER_CHECK {
+            std::hint::spin_loop();
+        }
+        if signal.load(Ordering::Acquire) {
+            return;
+        }
+    }
+}
 
 /// A registered waiter: its slot and the slot's generation when it was registered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
