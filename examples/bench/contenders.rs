@@ -318,6 +318,20 @@ pub static CONTENDERS: &[Contender] = &[
     },
     Contender {
         workload: Workload::Workqueue,
+        name: "reflex PriorityQueue, one priority",
+        reference: false,
+        runner: rust!(crate::queue::reflex_priority_one),
+        about: "reflex_workqueue::PriorityQueue (aging on), every add at priority 0",
+    },
+    Contender {
+        workload: Workload::Workqueue,
+        name: "reflex PriorityQueue, priorities -1/0/1",
+        reference: false,
+        runner: rust!(crate::queue::reflex_priority_mixed),
+        about: "reflex_workqueue::PriorityQueue (aging on), a third of the keys at each of -1, 0, 1",
+    },
+    Contender {
+        workload: Workload::Workqueue,
         name: "kube-runtime scheduler",
         reference: false,
         runner: rust!(crate::queue::kube_runtime),

@@ -1,7 +1,8 @@
 //! Workqueue throughput: 20k adds over 10k distinct keys (every key twice, so half of the adds
 //! are duplicates), taken by 1, 2 and 8 workers that `get` and `done` each item; the time runs
 //! from the first add until the queue is drained. Each worker count runs `rounds` times and
-//! the median counts. Figures: `w{1,2,8}_adds_per_s`.
+//! the median counts. Figures: `w{1,2,8}_adds_per_s`. The same runs with a `PriorityQueue`, all
+//! adds at one priority or spread over three.
 //!
 //! The scale rows (`workqueue-scale`) run the same duplicate pattern over `scale_keys` distinct
 //! keys (1M; 100k in quick mode) with 8 and with 1,000 workers, the shape of
@@ -10,7 +11,7 @@
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use reflex_workqueue::Queue;
+use reflex_workqueue::{AddOpts, PriorityQueue, Queue, default_controller_rate_limiter};
 
 use crate::Params;
 use crate::contenders::{Keep, Run};
@@ -89,6 +90,83 @@ pub async fn reflex(p: Params) -> Run {
         );
     }
     Ok((figures, Box::new(()) as Keep))
+}
+
+/// How the priority-queue rows pick each add's priority.
+#[derive(Debug, Clone, Copy)]
+enum Priorities {
+    /// Every add at priority 0.
+    One,
+    /// Priorities -1, 0 and 1 by key (a third each).
+    Mixed,
+}
+
+async fn priority_round(
+    keys: &[u64],
+    workers: usize,
+    priorities: Priorities,
+) -> Result<Duration, String> {
+    let queue: PriorityQueue<u64> = PriorityQueue::new(default_controller_rate_limiter());
+    let start = Instant::now();
+    let handles: Vec<_> = (0..workers)
+        .map(|_| {
+            let queue = queue.clone();
+            tokio::spawn(async move {
+                let mut handled = 0_usize;
+                while let Some(key) = queue.get().await {
+                    std::hint::black_box(key);
+                    let _ = queue.done(&key);
+                    handled += 1;
+                }
+                handled
+            })
+        })
+        .collect();
+    for key in keys {
+        let _ = match priorities {
+            Priorities::One => queue.add(*key),
+            Priorities::Mixed => queue
+                .add_with_opts(*key, AddOpts::priority((key % 3) as i32 - 1))
+                .map_err(|e| e.to_string())?,
+        };
+    }
+    queue.shut_down_with_drain().await;
+    let elapsed = start.elapsed();
+    let mut handled = 0;
+    for handle in handles {
+        handled += handle.await.map_err(|e| format!("worker: {e}"))?;
+    }
+    if handled < DISTINCT_KEYS as usize {
+        return Err(format!("only {handled} items handled"));
+    }
+    Ok(elapsed)
+}
+
+async fn priority_rows(p: Params, priorities: Priorities) -> Run {
+    let keys = keys();
+    let mut figures = Figures::new();
+    for workers in WORKERS {
+        let mut times = Vec::new();
+        for _ in 0..p.rounds.max(1) {
+            times.push(priority_round(&keys, workers, priorities).await?);
+        }
+        let t = median(times);
+        figures.insert(
+            format!("w{workers}_adds_per_s"),
+            keys.len() as f64 / t.as_secs_f64(),
+        );
+    }
+    Ok((figures, Box::new(()) as Keep))
+}
+
+/// Reflex's `PriorityQueue`, every add at one priority.
+pub async fn reflex_priority_one(p: Params) -> Run {
+    priority_rows(p, Priorities::One).await
+}
+
+/// Reflex's `PriorityQueue`, adds at priorities -1, 0 and 1.
+pub async fn reflex_priority_mixed(p: Params) -> Run {
+    priority_rows(p, Priorities::Mixed).await
 }
 
 /// Reflex's `Queue` on the scale rows.
