@@ -1062,32 +1062,37 @@ impl<T> State<T> {
         let top = self.front(top_at)?;
         let mut chosen = (top_at, top);
         if let Some(max_wait) = max_wait {
-            let now = self.now();
-            // No item has aged before `young_until` (the oldest one had not when it was set,
-            // and the oldest only gets younger), so most gets skip the search.
-            if now >= self.young_until {
-                // The item ready longest is the oldest of the levels' first live tickets.
-                let mut oldest = (top_at, top);
-                for at in 0..top_at {
-                    if self.levels[at].live > 0
-                        && let Some(ticket) = self.front(at)
-                        && ticket.seq < oldest.1.seq
-                    {
-                        oldest = (at, ticket);
+            if !self.levels[..top_at].iter().any(|level| level.live > 0) {
+                // One priority level: the oldest item is the top one.
+                self.aged_turn = false;
+            } else {
+                let now = self.now();
+                // No item has aged before `young_until` (the oldest one had not when it was
+                // set, and the oldest only gets younger), so most gets skip the search.
+                if now >= self.young_until {
+                    // The item ready longest is the oldest of the levels' first live tickets.
+                    let mut oldest = (top_at, top);
+                    for at in 0..top_at {
+                        if self.levels[at].live > 0
+                            && let Some(ticket) = self.front(at)
+                            && ticket.seq < oldest.1.seq
+                        {
+                            oldest = (at, ticket);
+                        }
                     }
-                }
-                let since = self.slots[oldest.1.slot as usize].at;
-                if oldest.1 == top {
-                    self.aged_turn = false;
-                } else if now.saturating_duration_since(since) >= max_wait {
-                    if self.aged_turn {
-                        chosen = oldest;
+                    let since = self.slots[oldest.1.slot as usize].at;
+                    if oldest.1 == top {
                         self.aged_turn = false;
+                    } else if now.saturating_duration_since(since) >= max_wait {
+                        if self.aged_turn {
+                            chosen = oldest;
+                            self.aged_turn = false;
+                        } else {
+                            self.aged_turn = true;
+                        }
                     } else {
-                        self.aged_turn = true;
+                        self.young_until = since + max_wait;
                     }
-                } else {
-                    self.young_until = since + max_wait;
                 }
             }
         }
@@ -1352,6 +1357,7 @@ async fn run_timer<T: Clone + Eq + Hash>(shared: Arc<Shared<T>>) {
         .max_wait
         .map(|max_wait| (max_wait / COARSE_TICKS_PER_MAX_WAIT).max(Duration::from_millis(1)));
     let mut wakers = Vec::new();
+    let mut next_tick_at: Option<Instant> = None;
     loop {
         let notified = shared.timer_wake.notified();
         tokio::pin!(notified);
@@ -1364,6 +1370,7 @@ async fn run_timer<T: Clone + Eq + Hash>(shared: Arc<Shared<T>>) {
             }
             let now = Instant::now();
             let stamp = stamped.then_some(now);
+            state.ticking &= aging;
             let mut fired = 0_usize;
             while let Some(&Reverse(top)) = state.delays.peek() {
                 let live = {
@@ -1385,13 +1392,28 @@ async fn run_timer<T: Clone + Eq + Hash>(shared: Arc<Shared<T>>) {
                     fired += 1;
                 }
             }
-            // The coarse clock of aging runs while items are ready, and for a period after.
-            state.ticking = aging && (state.ready > 0 || state.readied);
-            state.readied = false;
+            // The coarse clock of aging runs while items are ready, and for a tick after the
+            // last one became ready; other wake-ups (an add, a delay) only read the clock.
+            if state.ticking {
+                match next_tick_at {
+                    None => next_tick_at = tick.map(|tick| now + tick),
+                    Some(at) if now >= at => {
+                        if state.ready == 0 && !state.readied {
+                            state.ticking = false;
+                            next_tick_at = None;
+                        } else {
+                            next_tick_at = tick.map(|tick| now + tick);
+                        }
+                        state.readied = false;
+                    }
+                    Some(_) => {}
+                }
+            } else {
+                next_tick_at = None;
+            }
             state.coarse_now = now;
             let next_delay = state.delays.peek().map(|Reverse(top)| top.ready_at);
-            let next_tick = tick.filter(|_| state.ticking).map(|tick| now + tick);
-            let next = match (next_delay, next_tick) {
+            let next = match (next_delay, next_tick_at) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
