@@ -30,6 +30,8 @@ pub enum Workload {
     Burst,
     /// add/get/done over 10k keys with 50% duplicates at 1, 2 and 8 workers.
     Workqueue,
+    /// The same over 1M keys (100k in quick mode) at 8 and 1,000 workers.
+    WorkqueueScale,
     /// Cache get and list-by-namespace with a concurrent writer.
     Reads,
 }
@@ -60,11 +62,12 @@ const fn col(key: &'static str, label: &'static str, better: Better) -> Column {
 
 impl Workload {
     /// Every workload, in table order.
-    pub const ALL: [Workload; 5] = [
+    pub const ALL: [Workload; 6] = [
         Workload::Sync,
         Workload::Steady,
         Workload::Burst,
         Workload::Workqueue,
+        Workload::WorkqueueScale,
         Workload::Reads,
     ];
 
@@ -75,13 +78,21 @@ impl Workload {
             Workload::Steady => "steady",
             Workload::Burst => "burst",
             Workload::Workqueue => "workqueue",
+            Workload::WorkqueueScale => "workqueue-scale",
             Workload::Reads => "reads",
         }
     }
 
-    /// Parses a `--only` value.
-    pub fn parse(s: &str) -> Option<Workload> {
-        Workload::ALL.into_iter().find(|w| w.name() == s)
+    /// Parses a `--only` value: one workload, except `workqueue`, which also selects its
+    /// scale rows.
+    pub fn parse(s: &str) -> Option<Vec<Workload>> {
+        if s == "workqueue" {
+            return Some(vec![Workload::Workqueue, Workload::WorkqueueScale]);
+        }
+        Workload::ALL
+            .into_iter()
+            .find(|w| w.name() == s)
+            .map(|w| vec![w])
     }
 
     /// The figures printed for this workload (peak memory is added to each by the harness).
@@ -91,6 +102,7 @@ impl Workload {
             Workload::Steady => STEADY_COLUMNS,
             Workload::Burst => BURST_COLUMNS,
             Workload::Workqueue => QUEUE_COLUMNS,
+            Workload::WorkqueueScale => QUEUE_SCALE_COLUMNS,
             Workload::Reads => READ_COLUMNS,
         }
     }
@@ -115,6 +127,11 @@ const QUEUE_COLUMNS: &[Column] = &[
     col("w1_adds_per_s", "1 worker (adds/s)", Better::Higher),
     col("w2_adds_per_s", "2 workers", Better::Higher),
     col("w8_adds_per_s", "8 workers", Better::Higher),
+];
+const QUEUE_SCALE_COLUMNS: &[Column] = &[
+    col("w8_adds_per_s", "8 workers (adds/s)", Better::Higher),
+    col("w1000_adds_per_s", "1000 workers", Better::Higher),
+    col("w1000_over_w8", "1000 / 8 workers", Better::Higher),
 ];
 const READ_COLUMNS: &[Column] = &[
     col("get_per_s_10k", "get/s 10k", Better::Higher),
@@ -305,6 +322,20 @@ pub static CONTENDERS: &[Contender] = &[
     },
     Contender {
         workload: Workload::Workqueue,
+        name: "reflex PriorityQueue, one priority",
+        reference: false,
+        runner: rust!(crate::queue::reflex_priority_one),
+        about: "reflex_workqueue::PriorityQueue (aging on), every add at priority 0",
+    },
+    Contender {
+        workload: Workload::Workqueue,
+        name: "reflex PriorityQueue, priorities -1/0/1",
+        reference: false,
+        runner: rust!(crate::queue::reflex_priority_mixed),
+        about: "reflex_workqueue::PriorityQueue (aging on), a third of the keys at each of -1, 0, 1",
+    },
+    Contender {
+        workload: Workload::Workqueue,
         name: "kube-runtime scheduler",
         reference: false,
         runner: rust!(crate::queue::kube_runtime),
@@ -316,6 +347,20 @@ pub static CONTENDERS: &[Contender] = &[
         reference: false,
         runner: Runner::Go,
         about: "workqueue.NewTyped[int], worker goroutines, GOMAXPROCS=2",
+    },
+    Contender {
+        workload: Workload::WorkqueueScale,
+        name: "reflex Queue, 1M keys (100k in --quick)",
+        reference: true,
+        runner: rust!(crate::queue::reflex_scale),
+        about: "reflex_workqueue::Queue, 2M adds over 1M keys, 8 and 1000 worker tasks on 2 threads",
+    },
+    Contender {
+        workload: Workload::WorkqueueScale,
+        name: "client-go workqueue, 1M keys (100k in --quick)",
+        reference: false,
+        runner: Runner::Go,
+        about: "workqueue.NewTyped[int], 2M adds over 1M keys, 8 and 1000 goroutines, GOMAXPROCS=2",
     },
     Contender {
         workload: Workload::Reads,

@@ -74,6 +74,10 @@ pub struct Sizes {
     pub write_rate: u64,
     /// Workqueue rounds.
     pub rounds: usize,
+    /// Distinct keys of the workqueue scale rows.
+    pub scale_keys: usize,
+    /// Rounds of the workqueue scale rows.
+    pub scale_rounds: usize,
 }
 
 impl Sizes {
@@ -92,6 +96,8 @@ impl Sizes {
             read_ms: if cli.quick { 500 } else { 3_000 },
             write_rate: 1_000,
             rounds: if cli.quick { 3 } else { 11 },
+            scale_keys: if cli.quick { 100_000 } else { 1_000_000 },
+            scale_rounds: if cli.quick { 3 } else { 5 },
         }
     }
 }
@@ -100,9 +106,9 @@ impl Sizes {
 pub fn run(cli: &Cli) -> Result<(), HarnessError> {
     let mut only = Vec::new();
     for w in &cli.only {
-        only.push(Workload::parse(w).ok_or_else(|| {
+        only.extend(Workload::parse(w).ok_or_else(|| {
             HarnessError::Usage(format!(
-                "unknown workload {w:?} (sync, steady, burst, workqueue, reads)"
+                "unknown workload {w:?} (sync, steady, burst, workqueue, workqueue-scale, reads)"
             ))
         })?);
     }
@@ -150,6 +156,8 @@ pub fn run(cli: &Cli) -> Result<(), HarnessError> {
         read_ms: sizes.read_ms,
         write_rate: sizes.write_rate,
         rounds: sizes.rounds,
+        scale_keys: sizes.scale_keys,
+        scale_rounds: sizes.scale_rounds,
     };
 
     let exe = std::env::current_exe().map_err(|source| HarnessError::Write {

@@ -19,7 +19,8 @@
 //! at `--rate` per second, each carrying its write time, to an informer with 4 handlers
 //! enqueueing into a rate-limited queue: latency), `burst` (the same, written as fast as the
 //! server takes them: events per second sustained), `workqueue` (add/get/done over 10k keys with 50%
-//! duplicates), `reads` (get and list-by-namespace with a concurrent writer).
+//! duplicates; `--only workqueue` also runs `workqueue-scale`: the same over 1M keys at 8 and
+//! 1,000 workers), `reads` (get and list-by-namespace with a concurrent writer).
 //!
 //! No figure is asserted: CI runs `--quick` so the harness cannot rot.
 
@@ -50,7 +51,8 @@ pub struct Cli {
     /// Number of Pods for the initial sync and the cache reads.
     #[arg(long)]
     objects: Option<usize>,
-    /// Run only this workload: sync, steady, burst, workqueue or reads (repeatable).
+    /// Run only this workload: sync, steady, burst, workqueue (with workqueue-scale),
+    /// workqueue-scale or reads (repeatable).
     #[arg(long)]
     only: Vec<String>,
     /// Where results.json and chart.svg go (default: <target>/bench).
@@ -97,6 +99,12 @@ pub struct Params {
     /// Rounds of the workqueue workload (the median counts).
     #[arg(long, hide = true, default_value_t = 0)]
     pub rounds: usize,
+    /// Distinct keys of the workqueue scale rows.
+    #[arg(long, hide = true, default_value_t = 0)]
+    pub scale_keys: usize,
+    /// Rounds of the workqueue scale rows (the median counts).
+    #[arg(long, hide = true, default_value_t = 0)]
+    pub scale_rounds: usize,
 }
 
 impl Params {
@@ -119,6 +127,10 @@ impl Params {
             self.write_rate.to_string(),
             "--rounds".into(),
             self.rounds.to_string(),
+            "--scale-keys".into(),
+            self.scale_keys.to_string(),
+            "--scale-rounds".into(),
+            self.scale_rounds.to_string(),
         ]
     }
 }

@@ -65,7 +65,7 @@ pub fn table(rows: &[Row], sizes: &Sizes, machine: &Value) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "\nReflex side by side ({} mode): {} Pods in {} namespaces; steady state: {} updates at {}/s over {} Pods; reads: {} ms per phase, writer at {}/s",
+        "\nReflex side by side ({} mode): {} Pods in {} namespaces; steady state: {} updates at {}/s over {} Pods; reads: {} ms per phase, writer at {}/s; workqueue: median of {} rounds, scale rows {} keys, median of {} rounds",
         if sizes.quick { "quick" } else { "full" },
         sizes.pods,
         sizes.namespaces,
@@ -74,6 +74,9 @@ pub fn table(rows: &[Row], sizes: &Sizes, machine: &Value) -> String {
         sizes.steady_pods,
         sizes.read_ms,
         sizes.write_rate,
+        sizes.rounds,
+        sizes.scale_keys,
+        sizes.scale_rounds,
     );
     let _ = writeln!(
         out,
@@ -99,7 +102,7 @@ pub fn table(rows: &[Row], sizes: &Sizes, machine: &Value) -> String {
             .unwrap_or(10)
             .max(10);
         let _ = writeln!(out);
-        let mut head = format!("{:<10} {:<name_width$}", "workload", "contender");
+        let mut head = format!("{:<15} {:<name_width$}", "workload", "contender");
         for c in columns {
             let _ = write!(head, " | {:>18} {:>7}", c.label, "ratio");
         }
@@ -107,7 +110,7 @@ pub fn table(rows: &[Row], sizes: &Sizes, machine: &Value) -> String {
         let _ = writeln!(out, "{}", "-".repeat(head.len()));
         for row in these {
             let mut line = format!(
-                "{:<10} {:<name_width$}",
+                "{:<15} {:<name_width$}",
                 workload.name(),
                 row.contender.name
             );

@@ -23,6 +23,14 @@
 //!   or release enqueues both owners);
 //! - [`watches`](Controller::watches): whatever keys the mapper returns.
 //!
+//! With [`ControllerOptions::priority_queue`] (or a [`PriorityQueue`] given to
+//! [`Controller::queue`]) keys of the initial list (`on_add` flagged as part of it) and of
+//! resyncs go in at [`LOW_PRIORITY`] and every real change at [`NORMAL_PRIORITY`]: a change made
+//! while a restarted controller works through its initial list is reconciled first, and aging
+//! keeps the backlog from starving. A retry or requeue keeps the priority its key was handed
+//! out at. Resyncs are queued only with the priority queue (behind every real change); the
+//! default FIFO skips them.
+//!
 //! Outcomes: `Ok(Action::requeue_after(d))` forgets the key's failures and adds it back after
 //! `d`; `Ok(Action::done())` forgets it; `Err(e)` asks the error policy for an [`ErrorAction`]
 //! (rate-limited retry, retry after a delay, or drop). A panicking reconcile is caught, logged,
@@ -116,8 +124,12 @@ use reflex_informer::handler::DeltaObject;
 use reflex_informer::handler::handler_fn;
 use reflex_informer::key::ObjectKey;
 use reflex_informer::{InformerError, SharedIndexInformer};
+use reflex_workqueue::priority::{LOW_PRIORITY, NORMAL_PRIORITY};
 use reflex_workqueue::queue::QueueConfig;
-use reflex_workqueue::{RateLimitingQueue, default_controller_rate_limiter};
+use reflex_workqueue::{
+    AddOpts, Added, DelayingError, PriorityQueue, PriorityQueueConfig, RateLimitingQueue,
+    default_controller_rate_limiter,
+};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -230,6 +242,13 @@ pub struct ControllerOptions {
     /// under that name (a queue given to [`Controller::queue`] reports wherever it was built
     /// to). Controllers sharing a name share their series. Default: none.
     pub metrics: Option<Metrics>,
+    /// Build the default queue as a [`PriorityQueue`] (aging after
+    /// [`DEFAULT_MAX_WAIT`](reflex_workqueue::priority::DEFAULT_MAX_WAIT)): keys of the initial
+    /// list and of resyncs go in at [`LOW_PRIORITY`], real changes at [`NORMAL_PRIORITY`], so a
+    /// change made while a restarted controller works through its initial list is reconciled
+    /// first. Resyncs, which the default queue skips, are then queued (at low priority). A
+    /// queue given to [`Controller::queue`] takes precedence. Default: false.
+    pub priority_queue: bool,
 }
 
 impl Default for ControllerOptions {
@@ -240,6 +259,7 @@ impl Default for ControllerOptions {
             shutdown_grace: Duration::from_secs(30),
             shutdown: CancellationToken::new(),
             metrics: None,
+            priority_queue: false,
         }
     }
 }
@@ -293,7 +313,117 @@ impl ControllerMetrics {
     }
 }
 
-type Queue = RateLimitingQueue<ObjectKey>;
+/// The queue of a [`Controller`]: the default rate-limited FIFO, or a priority queue (see
+/// [`ControllerOptions::priority_queue`]). Both convert from their queue, for
+/// [`Controller::queue`].
+#[derive(Debug, Clone)]
+pub enum ControllerQueue {
+    /// A FIFO with per-key backoff; priorities are ignored and resyncs are not queued.
+    RateLimited(RateLimitingQueue<ObjectKey>),
+    /// Initial-list keys and resyncs at [`LOW_PRIORITY`], real changes at [`NORMAL_PRIORITY`];
+    /// a retry keeps the priority its key was handed out at.
+    Priority(PriorityQueue<ObjectKey>),
+}
+
+impl From<RateLimitingQueue<ObjectKey>> for ControllerQueue {
+    fn from(queue: RateLimitingQueue<ObjectKey>) -> Self {
+        ControllerQueue::RateLimited(queue)
+    }
+}
+
+impl From<PriorityQueue<ObjectKey>> for ControllerQueue {
+    fn from(queue: PriorityQueue<ObjectKey>) -> Self {
+        ControllerQueue::Priority(queue)
+    }
+}
+
+impl ControllerQueue {
+    fn is_priority(&self) -> bool {
+        matches!(self, ControllerQueue::Priority(_))
+    }
+
+    fn add(&self, key: ObjectKey, priority: i32) {
+        let _ = match self {
+            ControllerQueue::RateLimited(queue) => queue.add(key),
+            ControllerQueue::Priority(queue) => {
+                // An add without a delay needs no runtime: it cannot fail.
+                queue
+                    .add_with_opts(key, AddOpts::priority(priority))
+                    .unwrap_or(Added::ShuttingDown)
+            }
+        };
+    }
+
+    async fn get(&self) -> Option<(ObjectKey, i32)> {
+        match self {
+            ControllerQueue::RateLimited(queue) => {
+                queue.get().await.map(|key| (key, NORMAL_PRIORITY))
+            }
+            ControllerQueue::Priority(queue) => queue.get_with_priority().await,
+        }
+    }
+
+    fn done(&self, key: &ObjectKey) {
+        let _ = match self {
+            ControllerQueue::RateLimited(queue) => queue.done(key),
+            ControllerQueue::Priority(queue) => queue.done(key),
+        };
+    }
+
+    fn forget(&self, key: &ObjectKey) {
+        match self {
+            ControllerQueue::RateLimited(queue) => queue.forget(key),
+            ControllerQueue::Priority(queue) => queue.forget(key),
+        }
+    }
+
+    fn add_rate_limited(&self, key: ObjectKey, priority: i32) -> Result<Added, DelayingError> {
+        match self {
+            ControllerQueue::RateLimited(queue) => queue.add_rate_limited(key),
+            ControllerQueue::Priority(queue) => queue.add_with_opts(
+                key,
+                AddOpts {
+                    rate_limited: true,
+                    ..AddOpts::priority(priority)
+                },
+            ),
+        }
+    }
+
+    fn add_after(
+        &self,
+        key: ObjectKey,
+        delay: Duration,
+        priority: i32,
+    ) -> Result<Added, DelayingError> {
+        match self {
+            ControllerQueue::RateLimited(queue) => queue.add_after(key, delay),
+            ControllerQueue::Priority(queue) => queue.add_with_opts(
+                key,
+                AddOpts {
+                    after: Some(delay),
+                    ..AddOpts::priority(priority)
+                },
+            ),
+        }
+    }
+
+    fn shut_down(&self) {
+        match self {
+            ControllerQueue::RateLimited(queue) => queue.shut_down(),
+            ControllerQueue::Priority(queue) => queue.shut_down(),
+        }
+    }
+
+    fn processing_len(&self) -> usize {
+        match self {
+            ControllerQueue::RateLimited(queue) => queue.queue().processing_len(),
+            ControllerQueue::Priority(queue) => queue.processing_len(),
+        }
+    }
+}
+
+type Queue = ControllerQueue;
 type Remover = Box<dyn FnOnce() + Send>;
 
 /// One informer the controller depends on, with its key mapping, type-erased.
@@ -339,9 +469,9 @@ impl<C> Clone for Role<C> {
     }
 }
 
-fn enqueue_all(queue: &Queue, keys: Vec<ObjectKey>) {
+fn enqueue_all(queue: &Queue, keys: Vec<ObjectKey>, priority: i32) {
     for key in keys {
-        let _ = queue.add(key);
+        queue.add(key, priority);
     }
 }
 
@@ -367,15 +497,29 @@ where
         let role = self.role.clone();
         let is_primary = matches!(role, Role::Primary { .. });
         let handler = handler_fn::<C>()
-            .on_add(move |obj, _| enqueue_all(&q_add, m_add(obj)))
+            .on_add(move |obj, is_in_initial_list| {
+                let priority = if is_in_initial_list {
+                    LOW_PRIORITY
+                } else {
+                    NORMAL_PRIORITY
+                };
+                enqueue_all(&q_add, m_add(obj), priority)
+            })
             .on_update(move |old, new| {
-                if old.meta().resource_version == new.meta().resource_version {
-                    return; // a resync: nothing changed
-                }
+                let priority = if old.meta().resource_version == new.meta().resource_version {
+                    // A resync: nothing changed. The FIFO queue skips it; the priority queue
+                    // takes it at low priority, behind every real change.
+                    if !q_upd.is_priority() {
+                        return;
+                    }
+                    LOW_PRIORITY
+                } else {
+                    NORMAL_PRIORITY
+                };
                 match &role {
                     Role::Primary { filter } => {
                         if filter.as_ref().is_none_or(|accept| accept(old, new)) {
-                            enqueue_all(&q_upd, m_upd(new));
+                            enqueue_all(&q_upd, m_upd(new), priority);
                         }
                     }
                     Role::Related => {
@@ -386,19 +530,19 @@ where
                                 keys.push(key);
                             }
                         }
-                        enqueue_all(&q_upd, keys);
+                        enqueue_all(&q_upd, keys, priority);
                     }
                 }
             })
             .on_delete(move |obj| match obj {
-                DeltaObject::Object(o) => enqueue_all(&q_del, m_del(o)),
+                DeltaObject::Object(o) => enqueue_all(&q_del, m_del(o), NORMAL_PRIORITY),
                 // The primary's tombstone carries its key even when the last state is unknown.
                 DeltaObject::Tombstone(t) if is_primary => {
-                    let _ = q_del.add(t.key.clone());
+                    q_del.add(t.key.clone(), NORMAL_PRIORITY);
                 }
                 DeltaObject::Tombstone(t) => {
                     if let Some(o) = &t.obj {
-                        enqueue_all(&q_del, m_del(o));
+                        enqueue_all(&q_del, m_del(o), NORMAL_PRIORITY);
                     }
                 }
             });
@@ -649,9 +793,11 @@ where
     }
 
     /// Replaces the default queue (`default_controller_rate_limiter()`, no metrics), for example
-    /// to name it, attach a metrics provider or change the backoff.
-    pub fn queue(mut self, queue: RateLimitingQueue<ObjectKey>) -> Self {
-        self.queue = Some(queue);
+    /// to name it, attach a metrics provider or change the backoff: a [`RateLimitingQueue`] or a
+    /// [`PriorityQueue`] (see [`ControllerOptions::priority_queue`] for what a priority queue
+    /// changes).
+    pub fn queue(mut self, queue: impl Into<ControllerQueue>) -> Self {
+        self.queue = Some(queue.into());
         self
     }
 
@@ -691,15 +837,29 @@ where
             metrics,
         } = self;
         let name = options.name.clone();
-        let queue = queue.unwrap_or_else(|| match &options.metrics {
-            Some(m) => Queue::with_config(
-                default_controller_rate_limiter(),
-                QueueConfig {
-                    name: name.clone(),
-                    metrics: Some(m.workqueue()),
-                },
-            ),
-            None => Queue::new(default_controller_rate_limiter()),
+        let queue = queue.unwrap_or_else(|| {
+            let metrics = options
+                .metrics
+                .as_ref()
+                .map(|m| -> Arc<dyn reflex_workqueue::MetricsProvider> { m.workqueue() });
+            if options.priority_queue {
+                ControllerQueue::Priority(PriorityQueue::with_config(
+                    default_controller_rate_limiter(),
+                    PriorityQueueConfig {
+                        name: name.clone(),
+                        metrics,
+                        ..PriorityQueueConfig::default()
+                    },
+                ))
+            } else {
+                ControllerQueue::RateLimited(RateLimitingQueue::with_config(
+                    default_controller_rate_limiter(),
+                    QueueConfig {
+                        name: name.clone(),
+                        metrics,
+                    },
+                ))
+            }
         });
         let recorder = options
             .metrics
@@ -816,7 +976,7 @@ where
         })
         .await;
         if finished.is_err() {
-            let in_flight = queue.queue().processing_len() as u64;
+            let in_flight = queue.processing_len() as u64;
             metrics
                 .counters
                 .abandoned
@@ -883,7 +1043,7 @@ where
 {
     async fn run_loop(self: Arc<Self>) {
         loop {
-            let key = tokio::select! {
+            let (key, priority) = tokio::select! {
                 biased;
                 () = self.stop.cancelled() => return,
                 key = self.queue.get() => match key {
@@ -891,12 +1051,13 @@ where
                     None => return,
                 },
             };
-            self.process(&key).await;
-            let _ = self.queue.done(&key);
+            self.process(&key, priority).await;
+            self.queue.done(&key);
         }
     }
 
-    async fn process(&self, key: &ObjectKey) {
+    /// Reconciles `key`, handed out at `priority` (a retry or requeue keeps it).
+    async fn process(&self, key: &ObjectKey, priority: i32) {
         self.counters.reconciles.fetch_add(1, Ordering::Relaxed);
         let span = tracing::info_span!("reconcile", controller = %self.name, key = %key);
         let active = self.recorder.as_ref().map(ControllerRecorder::started);
@@ -921,7 +1082,7 @@ where
                 if let Some(delay) = action.requeue_delay() {
                     tracing::debug!(delay = ?delay, "requeue requested");
                     self.requeued();
-                    self.add_after(key, delay);
+                    self.add_after(key, delay, priority);
                 }
             }
             Ok(Err(error)) => {
@@ -931,13 +1092,13 @@ where
                 match decision {
                     ErrorAction::RateLimited => {
                         self.requeued();
-                        if let Err(e) = self.queue.add_rate_limited(key.clone()) {
+                        if let Err(e) = self.queue.add_rate_limited(key.clone(), priority) {
                             tracing::error!(error = %e, "could not schedule a retry");
                         }
                     }
                     ErrorAction::RequeueAfter(delay) => {
                         self.requeued();
-                        self.add_after(key, delay);
+                        self.add_after(key, delay, priority);
                     }
                     ErrorAction::Drop => {
                         self.counters.dropped.fetch_add(1, Ordering::Relaxed);
@@ -954,15 +1115,15 @@ where
                     .unwrap_or_else(|| "non-string panic payload".to_owned());
                 tracing::error!(panic = %message, "reconcile panicked; retrying with backoff");
                 self.requeued();
-                if let Err(e) = self.queue.add_rate_limited(key.clone()) {
+                if let Err(e) = self.queue.add_rate_limited(key.clone(), priority) {
                     tracing::error!(error = %e, "could not schedule a retry");
                 }
             }
         }
     }
 
-    fn add_after(&self, key: &ObjectKey, delay: Duration) {
-        if let Err(e) = self.queue.add_after(key.clone(), delay) {
+    fn add_after(&self, key: &ObjectKey, delay: Duration, priority: i32) {
+        if let Err(e) = self.queue.add_after(key.clone(), delay, priority) {
             tracing::error!(error = %e, "could not schedule a requeue");
         }
     }

@@ -774,3 +774,186 @@ async fn a_replacement_queue_paces_the_retries() {
     let s = Duration::from_secs;
     assert_eq!(gaps[..3], [s(1), s(2), s(3)]);
 }
+
+/// What the reconcilers of the priority-queue tests saw, and a gate that holds the only worker
+/// in the reconcile of one key.
+struct Gated {
+    order: Mutex<Vec<ObjectKey>>,
+    hold: Mutex<Option<ObjectKey>>,
+    gate: tokio::sync::Semaphore,
+}
+
+impl Gated {
+    fn new(hold: ObjectKey) -> Arc<Self> {
+        Arc::new(Gated {
+            order: Mutex::new(Vec::new()),
+            hold: Mutex::new(Some(hold)),
+            gate: tokio::sync::Semaphore::new(0),
+        })
+    }
+
+    fn seen(&self) -> Vec<ObjectKey> {
+        self.order.lock().clone()
+    }
+}
+
+async fn gated_reconcile(key: ObjectKey, ctx: Arc<Gated>) -> Result<Action, Failed> {
+    ctx.order.lock().push(key.clone());
+    let held = {
+        let mut hold = ctx.hold.lock();
+        if hold.as_ref() == Some(&key) {
+            *hold = None;
+            true
+        } else {
+            false
+        }
+    };
+    if held {
+        ctx.gate.acquire().await.expect("open").forget();
+    }
+    Ok(Action::done())
+}
+
+/// Waits (on the paused clock) until `done` holds.
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..10_000 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    panic!("never came true: {what}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_the_priority_queue_a_real_change_is_reconciled_before_the_initial_list_backlog() {
+    use reflex_workqueue::{PriorityQueue, default_controller_rate_limiter};
+    const LISTED: usize = 20;
+    let source = MemorySource::<ConfigMap>::new();
+    let names: Vec<String> = (0..LISTED).map(|i| format!("cm-{i:02}")).collect();
+    for name in &names {
+        source.apply(config_map(name, "1")).unwrap();
+    }
+    let queue: PriorityQueue<ObjectKey> = PriorityQueue::new(default_controller_rate_limiter());
+    // The only worker is held in the reconcile of the first listed key.
+    let ctx = Gated::new(key("cm-00"));
+    let shutdown = CancellationToken::new();
+    let run = tokio::spawn(
+        Controller::new(informer(&source))
+            .workers(1)
+            .queue(queue.clone())
+            .options(options(&shutdown))
+            .run(gated_reconcile, default_error_policy, ctx.clone()),
+    );
+    until("the first listed key held, the rest queued", || {
+        ctx.seen().len() == 1 && queue.len() == LISTED - 1
+    })
+    .await;
+    // Meanwhile a user changes a listed object and creates another one.
+    source.apply(config_map("cm-15", "2")).unwrap();
+    source.apply(config_map("new", "1")).unwrap();
+    until("the new key queued (after the update)", || {
+        queue.len() == LISTED
+    })
+    .await;
+    ctx.gate.add_permits(1);
+    until("every key reconciled", || ctx.seen().len() == LISTED + 1).await;
+    shutdown.cancel();
+    run.await.unwrap().unwrap();
+
+    let mut expected = vec![key("cm-00"), key("cm-15"), key("new")];
+    expected.extend(
+        names[1..]
+            .iter()
+            .filter(|name| *name != "cm-15")
+            .map(|name| key(name)),
+    );
+    assert_eq!(
+        ctx.seen(),
+        expected,
+        "the real changes first (oldest first), then the initial list in order"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_the_priority_queue_resyncs_are_reconciled_at_low_priority_behind_real_changes() {
+    use reflex_workqueue::{PriorityQueue, default_controller_rate_limiter};
+    let source = MemorySource::<ConfigMap>::new();
+    for name in ["a", "b"] {
+        source.apply(config_map(name, "1")).unwrap();
+    }
+    let informer = SharedIndexInformer::new(
+        Arc::new(source.clone()),
+        InformerOptions {
+            default_resync: Duration::from_secs(60),
+            ..InformerOptions::default()
+        },
+    );
+    let queue: PriorityQueue<ObjectKey> = PriorityQueue::new(default_controller_rate_limiter());
+    let ctx = Gated::new(key("gate"));
+    let shutdown = CancellationToken::new();
+    let run = tokio::spawn(
+        Controller::new(informer)
+            .workers(1)
+            .queue(queue.clone())
+            .options(options(&shutdown))
+            .run(gated_reconcile, default_error_policy, ctx.clone()),
+    );
+    until("the initial list reconciled", || ctx.seen().len() == 2).await;
+    source.apply(config_map("gate", "1")).unwrap();
+    until("the worker held", || ctx.seen().len() == 3).await;
+    // The resync queues every cached key at low priority (the held one after done) ...
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    until("the resync queued", || queue.len() == 2).await;
+    // ... behind a real change made afterwards.
+    source.apply(config_map("c", "1")).unwrap();
+    until("the change queued", || queue.len() == 3).await;
+    ctx.gate.add_permits(1);
+    until("everything reconciled", || ctx.seen().len() == 7).await;
+    shutdown.cancel();
+    run.await.unwrap().unwrap();
+    let seen = ctx.seen();
+    assert_eq!(seen[..3], [key("a"), key("b"), key("gate")]);
+    assert_eq!(seen[3], key("c"), "the real change first");
+    let mut resynced = seen[4..].to_vec();
+    resynced.sort_by_key(|k| k.to_string());
+    assert_eq!(
+        resynced,
+        [key("a"), key("b"), key("gate")],
+        "then the resyncs"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_priority_queue_option_builds_a_priority_queue_and_resyncs_reconcile_again() {
+    // (priority_queue option, reconciles after one resync period)
+    for (priority_queue, expected) in [(false, 1), (true, 2)] {
+        let source = MemorySource::<ConfigMap>::new();
+        source.apply(config_map("a", "1")).unwrap();
+        let informer = SharedIndexInformer::new(
+            Arc::new(source.clone()),
+            InformerOptions {
+                default_resync: Duration::from_secs(60),
+                ..InformerOptions::default()
+            },
+        );
+        let (ctx, mut rx) = Ctx::with_channel();
+        let shutdown = CancellationToken::new();
+        let run = tokio::spawn(
+            Controller::new(informer)
+                .options(ControllerOptions {
+                    priority_queue,
+                    ..options(&shutdown)
+                })
+                .run(ok_reconcile, default_error_policy, ctx.clone()),
+        );
+        assert_eq!(rx.recv().await.unwrap().0, key("a"));
+        tokio::time::sleep(Duration::from_secs(90)).await;
+        shutdown.cancel();
+        let summary = run.await.unwrap().unwrap();
+        assert_eq!(
+            summary.reconciles, expected,
+            "priority_queue = {priority_queue}: the FIFO skips resyncs, the priority queue takes them"
+        );
+    }
+}

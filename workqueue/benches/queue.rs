@@ -1,5 +1,6 @@
 //! Workqueue throughput: add/get/done with 1, 2 and 8 workers over 10k distinct keys with 50%
-//! duplicates, and a delaying queue with 100k timers.
+//! duplicates; the same operations from a single task (no contention), `Queue` beside
+//! `PriorityQueue`; and a delaying queue with 100k timers.
 //!
 //! Run briefly with
 //! `cargo bench -p reflex-workqueue --bench queue -- --warm-up-time 1 --measurement-time 3`
@@ -9,7 +10,10 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use reflex_workqueue::{DelayingQueue, Queue};
+use reflex_workqueue::{
+    AddOpts, DelayingQueue, PriorityQueue, PriorityQueueConfig, Queue,
+    default_controller_rate_limiter,
+};
 
 const DISTINCT_KEYS: u64 = 10_000;
 const TIMERS: u64 = 100_000;
@@ -75,6 +79,58 @@ fn queue_throughput(c: &mut Criterion) {
     group.finish();
 }
 
+/// One task adds every key, then takes and finishes every item: the cost of the operations
+/// without contention, `Queue` beside `PriorityQueue` (one priority, three priorities, no
+/// aging).
+fn single_task(c: &mut Criterion) {
+    let rt = runtime();
+    let keys = keys();
+    let mut group = c.benchmark_group("single_task/add_then_drain_10k_keys_50pct_dup");
+    group.sample_size(20);
+    group.throughput(Throughput::Elements(keys.len() as u64));
+    group.bench_function("queue", |b| {
+        b.to_async(&rt).iter(|| async {
+            let queue: Queue<u64> = Queue::new();
+            for key in &keys {
+                let _ = queue.add(*key);
+            }
+            while !queue.is_empty() {
+                let key = queue.get().await.expect("queued");
+                let _ = queue.done(&key);
+            }
+        });
+    });
+    for (name, spread, max_wait) in [
+        ("priority_one", false, true),
+        ("priority_three", true, true),
+        ("priority_three_no_aging", true, false),
+    ] {
+        group.bench_function(name, |b| {
+            b.to_async(&rt).iter(|| async {
+                let config = PriorityQueueConfig {
+                    max_wait: if max_wait {
+                        PriorityQueueConfig::default().max_wait
+                    } else {
+                        None
+                    },
+                    ..PriorityQueueConfig::default()
+                };
+                let queue: PriorityQueue<u64> =
+                    PriorityQueue::with_config(default_controller_rate_limiter(), config);
+                for key in &keys {
+                    let priority = if spread { (key % 3) as i32 - 1 } else { 0 };
+                    let _ = queue.add_with_opts(*key, AddOpts::priority(priority));
+                }
+                while !queue.is_empty() {
+                    let key = queue.get().await.expect("ready");
+                    let _ = queue.done(&key);
+                }
+            });
+        });
+    }
+    group.finish();
+}
+
 fn delaying_timers(c: &mut Criterion) {
     let rt = runtime();
     let mut group = c.benchmark_group("delaying/100k_timers");
@@ -110,5 +166,5 @@ fn delaying_timers(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, queue_throughput, delaying_timers);
+criterion_group!(benches, queue_throughput, single_task, delaying_timers);
 criterion_main!(benches);

@@ -1,14 +1,16 @@
 //! # reflex-workqueue
 //!
-//! Work queues for Kubernetes controllers: a deduplicating queue, a delaying queue and a
-//! rate-limited queue, with rate limiters and metrics hooks. The semantics are client-go's
-//! `util/workqueue`, re-expressed for async Rust.
+//! Work queues for Kubernetes controllers: a deduplicating queue, a delaying queue, a
+//! rate-limited queue and a priority queue, with rate limiters and metrics hooks. The semantics
+//! are client-go's `util/workqueue` (and controller-runtime's priority queue, with aging),
+//! re-expressed for async Rust.
 //!
 //! | module | concept |
 //! |---|---|
 //! | [`queue`] | [`Queue`]: stores each key once, never hands one key to two workers, FIFO, shutdown with or without drain |
 //! | [`delaying`] | [`DelayingQueue`]: `add_after`, one owned timer task over a heap, earliest deadline wins |
 //! | [`rate_limiting`] | [`RateLimitingQueue`]: `add_rate_limited`, `forget`, `num_requeues` |
+//! | [`priority`] | [`PriorityQueue`]: highest priority first with aging (bounded wait), delays and rate limits in one queue |
 //! | [`limiter`] | [`RateLimiter`] and the limiters: exponential, fast-slow, token bucket, max-of, the controller default |
 //! | [`metrics`] | [`MetricsProvider`] hooks and their Prometheus implementation |
 //!
@@ -70,16 +72,22 @@
 //! ```
 
 pub mod delaying;
+mod hash;
 pub mod limiter;
 pub mod metrics;
+pub mod priority;
 pub mod queue;
 pub mod rate_limiting;
+mod waiters;
 
 pub use delaying::{DelayingError, DelayingQueue};
 pub use limiter::{
     Bucket, ItemExponentialFailure, ItemFastSlow, LimiterError, MaxOf, RateLimiter, WithMaxWait,
     default_controller_rate_limiter,
 };
-pub use metrics::{MetricsProvider, NoopMetricsProvider, PrometheusMetricsProvider, QueueMetrics};
+pub use metrics::{
+    MetricsProvider, NoopMetricsProvider, PriorityClass, PrometheusMetricsProvider, QueueMetrics,
+};
+pub use priority::{AddOpts, PriorityQueue, PriorityQueueConfig};
 pub use queue::{Added, Done, Queue, QueueConfig};
 pub use rate_limiting::RateLimitingQueue;

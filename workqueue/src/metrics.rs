@@ -18,6 +18,14 @@
 //! | `workqueue_longest_running_processor_seconds` | gauge | age of the oldest in-flight item |
 //! | `workqueue_retries_total` | counter | delayed and rate-limited adds |
 //! | `workqueue_unexpected_done_total` | counter | `done` for an item not being processed |
+//! | `workqueue_depth_by_priority` | gauge | items waiting, by [`PriorityClass`] (priority queues only) |
+//!
+//! A [`PriorityQueue`](crate::PriorityQueue) reports `workqueue_depth` (all its waiting items)
+//! and also `workqueue_depth_by_priority` with a `priority` label of three values: `high`
+//! (priority above 0), `normal` (0) and `low` (below 0). Priorities are any `i32`, so a label per
+//! priority value (controller-runtime's choice) would let a caller create unbounded series;
+//! three buckets keep the cardinality fixed and still show whether a backlog is low-priority
+//! (initial lists, resyncs) or real work.
 //!
 //! # Example
 //!
@@ -40,8 +48,8 @@
 //! assert!(text.contains(r#"workqueue_depth{name="pods"} 1"#));
 //! ```
 
-use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
@@ -76,6 +84,58 @@ pub trait QueueMetrics: Send + Sync {
     fn retry(&self) {}
     /// `done` was called for an item that was not being processed.
     fn unexpected_done(&self) {}
+    /// The number of waiting items of one [`PriorityClass`] changed to `depth` (priority queues
+    /// only; they report the total through [`depth`](Self::depth) as well).
+    fn priority_depth(&self, class: PriorityClass, depth: usize) {
+        let _ = (class, depth);
+    }
+}
+
+/// The bounded label of a priority queue's depth by priority: priorities above 0 are `High`, 0
+/// is `Normal`, below 0 `Low`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PriorityClass {
+    /// Priority above 0.
+    High,
+    /// Priority 0 (the default of an add).
+    Normal,
+    /// Priority below 0 (initial lists and resyncs in a controller).
+    Low,
+}
+
+impl PriorityClass {
+    /// Every class, in label order.
+    pub const ALL: [PriorityClass; 3] = [
+        PriorityClass::High,
+        PriorityClass::Normal,
+        PriorityClass::Low,
+    ];
+
+    /// The class of `priority`.
+    pub fn of(priority: i32) -> Self {
+        match priority {
+            p if p > 0 => PriorityClass::High,
+            0 => PriorityClass::Normal,
+            _ => PriorityClass::Low,
+        }
+    }
+
+    /// The label value: `high`, `normal` or `low`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PriorityClass::High => "high",
+            PriorityClass::Normal => "normal",
+            PriorityClass::Low => "low",
+        }
+    }
+
+    pub(crate) fn index(self) -> usize {
+        match self {
+            PriorityClass::High => 0,
+            PriorityClass::Normal => 1,
+            PriorityClass::Low => 2,
+        }
+    }
 }
 
 /// Creates the [`QueueMetrics`] of each named queue.
@@ -120,6 +180,7 @@ pub struct PrometheusMetricsProvider {
     longest: Family<Labels, Gauge<f64, AtomicU64>>,
     retries: Family<Labels, Counter>,
     unexpected_done: Family<Labels, Counter>,
+    depth_by_priority: Family<Labels, Gauge>,
 }
 
 impl PrometheusMetricsProvider {
@@ -134,6 +195,7 @@ impl PrometheusMetricsProvider {
             longest: Family::default(),
             retries: Family::default(),
             unexpected_done: Family::default(),
+            depth_by_priority: Family::default(),
         };
         registry.register(
             "workqueue_depth",
@@ -175,6 +237,11 @@ impl PrometheusMetricsProvider {
             "Total number of done calls for items that were not being processed",
             provider.unexpected_done.clone(),
         );
+        registry.register(
+            "workqueue_depth_by_priority",
+            "Current depth of a priority workqueue by priority class (high > 0, normal = 0, low < 0)",
+            provider.depth_by_priority.clone(),
+        );
         provider
     }
 }
@@ -191,6 +258,9 @@ impl MetricsProvider for PrometheusMetricsProvider {
             longest: self.longest.get_or_create(&labels).clone(),
             retries: self.retries.get_or_create(&labels).clone(),
             unexpected_done: self.unexpected_done.get_or_create(&labels).clone(),
+            depth_by_priority_family: self.depth_by_priority.clone(),
+            name: name.to_owned(),
+            depth_by_priority: OnceLock::new(),
         })
     }
 }
@@ -207,6 +277,11 @@ struct PrometheusQueueMetrics {
     longest: Gauge<f64, AtomicU64>,
     retries: Counter,
     unexpected_done: Counter,
+    depth_by_priority_family: Family<Labels, Gauge>,
+    name: String,
+    /// By [`PriorityClass::index`]; created by the first priority report, so plain queues
+    /// export no such series.
+    depth_by_priority: OnceLock<[Gauge; 3]>,
 }
 
 impl QueueMetrics for PrometheusQueueMetrics {
@@ -231,6 +306,18 @@ impl QueueMetrics for PrometheusQueueMetrics {
     }
     fn unexpected_done(&self) {
         self.unexpected_done.inc();
+    }
+    fn priority_depth(&self, class: PriorityClass, depth: usize) {
+        let gauges = self.depth_by_priority.get_or_init(|| {
+            PriorityClass::ALL.map(|class| {
+                let labels: Labels = vec![
+                    ("name".to_owned(), self.name.clone()),
+                    ("priority".to_owned(), class.as_str().to_owned()),
+                ];
+                self.depth_by_priority_family.get_or_create(&labels).clone()
+            })
+        });
+        gauges[class.index()].set(i64::try_from(depth).unwrap_or(i64::MAX));
     }
 }
 
@@ -282,5 +369,45 @@ mod tests {
         ] {
             assert!(text.contains(expected), "missing {expected} in\n{text}");
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn priority_depth_is_exported_with_three_bounded_label_values() {
+        use crate::limiter::ItemExponentialFailure;
+        use crate::priority::{AddOpts, PriorityQueue, PriorityQueueConfig};
+
+        let mut registry = Registry::default();
+        let provider = Arc::new(PrometheusMetricsProvider::new(&mut registry));
+        let queue = PriorityQueue::with_config(
+            ItemExponentialFailure::new(Duration::from_millis(1), Duration::from_secs(1)),
+            PriorityQueueConfig {
+                name: "pq".into(),
+                metrics: Some(provider.clone()),
+                ..PriorityQueueConfig::default()
+            },
+        );
+        let plain: Queue<u32> = Queue::with_config(QueueConfig {
+            name: "plain".into(),
+            metrics: Some(provider),
+        });
+        let _ = plain.add(1);
+        for (item, priority) in [(1_u32, 5), (2, 1000), (3, 0), (4, -3), (5, i32::MIN)] {
+            let _ = queue.add_with_opts(item, AddOpts::priority(priority));
+        }
+        let text = encode(&registry);
+        for expected in [
+            r#"workqueue_depth{name="pq"} 5"#,
+            r#"workqueue_depth_by_priority{name="pq",priority="high"} 2"#,
+            r#"workqueue_depth_by_priority{name="pq",priority="normal"} 1"#,
+            r#"workqueue_depth_by_priority{name="pq",priority="low"} 2"#,
+            r#"workqueue_adds_total{name="pq"} 5"#,
+        ] {
+            assert!(text.contains(expected), "missing {expected} in\n{text}");
+        }
+        assert_eq!(
+            text.matches("workqueue_depth_by_priority{").count(),
+            3,
+            "three series for the priority queue, none for the plain one:\n{text}"
+        );
     }
 }

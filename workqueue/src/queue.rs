@@ -11,9 +11,10 @@
 //!
 //! # Contract
 //!
-//! A [`Queue`] tracks three things: the FIFO of waiting items, the set of *dirty* items (added
-//! and not yet handed out) and the set of items being *processed* (handed out by
-//! [`Queue::get`], not yet [`Queue::done`]).
+//! A [`Queue`] tracks the FIFO of waiting items and, in one map, the state of every item it
+//! knows: *waiting* (added and not yet handed out), being *processed* (handed out by
+//! [`Queue::get`], not yet [`Queue::done`]), or being processed and *dirty* again (added
+//! meanwhile). Items are hashed with foldhash, seeded at random per map.
 //!
 //! - **Stored once.** An item that is waiting is stored once however often it is added
 //!   ([`Added::AlreadyQueued`]).
@@ -21,8 +22,16 @@
 //!   remembered as dirty and queued by [`Queue::done`] ([`Added::AfterDone`],
 //!   [`Done::Requeued`]). Any number of adds during one processing produce exactly one more run.
 //! - **FIFO.** Distinct items are handed out in the order they were first queued.
-//! - **One wake per item.** Each queued item wakes exactly one waiting [`Queue::get`]
-//!   (`tokio::sync::Notify::notify_one`), so eight idle workers are not all woken for one item.
+//! - **One wake per item.** Each queued item wakes at most one waiting [`Queue::get`], and none
+//!   when a getter already woken (or about to look) will take it, so eight idle workers are not
+//!   all woken for one item. A woken `get` that is cancelled hands its wake-up to another one.
+//! - **Idle getters spin briefly, never long.** A `get` that finds nothing watches for the next
+//!   add for a few microseconds (a bounded loop of spin-loop hints, one getter at a time)
+//!   before it sleeps: when items arrive about as fast as workers take them, that saves parking
+//!   and unparking a thread per item.
+//! - **Depth is client-go's.** The depth metric ([`QueueMetrics::depth`]) counts items added and
+//!   not yet handed out, including items being processed that were added again (they are
+//!   handed out after `done`). [`Queue::len`] counts only the items waiting in the FIFO.
 //! - **`shut_down` drops waiting work.** [`Queue::shut_down`] discards every waiting item, wakes
 //!   every waiting worker, and from then on `get` returns `None`. Items already handed out may
 //!   still be passed to `done`; they are never queued again. (client-go's `ShutDown` lets
@@ -66,19 +75,27 @@
 //! # }
 //! ```
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use crate::hash::{RandomState, random_state};
+use std::future::Future;
 use std::hash::Hash;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::Weak;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use hashbrown::HashMap;
+use hashbrown::hash_map::{Entry as MapEntry, EntryRef};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::metrics::{MetricsProvider, QueueMetrics};
+use crate::waiters::{SpinSignal, WaitId, Waiters, spin_until};
 
 /// How often the unfinished-work and longest-running gauges are refreshed when a metrics
 /// provider is configured (client-go uses the same period).
@@ -162,7 +179,8 @@ impl<T> std::fmt::Debug for Queue<T> {
         f.debug_struct("Queue")
             .field("name", &self.inner.name)
             .field("len", &state.queue.len())
-            .field("processing", &state.processing.len())
+            .field("processing", &state.processing)
+            .field("waiting_getters", &state.waiters.waiting())
             .field("shutting_down", &state.shutting_down)
             .finish()
     }
@@ -171,11 +189,11 @@ impl<T> std::fmt::Debug for Queue<T> {
 struct Inner<T> {
     name: String,
     state: Mutex<State<T>>,
-    /// Woken once per queued item, and for everyone on shutdown.
-    item_ready: Notify,
     /// Woken when a drain may have completed.
     drained: Notify,
     metrics: Option<Arc<dyn QueueMetrics>>,
+    /// Set by an add while a getter spins (see [`spin_until`]).
+    spin_signal: SpinSignal,
     unexpected_done: AtomicU64,
     refresher: Mutex<Option<JoinHandle<()>>>,
 }
@@ -189,16 +207,129 @@ impl<T> Drop for Inner<T> {
 }
 
 struct State<T> {
-    /// Waiting items, in order. Every item here is also in `dirty`.
+    /// Waiting items, in order. Every item here has an [`Entry::Queued`] entry in `items`.
     queue: VecDeque<T>,
-    /// Items added and not yet handed out, with the time of their first add when metrics are
-    /// on. Includes items being processed that were added again meanwhile.
-    dirty: HashMap<T, Option<Instant>>,
-    /// Items handed out and not yet done, with the time they were handed out when metrics
-    /// are on.
-    processing: HashMap<T, Option<Instant>>,
+    /// Every item the queue knows: waiting, or handed out and not yet done.
+    items: HashMap<T, Entry, RandomState>,
+    /// Items handed out and not yet done ([`Entry::Processing`] and
+    /// [`Entry::ProcessingDirty`]).
+    processing: usize,
+    /// Items handed out and added again meanwhile ([`Entry::ProcessingDirty`]).
+    dirty_processing: usize,
+    /// Getters waiting for an item.
+    waiters: Waiters,
+    /// True while one idle getter spins, watching for the next add before it sleeps.
+    spinning: bool,
+    /// Timestamps for the metrics (`None` without metrics).
+    stamps: Option<Stamps<T>>,
     shutting_down: bool,
     drain: bool,
+}
+
+/// What the queue knows of one item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Entry {
+    /// Waiting in the FIFO.
+    Queued,
+    /// Handed out.
+    Processing,
+    /// Handed out and added again meanwhile: queued again by `done`.
+    ProcessingDirty,
+}
+
+/// The timestamps metrics need, kept only when a metrics provider is configured (as client-go's
+/// metrics keep their own maps), so a queue without metrics never reads the clock.
+struct Stamps<T> {
+    /// When each dirty item was first added.
+    added: HashMap<T, Instant, RandomState>,
+    /// When each item being processed was handed out.
+    started: HashMap<T, Instant, RandomState>,
+}
+
+impl<T: Clone + Eq + Hash> Stamps<T> {
+    fn new() -> Self {
+        Self {
+            added: HashMap::with_hasher(random_state()),
+            started: HashMap::with_hasher(random_state()),
+        }
+    }
+}
+
+impl<T> State<T> {
+    /// client-go's depth: items added and not yet handed out, including items being processed
+    /// that were added again (they will be handed out after `done`).
+    fn depth(&self) -> usize {
+        self.queue.len() + self.dirty_processing
+    }
+
+    /// True when no item waits to be handed out now or after a `done`.
+    fn nothing_dirty(&self) -> bool {
+        self.queue.is_empty() && self.dirty_processing == 0
+    }
+
+    /// The getter to wake for an item just queued: one per item, and none when enough getters
+    /// are already woken for the items waiting.
+    fn wake_for_new_item(&mut self, spin_signal: &SpinSignal) -> Option<Waker> {
+        if self.spinning {
+            spin_signal.set();
+        }
+        if self
+            .waiters
+            .should_wake(self.queue.len(), usize::from(self.spinning))
+        {
+            self.waiters.wake_one()
+        } else {
+            None
+        }
+    }
+}
+
+impl<T: Clone + Eq + Hash> State<T> {
+    /// Hands out the next waiting item, if any: it becomes [`Entry::Processing`].
+    fn take_next(&mut self, metrics: Option<&Arc<dyn QueueMetrics>>) -> Option<T> {
+        let item = self.queue.pop_front()?;
+        match self.items.get_mut(&item) {
+            Some(entry) => *entry = Entry::Processing,
+            // Not reachable: every queued item has an entry.
+            None => {
+                self.items.insert(item.clone(), Entry::Processing);
+            }
+        }
+        self.processing += 1;
+        if let (Some(metrics), Some(stamps)) = (metrics, self.stamps.as_mut()) {
+            let now = Instant::now();
+            metrics.depth(self.queue.len() + self.dirty_processing);
+            if let Some(added_at) = stamps.added.remove(&item) {
+                metrics.latency(now.saturating_duration_since(added_at));
+            }
+            stamps.started.insert(item.clone(), now);
+        }
+        Some(item)
+    }
+
+    /// Records the first add of a dirty item (with metrics).
+    fn stamp_added(&mut self, item: &T) {
+        if let Some(stamps) = self.stamps.as_mut() {
+            stamps.added.insert(item.clone(), Instant::now());
+        }
+    }
+
+    /// Forgets every waiting item, and that items being processed were added again.
+    fn drop_waiting(&mut self) {
+        self.queue.clear();
+        self.items.retain(|_, entry| match *entry {
+            Entry::Queued => false,
+            Entry::Processing => true,
+            Entry::ProcessingDirty => {
+                *entry = Entry::Processing;
+                true
+            }
+        });
+        self.dirty_processing = 0;
+        if let Some(stamps) = self.stamps.as_mut() {
+            stamps.added.clear();
+        }
+    }
 }
 
 impl<T: Clone + Eq + Hash + Send + Sync + 'static> Default for Queue<T> {
@@ -228,14 +359,18 @@ impl<T: Clone + Eq + Hash + Send + Sync + 'static> Queue<T> {
             name: config.name,
             state: Mutex::new(State {
                 queue: VecDeque::new(),
-                dirty: HashMap::new(),
-                processing: HashMap::new(),
+                items: HashMap::with_hasher(random_state()),
+                processing: 0,
+                dirty_processing: 0,
+                waiters: Waiters::default(),
+                spinning: false,
+                stamps: metrics.as_ref().map(|_| Stamps::new()),
                 shutting_down: false,
                 drain: false,
             }),
-            item_ready: Notify::new(),
             drained: Notify::new(),
             metrics,
+            spin_signal: SpinSignal::default(),
             unexpected_done: AtomicU64::new(0),
             refresher: Mutex::new(None),
         });
@@ -255,38 +390,45 @@ impl<T: Clone + Eq + Hash + Send + Sync + 'static> Queue<T> {
 
     /// Adds an item; see [`Added`] for the possible outcomes.
     pub fn add(&self, item: T) -> Added {
-        let outcome = {
-            let mut state = self.inner.state.lock();
-            if state.shutting_down {
-                Added::ShuttingDown
-            } else if state.dirty.contains_key(&item) {
-                if state.processing.contains_key(&item) {
-                    Added::AfterDone
-                } else {
-                    Added::AlreadyQueued
-                }
-            } else {
-                let now = self.inner.metrics.as_ref().map(|_| Instant::now());
-                if let Some(metrics) = &self.inner.metrics {
-                    metrics.added();
-                }
-                if state.processing.contains_key(&item) {
-                    state.dirty.insert(item, now);
-                    Added::AfterDone
-                } else {
-                    state.dirty.insert(item.clone(), now);
-                    state.queue.push_back(item);
-                    if let Some(metrics) = &self.inner.metrics {
-                        metrics.depth(state.queue.len());
-                    }
-                    Added::Queued
-                }
-            }
-        };
-        if outcome == Added::Queued {
-            self.inner.item_ready.notify_one();
+        let metrics = self.inner.metrics.as_ref();
+        let mut guard = self.inner.state.lock();
+        let state = &mut *guard;
+        if state.shutting_down {
+            return Added::ShuttingDown;
         }
-        outcome
+        match state.items.entry(item) {
+            MapEntry::Occupied(mut occupied) => match *occupied.get() {
+                Entry::Queued => Added::AlreadyQueued,
+                Entry::ProcessingDirty => Added::AfterDone,
+                Entry::Processing => {
+                    *occupied.get_mut() = Entry::ProcessingDirty;
+                    state.dirty_processing += 1;
+                    if let Some(metrics) = metrics {
+                        let item = occupied.key().clone();
+                        state.stamp_added(&item);
+                        metrics.added();
+                        metrics.depth(state.depth());
+                    }
+                    Added::AfterDone
+                }
+            },
+            MapEntry::Vacant(vacant) => {
+                let item = vacant.key().clone();
+                vacant.insert(Entry::Queued);
+                if let Some(metrics) = metrics {
+                    state.stamp_added(&item);
+                    metrics.added();
+                    metrics.depth(state.depth() + 1);
+                }
+                state.queue.push_back(item);
+                let wake = state.wake_for_new_item(&self.inner.spin_signal);
+                drop(guard);
+                if let Some(waker) = wake {
+                    waker.wake();
+                }
+                Added::Queued
+            }
+        }
     }
 
     /// Waits for the next item and marks it as being processed; the caller must pass it to
@@ -295,87 +437,73 @@ impl<T: Clone + Eq + Hash + Send + Sync + 'static> Queue<T> {
     /// Returns `None` after [`Queue::shut_down`], and after [`Queue::shut_down_with_drain`]
     /// once no dirty item is left. Cancel-safe: dropping the future never loses an item.
     pub async fn get(&self) -> Option<T> {
-        loop {
-            let notified = self.inner.item_ready.notified();
-            tokio::pin!(notified);
-            // Register before looking at the state, so an add between the check and the await
-            // still wakes us.
-            notified.as_mut().enable();
-            let mut wake_all = false;
-            let taken = {
-                let mut state = self.inner.state.lock();
-                if state.shutting_down && !state.drain {
-                    return None;
-                }
-                match state.queue.pop_front() {
-                    Some(item) => {
-                        let added_at = state.dirty.remove(&item).flatten();
-                        let now = self.inner.metrics.as_ref().map(|_| Instant::now());
-                        if let Some(metrics) = &self.inner.metrics {
-                            metrics.depth(state.queue.len());
-                            if let (Some(added_at), Some(now)) = (added_at, now) {
-                                metrics.latency(now.saturating_duration_since(added_at));
-                            }
-                        }
-                        state.processing.insert(item.clone(), now);
-                        // In a drain, the last dirty item handed out releases every idle worker.
-                        wake_all = state.shutting_down && state.dirty.is_empty();
-                        Some(item)
-                    }
-                    None if state.shutting_down && state.dirty.is_empty() => return None,
-                    None => None,
-                }
-            };
-            if wake_all {
-                self.inner.item_ready.notify_waiters();
-            }
-            if taken.is_some() {
-                return taken;
-            }
-            notified.await;
+        Get {
+            inner: &self.inner,
+            wait: None,
         }
+        .await
     }
 
     /// Marks an item as no longer being processed; see [`Done`] for the possible outcomes.
     pub fn done(&self, item: &T) -> Done {
-        let (outcome, drained) = {
-            let mut state = self.inner.state.lock();
-            let Some(started) = state.processing.remove(item) else {
-                drop(state);
-                let count = self.inner.unexpected_done.fetch_add(1, Ordering::Relaxed) + 1;
-                if let Some(metrics) = &self.inner.metrics {
-                    metrics.unexpected_done();
-                }
-                tracing::warn!(
-                    queue = %self.inner.name,
-                    unexpected_done_total = count,
-                    "done called for an item that is not being processed; ignored"
-                );
-                return Done::NotProcessing;
+        let metrics = self.inner.metrics.as_ref();
+        let (outcome, drained, wake) = {
+            let mut guard = self.inner.state.lock();
+            let state = &mut *guard;
+            let outcome = match state.items.entry_ref(item) {
+                EntryRef::Occupied(mut occupied) => match *occupied.get() {
+                    Entry::Processing => {
+                        occupied.remove();
+                        state.processing -= 1;
+                        Done::Finished
+                    }
+                    Entry::ProcessingDirty => {
+                        *occupied.get_mut() = Entry::Queued;
+                        state.processing -= 1;
+                        state.dirty_processing -= 1;
+                        state.queue.push_back(item.clone());
+                        Done::Requeued
+                    }
+                    Entry::Queued => Done::NotProcessing,
+                },
+                EntryRef::Vacant(_) => Done::NotProcessing,
             };
-            if let (Some(metrics), Some(started)) = (&self.inner.metrics, started) {
+            if outcome == Done::NotProcessing {
+                drop(guard);
+                return self.unexpected_done();
+            }
+            if let (Some(metrics), Some(stamps)) = (metrics, state.stamps.as_mut())
+                && let Some(started) = stamps.started.remove(item)
+            {
                 metrics.work_duration(Instant::now().saturating_duration_since(started));
             }
-            let outcome = if state.dirty.contains_key(item) {
-                state.queue.push_back(item.clone());
-                if let Some(metrics) = &self.inner.metrics {
-                    metrics.depth(state.queue.len());
-                }
-                Done::Requeued
-            } else {
-                Done::Finished
+            let drained = state.shutting_down && state.processing == 0 && state.queue.is_empty();
+            let wake = match outcome {
+                Done::Requeued => state.wake_for_new_item(&self.inner.spin_signal),
+                _ => None,
             };
-            let drained =
-                state.shutting_down && state.processing.is_empty() && state.queue.is_empty();
-            (outcome, drained)
+            (outcome, drained, wake)
         };
-        if outcome == Done::Requeued {
-            self.inner.item_ready.notify_one();
+        if let Some(waker) = wake {
+            waker.wake();
         }
         if drained {
             self.inner.drained.notify_waiters();
         }
         outcome
+    }
+
+    fn unexpected_done(&self) -> Done {
+        let count = self.inner.unexpected_done.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Some(metrics) = &self.inner.metrics {
+            metrics.unexpected_done();
+        }
+        tracing::warn!(
+            queue = %self.inner.name,
+            unexpected_done_total = count,
+            "done called for an item that is not being processed; ignored"
+        );
+        Done::NotProcessing
     }
 
     /// The number of items waiting to be handed out (not counting items being processed).
@@ -390,7 +518,7 @@ impl<T: Clone + Eq + Hash + Send + Sync + 'static> Queue<T> {
 
     /// The number of items handed out and not yet done.
     pub fn processing_len(&self) -> usize {
-        self.inner.state.lock().processing.len()
+        self.inner.state.lock().processing
     }
 
     /// How many times `done` was called for an item that was not being processed.
@@ -401,18 +529,18 @@ impl<T: Clone + Eq + Hash + Send + Sync + 'static> Queue<T> {
     /// Stops the queue now: waiting items are dropped, every waiting [`Queue::get`] returns
     /// `None`, later adds are refused. Items being processed may still be passed to `done`.
     pub fn shut_down(&self) {
-        {
+        let wakers = {
             let mut state = self.inner.state.lock();
             state.shutting_down = true;
             state.drain = false;
-            state.queue.clear();
-            state.dirty.clear();
+            state.drop_waiting();
             if let Some(metrics) = &self.inner.metrics {
                 metrics.depth(0);
             }
-        }
+            state.waiters.wake_all()
+        };
         self.stop_refresher();
-        self.inner.item_ready.notify_waiters();
+        wake_every(wakers);
         self.inner.drained.notify_waiters();
     }
 
@@ -422,24 +550,26 @@ impl<T: Clone + Eq + Hash + Send + Sync + 'static> Queue<T> {
     /// Workers that never call `done` keep this future pending; wrap it in a timeout and call
     /// `shut_down` if you cannot trust them.
     pub async fn shut_down_with_drain(&self) {
-        let wake_getters = {
+        let wakers = {
             let mut state = self.inner.state.lock();
             if !state.shutting_down {
                 state.shutting_down = true;
                 state.drain = true;
             }
-            state.dirty.is_empty()
+            if state.nothing_dirty() {
+                state.waiters.wake_all()
+            } else {
+                Vec::new()
+            }
         };
-        if wake_getters {
-            self.inner.item_ready.notify_waiters();
-        }
+        wake_every(wakers);
         loop {
             let notified = self.inner.drained.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             {
                 let state = self.inner.state.lock();
-                let finished = state.queue.is_empty() && state.processing.is_empty();
+                let finished = state.queue.is_empty() && state.processing == 0;
                 if finished || !state.drain {
                     break;
                 }
@@ -470,6 +600,101 @@ impl<T: Clone + Eq + Hash + Send + Sync + 'static> Queue<T> {
     }
 }
 
+fn wake_every(wakers: Vec<Waker>) {
+    for waker in wakers {
+        waker.wake();
+    }
+}
+
+/// The future of [`Queue::get`]: takes an item under the state lock, or registers as a waiter
+/// in the same critical section (so no wake-up is lost between the check and the wait).
+struct Get<'a, T> {
+    inner: &'a Inner<T>,
+    wait: Option<WaitId>,
+}
+
+impl<T: Clone + Eq + Hash> Future for Get<'_, T> {
+    type Output = Option<T>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        let inner = self.inner;
+        let mut spun = false;
+        loop {
+            let mut guard = inner.state.lock();
+            let state = &mut *guard;
+            if spun {
+                state.spinning = false;
+            }
+            if state.shutting_down && !state.drain {
+                if let Some(id) = self.wait.take() {
+                    let _ = state.waiters.release(id);
+                }
+                return Poll::Ready(None);
+            }
+            if let Some(item) = state.take_next(inner.metrics.as_ref()) {
+                if let Some(id) = self.wait.take() {
+                    let _ = state.waiters.release(id);
+                }
+                // In a drain, the last dirty item handed out releases every idle worker.
+                let wakers = if state.shutting_down && state.nothing_dirty() {
+                    state.waiters.wake_all()
+                } else {
+                    Vec::new()
+                };
+                drop(guard);
+                wake_every(wakers);
+                return Poll::Ready(Some(item));
+            }
+            if state.shutting_down && state.nothing_dirty() {
+                if let Some(id) = self.wait.take() {
+                    let _ = state.waiters.release(id);
+                }
+                return Poll::Ready(None);
+            }
+            if !spun && !state.spinning {
+                // Nothing waiting: before sleeping, watch briefly for the next add (one
+                // getter at a time), which saves parking and unparking a thread when items
+                // trickle in about as fast as workers take them.
+                state.spinning = true;
+                inner.spin_signal.reset();
+                drop(guard);
+                spin_until(&inner.spin_signal);
+                spun = true;
+                continue;
+            }
+            match self.wait {
+                Some(id) => state.waiters.rearm(id, cx.waker()),
+                None => {
+                    let id = state.waiters.register(cx.waker());
+                    drop(guard);
+                    self.wait = Some(id);
+                }
+            }
+            return Poll::Pending;
+        }
+    }
+}
+
+impl<T> Drop for Get<'_, T> {
+    fn drop(&mut self) {
+        let Some(id) = self.wait.take() else {
+            return;
+        };
+        let wake = {
+            let mut state = self.inner.state.lock();
+            // A wake-up meant for an item still waiting goes to another getter.
+            if state.waiters.release(id) && !state.queue.is_empty() {
+                state.waiters.wake_one()
+            } else {
+                None
+            }
+        };
+        if let Some(waker) = wake {
+            waker.wake();
+        }
+    }
+}
+
 fn update_unfinished<T>(inner: &Inner<T>) {
     let Some(metrics) = &inner.metrics else {
         return;
@@ -478,9 +703,9 @@ fn update_unfinished<T>(inner: &Inner<T>) {
     let (total, longest) = {
         let state = inner.state.lock();
         state
-            .processing
-            .values()
-            .flatten()
+            .stamps
+            .iter()
+            .flat_map(|stamps| stamps.started.values())
             .map(|started| now.saturating_duration_since(*started).as_secs_f64())
             .fold((0.0_f64, 0.0_f64), |(total, longest), secs| {
                 (total + secs, longest.max(secs))
@@ -587,5 +812,77 @@ mod tests {
         queue.shut_down();
         assert_eq!(queue.done(&item), Done::Finished);
         assert_eq!(queue.len(), 0);
+    }
+
+    /// Records every depth the queue reports.
+    #[derive(Default)]
+    struct DepthRecorder {
+        depths: parking_lot::Mutex<Vec<usize>>,
+        adds: AtomicU64,
+    }
+
+    impl QueueMetrics for DepthRecorder {
+        fn depth(&self, depth: usize) {
+            self.depths.lock().push(depth);
+        }
+        fn added(&self) {
+            self.adds.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    struct Recording(Arc<DepthRecorder>);
+
+    impl MetricsProvider for Recording {
+        fn queue_metrics(&self, _name: &str) -> Arc<dyn QueueMetrics> {
+            self.0.clone()
+        }
+    }
+
+    fn recorded_queue() -> (Queue<&'static str>, Arc<DepthRecorder>) {
+        let recorder = Arc::new(DepthRecorder::default());
+        let queue = Queue::with_config(QueueConfig {
+            name: "depth".into(),
+            metrics: Some(Arc::new(Recording(recorder.clone()))),
+        });
+        (queue, recorder)
+    }
+
+    fn last_depth(recorder: &DepthRecorder) -> usize {
+        recorder.depths.lock().last().copied().unwrap_or(0)
+    }
+
+    #[tokio::test]
+    async fn depth_counts_an_item_re_added_while_processing_until_it_is_handed_out_again() {
+        let (queue, recorder) = recorded_queue();
+        let _ = queue.add("a");
+        assert_eq!(last_depth(&recorder), 1);
+        assert_eq!(queue.get().await, Some("a"));
+        assert_eq!(last_depth(&recorder), 0);
+        assert_eq!(queue.add("a"), Added::AfterDone);
+        assert_eq!(last_depth(&recorder), 1, "dirty and not handed out");
+        assert_eq!(recorder.adds.load(Ordering::Relaxed), 2);
+        assert_eq!(queue.len(), 0, "len counts the FIFO only");
+        assert_eq!(queue.add("a"), Added::AfterDone);
+        assert_eq!(last_depth(&recorder), 1, "a second re-add is the same item");
+        assert_eq!(recorder.adds.load(Ordering::Relaxed), 2);
+        assert_eq!(queue.done(&"a"), Done::Requeued);
+        assert_eq!(last_depth(&recorder), 1, "still waiting after done");
+        assert_eq!(queue.get().await, Some("a"));
+        assert_eq!(last_depth(&recorder), 0, "handed out");
+        assert_eq!(queue.done(&"a"), Done::Finished);
+        assert_eq!(last_depth(&recorder), 0);
+    }
+
+    #[tokio::test]
+    async fn shut_down_reports_depth_zero_even_with_items_re_added_while_processing() {
+        let (queue, recorder) = recorded_queue();
+        let _ = queue.add("a");
+        let _ = queue.add("b");
+        let _ = queue.get().await;
+        let _ = queue.add("a");
+        assert_eq!(last_depth(&recorder), 2);
+        queue.shut_down();
+        assert_eq!(last_depth(&recorder), 0);
+        assert_eq!(queue.done(&"a"), Done::Finished, "dropped, not requeued");
     }
 }

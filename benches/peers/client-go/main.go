@@ -38,15 +38,17 @@ const (
 )
 
 type params struct {
-	workload   string
-	server     string
-	pods       int
-	namespaces int
-	steadyPods int
-	events     int
-	readMs     int
-	writeRate  int
-	rounds     int
+	workload    string
+	server      string
+	pods        int
+	namespaces  int
+	steadyPods  int
+	events      int
+	readMs      int
+	writeRate   int
+	rounds      int
+	scaleKeys   int
+	scaleRounds int
 }
 
 type figures map[string]float64
@@ -64,6 +66,8 @@ func main() {
 	flag.IntVar(&p.readMs, "read-ms", 0, "milliseconds per read phase")
 	flag.IntVar(&p.writeRate, "write-rate", 0, "writes per second during reads")
 	flag.IntVar(&p.rounds, "rounds", 0, "workqueue rounds (the median counts)")
+	flag.IntVar(&p.scaleKeys, "scale-keys", 0, "distinct keys of the workqueue scale rows")
+	flag.IntVar(&p.scaleRounds, "scale-rounds", 0, "rounds of the workqueue scale rows (the median counts)")
 	flag.Parse()
 	klog.SetOutput(io.Discard)
 	klog.LogToStderr(false)
@@ -78,6 +82,8 @@ func main() {
 		f, keep, err = steadyState(p)
 	case "workqueue":
 		f, err = queueThroughput(p)
+	case "workqueue-scale":
+		f, err = queueScale(p)
 	case "reads":
 		f, keep, err = cacheReads(p)
 	default:
@@ -248,14 +254,19 @@ func steadyState(p params) (figures, any, error) {
 }
 
 func keys() []int {
-	ks := make([]int, 0, 2*distinctKeys)
-	for k := 0; k < distinctKeys; k++ {
-		ks = append(ks, k, (k+distinctKeys/2)%distinctKeys)
+	return keysOver(distinctKeys)
+}
+
+// keysOver is every one of n keys added twice, interleaved as in the Rust contenders.
+func keysOver(n int) []int {
+	ks := make([]int, 0, 2*n)
+	for k := 0; k < n; k++ {
+		ks = append(ks, k, (k+n/2)%n)
 	}
 	return ks
 }
 
-func queueRound(ks []int, workers int) (time.Duration, error) {
+func queueRound(ks []int, distinct int, workers int) (time.Duration, error) {
 	q := workqueue.NewTyped[int]()
 	var handled atomic.Int64
 	var wg sync.WaitGroup
@@ -281,23 +292,41 @@ func queueRound(ks []int, workers int) (time.Duration, error) {
 	q.ShutDownWithDrain()
 	elapsed := time.Since(start)
 	wg.Wait()
-	if handled.Load() < distinctKeys {
+	if handled.Load() < int64(distinct) {
 		return 0, fmt.Errorf("only %d items handled", handled.Load())
 	}
 	return elapsed, nil
 }
 
 func queueThroughput(p params) (figures, error) {
-	ks := keys()
+	return queueFigures(keys(), distinctKeys, []int{1, 2, 8}, p.rounds)
+}
+
+// queueScale is the scale rows: the same pattern over scaleKeys keys at 8 and 1000 workers.
+func queueScale(p params) (figures, error) {
+	n := p.scaleKeys
+	if n < 2 {
+		n = 2
+	}
+	f, err := queueFigures(keysOver(n), n, []int{8, 1000}, p.scaleRounds)
+	if err != nil {
+		return nil, err
+	}
+	if f["w8_adds_per_s"] > 0 {
+		f["w1000_over_w8"] = f["w1000_adds_per_s"] / f["w8_adds_per_s"]
+	}
+	return f, nil
+}
+
+func queueFigures(ks []int, distinct int, workerCounts []int, rounds int) (figures, error) {
 	f := figures{}
-	rounds := p.rounds
 	if rounds < 1 {
 		rounds = 1
 	}
-	for _, workers := range []int{1, 2, 8} {
+	for _, workers := range workerCounts {
 		times := make([]time.Duration, 0, rounds)
 		for r := 0; r < rounds; r++ {
-			t, err := queueRound(ks, workers)
+			t, err := queueRound(ks, distinct, workers)
 			if err != nil {
 				return nil, err
 			}
