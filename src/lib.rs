@@ -22,8 +22,8 @@ pub use reflex_workqueue as workqueue;
 /// ```
 pub mod prelude {
     pub use reflex_informer::{
-        DeltaObject, FactoryOptions, Lister, ObjectKey, ResourceEventHandler, SharedIndexInformer,
-        SharedInformerFactory, handler_fn,
+        DeltaObject, FactoryOptions, InformerSpec, Lister, ObjectKey, ResourceEventHandler,
+        SharedIndexInformer, SharedInformerFactory, handler_fn,
     };
     pub use reflex_runtime::{Action, Controller, ControllerOptions, ErrorAction, Owned};
     pub use reflex_workqueue::{Queue, RateLimitingQueue, default_controller_rate_limiter};

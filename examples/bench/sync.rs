@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
+use kube::api::PartialObjectMeta;
 use kube::core::ObjectList;
 use reflex_informer::decode::DecodeOptions;
-use reflex_informer::factory::{FactoryOptions, SharedInformerFactory};
+use reflex_informer::factory::{FactoryOptions, InformerSpec, SharedInformerFactory};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::Params;
@@ -59,21 +60,26 @@ async fn reflex(p: Params, decode: DecodeOptions, transform: bool) -> Run {
             ..FactoryOptions::default()
         },
     );
+    let mut spec = InformerSpec::<Pod>::typed();
     if transform {
-        factory.set_transform::<Pod>(Arc::new(|pod: Arc<Pod>| {
+        spec = spec.transform(Arc::new(|pod: Arc<Pod>| {
             let mut pod = Arc::unwrap_or_clone(pod);
             pod.metadata.managed_fields = None;
             Arc::new(pod)
         }));
     }
-    let informer = factory.informer::<Pod>();
+    let informer = factory
+        .informer_with(spec)
+        .map_err(|e| format!("informer: {e}"))?;
     timed_sync(factory, informer).await
 }
 
 /// Reflex's metadata-only informer.
 pub async fn reflex_metadata(p: Params) -> Run {
     let factory = SharedInformerFactory::new(client(&p.server)?, FactoryOptions::default());
-    let informer = factory.metadata_informer::<Pod>();
+    let informer = factory
+        .informer_with(InformerSpec::<PartialObjectMeta<Pod>>::metadata())
+        .map_err(|e| format!("informer: {e}"))?;
     timed_sync(factory, informer).await
 }
 
@@ -105,7 +111,7 @@ reflex_informer::impl_projection!(PodPlacement => Pod);
 /// Reflex's projected informer: only `PodPlacement` is ever built.
 pub async fn reflex_projected(p: Params) -> Run {
     let factory = SharedInformerFactory::new(client(&p.server)?, FactoryOptions::default());
-    let informer = factory.projected_informer::<Pod, PodPlacement>();
+    let informer = factory.informer::<PodPlacement>();
     let (mut f, keep) = timed_sync(factory, informer.clone()).await?;
     // Read every projection once, so the fields are not dead code to the optimiser either.
     let placed = informer
@@ -121,14 +127,18 @@ pub async fn reflex_projected(p: Params) -> Run {
 /// Reflex's compact store: each Pod kept as LZ4-compressed JSON, decoded on read.
 pub async fn reflex_compact(p: Params) -> Run {
     let factory = SharedInformerFactory::new(client(&p.server)?, FactoryOptions::default());
-    let informer = factory.compact_informer::<Pod>();
+    let informer = factory
+        .informer_with(InformerSpec::<Pod>::typed().compact())
+        .map_err(|e| format!("informer: {e}"))?;
     timed_sync(factory, informer).await
 }
 
 /// Reflex's metadata-only informer over a compact store: the smallest cache of the Pods.
 pub async fn reflex_compact_metadata(p: Params) -> Run {
     let factory = SharedInformerFactory::new(client(&p.server)?, FactoryOptions::default());
-    let informer = factory.compact_metadata_informer::<Pod>();
+    let informer = factory
+        .informer_with(InformerSpec::<PartialObjectMeta<Pod>>::metadata().compact())
+        .map_err(|e| format!("informer: {e}"))?;
     timed_sync(factory, informer).await
 }
 

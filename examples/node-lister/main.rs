@@ -26,9 +26,9 @@ use clap::Parser;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::core::Selector;
-use reflex::informer::factory::{FactoryOptions, SharedInformerFactory};
-use reflex::informer::handler::DeltaObject;
-use reflex::informer::handler::handler_fn;
+use reflex::informer::{
+    DeltaObject, FactoryOptions, ReflectorOptions, SharedInformerFactory, handler_fn,
+};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -277,7 +277,10 @@ async fn run(args: Args) -> Result<(), NodeListerError> {
     let factory = SharedInformerFactory::new(
         client.clone(),
         FactoryOptions {
-            label_selector: args.selector.clone(),
+            reflector: ReflectorOptions {
+                label_selector: args.selector.clone(),
+                ..ReflectorOptions::default()
+            },
             ..FactoryOptions::default()
         },
     );

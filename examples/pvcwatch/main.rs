@@ -39,10 +39,10 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::core::Selector;
 use parking_lot::Mutex;
 use quantity::{Quantity, QuantityError};
-use reflex::informer::factory::{FactoryOptions, SharedInformerFactory};
-use reflex::informer::handler::DeltaObject;
-use reflex::informer::handler::ResourceEventHandler;
-use reflex::informer::key::ObjectKey;
+use reflex::informer::{
+    DeltaObject, FactoryOptions, ObjectKey, ReflectorOptions, ResourceEventHandler,
+    SharedInformerFactory,
+};
 use serde_json::json;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -451,8 +451,11 @@ async fn run(args: Args) -> Result<(), PvcWatchError> {
         client.clone(),
         FactoryOptions {
             namespace: args.namespace.clone(),
-            label_selector: args.selector.clone(),
-            field_selector: args.field_selector.clone(),
+            reflector: ReflectorOptions {
+                label_selector: args.selector.clone(),
+                field_selector: args.field_selector.clone(),
+                ..ReflectorOptions::default()
+            },
             ..FactoryOptions::default()
         },
     );

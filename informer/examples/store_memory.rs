@@ -7,11 +7,11 @@
 //!
 //! `<mode>` is one of `typed` (typed Pods, managedFields skipped while parsing: the factory's
 //! `informer::<Pod>()`), `typed-keep` (managedFields kept: `FactoryOptions::decode =
-//! DecodeOptions::full()`), `projected` (`projected_informer::<Pod, PodPlacement>()`), `metadata`
-//! (`metadata_informer::<Pod>()`), `metadata-lean` (metadata-only, also skipping the
+//! DecodeOptions::full()`), `projected` (`informer::<PodPlacement>()`), `metadata`
+//! (`InformerSpec::<PartialObjectMeta<Pod>>::metadata()`), `metadata-lean` (metadata-only, also skipping the
 //! `kubectl.kubernetes.io/last-applied-configuration` annotation through `FactoryOptions::decode`),
 //! `metadata-compact` (metadata-only objects in a compact store: the factory's
-//! `compact_metadata_informer::<Pod>()`), `compact` (`compact_informer::<Pod>()`, LZ4) and
+//! `InformerSpec::metadata().compact()`), `compact` (`InformerSpec::typed().compact()`, LZ4) and
 //! `compact-json` (compact without compression). `[pods]` defaults to 10,000.
 //!
 //! The program first generates realistic Pods (labels, annotations, owner references,

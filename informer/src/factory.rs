@@ -2,30 +2,46 @@
 //!
 //! Several controllers in one process usually watch the same resources. Each watch costs the
 //! API server a connection and the process a full copy of the objects, so the factory hands
-//! the *same* [`SharedIndexInformer`] to every caller asking for the same thing (keyed by the
-//! Rust type, or the `ApiResource` for dynamic objects, and the kind of informer: full objects,
-//! a projection ([`projected_informer`](SharedInformerFactory::projected_informer)) or metadata
-//! only ([`metadata_informer`](SharedInformerFactory::metadata_informer))). `start()` runs the informers not yet running (call it again after asking
-//! for more), `wait_for_cache_sync()` reports per type, `shutdown()` stops and awaits them all.
+//! the *same* [`SharedIndexInformer`] to every caller asking for the same thing.
+//!
+//! What "the same thing" is, is an [`InformerSpec`]: what to decode (a typed resource or a
+//! projection of one, [`InformerSpec::typed`]; metadata only, [`InformerSpec::metadata`]; or
+//! `DynamicObject`s of any [`ApiResource`], [`InformerSpec::dynamic`]) and which store (normal,
+//! or [`compact`](InformerSpec::compact)), keyed by Rust types (and the `ApiResource` for
+//! dynamic objects), never by type-name strings. A spec may also carry the informer's
+//! [`transform`](InformerSpec::transform) and default handler [`resync`](InformerSpec::resync);
+//! asking again for an informer with a different one is a [`FactoryError::Conflict`], not a
+//! silent surprise. [`SharedInformerFactory::informer`] is the common case (the typed resource,
+//! normal store) in one call.
+//!
+//! `start()` runs the informers not yet running (call it again after asking for more),
+//! `wait_for_cache_sync()` reports per [`InformerId`] (`pods`, `deployments.apps`, with the
+//! decoded type and store), `shutdown()` stops and awaits them all. Namespace, selectors and the
+//! other list-and-watch settings are the factory's ([`FactoryOptions`]), shared by all its
+//! informers: selectors live in [`ReflectorOptions`] only.
 //!
 //! ```no_run
 //! use k8s_openapi::api::core::v1::Pod;
-//! use reflex_informer::factory::{FactoryOptions, SharedInformerFactory};
+//! use kube::api::PartialObjectMeta;
+//! use reflex_informer::factory::{FactoryOptions, InformerSpec, SharedInformerFactory};
 //!
-//! # async fn demo(client: kube::Client) {
+//! # async fn demo(client: kube::Client) -> Result<(), reflex_informer::factory::FactoryError> {
 //! let factory = SharedInformerFactory::new(client, FactoryOptions::default());
 //! let pods = factory.informer::<Pod>();
+//! // Every Pod's metadata in a compact store, beside the full Pods.
+//! let pod_meta = factory.informer_with(InformerSpec::<PartialObjectMeta<Pod>>::metadata().compact())?;
 //! factory.start();
 //! let synced = factory.wait_for_cache_sync(None).await;
 //! assert!(synced.values().all(|s| *s));
-//! let _count = pods.indexer().len();
+//! let _counts = (pods.indexer().len(), pod_meta.indexer().len());
 //! factory.shutdown().await;
+//! # Ok(())
 //! # }
 //! ```
 
 use std::any::{Any, TypeId};
-use std::collections::{BTreeMap, HashMap};
-use std::fmt::Debug;
+use std::collections::BTreeMap;
+use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,43 +49,341 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use kube::api::{ApiResource, DynamicObject, PartialObjectMeta};
 use parking_lot::Mutex;
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::decode::DecodeOptions;
-use crate::informer::{InformerOptions, SharedIndexInformer, Transform};
+use crate::fifo::FifoMode;
+use crate::informer::{InformerError, InformerOptions, SharedIndexInformer, Transform};
 use crate::reflector::ReflectorOptions;
 use crate::source::ListWatch;
 use crate::source::raw::RawApi;
-use crate::store::{CompactOptions, Indexer};
+use crate::store::{CompactOptions, Indexer, KeyFunc, meta_key_func};
 
 /// Options shared by every informer of a factory.
 #[derive(Debug, Clone, Default)]
 pub struct FactoryOptions {
-    /// Watch only this namespace (`None`: all namespaces).
+    /// Watch only this namespace (`None`: all namespaces). Cluster-scoped resources ignore it.
     pub namespace: Option<String>,
-    /// Label selector applied to every list and watch.
-    pub label_selector: Option<String>,
-    /// Field selector applied to every list and watch.
-    pub field_selector: Option<String>,
-    /// Default handler resync period (zero: none).
+    /// Default handler resync period of the factory's informers (zero: none); a spec's
+    /// [`resync`](InformerSpec::resync) overrides it for its informer.
     pub default_resync: Duration,
-    /// Resync period per informer name (see [`SharedInformerFactory::wait_for_cache_sync`] for
-    /// the names), overriding `default_resync`.
-    pub resync_per_type: HashMap<String, Duration>,
-    /// Base reflector options (the selectors above are applied on top).
+    /// How every informer lists and watches: label and field selectors, paging, timeouts,
+    /// streaming lists, backoff.
     pub reflector: ReflectorOptions,
     /// What typed and dynamic informers skip while decoding lists and watch events. The default
     /// skips `metadata.managedFields`, which controllers almost never read and which is about a
     /// quarter of a typical object's JSON; use [`DecodeOptions::full`] to keep it.
     pub decode: DecodeOptions,
     /// Which FIFO every informer of the factory queues changes in (see
-    /// [`FifoMode`](crate::fifo::FifoMode)); the classic DeltaFIFO by default.
-    pub fifo: crate::fifo::FifoMode,
-    /// The store options of the factory's compact informers
-    /// ([`SharedInformerFactory::compact_informer`] and its metadata and projection twins).
+    /// [`FifoMode`]); the classic DeltaFIFO by default.
+    pub fifo: FifoMode,
+    /// The store options of the factory's compact informers ([`InformerSpec::compact`]).
     pub compact: CompactOptions,
+}
+
+/// Why the factory refused a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FactoryError {
+    /// The informer this spec names exists already with a different transform or resync:
+    /// sharing it would silently change what its other users get.
+    #[error("informer {id} already exists with a different {setting}")]
+    Conflict {
+        /// The shared informer.
+        id: InformerId,
+        /// `"transform"` or `"resync"`.
+        setting: &'static str,
+    },
+}
+
+/// What an informer decodes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum InformerView {
+    /// Objects of a Rust type (the resource's own, or a projection of it), named by its type.
+    Typed(&'static str),
+    /// `PartialObjectMetadata`.
+    Metadata,
+    /// `DynamicObject`s.
+    Dynamic,
+}
+
+/// How [`SharedInformerFactory::wait_for_cache_sync`] names an informer: the resource, what it
+/// decodes and whether its store is compact. Displayed as, for example, `pods.v1 (Pod)`,
+/// `deployments.apps/v1 (metadata, compact)`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InformerId {
+    resource: String,
+    version: String,
+    view: InformerView,
+    compact: bool,
+}
+
+impl InformerId {
+    /// The resource, as kubectl names it: `pods`, `deployments.apps`.
+    pub fn resource(&self) -> &str {
+        &self.resource
+    }
+
+    /// The API version of the resource (`v1`).
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// What the informer decodes.
+    pub fn view(&self) -> &InformerView {
+        &self.view
+    }
+
+    /// Whether its store is compact.
+    pub fn is_compact(&self) -> bool {
+        self.compact
+    }
+}
+
+impl fmt::Display for InformerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let view = match &self.view {
+            InformerView::Typed(name) => name.rsplit("::").next().unwrap_or(name),
+            InformerView::Metadata => "metadata",
+            InformerView::Dynamic => "dynamic",
+        };
+        let sep = if self.resource.contains('.') {
+            '/'
+        } else {
+            '.'
+        };
+        write!(f, "{}{sep}{} ({view}", self.resource, self.version)?;
+        if self.compact {
+            f.write_str(", compact")?;
+        }
+        f.write_str(")")
+    }
+}
+
+/// The sharing identity of a spec: the decoded Rust type, the dynamic resource, the store.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct EntryKey {
+    id: InformerId,
+    item: TypeIdKey,
+}
+
+/// `TypeId` with an order, so entries sort (the order means nothing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct TypeIdKey(TypeId);
+
+/// How a spec's source is made, once the factory is known.
+type MakeSource<K> = Box<dyn FnOnce(&SharedInformerFactory) -> Arc<dyn ListWatch<K>> + Send>;
+/// How a compact spec's store is made.
+type MakeCompact<K> = fn(KeyFunc<K>, CompactOptions) -> Indexer<K>;
+
+/// What to ask a [`SharedInformerFactory`] for; see the [module docs](self).
+///
+/// ```
+/// use std::time::Duration;
+/// use k8s_openapi::api::core::v1::Pod;
+/// use kube::api::PartialObjectMeta;
+/// use reflex_informer::factory::InformerSpec;
+///
+/// let full = InformerSpec::<Pod>::typed().resync(Duration::from_secs(300));
+/// let meta = InformerSpec::<PartialObjectMeta<Pod>>::metadata().compact();
+/// assert_eq!(full.id().resource(), "pods");
+/// assert!(meta.id().is_compact());
+/// ```
+pub struct InformerSpec<K> {
+    key: EntryKey,
+    key_fn: KeyFunc<K>,
+    source: MakeSource<K>,
+    compact: Option<MakeCompact<K>>,
+    transform: Option<Transform<K>>,
+    resync: Option<Duration>,
+}
+
+impl<K> fmt::Debug for InformerSpec<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InformerSpec")
+            .field("id", &self.key.id)
+            .field("transform", &self.transform.is_some())
+            .field("resync", &self.resync)
+            .finish()
+    }
+}
+
+fn resource_name(group: &str, plural: &str) -> String {
+    if group.is_empty() {
+        plural.to_owned()
+    } else {
+        format!("{plural}.{group}")
+    }
+}
+
+fn cluster_scoped<S: 'static>() -> bool {
+    TypeId::of::<S>() == TypeId::of::<k8s_openapi::ClusterResourceScope>()
+}
+
+impl<K> InformerSpec<K>
+where
+    K: kube::Resource + DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Default + Send + Sync + 'static,
+    K::Scope: 'static,
+{
+    /// Objects of the typed resource `K`, listed and watched at `K`'s URL and decoded straight
+    /// into `K`, skipping what [`FactoryOptions::decode`] names. `K` may be a projection of a
+    /// resource (a struct of yours with `metadata` and only the fields you read, made a resource
+    /// with [`impl_projection!`](crate::impl_projection)): then nothing else of the object is
+    /// ever allocated (see [`decode`](crate::decode)).
+    pub fn typed() -> Self {
+        let dt = K::DynamicType::default();
+        let id = InformerId {
+            resource: resource_name(&K::group(&dt), &K::plural(&dt)),
+            version: K::version(&dt).into_owned(),
+            view: InformerView::Typed(std::any::type_name::<K>()),
+            compact: false,
+        };
+        let source: MakeSource<K> = Box::new(|factory: &SharedInformerFactory| {
+            let namespace = factory.namespace_for(cluster_scoped::<K::Scope>());
+            let url = K::url_path(&K::DynamicType::default(), namespace);
+            let api = RawApi::<K>::at(factory.client.clone(), url)
+                .with_decode_options(&factory.options.decode);
+            Arc::new(api) as Arc<dyn ListWatch<K>>
+        });
+        InformerSpec {
+            key: EntryKey {
+                id,
+                item: TypeIdKey(TypeId::of::<K>()),
+            },
+            key_fn: meta_key_func::<K>(dt),
+            source,
+            compact: None,
+            transform: None,
+            resync: None,
+        }
+    }
+}
+
+impl<R> InformerSpec<PartialObjectMeta<R>>
+where
+    R: kube::Resource + Clone + DeserializeOwned + fmt::Debug + Send + Sync + 'static,
+    R::DynamicType: Default + Send + Sync + 'static,
+    R::Scope: 'static,
+{
+    /// The metadata of `R`'s objects: lists and watches ask the server for
+    /// `PartialObjectMetadata` through the `Accept` header, as kubectl does (see
+    /// [`RawApi::metadata_all`]), and skip what [`FactoryOptions::decode`] names while parsing.
+    /// For controllers that need names, labels, owners or resourceVersions, not the objects.
+    pub fn metadata() -> Self {
+        let dt = R::DynamicType::default();
+        let id = InformerId {
+            resource: resource_name(&R::group(&dt), &R::plural(&dt)),
+            version: R::version(&dt).into_owned(),
+            view: InformerView::Metadata,
+            compact: false,
+        };
+        let source: MakeSource<PartialObjectMeta<R>> =
+            Box::new(|factory: &SharedInformerFactory| {
+                let dt = R::DynamicType::default();
+                let client = factory.client.clone();
+                let api = match factory.namespace_for(cluster_scoped::<R::Scope>()) {
+                    Some(ns) => {
+                        RawApi::<PartialObjectMeta<R>>::metadata_namespaced(client, ns, &dt)
+                    }
+                    None => RawApi::<PartialObjectMeta<R>>::metadata_all(client, &dt),
+                };
+                Arc::new(api.with_decode_options(&factory.options.decode))
+                    as Arc<dyn ListWatch<PartialObjectMeta<R>>>
+            });
+        InformerSpec {
+            key: EntryKey {
+                id,
+                item: TypeIdKey(TypeId::of::<PartialObjectMeta<R>>()),
+            },
+            key_fn: meta_key_func::<PartialObjectMeta<R>>(dt),
+            source,
+            compact: None,
+            transform: None,
+            resync: None,
+        }
+    }
+}
+
+impl InformerSpec<DynamicObject> {
+    /// `DynamicObject`s of `resource` (CRDs, anything discovered), in the factory's namespace
+    /// unless the resource is cluster-scoped (an `ApiResource` does not say, so a cluster-scoped
+    /// one is watched cluster-wide only with [`FactoryOptions::namespace`] unset).
+    pub fn dynamic(resource: &ApiResource) -> Self {
+        let id = InformerId {
+            resource: resource_name(&resource.group, &resource.plural),
+            version: resource.version.clone(),
+            view: InformerView::Dynamic,
+            compact: false,
+        };
+        let ar = resource.clone();
+        let source: MakeSource<DynamicObject> = Box::new(move |factory: &SharedInformerFactory| {
+            let client = factory.client.clone();
+            let api = match &factory.options.namespace {
+                Some(ns) => RawApi::namespaced_with(client, ns, &ar),
+                None => RawApi::all_with(client, &ar),
+            };
+            Arc::new(api.with_decode_options(&factory.options.decode))
+                as Arc<dyn ListWatch<DynamicObject>>
+        });
+        InformerSpec {
+            key: EntryKey {
+                id,
+                item: TypeIdKey(TypeId::of::<DynamicObject>()),
+            },
+            key_fn: meta_key_func::<DynamicObject>(resource.clone()),
+            source,
+            compact: None,
+            transform: None,
+            resync: None,
+        }
+    }
+}
+
+impl<K> InformerSpec<K>
+where
+    K: Send + Sync + 'static,
+{
+    /// How the factory will name this informer.
+    pub fn id(&self) -> &InformerId {
+        &self.key.id
+    }
+
+    /// Keeps each object as compressed JSON, decoded when read, per
+    /// [`FactoryOptions::compact`]; handlers still receive the decoded `Arc<K>` of each event.
+    /// For large caches read mostly by key or index; see the
+    /// [store docs](crate::store#compact-mode) for the trade-off. `K`'s JSON round-trip must
+    /// give the same value (Kubernetes types and derived structs do).
+    ///
+    /// Unless the factory's reflector options say otherwise, a compact informer lists in pages
+    /// of 500, its first list a consistent read (`resourceVersion=""`, where other informers
+    /// list at `"0"`, which the API server's watch cache answers whole), and fetches the next
+    /// page only once fewer than two pages of objects wait to be stored
+    /// ([`ReflectorOptions::list_backlog`]): the decoded objects of a list never all exist at
+    /// once, so the process's peak memory is the compact store's, not that of the full objects.
+    pub fn compact(mut self) -> Self
+    where
+        K: kube::Resource + Serialize + DeserializeOwned,
+    {
+        self.key.id.compact = true;
+        self.compact = Some(|key_fn, options| Indexer::compact_with_key_func(key_fn, options));
+        self
+    }
+
+    /// Rewrites every object before it enters the FIFO and the store (see [`Transform`]).
+    pub fn transform(mut self, transform: Transform<K>) -> Self {
+        self.transform = Some(transform);
+        self
+    }
+
+    /// The default resync period of the informer's handlers, instead of the factory's
+    /// [`default_resync`](FactoryOptions::default_resync).
+    pub fn resync(mut self, period: Duration) -> Self {
+        self.resync = Some(period);
+        self
+    }
 }
 
 /// A started or not yet started informer, with its concrete type erased.
@@ -86,8 +400,14 @@ where
     fn run(&self, shutdown: CancellationToken) -> BoxFuture<'static, ()> {
         let informer = self.clone();
         async move {
-            if let Err(e) = informer.run(shutdown).await {
-                tracing::error!(error = %e, "informer refused to run");
+            match informer.run(shutdown).await {
+                Ok(()) => {}
+                // Someone else (a controller given this informer) runs it already: the
+                // factory's aim, a running informer, is met, and its runner stops it.
+                Err(InformerError::AlreadyStarted(_)) => {
+                    tracing::debug!("informer already running elsewhere");
+                }
+                Err(e) => tracing::error!(error = %e, "informer refused to run"),
             }
         }
         .boxed()
@@ -105,13 +425,15 @@ where
 
 struct Entry {
     informer: Arc<dyn ErasedInformer>,
+    /// The transform the informer was made with (compared by identity).
+    transform: Option<Arc<dyn Any + Send + Sync>>,
+    resync: Option<Duration>,
     started: bool,
 }
 
 struct State {
-    informers: BTreeMap<String, Entry>,
+    informers: BTreeMap<EntryKey, Entry>,
     tasks: Vec<JoinHandle<()>>,
-    transforms: HashMap<TypeId, Box<dyn Any + Send + Sync>>,
     shut_down: bool,
 }
 
@@ -124,14 +446,13 @@ pub struct SharedInformerFactory {
     shutdown: CancellationToken,
 }
 
-impl std::fmt::Debug for SharedInformerFactory {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Debug for SharedInformerFactory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.state.lock();
+        let ids: Vec<String> = state.informers.keys().map(|k| k.id.to_string()).collect();
         f.debug_struct("SharedInformerFactory")
             .field("options", &self.options)
-            .field(
-                "informers",
-                &self.state.lock().informers.keys().collect::<Vec<_>>(),
-            )
+            .field("informers", &ids)
             .finish()
     }
 }
@@ -145,350 +466,123 @@ impl SharedInformerFactory {
             state: Arc::new(Mutex::new(State {
                 informers: BTreeMap::new(),
                 tasks: Vec::new(),
-                transforms: HashMap::new(),
                 shut_down: false,
             })),
             shutdown: CancellationToken::new(),
         }
     }
 
-    /// Sets the transform of the informers of type `K` created after this call.
-    pub fn set_transform<K: 'static>(&self, transform: Transform<K>) {
-        self.state
-            .lock()
-            .transforms
-            .insert(TypeId::of::<K>(), Box::new(transform));
-    }
-
-    fn informer_options(&self, name: &str) -> InformerOptions {
-        let mut reflector = self.options.reflector.clone();
-        if self.options.label_selector.is_some() {
-            reflector.label_selector = self.options.label_selector.clone();
-        }
-        if self.options.field_selector.is_some() {
-            reflector.field_selector = self.options.field_selector.clone();
-        }
-        InformerOptions {
-            default_resync: self
-                .options
-                .resync_per_type
-                .get(name)
-                .copied()
-                .unwrap_or(self.options.default_resync),
-            reflector,
-            fifo: self.options.fifo,
-        }
-    }
-
-    /// The namespace the factory's informers of `K` are scoped to: the factory's namespace,
-    /// unless `K` is cluster-scoped.
-    fn namespace_of<K>(&self) -> Option<&str>
-    where
-        K: kube::Resource,
-        K::Scope: 'static,
-    {
-        let cluster_scoped =
-            TypeId::of::<K::Scope>() == TypeId::of::<k8s_openapi::ClusterResourceScope>();
+    /// The namespace a resource is watched in: the factory's, unless it is cluster-scoped.
+    fn namespace_for(&self, cluster_scoped: bool) -> Option<&str> {
         self.options
             .namespace
             .as_deref()
             .filter(|_| !cluster_scoped)
     }
 
-    /// The source of `P` decoded from the JSON of the typed resource `K` at `K`'s URL: list and
-    /// watch through [`RawApi`], which skips what [`FactoryOptions::decode`] names while
-    /// parsing; scoped to the factory's namespace unless `K` is cluster-scoped. `P` is `K`
-    /// itself or a projection of it.
-    fn typed_source<K, P>(&self) -> RawApi<P>
-    where
-        K: kube::Resource,
-        K::DynamicType: Default,
-        K::Scope: 'static,
-    {
-        let url = K::url_path(&K::DynamicType::default(), self.namespace_of::<K>());
-        RawApi::at(self.client.clone(), url).with_decode_options(&self.options.decode)
+    fn informer_options(&self, resync: Option<Duration>) -> InformerOptions {
+        InformerOptions {
+            default_resync: resync.unwrap_or(self.options.default_resync),
+            reflector: self.options.reflector.clone(),
+            fifo: self.options.fifo,
+        }
     }
 
-    fn get_or_create<K>(
+    /// The shared informer of the typed resource `K` with a normal store: the common case of
+    /// [`informer_with`](Self::informer_with)`(InformerSpec::typed())`.
+    pub fn informer<K>(&self) -> SharedIndexInformer<K>
+    where
+        K: kube::Resource + DeserializeOwned + Send + Sync + 'static,
+        K::DynamicType: Default + Send + Sync + 'static,
+        K::Scope: 'static,
+    {
+        self.obtain(InformerSpec::<K>::typed()).0
+    }
+
+    /// The shared informer `spec` names: the existing one if any caller asked for the same
+    /// spec before (whatever its transform or resync, if this spec sets none), a new one
+    /// otherwise. A spec whose transform (compared by identity: pass the same `Arc`) or resync
+    /// differs from the existing informer's is a [`FactoryError::Conflict`].
+    pub fn informer_with<K>(
         &self,
-        name: String,
-        create: impl FnOnce(InformerOptions) -> SharedIndexInformer<K>,
-    ) -> SharedIndexInformer<K>
+        spec: InformerSpec<K>,
+    ) -> Result<SharedIndexInformer<K>, FactoryError>
+    where
+        K: kube::Resource + Send + Sync + 'static,
+    {
+        let id = spec.key.id.clone();
+        match self.obtain(spec) {
+            (informer, None) => Ok(informer),
+            (_, Some(setting)) => Err(FactoryError::Conflict { id, setting }),
+        }
+    }
+
+    /// The existing informer of `spec`, with the setting in which `spec` differs from it (if
+    /// any), or a new one.
+    fn obtain<K>(&self, spec: InformerSpec<K>) -> (SharedIndexInformer<K>, Option<&'static str>)
     where
         K: kube::Resource + Send + Sync + 'static,
     {
         let mut state = self.state.lock();
-        if let Some(entry) = state.informers.get(&name)
+        if let Some(entry) = state.informers.get(&spec.key)
             && let Some(informer) = entry
                 .informer
                 .as_any()
                 .downcast_ref::<SharedIndexInformer<K>>()
         {
-            return informer.clone();
+            let same_transform = spec.transform.as_ref().is_none_or(|transform| {
+                entry
+                    .transform
+                    .as_ref()
+                    .and_then(|t| t.downcast_ref::<Transform<K>>())
+                    .is_some_and(|existing| Arc::ptr_eq(existing, transform))
+            });
+            let differs = if !same_transform {
+                Some("transform")
+            } else if spec.resync.is_some() && spec.resync != entry.resync {
+                Some("resync")
+            } else {
+                None
+            };
+            return (informer.clone(), differs);
         }
-        let informer = create(self.informer_options(&name));
-        if let Some(t) = state.transforms.get(&TypeId::of::<K>())
-            && let Some(t) = t.downcast_ref::<Transform<K>>()
-            && let Err(e) = informer.set_transform(t.clone())
-        {
-            tracing::error!(error = %e, informer = %name, "transform not applied");
-        }
+        let key = spec.key.clone();
+        let transform = spec.transform.clone();
+        let resync = spec.resync;
+        let informer = self.make(spec);
+        tracing::debug!(informer = %key.id, "informer created");
         state.informers.insert(
-            name,
+            key,
             Entry {
                 informer: Arc::new(informer.clone()),
+                transform: transform.map(|t| Arc::new(t) as Arc<dyn Any + Send + Sync>),
+                resync,
                 started: false,
             },
         );
-        informer
+        (informer, None)
     }
 
-    /// The shared informer of typed objects `K` (named after `K`'s Rust type).
-    pub fn informer<K>(&self) -> SharedIndexInformer<K>
+    /// Builds the informer of `spec` (not registered).
+    fn make<K>(&self, spec: InformerSpec<K>) -> SharedIndexInformer<K>
     where
-        K: kube::Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-        K::DynamicType: Default + Send + Sync + 'static,
-        K::Scope: 'static,
+        K: kube::Resource + Send + Sync + 'static,
     {
-        let name = std::any::type_name::<K>().to_owned();
-        self.get_or_create(name, |options| {
-            let source: Arc<dyn ListWatch<K>> = Arc::new(self.typed_source::<K, K>());
-            SharedIndexInformer::new(source, options)
-        })
-    }
-
-    /// The shared informer of typed objects `K` with a *compact* store (named `compact:` and
-    /// `K`'s Rust type): listed, watched and decoded like [`informer`](Self::informer)'s, but each
-    /// object is kept as compressed JSON and decoded when read, per
-    /// [`FactoryOptions::compact`]. Handlers still receive the decoded `Arc<K>` of each event.
-    /// For large caches read mostly by key or index; see the
-    /// [store docs](crate::store#compact-mode) for the trade-off.
-    ///
-    /// Unless the factory's reflector options say otherwise, a compact informer lists in pages
-    /// of 500, its first list a consistent read (`resourceVersion=""`, where other informers
-    /// list at `"0"`, which the API server's watch cache answers whole), and fetches the next
-    /// page only once fewer than two pages of objects wait to be stored
-    /// ([`ReflectorOptions::list_backlog`](crate::reflector::ReflectorOptions::list_backlog)):
-    /// the decoded objects of a list never all exist at once, so the process's peak memory is
-    /// the compact store's, not that of the full objects.
-    ///
-    /// ```no_run
-    /// use k8s_openapi::api::core::v1::Pod;
-    /// use reflex_informer::factory::{FactoryOptions, SharedInformerFactory};
-    /// use reflex_informer::key::ObjectKey;
-    ///
-    /// # async fn demo(client: kube::Client) {
-    /// let factory = SharedInformerFactory::new(client, FactoryOptions::default());
-    /// let pods = factory.compact_informer::<Pod>();
-    /// factory.start();
-    /// factory.wait_for_cache_sync(None).await;
-    /// let web = pods.lister().get_by_key(&ObjectKey::new(Some("default"), "web-0"));
-    /// # let _ = web;
-    /// # }
-    /// ```
-    pub fn compact_informer<K>(&self) -> SharedIndexInformer<K>
-    where
-        K: kube::Resource
-            + Clone
-            + serde::Serialize
-            + DeserializeOwned
-            + Debug
-            + Send
-            + Sync
-            + 'static,
-        K::DynamicType: Default + Send + Sync + 'static,
-        K::Scope: 'static,
-    {
-        let name = format!("compact:{}", std::any::type_name::<K>());
-        self.get_or_create(name, |options| {
-            let source: Arc<dyn ListWatch<K>> = Arc::new(self.typed_source::<K, K>());
-            SharedIndexInformer::with_indexer(
-                source,
-                Indexer::compact(self.options.compact.clone()),
-                compact_informer_options(options),
-            )
-        })
-    }
-
-    /// The shared projection informer of [`projected_informer`](Self::projected_informer) with a
-    /// compact store (named `compact:projection:`, `K`'s and `P`'s Rust types): `P` must also be
-    /// `Serialize`, and its JSON round-trip must give the same value (a derived struct does).
-    pub fn compact_projected_informer<K, P>(&self) -> SharedIndexInformer<P>
-    where
-        K: kube::Resource + 'static,
-        K::DynamicType: Default,
-        K::Scope: 'static,
-        P: kube::Resource + serde::Serialize + DeserializeOwned + Debug + Send + Sync + 'static,
-        P::DynamicType: Default + Send + Sync + 'static,
-    {
-        let name = format!(
-            "compact:projection:{}:{}",
-            std::any::type_name::<K>(),
-            std::any::type_name::<P>()
-        );
-        self.get_or_create(name, |options| {
-            let source: Arc<dyn ListWatch<P>> = Arc::new(self.typed_source::<K, P>());
-            SharedIndexInformer::with_indexer(
-                source,
-                Indexer::compact(self.options.compact.clone()),
-                compact_informer_options(options),
-            )
-        })
-    }
-
-    /// The shared informer of the projection `P` of the typed resource `K` (named `projection:`,
-    /// `K`'s and `P`'s Rust types).
-    ///
-    /// `P` is a struct of yours with `metadata: ObjectMeta` and only the fields your controller
-    /// reads, made a resource with [`impl_projection!`](crate::impl_projection); it is listed and
-    /// watched at `K`'s URL (with the factory's namespace and selectors) and decoded straight
-    /// from `K`'s JSON, so nothing else of the object is ever allocated (see
-    /// [`decode`](crate::decode)). It is keyed `namespace/name`, indexed, listed and shared like
-    /// any informer's objects; [`FactoryOptions::decode`] applies on top of the projection.
-    ///
-    /// ```no_run
-    /// use k8s_openapi::api::core::v1::Pod;
-    /// use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-    /// use reflex_informer::factory::{FactoryOptions, SharedInformerFactory};
-    ///
-    /// /// What this controller reads of a Pod: where it runs.
-    /// #[derive(Debug, Clone, serde::Deserialize)]
-    /// struct PodNode {
-    ///     metadata: ObjectMeta,
-    ///     #[serde(default)]
-    ///     spec: PodNodeSpec,
-    /// }
-    /// #[derive(Debug, Clone, Default, serde::Deserialize)]
-    /// struct PodNodeSpec {
-    ///     #[serde(rename = "nodeName")]
-    ///     node_name: Option<String>,
-    /// }
-    /// reflex_informer::impl_projection!(PodNode => Pod);
-    ///
-    /// # async fn demo(client: kube::Client) {
-    /// let factory = SharedInformerFactory::new(client, FactoryOptions::default());
-    /// let pods = factory.projected_informer::<Pod, PodNode>();
-    /// pods.add_indexers("by-node", |p: &PodNode| p.spec.node_name.clone().into_iter().collect())
-    ///     .unwrap();
-    /// factory.start();
-    /// factory.wait_for_cache_sync(None).await;
-    /// let on_node_1 = pods.indexer().by_index("by-node", "node-1").unwrap();
-    /// # let _ = on_node_1;
-    /// # }
-    /// ```
-    pub fn projected_informer<K, P>(&self) -> SharedIndexInformer<P>
-    where
-        K: kube::Resource + 'static,
-        K::DynamicType: Default,
-        K::Scope: 'static,
-        P: kube::Resource + DeserializeOwned + Send + Sync + 'static,
-        P::DynamicType: Default + Send + Sync + 'static,
-    {
-        let name = format!(
-            "projection:{}:{}",
-            std::any::type_name::<K>(),
-            std::any::type_name::<P>()
-        );
-        self.get_or_create(name, |options| {
-            let source: Arc<dyn ListWatch<P>> = Arc::new(self.typed_source::<K, P>());
-            SharedIndexInformer::new(source, options)
-        })
-    }
-
-    /// The shared informer of `DynamicObject`s of `resource` (CRDs, discovered resources),
-    /// named `group/version/plural`.
-    pub fn dynamic_informer(&self, resource: &ApiResource) -> SharedIndexInformer<DynamicObject> {
-        let name = format!(
-            "{}/{}/{}",
-            resource.group, resource.version, resource.plural
-        );
-        self.get_or_create(name, |options| {
-            let api = match &self.options.namespace {
-                Some(ns) => RawApi::namespaced_with(self.client.clone(), ns, resource),
-                None => RawApi::all_with(self.client.clone(), resource),
-            };
-            let source: Arc<dyn ListWatch<DynamicObject>> =
-                Arc::new(api.with_decode_options(&self.options.decode));
-            SharedIndexInformer::with_indexer(
-                source,
-                Indexer::with_dyntype(resource.clone()),
-                options,
-            )
-        })
-    }
-
-    /// The shared metadata-only informer of `K` (named `metadata:` and `K`'s Rust type).
-    ///
-    /// Its lists and watches ask the server for `PartialObjectMetadata` through the `Accept`
-    /// header, as kubectl does (see [`RawApi::metadata_all`]), in the factory's namespace unless
-    /// `K` is cluster-scoped, and skip what [`FactoryOptions::decode`] names (by default
-    /// `managedFields`) while parsing: use it when a controller needs names, labels, owners or
-    /// resourceVersions but not the objects themselves.
-    pub fn metadata_informer<K>(&self) -> SharedIndexInformer<PartialObjectMeta<K>>
-    where
-        K: kube::Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-        K::DynamicType: Default + Send + Sync + 'static,
-        K::Scope: 'static,
-    {
-        let name = format!("metadata:{}", std::any::type_name::<K>());
-        self.get_or_create(name, |options| {
-            SharedIndexInformer::new(self.metadata_source::<K>(), options)
-        })
-    }
-
-    /// The `PartialObjectMetadata` source of `K`, in the factory's namespace unless `K` is
-    /// cluster-scoped.
-    fn metadata_source<K>(&self) -> Arc<dyn ListWatch<PartialObjectMeta<K>>>
-    where
-        K: kube::Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-        K::DynamicType: Default + Send + Sync + 'static,
-        K::Scope: 'static,
-    {
-        let dt = K::DynamicType::default();
-        let api = match self.namespace_of::<K>() {
-            Some(ns) => {
-                RawApi::<PartialObjectMeta<K>>::metadata_namespaced(self.client.clone(), ns, &dt)
+        let mut options = self.informer_options(spec.resync);
+        let indexer = match spec.compact {
+            Some(make) => {
+                options = compact_informer_options(options);
+                make(spec.key_fn, self.options.compact.clone())
             }
-            None => RawApi::<PartialObjectMeta<K>>::metadata_all(self.client.clone(), &dt),
+            None => Indexer::with_key_func(spec.key_fn),
         };
-        Arc::new(api.with_decode_options(&self.options.decode))
-    }
-
-    /// The shared metadata-only informer of [`metadata_informer`](Self::metadata_informer) with a
-    /// compact store (named `compact:metadata:` and `K`'s Rust type): the smallest cache of a
-    /// resource Reflex has, about 1 KiB per realistic Pod against about 3 KiB for the decoded
-    /// `ObjectMeta` (whose maps and strings are each their own allocation), at a few
-    /// microseconds per read that misses the cache of decoded objects. See the
-    /// [store docs](crate::store#compact-mode) for the trade-off.
-    ///
-    /// ```no_run
-    /// use k8s_openapi::api::core::v1::Pod;
-    /// use reflex_informer::factory::{FactoryOptions, SharedInformerFactory};
-    /// use reflex_informer::store::NAMESPACE_INDEX;
-    ///
-    /// # async fn demo(client: kube::Client) {
-    /// let factory = SharedInformerFactory::new(client, FactoryOptions::default());
-    /// let pods = factory.compact_metadata_informer::<Pod>();
-    /// factory.start();
-    /// factory.wait_for_cache_sync(None).await;
-    /// let in_default = pods.indexer().by_index(NAMESPACE_INDEX, "default").unwrap();
-    /// # let _ = in_default;
-    /// # }
-    /// ```
-    pub fn compact_metadata_informer<K>(&self) -> SharedIndexInformer<PartialObjectMeta<K>>
-    where
-        K: kube::Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-        K::DynamicType: Default + Send + Sync + 'static,
-        K::Scope: 'static,
-    {
-        let name = format!("compact:metadata:{}", std::any::type_name::<K>());
-        self.get_or_create(name, |options| {
-            SharedIndexInformer::with_indexer(
-                self.metadata_source::<K>(),
-                Indexer::compact(self.options.compact.clone()),
-                compact_informer_options(options),
-            )
-        })
+        let source = (spec.source)(self);
+        let informer = SharedIndexInformer::with_indexer(source, indexer, options);
+        if let Some(transform) = spec.transform {
+            // A new informer has not started: setting its transform cannot fail.
+            let _ = informer.set_transform(transform);
+        }
+        informer
     }
 
     /// Starts every informer not yet started (on the current tokio runtime). Call it again
@@ -499,9 +593,9 @@ impl SharedInformerFactory {
             return;
         }
         let mut spawned = Vec::new();
-        for (name, entry) in state.informers.iter_mut().filter(|(_, e)| !e.started) {
+        for (key, entry) in state.informers.iter_mut().filter(|(_, e)| !e.started) {
             entry.started = true;
-            tracing::debug!(informer = %name, "starting informer");
+            tracing::debug!(informer = %key.id, "starting informer");
             spawned.push(tokio::spawn(
                 entry.informer.run(self.shutdown.child_token()),
             ));
@@ -509,24 +603,27 @@ impl SharedInformerFactory {
         state.tasks.extend(spawned);
     }
 
-    /// Waits for every started informer to sync, or until `timeout`; returns informer name ->
-    /// synced.
-    pub async fn wait_for_cache_sync(&self, timeout: Option<Duration>) -> BTreeMap<String, bool> {
-        let started: Vec<(String, Arc<dyn ErasedInformer>)> = self
+    /// Waits for every started informer to sync, or until `timeout`; returns whether each
+    /// synced, by [`InformerId`].
+    pub async fn wait_for_cache_sync(
+        &self,
+        timeout: Option<Duration>,
+    ) -> BTreeMap<InformerId, bool> {
+        let started: Vec<(InformerId, Arc<dyn ErasedInformer>)> = self
             .state
             .lock()
             .informers
             .iter()
             .filter(|(_, e)| e.started)
-            .map(|(n, e)| (n.clone(), e.informer.clone()))
+            .map(|(k, e)| (k.id.clone(), e.informer.clone()))
             .collect();
-        let waits = started.into_iter().map(|(name, informer)| async move {
+        let waits = started.into_iter().map(|(id, informer)| async move {
             let wait = informer.wait_for_sync();
             let synced = match timeout {
                 Some(t) => tokio::time::timeout(t, wait).await.unwrap_or(false),
                 None => wait.await,
             };
-            (name, synced)
+            (id, synced)
         });
         futures::future::join_all(waits).await.into_iter().collect()
     }
@@ -571,7 +668,7 @@ fn compact_informer_options(mut options: InformerOptions) -> InformerOptions {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+    use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
 
     fn client() -> kube::Client {
         let config = kube::Config::new("http://127.0.0.1:9".parse().expect("uri"));
@@ -579,40 +676,87 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_same_request_returns_the_same_shared_informer() {
+    async fn the_same_spec_returns_the_same_shared_informer_and_different_specs_do_not() {
         let factory = SharedInformerFactory::new(client(), FactoryOptions::default());
         let a = factory.informer::<Pod>();
-        let b = factory.informer::<Pod>();
+        let b = factory.informer_with(InformerSpec::<Pod>::typed()).unwrap();
         a.add_indexers("by-node", |_: &Pod| Vec::new()).unwrap();
         // Shared: the index registered through `a` exists in `b`'s store.
         assert!(b.indexer().index_keys("by-node", "x").is_ok());
-        let m = factory.metadata_informer::<Pod>();
+        let m = factory
+            .informer_with(InformerSpec::<PartialObjectMeta<Pod>>::metadata())
+            .unwrap();
         assert!(
             m.indexer().index_keys("by-node", "x").is_err(),
             "metadata informer is distinct"
         );
-        let c = factory.compact_informer::<Pod>();
+        let c = factory
+            .informer_with(InformerSpec::<Pod>::typed().compact())
+            .unwrap();
         assert!(c.indexer().is_compact());
         assert!(!a.indexer().is_compact());
         assert!(
             c.indexer().index_keys("by-node", "x").is_err(),
             "compact is distinct"
         );
-        c.add_indexers("c", |_: &Pod| Vec::new()).unwrap();
-        assert!(
-            factory
-                .compact_informer::<Pod>()
-                .indexer()
-                .index_keys("c", "x")
-                .is_ok()
-        );
         let ar = ApiResource::erase::<ConfigMap>(&());
-        let d1 = factory.dynamic_informer(&ar);
-        let d2 = factory.dynamic_informer(&ar);
+        let d1 = factory.informer_with(InformerSpec::dynamic(&ar)).unwrap();
+        let d2 = factory.informer_with(InformerSpec::dynamic(&ar)).unwrap();
         d1.add_indexers("x", |_: &DynamicObject| Vec::new())
             .unwrap();
         assert!(d2.indexer().index_keys("x", "v").is_ok());
-        assert_eq!(factory.state.lock().informers.len(), 4);
+        let dc = factory
+            .informer_with(InformerSpec::dynamic(&ar).compact())
+            .unwrap();
+        assert!(dc.indexer().is_compact(), "dynamic and compact combine");
+        let nodes = ApiResource::erase::<Node>(&());
+        let dn = factory
+            .informer_with(InformerSpec::dynamic(&nodes))
+            .unwrap();
+        assert!(
+            dn.indexer().index_keys("x", "v").is_err(),
+            "another resource"
+        );
+        assert_eq!(factory.state.lock().informers.len(), 6);
+    }
+
+    #[tokio::test]
+    async fn a_different_transform_or_resync_for_a_shared_informer_is_a_conflict() {
+        let factory = SharedInformerFactory::new(client(), FactoryOptions::default());
+        let strip: Transform<Pod> = Arc::new(|pod| pod);
+        let spec = || InformerSpec::<Pod>::typed().transform(strip.clone());
+        let first = factory.informer_with(spec()).unwrap();
+        let again = factory.informer_with(spec()).unwrap();
+        assert!(Arc::ptr_eq(
+            &first.indexer().snapshot(),
+            &again.indexer().snapshot()
+        ));
+        let other: Transform<Pod> = Arc::new(|pod| pod);
+        let conflict = factory
+            .informer_with(InformerSpec::<Pod>::typed().transform(other))
+            .unwrap_err();
+        assert_eq!(
+            conflict,
+            FactoryError::Conflict {
+                id: InformerSpec::<Pod>::typed().id().clone(),
+                setting: "transform"
+            }
+        );
+        assert!(
+            factory.informer_with(InformerSpec::<Pod>::typed()).is_ok(),
+            "a spec that sets nothing takes the informer as it is"
+        );
+        let resync = Duration::from_secs(30);
+        let meta = || InformerSpec::<PartialObjectMeta<Pod>>::metadata();
+        factory.informer_with(meta().resync(resync)).unwrap();
+        assert!(factory.informer_with(meta().resync(resync)).is_ok());
+        assert!(matches!(
+            factory.informer_with(meta().resync(Duration::from_secs(60))),
+            Err(FactoryError::Conflict {
+                setting: "resync",
+                ..
+            })
+        ));
     }
 
     #[tokio::test(start_paused = true)]
@@ -627,42 +771,81 @@ mod tests {
         let synced = factory
             .wait_for_cache_sync(Some(Duration::from_secs(5)))
             .await;
-        assert_eq!(synced.get(std::any::type_name::<Pod>()), Some(&false));
+        let pods = InformerSpec::<Pod>::typed().id().clone();
+        assert_eq!(synced.get(&pods), Some(&false));
+        assert_eq!(pods.to_string(), "pods.v1 (Pod)");
         factory.shutdown().await;
         assert!(factory.informer::<Pod>().is_stopped());
     }
 
     #[test]
-    fn options_apply_selectors_namespace_and_per_type_resync() {
+    fn informers_are_named_by_resource_view_and_store() {
+        let ar = ApiResource {
+            group: "example.com".into(),
+            version: "v1".into(),
+            api_version: "example.com/v1".into(),
+            kind: "Foo".into(),
+            plural: "foos".into(),
+        };
+        let cases = [
+            (InformerSpec::<Pod>::typed().id().clone(), "pods.v1 (Pod)"),
+            (
+                InformerSpec::<k8s_openapi::api::apps::v1::Deployment>::typed()
+                    .compact()
+                    .id()
+                    .clone(),
+                "deployments.apps/v1 (Deployment, compact)",
+            ),
+            (
+                InformerSpec::<PartialObjectMeta<Pod>>::metadata()
+                    .id()
+                    .clone(),
+                "pods.v1 (metadata)",
+            ),
+            (
+                InformerSpec::dynamic(&ar).id().clone(),
+                "foos.example.com/v1 (dynamic)",
+            ),
+        ];
+        for (id, shown) in cases {
+            assert_eq!(id.to_string(), shown);
+        }
+    }
+
+    #[test]
+    fn options_apply_namespace_resync_and_the_reflectors_selectors() {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
         let _guard = rt.enter();
-        let pod = std::any::type_name::<Pod>().to_owned();
         let options = FactoryOptions {
             namespace: Some("team-a".into()),
-            label_selector: Some("app=web".into()),
-            field_selector: Some("status.phase=Running".into()),
+            reflector: ReflectorOptions {
+                label_selector: Some("app=web".into()),
+                field_selector: Some("status.phase=Running".into()),
+                ..Default::default()
+            },
             default_resync: Duration::from_secs(60),
-            resync_per_type: [(pod.clone(), Duration::from_secs(5))].into(),
             ..Default::default()
         };
         let factory = SharedInformerFactory::new(client(), options);
-        let pods = factory.informer_options(&pod);
+        let pods = factory.informer_options(Some(Duration::from_secs(5)));
         assert_eq!(pods.default_resync, Duration::from_secs(5));
         assert_eq!(pods.reflector.label_selector.as_deref(), Some("app=web"));
         assert_eq!(
             pods.reflector.field_selector.as_deref(),
             Some("status.phase=Running")
         );
-        assert_eq!(factory.namespace_of::<Pod>(), Some("team-a"));
+        assert_eq!(factory.namespace_for(false), Some("team-a"));
         assert_eq!(
-            factory.namespace_of::<k8s_openapi::api::core::v1::Node>(),
+            factory.namespace_for(true),
             None,
             "cluster-scoped resources ignore the namespace"
         );
-        let other = factory.informer_options("other");
-        assert_eq!(other.default_resync, Duration::from_secs(60));
+        assert_eq!(
+            factory.informer_options(None).default_resync,
+            Duration::from_secs(60)
+        );
     }
 }

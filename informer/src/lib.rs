@@ -59,7 +59,7 @@ pub mod reflector;
 pub mod source;
 pub mod store;
 
-pub use factory::{FactoryOptions, SharedInformerFactory};
+pub use factory::{FactoryError, FactoryOptions, InformerId, InformerSpec, SharedInformerFactory};
 pub use fifo::FifoMode;
 pub use handler::{
     DeletedFinalStateUnknown, DeltaObject, FnHandler, Registration, ResourceEventHandler,

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{DeleteParams, PostParams};
+use kube::api::{ApiResource, DeleteParams, DynamicObject, PartialObjectMeta, PostParams};
 use objects::Gen;
-use reflex_informer::factory::{FactoryOptions, SharedInformerFactory};
+use reflex_informer::factory::{FactoryOptions, InformerSpec, SharedInformerFactory};
 use reflex_informer::key::ObjectKey;
 use reflex_testing::FakeApiServer;
 use serde_json::Value;
@@ -95,13 +95,13 @@ async fn projected_informer_lists_watches_keys_and_indexes_only_the_projected_fi
             ..Default::default()
         },
     );
-    let pods = factory.projected_informer::<Pod, PodNode>();
+    let pods = factory.informer::<PodNode>();
     pods.add_indexers(BY_NODE, |p: &PodNode| {
         p.spec.node_name.clone().into_iter().collect()
     })
     .unwrap();
     // Shared: asking again returns the same informer (the index is already there).
-    let again = factory.projected_informer::<Pod, PodNode>();
+    let again = factory.informer::<PodNode>();
     assert!(again.indexer().index_keys(BY_NODE, "x").is_ok());
     // Distinct from the typed informer of the same resource.
     assert!(
@@ -187,7 +187,9 @@ async fn metadata_informer_holds_metadata_without_managed_fields_in_the_factory_
             ..Default::default()
         },
     );
-    let meta = factory.metadata_informer::<Pod>();
+    let meta = factory
+        .informer_with(InformerSpec::<PartialObjectMeta<Pod>>::metadata())
+        .unwrap();
     factory.start();
     let synced = factory
         .wait_for_cache_sync(Some(Duration::from_secs(30)))
@@ -239,7 +241,9 @@ async fn compact_informer_holds_the_same_objects_as_the_typed_one_and_delivers_a
     let client = server.client().expect("client");
     let factory = SharedInformerFactory::new(client.clone(), FactoryOptions::default());
     let typed = factory.informer::<Pod>();
-    let compact = factory.compact_informer::<Pod>();
+    let compact = factory
+        .informer_with(InformerSpec::<Pod>::typed().compact())
+        .unwrap();
     assert!(compact.indexer().is_compact());
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     compact
@@ -298,10 +302,16 @@ async fn compact_metadata_and_projected_informers_hold_what_their_full_twins_hol
     let seeded = seed_pods(&server, "team-a", 1100, 31);
     let client = server.client().expect("client");
     let factory = SharedInformerFactory::new(client.clone(), FactoryOptions::default());
-    let meta = factory.metadata_informer::<Pod>();
-    let compact_meta = factory.compact_metadata_informer::<Pod>();
-    let projected = factory.projected_informer::<Pod, PodNode>();
-    let compact_projected = factory.compact_projected_informer::<Pod, PodNode>();
+    let meta = factory
+        .informer_with(InformerSpec::<PartialObjectMeta<Pod>>::metadata())
+        .unwrap();
+    let compact_meta = factory
+        .informer_with(InformerSpec::<PartialObjectMeta<Pod>>::metadata().compact())
+        .unwrap();
+    let projected = factory.informer::<PodNode>();
+    let compact_projected = factory
+        .informer_with(InformerSpec::<PodNode>::typed().compact())
+        .unwrap();
     assert!(compact_meta.indexer().is_compact() && compact_projected.indexer().is_compact());
     assert!(!meta.indexer().is_compact() && !projected.indexer().is_compact());
     factory.start();
@@ -357,6 +367,59 @@ async fn compact_metadata_and_projected_informers_hold_what_their_full_twins_hol
     );
     assert_eq!(compact_meta.indexer().decode_failures(), 0);
     assert_eq!(compact_projected.indexer().decode_failures(), 0);
+    factory.shutdown().await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compact_dynamic_informer_holds_what_its_full_twin_holds_and_sees_changes() {
+    let server = FakeApiServer::start().await.expect("fake server");
+    let seeded = seed_pods(&server, "team-a", 30, 41);
+    let client = server.client().expect("client");
+    let factory = SharedInformerFactory::new(client.clone(), FactoryOptions::default());
+    let pods = ApiResource::erase::<Pod>(&());
+    let full = factory
+        .informer_with(InformerSpec::dynamic(&pods))
+        .expect("a new dynamic informer");
+    let compact = factory
+        .informer_with(InformerSpec::dynamic(&pods).compact())
+        .expect("a new compact dynamic informer");
+    assert!(compact.indexer().is_compact() && !full.indexer().is_compact());
+    factory.start();
+    let synced = factory
+        .wait_for_cache_sync(Some(Duration::from_secs(30)))
+        .await;
+    assert_eq!(synced.len(), 2, "two informers, named apart: {synced:?}");
+    assert!(synced.values().all(|s| *s), "not synced: {synced:?}");
+    assert!(
+        synced
+            .keys()
+            .any(|id| id.is_compact() && id.resource() == "pods"),
+        "{synced:?}"
+    );
+    assert_eq!(compact.indexer().len(), seeded.len());
+    for o in full.indexer().list() {
+        let key = ObjectKey::new(
+            o.metadata.namespace.as_deref(),
+            o.metadata.name.as_deref().expect("a name"),
+        );
+        let c: std::sync::Arc<DynamicObject> =
+            compact.indexer().get_by_key(&key).expect("compact copy");
+        assert_eq!(c.metadata, o.metadata, "{key}");
+        assert_eq!(c.data, o.data, "{key}");
+    }
+    let (api, late) = create_late(client, "node-late").await;
+    eventually("the created pod in the compact dynamic store", || {
+        compact.indexer().get_by_key(&late).is_some()
+    })
+    .await;
+    api.delete("late", &DeleteParams::default()).await.unwrap();
+    eventually(
+        "the deleted pod gone from the compact dynamic store",
+        || compact.indexer().get_by_key(&late).is_none(),
+    )
+    .await;
+    assert_eq!(compact.indexer().decode_failures(), 0);
     factory.shutdown().await;
     server.shutdown().await;
 }

@@ -42,7 +42,7 @@
 //! the controller only removes its handlers from them.
 //!
 //! Primaries known only at run time (a `DynamicObject` informer from
-//! `SharedInformerFactory::dynamic_informer`) use [`Controller::new_with`], which takes the
+//! `InformerSpec::dynamic`) use [`Controller::new_with`], which takes the
 //! `ApiResource` and the scope that `K` cannot tell.
 //!
 //! Metrics: [`ControllerSummary`] counts live through [`Controller::metrics`]; for Prometheus, set
@@ -662,7 +662,7 @@ where
     K: kube::Resource + Send + Sync + 'static,
 {
     /// A controller of a primary resource whose type is known at run time, such as
-    /// `DynamicObject` from [`SharedInformerFactory::dynamic_informer`]: `dyntype` (for
+    /// `DynamicObject` from [`InformerSpec::dynamic`]: `dyntype` (for
     /// `DynamicObject`, the `ApiResource`) gives the kind and apiVersion that
     /// [`owns`](Self::owns) matches in `ownerReferences`, and `scope` whether an owner's key has
     /// a namespace (a namespaced owner shares its children's namespace; a cluster-scoped one has
@@ -671,10 +671,10 @@ where
     /// ```no_run
     /// use kube::core::discovery::Scope;
     /// use kube::discovery::ApiResource;
-    /// use reflex_informer::factory::{FactoryOptions, SharedInformerFactory};
+    /// use reflex_informer::factory::{FactoryOptions, InformerSpec, SharedInformerFactory};
     /// use reflex_runtime::controller::Controller;
     ///
-    /// # fn doc(client: kube::Client) {
+    /// # fn doc(client: kube::Client) -> Result<(), reflex_informer::factory::FactoryError> {
     /// let factory = SharedInformerFactory::new(client, FactoryOptions::default());
     /// let foos = ApiResource {
     ///     group: "samplecontroller.k8s.io".into(),
@@ -683,12 +683,14 @@ where
     ///     kind: "Foo".into(),
     ///     plural: "foos".into(),
     /// };
-    /// let controller = Controller::new_with(factory.dynamic_informer(&foos), &foos, Scope::Namespaced);
+    /// let foo_informer = factory.informer_with(InformerSpec::dynamic(&foos))?;
+    /// let controller = Controller::new_with(foo_informer, &foos, Scope::Namespaced);
     /// # let _ = controller;
+    /// # Ok(())
     /// # }
     /// ```
     ///
-    /// [`SharedInformerFactory::dynamic_informer`]: reflex_informer::factory::SharedInformerFactory::dynamic_informer
+    /// [`InformerSpec::dynamic`]: reflex_informer::factory::InformerSpec::dynamic
     pub fn new_with(
         primary: SharedIndexInformer<K>,
         dyntype: &K::DynamicType,

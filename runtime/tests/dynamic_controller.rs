@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::discovery::Scope;
 use kube::discovery::ApiResource;
-use reflex_informer::factory::{FactoryOptions, SharedInformerFactory};
+use reflex_informer::factory::{FactoryOptions, InformerSpec, SharedInformerFactory};
 use reflex_informer::key::ObjectKey;
 use reflex_informer::lister::Lister;
 use reflex_runtime::controller::{Action, Controller, ControllerOptions, default_error_policy};
@@ -140,8 +140,12 @@ async fn dynamic_primary_reconciles_into_status_and_owned_dynamic_child_is_resto
     server.register_crd(widget_crd()).unwrap();
     let client = server.client().unwrap();
     let factory = SharedInformerFactory::new(client.clone(), FactoryOptions::default());
-    let widget_informer = factory.dynamic_informer(&widgets());
-    let cm_informer = factory.dynamic_informer(&ApiResource::erase::<ConfigMap>(&()));
+    let widget_informer = factory
+        .informer_with(InformerSpec::dynamic(&widgets()))
+        .unwrap();
+    let cm_informer = factory
+        .informer_with(InformerSpec::dynamic(&ApiResource::erase::<ConfigMap>(&())))
+        .unwrap();
     factory.start();
     let ctx = Arc::new(Ctx {
         client: client.clone(),

@@ -20,7 +20,7 @@ use kube::api::{
 };
 use kube::core::ObjectMeta;
 use reflex_informer::SharedIndexInformer;
-use reflex_informer::factory::{FactoryOptions, SharedInformerFactory};
+use reflex_informer::factory::{FactoryOptions, InformerSpec, SharedInformerFactory};
 use reflex_informer::handler::DeltaObject;
 use reflex_informer::handler::{FnHandler, handler_fn};
 use reflex_informer::reflector::ReflectorOptions;
@@ -612,7 +612,9 @@ async fn a_crd_created_at_run_time_is_watched_through_a_dynamic_informer() {
         .expect("create widget before start");
 
     let factory = factory_in(&client, "crd", ReflectorOptions::default());
-    let informer = factory.dynamic_informer(&resource);
+    let informer = factory
+        .informer_with(InformerSpec::dynamic(&resource))
+        .unwrap();
     let recorder = Recorder::default();
     informer
         .add_event_handler(recorder.handler())

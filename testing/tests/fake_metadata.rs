@@ -5,9 +5,11 @@ use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use kube::api::{
+    Api, ListParams, PartialObjectMeta, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
+};
 use kube::core::TypeMeta;
-use reflex_informer::factory::{FactoryOptions, SharedInformerFactory};
+use reflex_informer::factory::{FactoryOptions, InformerSpec, SharedInformerFactory};
 use reflex_testing::FakeApiServer;
 use serde_json::{Value, json};
 
@@ -269,7 +271,9 @@ async fn the_first_acceptable_media_range_of_the_accept_header_is_served() {
 async fn a_metadata_informer_caches_partial_objects_from_the_server() {
     let (server, api) = seeded(&["a", "b"]).await;
     let factory = SharedInformerFactory::new(server.client().unwrap(), FactoryOptions::default());
-    let informer = factory.metadata_informer::<ConfigMap>();
+    let informer = factory
+        .informer_with(InformerSpec::<PartialObjectMeta<ConfigMap>>::metadata())
+        .unwrap();
     factory.start();
     let synced = factory
         .wait_for_cache_sync(Some(Duration::from_secs(30)))

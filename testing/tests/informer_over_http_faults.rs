@@ -10,8 +10,8 @@
 //! - `factory`: the factory's typed informer, which decodes through `RawApi`, with a handler;
 //! - `metadata`: the factory's metadata-only informer (`PartialObjectMetadata` responses);
 //! - the factory's other decoding and store modes: typed with managedFields kept
-//!   (`DecodeOptions::full()`), a projection (`projected_informer`), and the compact stores
-//!   (`compact_informer`, `compact_metadata_informer`, whose lists hold back on a bounded backlog).
+//!   (`DecodeOptions::full()`), a projection (`informer::<Projection>()`), and the compact stores
+//!   (`InformerSpec::typed().compact()`, `InformerSpec::metadata().compact()`, whose lists hold back on a bounded backlog).
 //!
 //! After the fault stops, the convergence invariant must hold: every view of the cache (the
 //! store, and each handler's view built only from its notifications) equals the server's state
@@ -31,10 +31,10 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, PartialObjectMeta, Patch, PatchParams, PostParams};
 use parking_lot::Mutex;
 use reflex_informer::decode::DecodeOptions;
-use reflex_informer::factory::{FactoryOptions, SharedInformerFactory};
+use reflex_informer::factory::{FactoryOptions, InformerSpec, SharedInformerFactory};
 use reflex_informer::fifo::{FifoError, ReflectorSink};
 use reflex_informer::handler::DeltaObject;
 use reflex_informer::handler::{FnHandler, handler_fn};
@@ -517,15 +517,27 @@ async fn start(contender: Contender, client: kube::Client) -> Running {
                 informer_views(&informer, 1)
             }
             let mut running = match contender {
-                Contender::Metadata => watched(factory.metadata_informer::<ConfigMap>(), on_error),
-                Contender::Projected => watched(
-                    factory.projected_informer::<ConfigMap, ConfigMapData>(),
+                Contender::Metadata => watched(
+                    factory
+                        .informer_with(InformerSpec::<PartialObjectMeta<ConfigMap>>::metadata())
+                        .unwrap(),
                     on_error,
                 ),
-                Contender::Compact => watched(factory.compact_informer::<ConfigMap>(), on_error),
-                Contender::CompactMetadata => {
-                    watched(factory.compact_metadata_informer::<ConfigMap>(), on_error)
-                }
+                Contender::Projected => watched(factory.informer::<ConfigMapData>(), on_error),
+                Contender::Compact => watched(
+                    factory
+                        .informer_with(InformerSpec::<ConfigMap>::typed().compact())
+                        .unwrap(),
+                    on_error,
+                ),
+                Contender::CompactMetadata => watched(
+                    factory
+                        .informer_with(
+                            InformerSpec::<PartialObjectMeta<ConfigMap>>::metadata().compact(),
+                        )
+                        .unwrap(),
+                    on_error,
+                ),
                 _ => watched(factory.informer::<ConfigMap>(), on_error),
             };
             factory.start();
