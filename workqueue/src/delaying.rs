@@ -50,6 +50,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::queue::{Added, Done, Queue, QueueConfig};
 
@@ -302,13 +303,20 @@ impl<T: Clone + Eq + Hash + Send + Sync + 'static> DelayingQueue<T> {
     }
 }
 
-/// The timer loop: add every due item, then sleep until the next deadline or a wake-up.
+/// The timer task, in its span (carried across its awaits with `Instrument`, not a guard).
 async fn run_timers<T: Clone + Eq + Hash + Send + Sync + 'static>(
     timers: Arc<Timers<T>>,
     queue: Queue<T>,
 ) {
     let span = tracing::debug_span!("workqueue_timer", queue = %queue.name());
-    let _entered = span.enter();
+    timer_loop(timers, queue).instrument(span).await;
+}
+
+/// The timer loop: add every due item, then sleep until the next deadline or a wake-up.
+async fn timer_loop<T: Clone + Eq + Hash + Send + Sync + 'static>(
+    timers: Arc<Timers<T>>,
+    queue: Queue<T>,
+) {
     let mut ready = Vec::new();
     loop {
         let notified = timers.wake.notified();
