@@ -25,6 +25,13 @@ pub mod prelude {
         DeltaObject, FactoryOptions, InformerSpec, Lister, ObjectKey, ResourceEventHandler,
         SharedIndexInformer, SharedInformerFactory, handler_fn,
     };
-    pub use reflex_runtime::{Action, Controller, ControllerOptions, ErrorAction, Owned};
+    pub use reflex_runtime::{
+        Action, Controller, ControllerOptions, ErrorAction, Owned, default_error_policy,
+    };
     pub use reflex_workqueue::{Queue, RateLimitingQueue, default_controller_rate_limiter};
 }
+
+/// The README's code, compiled as doc tests so that what a reader copies builds.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

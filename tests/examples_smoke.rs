@@ -20,6 +20,37 @@ fn last_table_value(stdout: &str, metric: &str) -> Option<String> {
 }
 
 #[test]
+fn configmaps_example_prints_every_change_and_its_reconciles_end_on_the_servers_state() {
+    let output = run_example("configmaps", &[], Duration::from_secs(90));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    for name in ["red", "green", "blue"] {
+        // Created before or after the informer's first list: either way the handler saw it.
+        assert!(
+            lines.contains(&format!("added {name}").as_str())
+                || lines.contains(&format!("listed {name}").as_str()),
+            "{stdout}"
+        );
+    }
+    assert!(lines.contains(&"updated green"), "{stdout}");
+    assert!(lines.contains(&"deleted blue"), "{stdout}");
+    // The last reconcile of each key read the cache at the server's final state.
+    let last = |key: &str| {
+        lines
+            .iter()
+            .rev()
+            .find_map(|l| l.strip_prefix(&format!("reconciled {key}: ")))
+            .unwrap_or_else(|| panic!("no reconcile of {key} in\n{stdout}"))
+    };
+    assert_eq!(last("default/red"), "1 keys");
+    assert_eq!(last("default/green"), "3 keys");
+    assert_eq!(last("default/blue"), "gone");
+    assert!(lines.contains(&"converged"), "{stdout}");
+    // The reconcile never fails, so no retry is legitimate here.
+    assert!(stdout.contains(" reconciles, 0 errors"), "{stdout}");
+}
+
+#[test]
 fn workqueue_demo_retries_each_key_its_planned_number_of_times_and_counts_them() {
     // 2 producers x 4 keys: key n fails n % 3 times, so 0 + 1 + 2 + 0 = 3 retries per producer.
     let output = run_example(

@@ -1,8 +1,9 @@
 //! Decode-time projection: JSON decoding that never builds what nobody reads.
 //!
-//! Decoding is where an informer spends its time and memory: a realistic Pod is about 4.6 KB of
-//! JSON and about 37 KiB once decoded into a typed `k8s_openapi` Pod, a quarter of which is
-//! `metadata.managedFields`, a field no controller reads. client-go's transform (and a transform
+//! Decoding is where an informer spends its time and memory: a typed `k8s_openapi` Pod takes
+//! several times its JSON once decoded, and a large share of it is `metadata.managedFields`, a
+//! field no controller reads (the measured figures are in
+//! the repository's `BENCHMARKS.md`). client-go's transform (and a transform
 //! on the store) can only drop such a field *after* it was fully built. The [`Decoder`] here drops
 //! it *while* parsing: a thin [`Deserializer`] wrapper watches the object's keys along a small
 //! tree of configured paths and, when a key is to be skipped, consumes its value with

@@ -24,6 +24,6 @@ pub mod signal;
 
 pub use controller::{
     Action, Controller, ControllerError, ControllerMetrics, ControllerOptions, ControllerSummary,
-    ErrorAction, Owned,
+    ErrorAction, Owned, default_error_policy,
 };
 pub use metrics::Metrics;

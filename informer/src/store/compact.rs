@@ -18,10 +18,10 @@ use crate::key::ObjectKey;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CompactOptions {
     /// How many decoded objects are kept for reads (recently written or read ones; zero: none).
-    /// Each costs a decoded object's memory (about 20-30 KiB for a realistic Pod).
+    /// Each costs a decoded object's memory.
     pub cache_capacity: usize,
-    /// Compress each object's JSON with LZ4 (about 3x smaller for Pods, a few microseconds per
-    /// read). Without it the store keeps plain JSON.
+    /// Compress each object's JSON with LZ4 (smaller and slower to read; `BENCHMARKS.md` has
+    /// the figures). Without it the store keeps plain JSON.
     pub compress: bool,
 }
 

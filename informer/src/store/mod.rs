@@ -41,9 +41,8 @@
 //!
 //! # Compact mode
 //!
-//! A decoded `k8s_openapi` Pod takes far more memory than its JSON (a realistic Pod is about
-//! 5 KB of JSON and well over 10 KiB decoded, strings, maps and vectors each in their own
-//! allocation). A store built with [`Indexer::compact`] keeps each object as its JSON,
+//! A decoded `k8s_openapi` Pod takes far more memory than its JSON (strings, maps and vectors
+//! each in their own allocation; BENCHMARKS.md has the figures per mode). A store built with [`Indexer::compact`] keeps each object as its JSON,
 //! LZ4-compressed by default ([`CompactOptions`]), and decodes it when it is read:
 //!
 //! - Index values are computed at insert, from the object being written, so `by_index`,
