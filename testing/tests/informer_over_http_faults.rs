@@ -6,7 +6,8 @@
 //!
 //! - `reflector`: a bare `Reflector` over `kube::Api` into a map-building sink, once with kube's
 //!   default client (which retries 429/503/504 itself) and once without those retries;
-//! - `informer`: a `SharedIndexInformer` over `kube::Api`, with two handlers;
+//! - `informer`: a `SharedIndexInformer` over `kube::Api`, with two handlers, once in each FIFO
+//!   mode (`DeltaFifo`, `InOrder`, `InOrderAtomic`);
 //! - `factory`: the factory's typed informer, which decodes through `RawApi`, with a handler;
 //! - `metadata`: the factory's metadata-only informer (`PartialObjectMetadata` responses);
 //! - the factory's other decoding and store modes: typed with managedFields kept
@@ -35,7 +36,7 @@ use kube::api::{Api, DeleteParams, ListParams, PartialObjectMeta, Patch, PatchPa
 use parking_lot::Mutex;
 use reflex_informer::decode::DecodeOptions;
 use reflex_informer::factory::{FactoryOptions, InformerSpec, SharedInformerFactory};
-use reflex_informer::fifo::{FifoError, ReflectorSink};
+use reflex_informer::fifo::{FifoError, FifoMode, ReflectorSink};
 use reflex_informer::handler::DeltaObject;
 use reflex_informer::handler::{FnHandler, handler_fn};
 use reflex_informer::key::{KeyError, ObjectKey};
@@ -154,7 +155,8 @@ enum Contender {
     /// The bare reflector on a kube client without kube's own retries of 429/503/504, so those
     /// reach the reflector's recovery paths.
     ReflectorWithoutClientRetries,
-    Informer,
+    /// A `SharedIndexInformer` with two handlers, its FIFO in the given mode.
+    Informer(FifoMode),
     Factory,
     Metadata,
     FactoryManagedFieldsKept,
@@ -471,12 +473,13 @@ async fn start(contender: Contender, client: kube::Client) -> Running {
                 factory: None,
             }
         }
-        Contender::Informer => {
+        Contender::Informer(fifo) => {
             let source: Arc<dyn ListWatch<ConfigMap>> = Arc::new(Api::<ConfigMap>::all(client));
             let informer = SharedIndexInformer::new(
                 source,
                 InformerOptions {
                     reflector: fast_reflector(),
+                    fifo,
                     ..Default::default()
                 },
             );
@@ -826,7 +829,17 @@ async fn a_bare_reflector_without_client_retries_converges_after_every_fault() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shared_index_informer_and_its_handlers_converge_after_every_fault() {
-    run_all(Contender::Informer).await;
+    run_all(Contender::Informer(FifoMode::DeltaFifo)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_informer_on_the_in_order_fifo_and_its_handlers_converge_after_every_fault() {
+    run_all(Contender::Informer(FifoMode::InOrder)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_informer_on_the_atomic_in_order_fifo_and_its_handlers_converge_after_every_fault() {
+    run_all(Contender::Informer(FifoMode::InOrderAtomic)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
