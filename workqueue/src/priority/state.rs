@@ -1,12 +1,6 @@
 //! The priority queue's state under its one lock: slots, levels, the delay heap, and the
 //! operations on them (see the [module docs](super) for the contract).
 
-use crate::hash::RandomState;
-use crate::limiter::RateLimiter;
-use crate::metrics::{PriorityClass, QueueMetrics};
-use crate::waiters::{SpinSignal, Waiters};
-use hashbrown::HashMap;
-use parking_lot::Mutex;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::hash::Hash;
@@ -14,8 +8,16 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::task::Waker;
 use std::time::Duration;
+
+use hashbrown::HashMap;
+use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::time::Instant;
+
+use crate::hash::RandomState;
+use crate::limiter::RateLimiter;
+use crate::metrics::{PriorityClass, QueueMetrics};
+use crate::waiters::{SpinSignal, Waiters};
 
 use super::*;
 

@@ -1,8 +1,6 @@
 //! What runs outside a caller's call: the `get` future, the timer task (delays, aging's coarse
 //! clock) and the metrics refresher.
 
-use crate::queue::UNFINISHED_WORK_UPDATE_PERIOD;
-use crate::waiters::{WaitId, spin_until};
 use std::cmp::Reverse;
 use std::future::Future;
 use std::hash::Hash;
@@ -10,7 +8,11 @@ use std::pin::Pin;
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
+
 use tokio::time::Instant;
+
+use crate::queue::UNFINISHED_WORK_UPDATE_PERIOD;
+use crate::waiters::{WaitId, spin_until};
 
 use super::state::*;
 use super::*;

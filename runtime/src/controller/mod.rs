@@ -111,31 +111,32 @@
 use std::any::TypeId;
 use std::fmt;
 use std::future::Future;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use futures::FutureExt;
-use futures::future::{BoxFuture, join_all};
+use futures::future::join_all;
 use kube::core::ClusterResourceScope;
 use kube::core::discovery::Scope;
-use reflex_informer::handler::DeltaObject;
-use reflex_informer::handler::handler_fn;
 use reflex_informer::key::ObjectKey;
 use reflex_informer::{InformerError, SharedIndexInformer};
-use reflex_workqueue::priority::{LOW_PRIORITY, NORMAL_PRIORITY};
 use reflex_workqueue::queue::QueueConfig;
 use reflex_workqueue::{
-    AddOpts, Added, DelayingError, PriorityQueue, PriorityQueueConfig, RateLimitingQueue,
-    default_controller_rate_limiter,
+    PriorityQueue, PriorityQueueConfig, RateLimitingQueue, default_controller_rate_limiter,
 };
 use tokio::task::{JoinHandle, JoinSet};
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::metrics::{ControllerRecorder, Metrics, ReconcileResult};
+use crate::metrics::Metrics;
+
+mod involved;
+mod queue;
+mod worker;
+
+use involved::*;
+pub use queue::ControllerQueue;
+use worker::*;
 
 /// What a successful reconcile asks for next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -310,268 +311,6 @@ impl ControllerMetrics {
             dropped: c.dropped.load(Ordering::Relaxed),
             abandoned: c.abandoned.load(Ordering::Relaxed),
         }
-    }
-}
-
-/// The queue of a [`Controller`]: the default rate-limited FIFO, or a priority queue (see
-/// [`ControllerOptions::priority_queue`]). Both convert from their queue, for
-/// [`Controller::queue`].
-#[derive(Debug, Clone)]
-pub enum ControllerQueue {
-    /// A FIFO with per-key backoff; priorities are ignored and resyncs are not queued.
-    RateLimited(RateLimitingQueue<ObjectKey>),
-    /// Initial-list keys and resyncs at [`LOW_PRIORITY`], real changes at [`NORMAL_PRIORITY`];
-    /// a retry keeps the priority its key was handed out at.
-    Priority(PriorityQueue<ObjectKey>),
-}
-
-impl From<RateLimitingQueue<ObjectKey>> for ControllerQueue {
-    fn from(queue: RateLimitingQueue<ObjectKey>) -> Self {
-        ControllerQueue::RateLimited(queue)
-    }
-}
-
-impl From<PriorityQueue<ObjectKey>> for ControllerQueue {
-    fn from(queue: PriorityQueue<ObjectKey>) -> Self {
-        ControllerQueue::Priority(queue)
-    }
-}
-
-impl ControllerQueue {
-    fn is_priority(&self) -> bool {
-        matches!(self, ControllerQueue::Priority(_))
-    }
-
-    fn add(&self, key: ObjectKey, priority: i32) {
-        let _ = match self {
-            ControllerQueue::RateLimited(queue) => queue.add(key),
-            ControllerQueue::Priority(queue) => {
-                // An add without a delay needs no runtime: it cannot fail.
-                queue
-                    .add_with_opts(key, AddOpts::priority(priority))
-                    .unwrap_or(Added::ShuttingDown)
-            }
-        };
-    }
-
-    async fn get(&self) -> Option<(ObjectKey, i32)> {
-        match self {
-            ControllerQueue::RateLimited(queue) => {
-                queue.get().await.map(|key| (key, NORMAL_PRIORITY))
-            }
-            ControllerQueue::Priority(queue) => queue.get_with_priority().await,
-        }
-    }
-
-    fn done(&self, key: &ObjectKey) {
-        let _ = match self {
-            ControllerQueue::RateLimited(queue) => queue.done(key),
-            ControllerQueue::Priority(queue) => queue.done(key),
-        };
-    }
-
-    fn forget(&self, key: &ObjectKey) {
-        match self {
-            ControllerQueue::RateLimited(queue) => queue.forget(key),
-            ControllerQueue::Priority(queue) => queue.forget(key),
-        }
-    }
-
-    fn add_rate_limited(&self, key: ObjectKey, priority: i32) -> Result<Added, DelayingError> {
-        match self {
-            ControllerQueue::RateLimited(queue) => queue.add_rate_limited(key),
-            ControllerQueue::Priority(queue) => queue.add_with_opts(
-                key,
-                AddOpts {
-                    rate_limited: true,
-                    ..AddOpts::priority(priority)
-                },
-            ),
-        }
-    }
-
-    fn add_after(
-        &self,
-        key: ObjectKey,
-        delay: Duration,
-        priority: i32,
-    ) -> Result<Added, DelayingError> {
-        match self {
-            ControllerQueue::RateLimited(queue) => queue.add_after(key, delay),
-            ControllerQueue::Priority(queue) => queue.add_with_opts(
-                key,
-                AddOpts {
-                    after: Some(delay),
-                    ..AddOpts::priority(priority)
-                },
-            ),
-        }
-    }
-
-    fn shut_down(&self) {
-        match self {
-            ControllerQueue::RateLimited(queue) => queue.shut_down(),
-            ControllerQueue::Priority(queue) => queue.shut_down(),
-        }
-    }
-
-    fn processing_len(&self) -> usize {
-        match self {
-            ControllerQueue::RateLimited(queue) => queue.queue().processing_len(),
-            ControllerQueue::Priority(queue) => queue.processing_len(),
-        }
-    }
-}
-
-type Queue = ControllerQueue;
-type Remover = Box<dyn FnOnce() + Send>;
-
-/// One informer the controller depends on, with its key mapping, type-erased.
-trait Involved: Send + Sync {
-    fn name(&self) -> &str;
-    fn has_synced(&self) -> bool;
-    fn register(&self, queue: Queue) -> Result<Registered, InformerError>;
-    fn informer_run(&self, shutdown: CancellationToken) -> BoxFuture<'static, bool>;
-}
-
-struct Registered {
-    synced: BoxFuture<'static, bool>,
-    remove: Remover,
-}
-
-type Mapper<C> = Arc<dyn Fn(&C) -> Vec<ObjectKey> + Send + Sync>;
-type UpdateFilter<C> = Arc<dyn Fn(&C, &C) -> bool + Send + Sync>;
-
-struct Watched<C> {
-    name: String,
-    informer: SharedIndexInformer<C>,
-    mapper: Mapper<C>,
-    role: Role<C>,
-}
-
-/// What an informer is to the controller.
-enum Role<C> {
-    /// The primary resource: an update is enqueued if `filter` (when set) accepts it; a
-    /// tombstone's key is the primary's key.
-    Primary { filter: Option<UpdateFilter<C>> },
-    /// A child or watched resource: an update enqueues the keys of the old and the new object.
-    Related,
-}
-
-impl<C> Clone for Role<C> {
-    fn clone(&self) -> Self {
-        match self {
-            Role::Primary { filter } => Role::Primary {
-                filter: filter.clone(),
-            },
-            Role::Related => Role::Related,
-        }
-    }
-}
-
-fn enqueue_all(queue: &Queue, keys: Vec<ObjectKey>, priority: i32) {
-    for key in keys {
-        queue.add(key, priority);
-    }
-}
-
-impl<C> Involved for Watched<C>
-where
-    C: kube::Resource + Send + Sync + 'static,
-{
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn has_synced(&self) -> bool {
-        self.informer.has_synced()
-    }
-
-    fn register(&self, queue: Queue) -> Result<Registered, InformerError> {
-        let (q_add, q_upd, q_del) = (queue.clone(), queue.clone(), queue);
-        let (m_add, m_upd, m_del) = (
-            self.mapper.clone(),
-            self.mapper.clone(),
-            self.mapper.clone(),
-        );
-        let role = self.role.clone();
-        let is_primary = matches!(role, Role::Primary { .. });
-        let handler = handler_fn::<C>()
-            .on_add(move |obj, is_in_initial_list| {
-                let priority = if is_in_initial_list {
-                    LOW_PRIORITY
-                } else {
-                    NORMAL_PRIORITY
-                };
-                enqueue_all(&q_add, m_add(obj), priority)
-            })
-            .on_update(move |old, new| {
-                let priority = if old.meta().resource_version == new.meta().resource_version {
-                    // A resync: nothing changed. The FIFO queue skips it; the priority queue
-                    // takes it at low priority, behind every real change.
-                    if !q_upd.is_priority() {
-                        return;
-                    }
-                    LOW_PRIORITY
-                } else {
-                    NORMAL_PRIORITY
-                };
-                match &role {
-                    Role::Primary { filter } => {
-                        if filter.as_ref().is_none_or(|accept| accept(old, new)) {
-                            enqueue_all(&q_upd, m_upd(new), priority);
-                        }
-                    }
-                    Role::Related => {
-                        // Both: a child moved between owners, or a mapping changed.
-                        let mut keys = m_upd(old);
-                        for key in m_upd(new) {
-                            if !keys.contains(&key) {
-                                keys.push(key);
-                            }
-                        }
-                        enqueue_all(&q_upd, keys, priority);
-                    }
-                }
-            })
-            .on_delete(move |obj| match obj {
-                DeltaObject::Object(o) => enqueue_all(&q_del, m_del(o), NORMAL_PRIORITY),
-                // The primary's tombstone carries its key even when the last state is unknown.
-                DeltaObject::Tombstone(t) if is_primary => {
-                    q_del.add(t.key.clone(), NORMAL_PRIORITY);
-                }
-                DeltaObject::Tombstone(t) => {
-                    if let Some(o) = &t.obj {
-                        enqueue_all(&q_del, m_del(o), NORMAL_PRIORITY);
-                    }
-                }
-            });
-        let registration = self.informer.add_event_handler(handler)?;
-        let informer = self.informer.clone();
-        let reg = registration.clone();
-        Ok(Registered {
-            synced: async move { informer.wait_for_sync().await && reg.wait_for_sync().await }
-                .boxed(),
-            remove: Box::new(move || {
-                registration.remove();
-            }),
-        })
-    }
-
-    fn informer_run(&self, shutdown: CancellationToken) -> BoxFuture<'static, bool> {
-        let informer = self.informer.clone();
-        let name = self.name.clone();
-        async move {
-            match informer.run(shutdown).await {
-                Ok(()) => true,
-                Err(InformerError::AlreadyStarted(_)) => false,
-                Err(error) => {
-                    tracing::warn!(informer = %name, error = %error, "informer did not run");
-                    false
-                }
-            }
-        }
-        .boxed()
     }
 }
 
@@ -839,30 +578,7 @@ where
             metrics,
         } = self;
         let name = options.name.clone();
-        let queue = queue.unwrap_or_else(|| {
-            let metrics = options
-                .metrics
-                .as_ref()
-                .map(|m| -> Arc<dyn reflex_workqueue::MetricsProvider> { m.workqueue() });
-            if options.priority_queue {
-                ControllerQueue::Priority(PriorityQueue::with_config(
-                    default_controller_rate_limiter(),
-                    PriorityQueueConfig {
-                        name: name.clone(),
-                        metrics,
-                        ..PriorityQueueConfig::default()
-                    },
-                ))
-            } else {
-                ControllerQueue::RateLimited(RateLimitingQueue::with_config(
-                    default_controller_rate_limiter(),
-                    QueueConfig {
-                        name: name.clone(),
-                        metrics,
-                    },
-                ))
-            }
-        });
+        let queue = queue.unwrap_or_else(|| default_queue(&options));
         let recorder = options
             .metrics
             .as_ref()
@@ -879,10 +595,97 @@ where
         })];
         involved.extend(others);
 
-        // Register handlers, then start informers nobody runs yet.
+        let (informers, synced) = Informers::start(&involved, &queue)?;
+        match wait_for_caches(synced, &involved, &options).await {
+            Ok(true) => {}
+            stopped_or_failed => {
+                queue.shut_down();
+                informers.stop().await;
+                return stopped_or_failed.map(|_| metrics.snapshot());
+            }
+        }
+        tracing::info!(parent: &span, workers, "caches synced, starting workers");
+
+        let worker = Arc::new(Worker {
+            name: name.clone(),
+            queue: queue.clone(),
+            reconcile,
+            error_policy,
+            ctx,
+            counters: metrics.counters.clone(),
+            recorder,
+            stop: options.shutdown.clone(),
+        });
+        let mut worker_set = JoinSet::new();
+        for id in 0..workers {
+            let span = tracing::info_span!(parent: &span, "worker", worker = id);
+            worker_set.spawn(worker.clone().run_loop().instrument(span));
+        }
+
+        options.shutdown.cancelled().await;
+        tracing::info!(parent: &span, "shutting down: finishing in-flight reconciles");
+        let abandoned = finish_workers(worker_set, options.shutdown_grace, &queue).await;
+        if abandoned > 0 {
+            metrics
+                .counters
+                .abandoned
+                .fetch_add(abandoned, Ordering::Relaxed);
+            tracing::warn!(parent: &span, abandoned, grace = ?options.shutdown_grace, "grace period over, reconciles abandoned");
+        }
+        // Every worker has returned, so nothing is in flight: the drain has nothing to wait
+        // for, and keys still queued are dropped (the next start lists everything anyway).
+        queue.shut_down();
+        informers.stop().await;
+        let summary = metrics.snapshot();
+        tracing::info!(parent: &span, reconciles = summary.reconciles, errors = summary.errors, requeues = summary.requeues, panics = summary.panics, "controller stopped");
+        Ok(summary)
+    }
+}
+
+/// The queue a controller makes when it was given none: rate-limited (client-go's) or, with
+/// [`ControllerOptions::priority_queue`], by priority; named after the controller, with its
+/// metrics if any.
+fn default_queue(options: &ControllerOptions) -> ControllerQueue {
+    let name = options.name.clone();
+    let metrics = options
+        .metrics
+        .as_ref()
+        .map(|m| -> Arc<dyn reflex_workqueue::MetricsProvider> { m.workqueue() });
+    let limiter = default_controller_rate_limiter();
+    if options.priority_queue {
+        let config = PriorityQueueConfig {
+            name,
+            metrics,
+            ..PriorityQueueConfig::default()
+        };
+        ControllerQueue::Priority(PriorityQueue::with_config(limiter, config))
+    } else {
+        let config = QueueConfig { name, metrics };
+        ControllerQueue::RateLimited(RateLimitingQueue::with_config(limiter, config))
+    }
+}
+
+/// The controller's handlers on its informers, and the informers it runs (those nobody ran
+/// before it).
+struct Informers {
+    removers: Vec<Remover>,
+    stop: CancellationToken,
+    tasks: Vec<JoinHandle<bool>>,
+}
+
+/// Each involved informer's name and the future of its sync (with the controller's handler).
+type SyncWaits = Vec<(String, futures::future::BoxFuture<'static, bool>)>;
+
+impl Informers {
+    /// Registers a handler on every involved informer, then starts those nobody runs yet. If a
+    /// registration fails, the handlers registered so far are removed.
+    fn start(
+        involved: &[Arc<dyn Involved>],
+        queue: &ControllerQueue,
+    ) -> Result<(Informers, SyncWaits), ControllerError> {
         let mut removers = Vec::new();
         let mut synced = Vec::new();
-        for inv in &involved {
+        for inv in involved {
             match inv.register(queue.clone()) {
                 Ok(reg) => {
                     synced.push((inv.name().to_owned(), reg.synced));
@@ -897,236 +700,75 @@ where
                 }
             }
         }
-        let informers_stop = CancellationToken::new();
-        let informer_tasks: Vec<JoinHandle<bool>> = involved
+        let stop = CancellationToken::new();
+        let tasks = involved
             .iter()
-            .map(|inv| tokio::spawn(inv.informer_run(informers_stop.child_token())))
+            .map(|inv| tokio::spawn(inv.informer_run(stop.child_token())))
             .collect();
-        let stop_all = |removers: Vec<Remover>| {
-            let informers_stop = informers_stop.clone();
-            async move {
-                removers.into_iter().for_each(|remove| remove());
-                informers_stop.cancel();
-                let started = join_all(informer_tasks).await;
-                let owned = started.iter().filter(|r| matches!(r, Ok(true))).count();
-                tracing::debug!(stopped_informers = owned, "informers stopped");
-            }
-        };
+        Ok((
+            Informers {
+                removers,
+                stop,
+                tasks,
+            },
+            synced,
+        ))
+    }
 
-        // Wait for every informer (and our handler on it) to sync.
-        let sync = wait_synced(synced);
-        let sync_result = tokio::select! {
-            biased;
-            () = options.shutdown.cancelled() => None,
-            r = async {
-                match options.sync_timeout {
-                    Some(t) => tokio::time::timeout(t, sync).await.unwrap_or(Err(None)),
-                    None => sync.await,
-                }
-            } => Some(r),
-        };
-        match sync_result {
-            None => {
-                queue.shut_down();
-                stop_all(removers).await;
-                return Ok(metrics.snapshot());
-            }
-            Some(Err(failure)) => {
-                queue.shut_down();
-                stop_all(removers).await;
-                return Err(match failure {
-                    Some(informer) => ControllerError::InformerStopped { informer },
-                    None => ControllerError::SyncTimeout {
-                        unsynced: involved
-                            .iter()
-                            .filter(|i| !i.has_synced())
-                            .map(|i| i.name().to_owned())
-                            .collect(),
-                        timeout: options.sync_timeout.unwrap_or_default(),
-                    },
-                });
-            }
-            Some(Ok(())) => {}
-        }
-        tracing::info!(parent: &span, workers, "caches synced, starting workers");
-
-        let shared = Arc::new(Worker {
-            name: name.clone(),
-            queue: queue.clone(),
-            reconcile,
-            error_policy,
-            ctx,
-            counters: metrics.counters.clone(),
-            recorder,
-            stop: options.shutdown.clone(),
-        });
-        let mut worker_set = JoinSet::new();
-        for id in 0..workers {
-            let w = shared.clone();
-            worker_set.spawn(w.run_loop().instrument(tracing::info_span!(
-                parent: &span,
-                "worker",
-                worker = id
-            )));
-        }
-
-        options.shutdown.cancelled().await;
-        tracing::info!(parent: &span, "shutting down: finishing in-flight reconciles");
-        let grace = options.shutdown_grace;
-        let finished = tokio::time::timeout(grace, async {
-            while worker_set.join_next().await.is_some() {}
-        })
-        .await;
-        if finished.is_err() {
-            let in_flight = queue.processing_len() as u64;
-            metrics
-                .counters
-                .abandoned
-                .fetch_add(in_flight, Ordering::Relaxed);
-            tracing::warn!(parent: &span, abandoned = in_flight, grace = ?grace, "grace period over, abandoning reconciles");
-            worker_set.abort_all();
-            while worker_set.join_next().await.is_some() {}
-        }
-        // Every worker has returned, so nothing is in flight: the drain has nothing to wait
-        // for, and keys still queued are dropped (the next start lists everything anyway).
-        queue.shut_down();
-        stop_all(removers).await;
-        let summary = metrics.snapshot();
-        tracing::info!(parent: &span, reconciles = summary.reconciles, errors = summary.errors, requeues = summary.requeues, panics = summary.panics, "controller stopped");
-        Ok(summary)
+    /// Removes the handlers and stops the informers this controller started.
+    async fn stop(self) {
+        self.removers.into_iter().for_each(|remove| remove());
+        self.stop.cancel();
+        let started = join_all(self.tasks).await;
+        let owned = started.iter().filter(|r| matches!(r, Ok(true))).count();
+        tracing::debug!(stopped_informers = owned, "informers stopped");
     }
 }
 
-/// Waits for all; `Err(Some(name))` if one stopped first.
-async fn wait_synced(
-    synced: Vec<(String, BoxFuture<'static, bool>)>,
-) -> Result<(), Option<String>> {
-    let results = join_all(
-        synced
-            .into_iter()
-            .map(|(name, fut)| async move { (name, fut.await) }),
-    )
+/// Waits for every informer (and the controller's handler on it) to sync: `Ok(true)` when all
+/// did, `Ok(false)` on shutdown first, an error when one stopped or the sync timeout passed.
+async fn wait_for_caches(
+    synced: SyncWaits,
+    involved: &[Arc<dyn Involved>],
+    options: &ControllerOptions,
+) -> Result<bool, ControllerError> {
+    let sync = wait_synced(synced);
+    let result = tokio::select! {
+        biased;
+        () = options.shutdown.cancelled() => return Ok(false),
+        r = async {
+            match options.sync_timeout {
+                Some(t) => tokio::time::timeout(t, sync).await.unwrap_or(Err(None)),
+                None => sync.await,
+            }
+        } => r,
+    };
+    match result {
+        Ok(()) => Ok(true),
+        Err(Some(informer)) => Err(ControllerError::InformerStopped { informer }),
+        Err(None) => Err(ControllerError::SyncTimeout {
+            unsynced: involved
+                .iter()
+                .filter(|i| !i.has_synced())
+                .map(|i| i.name().to_owned())
+                .collect(),
+            timeout: options.sync_timeout.unwrap_or_default(),
+        }),
+    }
+}
+
+/// Waits up to `grace` for the workers to return; then aborts the rest. Returns how many
+/// reconciles were abandoned (in flight when the grace period ended).
+async fn finish_workers(mut workers: JoinSet<()>, grace: Duration, queue: &ControllerQueue) -> u64 {
+    let finished = tokio::time::timeout(grace, async {
+        while workers.join_next().await.is_some() {}
+    })
     .await;
-    match results.into_iter().find(|(_, ok)| !ok) {
-        Some((name, _)) => Err(Some(name)),
-        None => Ok(()),
+    if finished.is_ok() {
+        return 0;
     }
-}
-
-fn short_type<T>() -> &'static str {
-    let full = std::any::type_name::<T>();
-    full.rsplit("::").next().unwrap_or(full)
-}
-
-struct Worker<C, R, P> {
-    name: String,
-    queue: Queue,
-    reconcile: R,
-    error_policy: P,
-    ctx: Arc<C>,
-    counters: Arc<Counters>,
-    recorder: Option<ControllerRecorder>,
-    stop: CancellationToken,
-}
-
-impl<C, R, P> Worker<C, R, P> {
-    fn requeued(&self) {
-        self.counters.requeues.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-impl<C, E, R, Fut, P> Worker<C, R, P>
-where
-    C: Send + Sync + 'static,
-    E: fmt::Display + Send + 'static,
-    R: Fn(ObjectKey, Arc<C>) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<Action, E>> + Send + 'static,
-    P: Fn(&E, &ObjectKey, &Arc<C>) -> ErrorAction + Send + Sync + 'static,
-{
-    async fn run_loop(self: Arc<Self>) {
-        loop {
-            let (key, priority) = tokio::select! {
-                biased;
-                () = self.stop.cancelled() => return,
-                key = self.queue.get() => match key {
-                    Some(key) => key,
-                    None => return,
-                },
-            };
-            self.process(&key, priority).await;
-            self.queue.done(&key);
-        }
-    }
-
-    /// Reconciles `key`, handed out at `priority` (a retry or requeue keeps it).
-    async fn process(&self, key: &ObjectKey, priority: i32) {
-        self.counters.reconciles.fetch_add(1, Ordering::Relaxed);
-        let span = tracing::info_span!("reconcile", controller = %self.name, key = %key);
-        let active = self.recorder.as_ref().map(ControllerRecorder::started);
-        let started = Instant::now();
-        let outcome = AssertUnwindSafe((self.reconcile)(key.clone(), self.ctx.clone()))
-            .catch_unwind()
-            .instrument(span.clone())
-            .await;
-        if let Some(r) = &self.recorder {
-            let result = match &outcome {
-                Ok(Ok(action)) if action.requeue_delay().is_some() => ReconcileResult::RequeueAfter,
-                Ok(Ok(_)) => ReconcileResult::Success,
-                Ok(Err(_)) | Err(_) => ReconcileResult::Error,
-            };
-            r.finished(result, outcome.is_err(), started.elapsed().as_secs_f64());
-        }
-        drop(active);
-        let _enter = span.enter();
-        match outcome {
-            Ok(Ok(action)) => {
-                self.queue.forget(key);
-                if let Some(delay) = action.requeue_delay() {
-                    tracing::debug!(delay = ?delay, "requeue requested");
-                    self.requeued();
-                    self.add_after(key, delay, priority);
-                }
-            }
-            Ok(Err(error)) => {
-                self.counters.errors.fetch_add(1, Ordering::Relaxed);
-                let decision = (self.error_policy)(&error, key, &self.ctx);
-                tracing::warn!(error = %error, decision = ?decision, "reconcile failed");
-                match decision {
-                    ErrorAction::RateLimited => {
-                        self.requeued();
-                        if let Err(e) = self.queue.add_rate_limited(key.clone(), priority) {
-                            tracing::error!(error = %e, "could not schedule a retry");
-                        }
-                    }
-                    ErrorAction::RequeueAfter(delay) => {
-                        self.requeued();
-                        self.add_after(key, delay, priority);
-                    }
-                    ErrorAction::Drop => {
-                        self.counters.dropped.fetch_add(1, Ordering::Relaxed);
-                        self.queue.forget(key);
-                    }
-                }
-            }
-            Err(panic) => {
-                self.counters.panics.fetch_add(1, Ordering::Relaxed);
-                let message = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "non-string panic payload".to_owned());
-                tracing::error!(panic = %message, "reconcile panicked; retrying with backoff");
-                self.requeued();
-                if let Err(e) = self.queue.add_rate_limited(key.clone(), priority) {
-                    tracing::error!(error = %e, "could not schedule a retry");
-                }
-            }
-        }
-    }
-
-    fn add_after(&self, key: &ObjectKey, delay: Duration, priority: i32) {
-        if let Err(e) = self.queue.add_after(key.clone(), delay, priority) {
-            tracing::error!(error = %e, "could not schedule a requeue");
-        }
-    }
+    let in_flight = queue.processing_len() as u64;
+    workers.abort_all();
+    while workers.join_next().await.is_some() {}
+    in_flight
 }
