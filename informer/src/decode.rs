@@ -75,6 +75,16 @@ pub enum DecodeError {
     /// A watch event lacks its `type` or its `object`.
     #[error("watch event without {0:?}")]
     MissingEventField(&'static str),
+    /// A watch event is longer than the configured limit
+    /// ([`DecodeOptions::max_event_bytes`]); `size` is what was seen of it when it was refused
+    /// (at least `limit + 1` bytes: the rest is not waited for).
+    #[error("watch event of {size} bytes or more exceeds the limit of {limit} bytes")]
+    EventTooLarge {
+        /// The configured limit, in bytes.
+        limit: usize,
+        /// The bytes of the event seen so far.
+        size: usize,
+    },
     /// A skip path is not a usable JSON pointer.
     #[error("invalid skip path {path:?}: {reason}")]
     InvalidPath {
@@ -175,13 +185,32 @@ impl fmt::Display for SkipPath {
     }
 }
 
-/// What a [`Decoder`] skips.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// The default [`DecodeOptions::max_event_bytes`]: 64 MiB, far above any object etcd stores
+/// (1.5 MiB by default) and far below what would exhaust a controller's memory.
+pub const DEFAULT_MAX_EVENT_BYTES: usize = 64 * 1024 * 1024;
+
+/// What a [`Decoder`] skips, and how large a watch event it accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DecodeOptions {
     /// Keep `metadata.managedFields` (by default it is skipped).
     pub keep_managed_fields: bool,
     /// Further paths to skip.
     pub skip: Vec<SkipPath>,
+    /// The largest watch event (one line of a watch stream) accepted, in bytes; a larger one is
+    /// refused with [`DecodeError::EventTooLarge`] instead of being buffered without bound.
+    /// Default [`DEFAULT_MAX_EVENT_BYTES`].
+    pub max_event_bytes: usize,
+}
+
+impl Default for DecodeOptions {
+    /// Skip `metadata.managedFields`, accept events up to [`DEFAULT_MAX_EVENT_BYTES`].
+    fn default() -> Self {
+        DecodeOptions {
+            keep_managed_fields: false,
+            skip: Vec::new(),
+            max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
+        }
+    }
 }
 
 impl DecodeOptions {
@@ -189,13 +218,19 @@ impl DecodeOptions {
     pub fn full() -> Self {
         DecodeOptions {
             keep_managed_fields: true,
-            skip: Vec::new(),
+            ..DecodeOptions::default()
         }
     }
 
     /// These options, also skipping `path`.
     pub fn skip(mut self, path: SkipPath) -> Self {
         self.skip.push(path);
+        self
+    }
+
+    /// These options, accepting watch events of at most `bytes` bytes.
+    pub fn max_event_bytes(mut self, bytes: usize) -> Self {
+        self.max_event_bytes = bytes;
         self
     }
 }
@@ -242,6 +277,7 @@ impl Node {
 #[derive(Debug, Clone)]
 pub struct Decoder {
     root: Arc<Node>,
+    max_event_bytes: usize,
 }
 
 impl Default for Decoder {
@@ -263,7 +299,13 @@ impl Decoder {
         }
         Decoder {
             root: Arc::new(root),
+            max_event_bytes: options.max_event_bytes,
         }
+    }
+
+    /// The largest watch event accepted, in bytes ([`DecodeOptions::max_event_bytes`]).
+    pub fn max_event_bytes(&self) -> usize {
+        self.max_event_bytes
     }
 
     /// A decoder that skips nothing (plain serde decoding).
@@ -302,11 +344,18 @@ impl Decoder {
     }
 
     /// Decodes one watch event (`{"type":"ADDED","object":{...}}`, one line of a watch stream).
-    /// Bookmarks and `ERROR` statuses become their [`WatchEvent`] variants.
+    /// Bookmarks and `ERROR` statuses become their [`WatchEvent`] variants. An event longer than
+    /// [`max_event_bytes`](Self::max_event_bytes) is refused with [`DecodeError::EventTooLarge`].
     pub fn decode_event<K: DeserializeOwned>(
         &self,
         json: &[u8],
     ) -> Result<WatchEvent<K>, DecodeError> {
+        if json.len() > self.max_event_bytes {
+            return Err(DecodeError::EventTooLarge {
+                limit: self.max_event_bytes,
+                size: json.len(),
+            });
+        }
         run(
             json,
             "watch event",

@@ -62,6 +62,7 @@ fn option_sets() -> Vec<(&'static str, DecodeOptions)> {
                     p("/status/phase"),
                     p("/metadata/labels/app.kubernetes.io~1name"),
                 ],
+                ..DecodeOptions::default()
             },
         ),
     ]

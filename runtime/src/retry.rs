@@ -7,11 +7,12 @@
 //!
 //! - only a conflict is retried; any other error is returned at once;
 //! - when the steps run out, the **last conflict error** is returned (not a timeout error);
-//! - the closure runs at most [`Backoff::steps`] times, sleeping between attempts.
+//! - the closure runs at most [`Backoff::steps`] times, sleeping between attempts, and fewer when
+//!   the waits reach [`Backoff::cap`].
 //!
 //! The waits come from [`Backoff`] (client-go's `wait.Backoff`: a start duration, a growth factor, a
-//! jitter fraction and an optional cap), driven by the [`backon`] crate, so they follow tokio's clock
-//! and are testable with a paused clock.
+//! jitter fraction and an optional cap whose reaching ends the steps), driven by the [`backon`]
+//! crate, so they follow tokio's clock and are testable with a paused clock.
 //!
 //! ```no_run
 //! use k8s_openapi::api::core::v1::ConfigMap;
@@ -46,13 +47,31 @@ impl ConflictError for kube::Error {
     }
 }
 
-/// Wait policy between attempts: client-go's `wait.Backoff`.
+/// Wait policy between attempts: client-go's `wait.Backoff`, as `wait.ExponentialBackoff` (and so
+/// `retry.RetryOnConflict`) steps through it.
 ///
-/// Attempt `n` (from 0) waits `duration * factor^n` (capped at `cap` when set), plus a random
-/// extra of up to `jitter` times that wait. The closure runs at most `steps` times.
+/// The first wait is `duration`; each later one is the previous one times `factor`. When a
+/// multiplication would exceed `cap`, that wait becomes `cap` **and the steps end**: as in
+/// client-go, reaching the cap stops the retries, it does not keep retrying at the cap. Each wait
+/// gets a random extra of up to `jitter` times itself. The closure runs at most `steps` times.
+///
+/// For example `steps: 10, duration: 10ms, factor: 2.0, cap: Some(50ms)` runs the closure 3 times,
+/// waiting 10 ms and 20 ms between them: the step after the 40 ms wait would grow past the cap,
+/// which ends the steps.
+///
+/// Deliberate departures from client-go, each one a case where client-go's behaviour does nothing
+/// useful:
+/// - when the cap ends the steps, client-go still sleeps the last computed wait (40 ms in the
+///   example) and then gives up without calling the condition again; we give up at once;
+/// - `steps: 0` makes client-go never call the condition (and `RetryOnConflict` return no error);
+///   here at least one attempt is always made;
+/// - a `factor` between 0 and 1, or not finite, is treated as `1.0` (constant waits) rather than
+///   shrinking the waits. A `factor` of exactly `0.0` means constant waits and, as in client-go,
+///   the cap is then never consulted.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Backoff {
-    /// Maximum number of attempts (at least one attempt is always made).
+    /// Maximum number of attempts (at least one attempt is always made); reaching the cap ends
+    /// the attempts earlier.
     pub steps: u32,
     /// The first wait.
     pub duration: Duration,
@@ -60,7 +79,8 @@ pub struct Backoff {
     pub factor: f64,
     /// Fraction of random extra added to each wait; `0.0` disables jitter.
     pub jitter: f64,
-    /// Upper bound of a wait before jitter, when set.
+    /// When set (and not zero), the wait that would grow past it is set to it and the steps end:
+    /// client-go's `Backoff.Cap`.
     pub cap: Option<Duration>,
 }
 
@@ -90,21 +110,26 @@ impl Backoff {
         }
     }
 
-    /// The waits between attempts, in order (`steps - 1` of them).
+    /// The waits between attempts, in order: `steps - 1` of them, or fewer when the cap ends the
+    /// steps (see the [type docs](Backoff)).
     pub fn delays(&self) -> BackoffIter {
         BackoffIter {
-            next: self.duration,
-            remaining: self.steps.saturating_sub(1),
+            duration: self.duration,
+            steps: self.steps,
             policy: *self,
         }
     }
 }
 
 /// Iterator over the waits of a [`Backoff`]; also a [`backon::Backoff`].
+///
+/// Each item is the wait before one more attempt; `None` means give up.
 #[derive(Clone, Debug)]
 pub struct BackoffIter {
-    next: Duration,
-    remaining: u32,
+    /// The next wait before jitter: client-go's `Backoff.Duration` as `Step` updates it.
+    duration: Duration,
+    /// Steps left: client-go's `Backoff.Steps` as `Step` updates it.
+    steps: u32,
     policy: Backoff,
 }
 
@@ -112,27 +137,41 @@ impl Iterator for BackoffIter {
     type Item = Duration;
 
     fn next(&mut self) -> Option<Duration> {
-        if self.remaining == 0 {
+        // `ExponentialBackoff` stops after the attempt made with one step left.
+        if self.steps <= 1 {
+            self.steps = 0;
             return None;
         }
-        self.remaining -= 1;
-        let base = match self.policy.cap {
-            Some(cap) => self.next.min(cap),
-            None => self.next,
-        };
-        let factor = if self.policy.factor.is_finite() && self.policy.factor > 1.0 {
-            self.policy.factor
-        } else {
-            1.0
-        };
-        self.next =
-            Duration::try_from_secs_f64(base.as_secs_f64() * factor).unwrap_or(Duration::MAX);
+        self.steps -= 1;
+        let wait = self.duration;
+        if self.policy.factor != 0.0 {
+            let factor = if self.policy.factor.is_finite() && self.policy.factor > 1.0 {
+                self.policy.factor
+            } else {
+                1.0
+            };
+            let grown =
+                Duration::try_from_secs_f64(wait.as_secs_f64() * factor).unwrap_or(Duration::MAX);
+            match self.policy.cap {
+                Some(cap) if !cap.is_zero() && grown > cap => {
+                    self.duration = cap;
+                    self.steps = 0;
+                }
+                _ => self.duration = grown,
+            }
+        }
+        if self.steps == 0 {
+            // The cap ended the steps: client-go would sleep `wait` and then give up without
+            // another attempt. Give up now.
+            return None;
+        }
         let jitter = if self.policy.jitter.is_finite() && self.policy.jitter > 0.0 {
-            base.mul_f64(self.policy.jitter * rand::random::<f64>())
+            let extra = wait.as_secs_f64() * self.policy.jitter * rand::random::<f64>();
+            Duration::try_from_secs_f64(extra).unwrap_or(Duration::MAX)
         } else {
             Duration::ZERO
         };
-        Some(base.saturating_add(jitter))
+        Some(wait.saturating_add(jitter))
     }
 }
 
@@ -247,17 +286,123 @@ mod tests {
         }
     }
 
-    #[test]
-    fn backoff_grows_by_factor_and_stops_at_cap() {
-        let b = Backoff {
-            steps: 5,
-            duration: Duration::from_millis(10),
-            factor: 2.0,
+    fn policy(steps: u32, duration_ms: u64, factor: f64, cap_ms: Option<u64>) -> Backoff {
+        Backoff {
+            steps,
+            duration: Duration::from_millis(duration_ms),
+            factor,
             jitter: 0.0,
-            cap: Some(Duration::from_millis(50)),
+            cap: cap_ms.map(Duration::from_millis),
+        }
+    }
+
+    /// The waits between attempts, worked out by hand from client-go's `wait.ExponentialBackoff`
+    /// loop over `Backoff.Step` (apimachinery `pkg/util/wait/backoff.go`): the condition runs while
+    /// steps remain, stops after the attempt made with one step left, and a step whose growth
+    /// passes the cap sets steps to zero.
+    #[test]
+    fn waits_follow_client_go_steps_and_reaching_the_cap_ends_them() {
+        // (name, policy, expected waits in ms; attempts = waits + 1)
+        let cases: &[(&str, Backoff, &[u128])] = &[
+            // The issue's case: 10, 20, then 40 ms grows to 80 > 50, so the steps end: 3 attempts.
+            (
+                "cap ends ten steps",
+                policy(10, 10, 2.0, Some(50)),
+                &[10, 20],
+            ),
+            (
+                "cap ends five steps",
+                policy(5, 10, 2.0, Some(50)),
+                &[10, 20],
+            ),
+            (
+                "growth landing on the cap is allowed",
+                policy(5, 10, 2.0, Some(20)),
+                &[10],
+            ),
+            (
+                "growth just past the cap ends at once",
+                policy(5, 10, 2.0, Some(19)),
+                &[],
+            ),
+            (
+                "cap above every wait",
+                policy(5, 10, 2.0, Some(1000)),
+                &[10, 20, 40, 80],
+            ),
+            ("no cap", policy(5, 10, 2.0, None), &[10, 20, 40, 80]),
+            (
+                "zero cap means no cap",
+                policy(4, 10, 2.0, Some(0)),
+                &[10, 20, 40],
+            ),
+            (
+                "first wait above the cap: one attempt",
+                policy(5, 100, 2.0, Some(50)),
+                &[],
+            ),
+            (
+                "constant waits under the cap",
+                policy(4, 10, 1.0, Some(50)),
+                &[10, 10, 10],
+            ),
+            (
+                "factor zero never consults the cap",
+                policy(3, 100, 0.0, Some(50)),
+                &[100, 100],
+            ),
+            ("one step: one attempt", policy(1, 10, 2.0, None), &[]),
+            (
+                "zero steps: still one attempt",
+                policy(0, 10, 2.0, None),
+                &[],
+            ),
+            (
+                "contended",
+                Backoff {
+                    jitter: 0.0,
+                    ..Backoff::contended()
+                },
+                &[10, 50, 250],
+            ),
+        ];
+        for (name, b, want) in cases {
+            let got: Vec<u128> = b.delays().map(|d| d.as_millis()).collect();
+            assert_eq!(&got, want, "{name}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reaching_the_cap_ends_retry_on_conflict_after_three_attempts() {
+        let calls = Arc::new(AtomicU32::new(0));
+        let c = calls.clone();
+        let start = tokio::time::Instant::now();
+        let out: Result<(), kube::Error> = retry_on_conflict(policy(10, 10, 2.0, Some(50)), || {
+            c.fetch_add(1, Ordering::SeqCst);
+            async { Err(status(409)) }
+        })
+        .await;
+        assert!(
+            out.unwrap_err().is_conflict(),
+            "the last conflict is returned"
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+        // 10 ms + 20 ms; client-go would also sleep the 40 ms wait before giving up.
+        assert_eq!(start.elapsed(), Duration::from_millis(30));
+    }
+
+    #[test]
+    fn huge_waits_and_jitter_saturate_instead_of_panicking() {
+        let b = Backoff {
+            steps: 4,
+            duration: Duration::MAX / 2,
+            factor: 1e300,
+            jitter: 1e300,
+            cap: None,
         };
-        let delays: Vec<_> = b.delays().map(|d| d.as_millis()).collect();
-        assert_eq!(delays, vec![10, 20, 40, 50]);
+        let delays: Vec<_> = b.delays().collect();
+        assert_eq!(delays.len(), 3);
+        assert!(delays.iter().all(|d| *d >= Duration::MAX / 2));
     }
 
     #[tokio::test(start_paused = true)]

@@ -800,6 +800,10 @@ async fn run_case(contender: Contender, case: &Case) {
     writes(client.clone(), 2).await;
     assert_converges(&running, &client, &format!("{what}: after the fault")).await;
     if case.expect.same_watch {
+        // Guaranteed: nothing else in a case can end this watch. Its server timeout is at least
+        // MIN_WATCH_TIMEOUT (5 minutes) and a case lasts seconds, idle detection waits longer
+        // still, the event stream is never empty for the very-short-watch rule, and no fault is
+        // armed; so a restart here is the nameless event's doing.
         assert_eq!(
             counters(&server, &running).watches,
             before.watches,

@@ -191,6 +191,19 @@ pub enum SourceError {
     /// The request could not be built from the parameters given.
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// A watch event was longer than the source accepts (see
+    /// [`DecodeOptions::max_event_bytes`](crate::decode::DecodeOptions::max_event_bytes)). The
+    /// watch ends with this error: resuming it would meet the same event again, so the Reflector
+    /// ends the round and relists.
+    #[error("watch event too large ({context}): {size} bytes or more, limit {limit}")]
+    EventTooLarge {
+        /// Which watch.
+        context: String,
+        /// The configured limit, in bytes.
+        limit: usize,
+        /// The bytes of the event seen when it was refused.
+        size: usize,
+    },
 }
 
 impl SourceError {
@@ -234,6 +247,11 @@ impl SourceError {
     /// A decoding failure.
     pub fn is_malformed(&self) -> bool {
         matches!(self, SourceError::Malformed { .. })
+    }
+
+    /// A watch event over the size limit ([`SourceError::EventTooLarge`]).
+    pub fn is_event_too_large(&self) -> bool {
+        matches!(self, SourceError::EventTooLarge { .. })
     }
 }
 

@@ -15,7 +15,9 @@
 //! becomes [`SourceError::Status`] (so 410 is [`is_gone`](SourceError::is_gone)), a body that is
 //! not a `Status` becomes a status with the HTTP code, a line that cannot be decoded is a
 //! [`SourceError::Malformed`] item (the watch goes on), a broken connection is
-//! [`SourceError::Transport`].
+//! [`SourceError::Transport`]. A watch event longer than
+//! [`DecodeOptions::max_event_bytes`](crate::decode::DecodeOptions::max_event_bytes) (64 MiB by
+//! default) is not buffered further: the watch ends with [`SourceError::EventTooLarge`].
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -272,6 +274,8 @@ fn is_unexpected_eof(err: &kube::Error) -> bool {
 struct Lines<K> {
     body: BoxStream<'static, Result<Bytes, kube::Error>>,
     buf: BytesMut,
+    /// How much of `buf` is known to hold no newline, so each byte is searched once.
+    scanned: usize,
     ended: bool,
     decoder: Decoder,
     what: String,
@@ -282,7 +286,10 @@ impl<K: DeserializeOwned> Lines<K> {
     /// The next event, error or end of the watch.
     async fn next(&mut self) -> Option<Result<WatchEvent<K>, SourceError>> {
         loop {
-            if let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
+            let from = self.scanned.min(self.buf.len());
+            if let Some(at) = self.buf[from..].iter().position(|&b| b == b'\n') {
+                let pos = from + at;
+                self.scanned = 0;
                 let line = self.buf.split_to(pos + 1);
                 let line = line[..pos].trim_ascii();
                 if line.is_empty() {
@@ -290,14 +297,23 @@ impl<K: DeserializeOwned> Lines<K> {
                 }
                 return Some(self.decode(line));
             }
+            self.scanned = self.buf.len();
+            let limit = self.decoder.max_event_bytes();
+            if self.buf.len() > limit {
+                // No end of line within the limit: refuse the event now rather than buffer it.
+                let size = self.buf.len();
+                return Some(Err(self.too_large(size)));
+            }
             if self.ended {
                 let rest = std::mem::take(&mut self.buf);
+                self.scanned = 0;
                 let rest = rest.trim_ascii();
                 if rest.is_empty() {
                     return None;
                 }
                 return match self.decoder.decode_event(rest) {
                     Ok(event) => Some(Ok(event)),
+                    Err(DecodeError::EventTooLarge { size, .. }) => Some(Err(self.too_large(size))),
                     Err(DecodeError::Json { source, .. }) if source.is_eof() => {
                         // The connection closed in the middle of an event: the watch ended,
                         // and is resumed from the last resourceVersion like any other end.
@@ -316,6 +332,7 @@ impl<K: DeserializeOwned> Lines<K> {
                 Some(Err(e)) => {
                     self.ended = true;
                     self.buf.clear();
+                    self.scanned = 0;
                     return Some(Err(SourceError::Transport(Box::new(e))));
                 }
                 None => self.ended = true,
@@ -323,11 +340,30 @@ impl<K: DeserializeOwned> Lines<K> {
         }
     }
 
-    fn decode(&self, line: &[u8]) -> Result<WatchEvent<K>, SourceError> {
-        self.decoder.decode_event(line).map_err(|e| {
-            tracing::warn!(watch = %self.what, error = %e, "undecodable watch event");
-            malformed(self.what.clone(), e)
-        })
+    fn decode(&mut self, line: &[u8]) -> Result<WatchEvent<K>, SourceError> {
+        match self.decoder.decode_event(line) {
+            Ok(event) => Ok(event),
+            Err(DecodeError::EventTooLarge { size, .. }) => Err(self.too_large(size)),
+            Err(e) => {
+                tracing::warn!(watch = %self.what, error = %e, "undecodable watch event");
+                Err(malformed(self.what.clone(), e))
+            }
+        }
+    }
+
+    /// Ends the watch with [`SourceError::EventTooLarge`]: the rest of the stream is dropped
+    /// unread (and with it the connection).
+    fn too_large(&mut self, size: usize) -> SourceError {
+        let limit = self.decoder.max_event_bytes();
+        tracing::warn!(watch = %self.what, size, limit, "watch event over the size limit; ending the watch");
+        self.ended = true;
+        self.buf = BytesMut::new();
+        self.scanned = 0;
+        SourceError::EventTooLarge {
+            context: self.what.clone(),
+            limit,
+            size,
+        }
     }
 }
 
@@ -391,6 +427,7 @@ where
             let lines = Lines::<K> {
                 body: response.into_body().into_data_stream().boxed(),
                 buf: BytesMut::new(),
+                scanned: 0,
                 ended: false,
                 decoder,
                 what,

@@ -96,7 +96,14 @@ pub struct FakeConfig {
     pub watch_buffer: usize,
     /// Interval between BOOKMARK events when bookmarks are requested.
     pub bookmark_interval: Duration,
+    /// The largest request body accepted, in bytes; a larger one is answered `413
+    /// RequestEntityTooLarge` without being read further. Default [`MAX_REQUEST_BODY_BYTES`]
+    /// (3 MiB, the `MaxRequestBodyBytes` of kube-apiserver's generic server config).
+    pub max_request_body_bytes: usize,
 }
+
+/// kube-apiserver's default limit on a request body: 3 MiB.
+pub const MAX_REQUEST_BODY_BYTES: usize = 3 * 1024 * 1024;
 
 impl Default for FakeConfig {
     fn default() -> Self {
@@ -105,6 +112,7 @@ impl Default for FakeConfig {
             history_size: 10_000,
             watch_buffer: 1_000,
             bookmark_interval: Duration::from_secs(60),
+            max_request_body_bytes: MAX_REQUEST_BODY_BYTES,
         }
     }
 }
@@ -222,6 +230,7 @@ impl FakeApiServer {
             storage: Mutex::new(Storage::new(config.history_size, config.watch_buffer)),
             faults: faults::Faults::default(),
             bookmark_interval: config.bookmark_interval,
+            max_request_body_bytes: config.max_request_body_bytes,
         });
         let cancel = CancellationToken::new();
         let task = tokio::spawn(accept_loop(listener, shared.clone(), cancel.clone()));

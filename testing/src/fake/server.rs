@@ -37,6 +37,8 @@ pub struct Shared {
     pub faults: Faults,
     /// Bookmark interval.
     pub bookmark_interval: Duration,
+    /// The largest request body accepted, in bytes.
+    pub max_request_body_bytes: usize,
 }
 
 fn json_response(code: u16, v: &Value) -> Response<Body> {
@@ -81,8 +83,26 @@ pub async fn handle(
         tokio::time::sleep(d).await;
     }
     let (parts, body) = req.into_parts();
-    let body = match body.collect().await {
+    let limit = shared.max_request_body_bytes;
+    let too_large = || {
+        error_response(&ApiError::new(
+            413,
+            "RequestEntityTooLarge",
+            format!("the request body is larger than the limit of {limit} bytes"),
+        ))
+    };
+    // A declared length over the limit is refused before any of the body is read.
+    let declared = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Ok(too_large());
+    }
+    let body = match http_body_util::Limited::new(body, limit).collect().await {
         Ok(b) => b.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Ok(too_large()),
         Err(e) => {
             return Ok(error_response(&ApiError::bad_request(format!(
                 "reading body: {e}"
@@ -124,6 +144,23 @@ struct Target {
     name: Option<String>,
     sub: Option<String>,
     watch_path: bool,
+}
+
+/// An object body (or the result of a patch) must be a JSON object whose `metadata`, when
+/// present, is an object too; anything else is answered 400, as kube-apiserver answers a body it
+/// cannot unmarshal into the resource's type.
+fn check_object_shape(obj: &Value) -> Result<(), ApiError> {
+    if !obj.is_object() {
+        return Err(ApiError::bad_request(
+            "the body of the request is not a JSON object",
+        ));
+    }
+    if !obj.get("metadata").is_none_or(Value::is_object) {
+        return Err(ApiError::bad_request(
+            "metadata of the object is not a JSON object",
+        ));
+    }
+    Ok(())
 }
 
 fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
@@ -486,6 +523,7 @@ fn resource(
                 }
                 if s.get(&t.res, &ns, &name).is_err() && !status_only {
                     let mut obj = patch;
+                    check_object_shape(&obj)?;
                     obj["metadata"]["name"] = json!(name);
                     return Ok(object_response(201, one, &s.create(&t.res, &ns, obj)?));
                 }
@@ -505,6 +543,7 @@ fn resource(
                     ));
                 }
             }
+            check_object_shape(&doc)?;
             // A patch carrying a resourceVersion is a precondition; otherwise it applies to the latest.
             let precondition = patch.pointer("/metadata/resourceVersion").cloned();
             doc["metadata"]["resourceVersion"] =

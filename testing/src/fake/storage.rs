@@ -165,9 +165,16 @@ fn spec_part(obj: &Value) -> Value {
 
 /// The defaults kube-apiserver fills in on create that clients read back: a namespace is
 /// `Active` with the `kubernetes` finalizer, a secret without a type is `Opaque`.
-fn apply_create_defaults(d: &ResourceDef, obj: &mut Value) {
+fn apply_create_defaults(d: &ResourceDef, obj: &mut Value) -> Result<(), ApiError> {
     match (d.group.as_str(), d.plural.as_str()) {
         ("", "namespaces") => {
+            for field in ["spec", "status"] {
+                if !obj.get(field).is_none_or(Value::is_object) {
+                    return Err(ApiError::bad_request(format!(
+                        "{field} of the namespace is not a JSON object"
+                    )));
+                }
+            }
             if obj.pointer("/spec/finalizers").is_none() {
                 obj["spec"]["finalizers"] = json!(["kubernetes"]);
             }
@@ -183,6 +190,7 @@ fn apply_create_defaults(d: &ResourceDef, obj: &mut Value) {
         }
         _ => {}
     }
+    Ok(())
 }
 
 fn finalizers_empty(obj: &Value) -> bool {
@@ -480,7 +488,7 @@ impl Storage {
         };
         obj["apiVersion"] = json!(d.api_version());
         obj["kind"] = json!(d.kind);
-        apply_create_defaults(&d, &mut obj);
+        apply_create_defaults(&d, &mut obj)?;
         self.rv += 1;
         let m = obj["metadata"]
             .as_object_mut()
