@@ -1,0 +1,195 @@
+//! What a Reflector is configured with, what it fails with, and the handle that reads its
+//! progress from outside.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use parking_lot::RwLock;
+
+use crate::fifo::FifoError;
+use crate::source::SourceError;
+
+/// The page size of a list when none is configured (client-go's pager default).
+pub const DEFAULT_PAGE_SIZE: u32 = 500;
+/// The shortest server-side watch timeout; a configured minimum below it is raised to it.
+pub const MIN_WATCH_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+/// A watch that ends cleanly with no event sooner than this is treated as a failure.
+pub(super) const VERY_SHORT_WATCH: Duration = Duration::from_secs(1);
+
+/// Exponential backoff with jitter between failed list-and-watch rounds.
+///
+/// The n-th delay is `d + rand·jitter·d` where `d = min(initial·factorⁿ, cap)`; the sequence
+/// starts again from `initial` when more than `reset_after` passed since it last did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackoffOptions {
+    /// The first delay before jitter (800 ms).
+    pub initial: Duration,
+    /// The growth factor (2.0).
+    pub factor: f64,
+    /// Jitter as a fraction of the delay (1.0: up to double).
+    pub jitter: f64,
+    /// The largest delay before jitter (30 s).
+    pub cap: Duration,
+    /// The sequence restarts when this long passed since its last restart (2 min).
+    pub reset_after: Duration,
+}
+
+impl Default for BackoffOptions {
+    fn default() -> Self {
+        BackoffOptions {
+            initial: Duration::from_millis(800),
+            factor: 2.0,
+            jitter: 1.0,
+            cap: Duration::from_secs(30),
+            reset_after: Duration::from_secs(120),
+        }
+    }
+}
+
+/// How a [`Reflector`] lists and watches.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReflectorOptions {
+    /// Page size of lists. `None` follows client-go: 500 for lists at `"0"` or `""`, whole
+    /// lists (served from the watch cache) at a specific resourceVersion, and 500 always once a
+    /// list at `"0"` came back paged (the server has no watch cache). `Some(0)` disables paging.
+    pub page_size: Option<u32>,
+    /// Make the first list a consistent read (`""`) instead of any state (`"0"`).
+    pub consistent_initial_list: bool,
+    /// Minimum server-side watch timeout; each watch asks for a random one in `[min, 2·min]`.
+    /// Values below [`MIN_WATCH_TIMEOUT`] are raised to it.
+    pub min_watch_timeout: Duration,
+    /// How much longer than its server timeout a silent watch may stay open before it is
+    /// presumed dead and restarted.
+    pub idle_watch_margin: Duration,
+    /// Backoff between failed rounds.
+    pub backoff: BackoffOptions,
+    /// List by streaming (`sendInitialEvents=true`), falling back to a list when refused.
+    pub streaming_lists: bool,
+    /// Label selector for lists and watches.
+    pub label_selector: Option<String>,
+    /// Field selector for lists and watches.
+    pub field_selector: Option<String>,
+    /// Bound on a paged list's backlog: before fetching the next page, wait until fewer than
+    /// this many keys are queued in the sink ([`ReflectorSink::wait_for_room`]). `None`, the
+    /// default, follows client-go: pages are fetched as fast as the server answers and every
+    /// listed object may wait, decoded, in the DeltaFIFO. A bound keeps only a few pages of
+    /// decoded objects alive at once, which is what makes a compact store's peak memory small
+    /// (the factory's compact informers use two pages); it does not slow a list whose consumer
+    /// keeps up. `Some(0)` is read as `Some(1)`: the next page waits for an empty queue.
+    pub list_backlog: Option<usize>,
+}
+
+impl Default for ReflectorOptions {
+    fn default() -> Self {
+        ReflectorOptions {
+            page_size: None,
+            consistent_initial_list: false,
+            min_watch_timeout: MIN_WATCH_TIMEOUT,
+            idle_watch_margin: Duration::from_secs(30),
+            backoff: BackoffOptions::default(),
+            streaming_lists: false,
+            label_selector: None,
+            field_selector: None,
+            list_backlog: None,
+        }
+    }
+}
+
+/// Why one list-and-watch round of a [`Reflector`] ended.
+#[derive(Debug, thiserror::Error)]
+pub enum ReflectorError {
+    /// The list failed.
+    #[error("list failed")]
+    List(#[source] SourceError),
+    /// Starting the watch failed, or the server ended it with a failure.
+    #[error("watch failed")]
+    Watch(#[source] SourceError),
+    /// A watch event could not be decoded.
+    #[error("malformed watch event")]
+    Malformed(#[source] SourceError),
+    /// The watch ended cleanly without any event right after it started.
+    #[error("watch ended after {0:?} without any event")]
+    VeryShortWatch(Duration),
+    /// A streaming list ended before its initial-events-end bookmark.
+    #[error("streaming list ended before its initial-events-end bookmark")]
+    StreamingListIncomplete,
+    /// The sink refused a write.
+    #[error("the reflector sink refused a write")]
+    Sink(#[source] FifoError),
+}
+
+impl ReflectorError {
+    /// Whether the round ended because a resourceVersion had expired (410).
+    pub fn is_expired(&self) -> bool {
+        match self {
+            ReflectorError::List(e) | ReflectorError::Watch(e) => e.is_expired(),
+            _ => false,
+        }
+    }
+}
+
+/// Called with every error that ends a list-and-watch round (client-go's watch error handler).
+pub type WatchErrorHandler = Arc<dyn Fn(&ReflectorError) + Send + Sync>;
+
+#[derive(Default)]
+pub(super) struct Shared {
+    pub(super) last_sync_resource_version: RwLock<String>,
+    pub(super) relists: AtomicU64,
+    pub(super) watch_restarts: AtomicU64,
+    pub(super) malformed_events: AtomicU64,
+    pub(super) idle_watches: AtomicU64,
+    pub(super) errors: AtomicU64,
+}
+
+/// A cheap, cloneable view of a running [`Reflector`]'s progress.
+#[derive(Clone)]
+pub struct ReflectorHandle {
+    pub(super) shared: Arc<Shared>,
+}
+
+impl fmt::Debug for ReflectorHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReflectorHandle")
+            .field(
+                "last_sync_resource_version",
+                &self.last_sync_resource_version(),
+            )
+            .field("relists", &self.relists())
+            .field("watch_restarts", &self.watch_restarts())
+            .finish()
+    }
+}
+
+impl ReflectorHandle {
+    /// The resourceVersion the Reflector last synced to (`""` before the first list).
+    pub fn last_sync_resource_version(&self) -> String {
+        self.shared.last_sync_resource_version.read().clone()
+    }
+
+    /// Completed (re)lists, streaming lists included.
+    pub fn relists(&self) -> u64 {
+        self.shared.relists.load(Ordering::Relaxed)
+    }
+
+    /// Watches restarted without a relist (clean close, malformed event, idle watch).
+    pub fn watch_restarts(&self) -> u64 {
+        self.shared.watch_restarts.load(Ordering::Relaxed)
+    }
+
+    /// Malformed events and events whose object could not be keyed.
+    pub fn malformed_events(&self) -> u64 {
+        self.shared.malformed_events.load(Ordering::Relaxed)
+    }
+
+    /// Watches presumed dead because they delivered nothing for too long.
+    pub fn idle_watches(&self) -> u64 {
+        self.shared.idle_watches.load(Ordering::Relaxed)
+    }
+
+    /// List-and-watch rounds that ended with an error.
+    pub fn errors(&self) -> u64 {
+        self.shared.errors.load(Ordering::Relaxed)
+    }
+}
