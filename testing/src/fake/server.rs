@@ -193,28 +193,19 @@ fn parse_object_body(content_type: &str, body: &Bytes) -> Result<Value, ApiError
     parse_body(body)
 }
 
-fn route(
+/// The fixed endpoints: version, OpenAPI, health, and discovery (`/api`, `/apis`, a group, a
+/// group version). `Ok(None)` when `segs` names none of them (a resource path).
+fn discovery(
     shared: &Shared,
     accept: &str,
-    method: &Method,
-    path: &str,
-    q: &HashMap<String, String>,
-    ct: &str,
-    body: &Bytes,
-) -> Result<Response<Body>, ApiError> {
-    let segs: Vec<&str> = path
-        .trim_matches('/')
-        .split('/')
-        .filter(|s| !s.is_empty())
-        .collect();
+    segs: &[&str],
+) -> Result<Option<Response<Body>>, ApiError> {
     let st = || shared.storage.lock();
-    match segs.as_slice() {
-        ["version"] => {
-            return Ok(json_response(
-                200,
-                &json!({"major": "1", "minor": "35", "gitVersion": "v1.35.0-reflex-fake", "gitCommit": "", "gitTreeState": "clean", "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.25", "compiler": "gc", "platform": "linux/amd64"}),
-            ));
-        }
+    let response = match segs {
+        ["version"] => json_response(
+            200,
+            &json!({"major": "1", "minor": "35", "gitVersion": "v1.35.0-reflex-fake", "gitCommit": "", "gitTreeState": "clean", "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.25", "compiler": "gc", "platform": "linux/amd64"}),
+        ),
         // An empty OpenAPI document: kubectl's client-side validation finds no schema for the
         // object's kind and accepts it (a 404 here makes `kubectl apply` fail). kubectl asks for
         // the gnostic protobuf form, hand-encoded here: swagger = "2.0", info {title, version}.
@@ -232,38 +223,34 @@ fn route(
                     "application/com.github.proto-openapi.spec.v2.v1.0+protobuf",
                 ),
             );
-            return Ok(r);
+            r
         }
-        ["openapi", "v2"] => {
-            return Ok(json_response(
-                200,
-                &json!({"swagger": "2.0", "info": {"title": "Kubernetes", "version": "v1.35.0"}, "paths": {}, "definitions": {}}),
-            ));
-        }
+        ["openapi", "v2"] => json_response(
+            200,
+            &json!({"swagger": "2.0", "info": {"title": "Kubernetes", "version": "v1.35.0"}, "paths": {}, "definitions": {}}),
+        ),
         ["healthz" | "readyz" | "livez"] => {
             let mut r = Response::new(Full::new(Bytes::from_static(b"ok")).boxed());
             r.headers_mut().insert(
                 http::header::CONTENT_TYPE,
                 http::HeaderValue::from_static("text/plain"),
             );
-            return Ok(r);
+            r
         }
-        ["api"] => {
-            return Ok(json_response(
-                200,
-                &json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]}),
-            ));
-        }
+        ["api"] => json_response(
+            200,
+            &json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]}),
+        ),
         ["apis"] => {
             let s = st();
             let gs: Vec<Value> = groups(s.defs())
                 .iter()
                 .map(|(g, vs)| api_group(g, vs))
                 .collect();
-            return Ok(json_response(
+            json_response(
                 200,
                 &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": gs}),
-            ));
+            )
         }
         ["api", "v1"] => {
             let s = st();
@@ -271,7 +258,7 @@ fn route(
                 .defs()
                 .filter(|d| d.group.is_empty() && d.version == "v1")
                 .collect();
-            return Ok(json_response(200, &resource_list(&defs, "v1")));
+            json_response(200, &resource_list(&defs, "v1"))
         }
         ["apis", g] => {
             let s = st();
@@ -283,7 +270,7 @@ fn route(
                     "the server could not find the requested resource",
                 )
             })?;
-            return Ok(json_response(200, &api_group(g, vs)));
+            json_response(200, &api_group(g, vs))
         }
         ["apis", g, v] => {
             let s = st();
@@ -298,12 +285,29 @@ fn route(
                     "the server could not find the requested resource",
                 ));
             }
-            return Ok(json_response(
-                200,
-                &resource_list(&defs, &format!("{g}/{v}")),
-            ));
+            json_response(200, &resource_list(&defs, &format!("{g}/{v}")))
         }
-        _ => {}
+        _ => return Ok(None),
+    };
+    Ok(Some(response))
+}
+
+fn route(
+    shared: &Shared,
+    accept: &str,
+    method: &Method,
+    path: &str,
+    q: &HashMap<String, String>,
+    ct: &str,
+    body: &Bytes,
+) -> Result<Response<Body>, ApiError> {
+    let segs: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
+    if let Some(response) = discovery(shared, accept, &segs)? {
+        return Ok(response);
     }
     let (group, version, rest) = match segs.as_slice() {
         ["api", v, rest @ ..] => ("", *v, rest),
