@@ -610,27 +610,21 @@ fn resource(
     }
 }
 
-fn list(
+/// Where a list starts: the resourceVersion it is served at and, for a continued list, the key
+/// after which it resumes (from `continue`, `resourceVersion` and `resourceVersionMatch`, with
+/// kube-apiserver's answers: 410 for an expired token, 504 for a version from the future, 422
+/// for an unsupported match).
+fn list_start(
     shared: &Shared,
-    t: &Target,
+    s: &mut Storage,
     q: &HashMap<String, String>,
-    out: Output,
-) -> Result<Response<Body>, ApiError> {
-    let def = shared.storage.lock().def(&t.res)?;
-    let sel = selectors(q, &def)?;
-    let limit: usize = match q.get("limit") {
-        Some(l) => l
-            .parse()
-            .map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}")))?,
-        None => 0,
-    };
+) -> Result<(u64, Option<(String, String)>), ApiError> {
     let rv = q.get("resourceVersion").map(String::as_str).unwrap_or("");
     let rv_match = q
         .get("resourceVersionMatch")
         .map(String::as_str)
         .unwrap_or("");
-    let mut s = shared.storage.lock();
-    let (at, start_after) = match q.get("continue").filter(|c| !c.is_empty()) {
+    Ok(match q.get("continue").filter(|c| !c.is_empty()) {
         Some(token) => {
             if shared.faults.take_expire_next_continue() {
                 s.advance_and_compact();
@@ -682,7 +676,25 @@ fn list(
             };
             (at, None)
         }
+    })
+}
+
+fn list(
+    shared: &Shared,
+    t: &Target,
+    q: &HashMap<String, String>,
+    out: Output,
+) -> Result<Response<Body>, ApiError> {
+    let def = shared.storage.lock().def(&t.res)?;
+    let sel = selectors(q, &def)?;
+    let limit: usize = match q.get("limit") {
+        Some(l) => l
+            .parse()
+            .map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}")))?,
+        None => 0,
     };
+    let mut s = shared.storage.lock();
+    let (at, start_after) = list_start(shared, &mut s, q)?;
     // Only the objects after the continue key, in the namespace asked for: a page costs what
     // it holds, not a copy of the whole resource.
     let objs = s.list_from(&t.res, at, t.ns.as_deref(), start_after.as_ref())?;
