@@ -248,17 +248,7 @@ where
                 .with_decode_options(&factory.options.decode);
             Arc::new(api) as Arc<dyn ListWatch<K>>
         });
-        InformerSpec {
-            key: EntryKey {
-                id,
-                item: TypeIdKey(TypeId::of::<K>()),
-            },
-            key_fn: meta_key_func::<K>(dt),
-            source,
-            compact: None,
-            transform: None,
-            resync: None,
-        }
+        InformerSpec::new(id, meta_key_func::<K>(dt), source)
     }
 }
 
@@ -293,17 +283,7 @@ where
                 Arc::new(api.with_decode_options(&factory.options.decode))
                     as Arc<dyn ListWatch<PartialObjectMeta<R>>>
             });
-        InformerSpec {
-            key: EntryKey {
-                id,
-                item: TypeIdKey(TypeId::of::<PartialObjectMeta<R>>()),
-            },
-            key_fn: meta_key_func::<PartialObjectMeta<R>>(dt),
-            source,
-            compact: None,
-            transform: None,
-            resync: None,
-        }
+        InformerSpec::new(id, meta_key_func::<PartialObjectMeta<R>>(dt), source)
     }
 }
 
@@ -328,17 +308,7 @@ impl InformerSpec<DynamicObject> {
             Arc::new(api.with_decode_options(&factory.options.decode))
                 as Arc<dyn ListWatch<DynamicObject>>
         });
-        InformerSpec {
-            key: EntryKey {
-                id,
-                item: TypeIdKey(TypeId::of::<DynamicObject>()),
-            },
-            key_fn: meta_key_func::<DynamicObject>(resource.clone()),
-            source,
-            compact: None,
-            transform: None,
-            resync: None,
-        }
+        InformerSpec::new(id, meta_key_func::<DynamicObject>(resource.clone()), source)
     }
 }
 
@@ -346,6 +316,22 @@ impl<K> InformerSpec<K>
 where
     K: Send + Sync + 'static,
 {
+    /// A spec of `K`'s objects named `id`, keyed by `key_fn` and read from `source`, with a
+    /// normal store and no transform or resync of its own.
+    fn new(id: InformerId, key_fn: KeyFunc<K>, source: MakeSource<K>) -> Self {
+        InformerSpec {
+            key: EntryKey {
+                id,
+                item: TypeIdKey(TypeId::of::<K>()),
+            },
+            key_fn,
+            source,
+            compact: None,
+            transform: None,
+            resync: None,
+        }
+    }
+
     /// How the factory will name this informer.
     pub fn id(&self) -> &InformerId {
         &self.key.id
@@ -384,6 +370,11 @@ where
         self.resync = Some(period);
         self
     }
+}
+
+/// The identity of a transform: the address of what its `Arc` points to.
+fn transform_id<K>(transform: &Transform<K>) -> usize {
+    Arc::as_ptr(transform).cast::<()>() as usize
 }
 
 /// A started or not yet started informer, with its concrete type erased.
@@ -425,8 +416,9 @@ where
 
 struct Entry {
     informer: Arc<dyn ErasedInformer>,
-    /// The transform the informer was made with (compared by identity).
-    transform: Option<Arc<dyn Any + Send + Sync>>,
+    /// The address of the transform the informer was made with: transforms are compared by
+    /// identity (the same `Arc`), which needs no type.
+    transform: Option<usize>,
     resync: Option<Duration>,
     started: bool,
 }
@@ -530,13 +522,10 @@ impl SharedInformerFactory {
                 .as_any()
                 .downcast_ref::<SharedIndexInformer<K>>()
         {
-            let same_transform = spec.transform.as_ref().is_none_or(|transform| {
-                entry
-                    .transform
-                    .as_ref()
-                    .and_then(|t| t.downcast_ref::<Transform<K>>())
-                    .is_some_and(|existing| Arc::ptr_eq(existing, transform))
-            });
+            let same_transform = spec
+                .transform
+                .as_ref()
+                .is_none_or(|t| entry.transform == Some(transform_id(t)));
             let differs = if !same_transform {
                 Some("transform")
             } else if spec.resync.is_some() && spec.resync != entry.resync {
@@ -547,7 +536,7 @@ impl SharedInformerFactory {
             return (informer.clone(), differs);
         }
         let key = spec.key.clone();
-        let transform = spec.transform.clone();
+        let transform = spec.transform.as_ref().map(transform_id);
         let resync = spec.resync;
         let informer = self.make(spec);
         tracing::debug!(informer = %key.id, "informer created");
@@ -555,7 +544,7 @@ impl SharedInformerFactory {
             key,
             Entry {
                 informer: Arc::new(informer.clone()),
-                transform: transform.map(|t| Arc::new(t) as Arc<dyn Any + Send + Sync>),
+                transform,
                 resync,
                 started: false,
             },
