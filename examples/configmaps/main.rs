@@ -98,8 +98,12 @@ async fn run(args: Args) -> Result<(), Error> {
         .run(reconcile, default_error_policy, ctx.clone());
     let controller = tokio::spawn(controller);
     if conn.is_embedded() {
+        // After the first list, so that the handler sees every change as the change it is.
         tokio::select! {
-            done = workload(&conn.client, &ctx) => done?,
+            done = async {
+                configmaps.wait_for_sync().await;
+                workload(&conn.client, &ctx).await
+            } => done?,
             () = shutdown.cancelled() => {}
         }
         stop.cancel();
