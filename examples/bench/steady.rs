@@ -188,7 +188,7 @@ pub async fn reflex(p: Params) -> Run {
     });
     factory.start();
     let synced = factory.wait_for_cache_sync(Some(BOUND)).await;
-    if !synced.values().all(|s| *s) {
+    if !synced.values().all(reflex_informer::SyncState::has_synced) {
         return Err(format!("not synced: {synced:?}"));
     }
     crate::protocol::ready();

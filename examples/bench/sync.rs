@@ -180,7 +180,7 @@ where
 
 async fn wait_synced(factory: &SharedInformerFactory) -> Result<(), String> {
     let synced = factory.wait_for_cache_sync(Some(SYNC_BOUND)).await;
-    if synced.values().all(|s| *s) {
+    if synced.values().all(reflex_informer::SyncState::has_synced) {
         Ok(())
     } else {
         Err(format!("not synced within {SYNC_BOUND:?}: {synced:?}"))

@@ -319,7 +319,7 @@ async fn run(args: Args) -> Result<(), NodeListerError> {
     tokio::pin!(deadline);
 
     let synced = tokio::select! {
-        synced = factory.wait_for_cache_sync(None) => synced.values().all(|s| *s),
+        synced = factory.wait_for_cache_sync(None) => synced.values().all(reflex::informer::SyncState::has_synced),
         _ = shutdown.cancelled() => false,
         _ = &mut deadline => false,
     };

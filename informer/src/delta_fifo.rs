@@ -553,6 +553,15 @@ where
     fn len(&self) -> usize {
         DeltaFifo::len(self)
     }
+
+    fn run_if_drained(&self, f: &mut dyn FnMut()) -> bool {
+        let _processing = self.processing.lock();
+        let drained = self.state.lock().queue.is_empty();
+        if drained {
+            f();
+        }
+        drained
+    }
 }
 
 #[cfg(test)]

@@ -15,8 +15,8 @@
 //! normal store) in one call.
 //!
 //! `start()` runs the informers not yet running (call it again after asking for more),
-//! `wait_for_cache_sync()` reports per [`InformerId`] (`pods`, `deployments.apps`, with the
-//! decoded type and store), `shutdown()` stops and awaits them all. Namespace, selectors and the
+//! `wait_for_cache_sync()` reports each informer's [`SyncState`] per [`InformerId`] (`pods`,
+//! `deployments.apps`, with the decoded type and store), `shutdown()` stops and awaits them all. Namespace, selectors and the
 //! other list-and-watch settings are the factory's ([`FactoryOptions`]), shared by all its
 //! informers: selectors live in [`ReflectorOptions`] only.
 //!
@@ -32,7 +32,12 @@
 //! let pod_meta = factory.informer_with(InformerSpec::<PartialObjectMeta<Pod>>::metadata().compact())?;
 //! factory.start();
 //! let synced = factory.wait_for_cache_sync(None).await;
-//! assert!(synced.values().all(|s| *s));
+//! // Each informer's SyncState: synced, or why not (forbidden, CRD not installed, ...).
+//! for (id, state) in &synced {
+//!     if !state.has_synced() {
+//!         eprintln!("{id}: {state}");
+//!     }
+//! }
 //! let _counts = (pods.indexer().len(), pod_meta.indexer().len());
 //! factory.shutdown().await;
 //! # Ok(())
@@ -56,6 +61,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::decode::DecodeOptions;
 use crate::fifo::FifoMode;
+use crate::sync_state::SyncState;
 use crate::informer::{InformerError, InformerOptions, SharedIndexInformer, Transform};
 use crate::reflector::ReflectorOptions;
 use crate::source::ListWatch;
@@ -381,6 +387,7 @@ fn transform_id<K>(transform: &Transform<K>) -> usize {
 trait ErasedInformer: Send + Sync {
     fn run(&self, shutdown: CancellationToken) -> BoxFuture<'static, ()>;
     fn wait_for_sync(&self) -> BoxFuture<'static, bool>;
+    fn sync_state(&self) -> SyncState;
     fn as_any(&self) -> &(dyn Any + Send + Sync);
 }
 
@@ -407,6 +414,10 @@ where
     fn wait_for_sync(&self) -> BoxFuture<'static, bool> {
         let informer = self.clone();
         async move { informer.wait_for_sync().await }.boxed()
+    }
+
+    fn sync_state(&self) -> SyncState {
+        SharedIndexInformer::sync_state(self)
     }
 
     fn as_any(&self) -> &(dyn Any + Send + Sync) {
@@ -592,12 +603,14 @@ impl SharedInformerFactory {
         state.tasks.extend(spawned);
     }
 
-    /// Waits for every started informer to sync, or until `timeout`; returns whether each
-    /// synced, by [`InformerId`].
+    /// Waits for every started informer to sync, or until `timeout`; returns each one's
+    /// [`SyncState`] by [`InformerId`]: [`SyncState::has_synced`] says whether it synced, and
+    /// an unsynced one says why (listing still, or failing with a typed cause: forbidden,
+    /// resource not served, ...).
     pub async fn wait_for_cache_sync(
         &self,
         timeout: Option<Duration>,
-    ) -> BTreeMap<InformerId, bool> {
+    ) -> BTreeMap<InformerId, SyncState> {
         let started: Vec<(InformerId, Arc<dyn ErasedInformer>)> = self
             .state
             .lock()
@@ -608,11 +621,15 @@ impl SharedInformerFactory {
             .collect();
         let waits = started.into_iter().map(|(id, informer)| async move {
             let wait = informer.wait_for_sync();
-            let synced = match timeout {
-                Some(t) => tokio::time::timeout(t, wait).await.unwrap_or(false),
-                None => wait.await,
-            };
-            (id, synced)
+            match timeout {
+                Some(t) => {
+                    let _ = tokio::time::timeout(t, wait).await;
+                }
+                None => {
+                    wait.await;
+                }
+            }
+            (id, informer.sync_state())
         });
         futures::future::join_all(waits).await.into_iter().collect()
     }
@@ -761,7 +778,15 @@ mod tests {
             .wait_for_cache_sync(Some(Duration::from_secs(5)))
             .await;
         let pods = InformerSpec::<Pod>::typed().id().clone();
-        assert_eq!(synced.get(&pods), Some(&false));
+        let state = synced.get(&pods).expect("the pod informer is reported");
+        assert!(!state.has_synced(), "{state:?}");
+        assert!(
+            matches!(
+                state.failure(),
+                Some(crate::sync_state::SyncFailure::Unreachable { .. })
+            ),
+            "an unreachable server is named as the cause: {state:?}"
+        );
         assert_eq!(pods.to_string(), "pods.v1 (Pod)");
         factory.shutdown().await;
         assert!(factory.informer::<Pod>().is_stopped());

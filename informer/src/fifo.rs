@@ -263,6 +263,11 @@ pub trait Fifo<K>: ReflectorSink<K> {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// Runs `f` if nothing is queued and no pop is being processed (so everything written so
+    /// far has been processed), and says whether it ran. Writers are not held off while `f`
+    /// runs: keep it short. The informer uses it to move the store's resourceVersion on a
+    /// bookmark.
+    fn run_if_drained(&self, f: &mut dyn FnMut()) -> bool;
 }
 
 /// Which FIFO an informer queues changes in; every mode keeps the informer's contract (the store

@@ -528,4 +528,13 @@ where
     fn len(&self) -> usize {
         self.state.lock().queue.len()
     }
+
+    fn run_if_drained(&self, f: &mut dyn FnMut()) -> bool {
+        let _processing = self.processing.lock();
+        let drained = self.state.lock().queue.is_empty();
+        if drained {
+            f();
+        }
+        drained
+    }
 }

@@ -74,6 +74,7 @@ use crate::processor::{Notification, Processor};
 use crate::reflector::{Reflector, ReflectorHandle, ReflectorOptions, WatchErrorHandler};
 use crate::source::ListWatch;
 use crate::store::{Indexer, Store, StoreError};
+use crate::sync_state::{SyncState, SyncTracker};
 
 /// Rewrites an object before it enters the FIFO and the store (for example to drop
 /// `managedFields`). It receives the only reference to a freshly decoded object, so
@@ -134,7 +135,48 @@ struct Inner<K> {
     /// Whether the initial list reached the store: the one flag the informer, its processor and
     /// every handler registration read.
     synced: watch::Sender<bool>,
+    /// The informer's [`SyncState`], fed by its reflector and by `synced`.
+    sync: Arc<SyncTracker>,
+    /// What the store reflects; see [`SharedIndexInformer::last_store_resource_version`].
+    store_version: StoreVersion,
     stopped: CancellationToken,
+}
+
+/// The resourceVersion the store reflects, kept as a lower bound that is exact whenever the
+/// FIFO drains: the sink records the resourceVersion of each write *after* queueing it, and the
+/// recorded value is published once nothing queued before it remains to be processed (checked
+/// after each pop, and on each bookmark). A sequence number keeps the published value from ever
+/// going back.
+#[derive(Default)]
+struct StoreVersion {
+    recorded: Mutex<(u64, String)>,
+    applied: Mutex<(u64, String)>,
+}
+
+impl StoreVersion {
+    fn record(&self, resource_version: &str) {
+        if resource_version.is_empty() {
+            return;
+        }
+        let mut recorded = self.recorded.lock();
+        recorded.0 += 1;
+        resource_version.clone_into(&mut recorded.1);
+    }
+
+    fn recorded(&self) -> (u64, String) {
+        self.recorded.lock().clone()
+    }
+
+    fn publish(&self, recorded: (u64, String)) {
+        let mut applied = self.applied.lock();
+        if recorded.0 > applied.0 {
+            *applied = recorded;
+        }
+    }
+
+    fn applied(&self) -> String {
+        self.applied.lock().1.clone()
+    }
 }
 
 /// A shared, indexed informer; a cheap-clone handle. See the [module docs](self).
@@ -208,6 +250,8 @@ where
                 state: Mutex::new(RunState::Idle),
                 reflector: Mutex::new(None),
                 synced,
+                sync: Arc::new(SyncTracker::new(true)),
+                store_version: StoreVersion::default(),
                 stopped: CancellationToken::new(),
             }),
         }
@@ -291,6 +335,31 @@ where
         }
     }
 
+    /// Where the informer is: starting, listing, synced, or failing with a typed cause (a 403,
+    /// a missing CRD, a 429, ...). See [`sync_state`](crate::sync_state).
+    pub fn sync_state(&self) -> SyncState {
+        self.inner.sync.state()
+    }
+
+    /// When the last list or watch failure happened (wall clock); `None` if none did.
+    pub fn last_sync_error_at(&self) -> Option<std::time::SystemTime> {
+        self.inner.sync.last_error_at()
+    }
+
+    /// A subscription to [`sync_state`](Self::sync_state)'s changes.
+    pub fn subscribe_sync_state(&self) -> watch::Receiver<SyncState> {
+        self.inner.sync.subscribe()
+    }
+
+    /// The resourceVersion the store reflects: every change the server made up to it has been
+    /// applied to the store (moved by watch events, relists and bookmarks). `""` before the
+    /// first list. It is exact whenever the informer has caught up with its watch, and a lower
+    /// bound while changes wait in the FIFO. Compare it with
+    /// [`resource_version::compare`](crate::resource_version::compare).
+    pub fn last_store_resource_version(&self) -> String {
+        self.inner.store_version.applied()
+    }
+
     /// The resourceVersion the reflector last synced to (`""` before the first list).
     pub fn last_sync_resource_version(&self) -> String {
         self.inner
@@ -337,6 +406,10 @@ where
         let fifo = &self.inner.fifo;
         let now_synced = self.inner.synced.send_if_modified(|synced| {
             let newly = !*synced && fifo.has_synced();
+            if newly {
+                // Before the flag is visible: whoever sees `has_synced()` sees `Synced` too.
+                self.inner.sync.store_synced();
+            }
             *synced |= newly;
             newly
         });
@@ -376,6 +449,7 @@ where
         if let Some(handler) = self.inner.error_handler.lock().clone() {
             reflector.set_watch_error_handler(handler);
         }
+        reflector.set_sync_tracker(self.inner.sync.clone());
         *self.inner.reflector.lock() = Some(reflector.handle());
         let token = shutdown.child_token();
         let reflector_task = tokio::spawn(reflector.run(token.clone()));
@@ -400,6 +474,7 @@ where
             let _block = self.inner.block_deltas.lock();
             *self.inner.state.lock() = RunState::Stopped;
         }
+        self.inner.sync.stopped();
         self.inner.stopped.cancel();
         tracing::info!("informer stopped");
     }
@@ -433,7 +508,15 @@ where
                     }
                 }
                 popped = self.inner.fifo.pop(&mut handle) => match popped {
-                    Ok(()) => self.mark_synced_if(),
+                    Ok(()) => {
+                        self.mark_synced_if();
+                        // Read before looking at the queue: if it is empty now, everything
+                        // queued before this was recorded has been processed.
+                        let recorded = self.inner.store_version.recorded();
+                        if self.inner.fifo.is_empty() {
+                            self.inner.store_version.publish(recorded);
+                        }
+                    }
                     Err(PopError::Closed) => return,
                     Err(e) => tracing::warn!(error = %e, "processing deltas failed"),
                 },
@@ -587,18 +670,38 @@ impl<K> InformerSink<K> {
     }
 }
 
+impl<K> InformerSink<K>
+where
+    K: kube::Resource + Send + Sync + 'static,
+{
+    /// Queues `obj` with `write`, then records its resourceVersion (after, never before: see
+    /// [`StoreVersion`]).
+    fn write(
+        &self,
+        obj: Arc<K>,
+        write: impl FnOnce(&dyn Fifo<K>, Arc<K>) -> Result<(), FifoError>,
+    ) -> Result<(), FifoError> {
+        let rv = obj.meta().resource_version.clone();
+        write(&*self.informer.inner.fifo, self.apply(obj))?;
+        if let Some(rv) = rv {
+            self.informer.inner.store_version.record(&rv);
+        }
+        Ok(())
+    }
+}
+
 impl<K> ReflectorSink<K> for InformerSink<K>
 where
     K: kube::Resource + Send + Sync + 'static,
 {
     fn add(&self, obj: Arc<K>) -> Result<(), FifoError> {
-        self.informer.inner.fifo.add(self.apply(obj))
+        self.write(obj, |fifo, obj| fifo.add(obj))
     }
     fn update(&self, obj: Arc<K>) -> Result<(), FifoError> {
-        self.informer.inner.fifo.update(self.apply(obj))
+        self.write(obj, |fifo, obj| fifo.update(obj))
     }
     fn delete(&self, obj: Arc<K>) -> Result<(), FifoError> {
-        self.informer.inner.fifo.delete(self.apply(obj))
+        self.write(obj, |fifo, obj| fifo.delete(obj))
     }
     fn replace_begin(&self) {
         self.informer.inner.fifo.replace_begin();
@@ -608,12 +711,28 @@ where
         self.informer.inner.fifo.replace_page(items)
     }
     fn replace_done(&self, resource_version: &str) -> Result<(), FifoError> {
-        self.informer.inner.fifo.replace_done(resource_version)?;
+        let inner = &self.informer.inner;
+        // The list is in hand: recorded before the FIFO can report it synced, so the state is
+        // `Synced` (with this resourceVersion) as soon as `has_synced()` is true.
+        inner.sync.list_done(resource_version);
+        inner.fifo.replace_done(resource_version)?;
+        inner.store_version.record(resource_version);
         self.informer.mark_synced_if();
+        // An empty relist (or one whose items were all popped already) queues nothing more.
+        let recorded = inner.store_version.recorded();
+        inner
+            .fifo
+            .run_if_drained(&mut || inner.store_version.publish(recorded.clone()));
         Ok(())
     }
     fn bookmark(&self, resource_version: &str) {
-        self.informer.inner.fifo.bookmark(resource_version);
+        let inner = &self.informer.inner;
+        inner.fifo.bookmark(resource_version);
+        inner.store_version.record(resource_version);
+        let recorded = inner.store_version.recorded();
+        inner
+            .fifo
+            .run_if_drained(&mut || inner.store_version.publish(recorded.clone()));
     }
     fn wait_for_room(&self, backlog: usize) -> futures::future::BoxFuture<'_, ()> {
         Box::pin(self.informer.inner.fifo.wait_for_room(backlog))

@@ -42,6 +42,8 @@
 //! | [`in_order_fifo`] | `InOrderFifo`: every change in server order (client-go's `RealFIFO`), plain or atomic |
 //! | [`store`] | `Indexer`: the lock-free, indexed cache of `Arc<K>` |
 //! | [`lister`] | `Lister`: typed reads of the cache, by namespace, selector and index |
+//! | [`sync_state`] | `SyncState`: listing, synced, or failing with a typed cause |
+//! | [`resource_version`] | comparing resourceVersions (KEP-5504) |
 //! | [`decode`] | decoding that skips what nobody reads (`managedFields`, configured paths) while parsing |
 
 pub mod decode;
@@ -56,8 +58,10 @@ pub mod key;
 pub mod lister;
 mod processor;
 pub mod reflector;
+pub mod resource_version;
 pub mod source;
 pub mod store;
+pub mod sync_state;
 
 pub use factory::{FactoryError, FactoryOptions, InformerId, InformerSpec, SharedInformerFactory};
 pub use fifo::FifoMode;
@@ -71,3 +75,4 @@ pub use lister::{Lister, NamespacedLister, Selector, parse_selector};
 pub use reflector::ReflectorOptions;
 pub use source::ListWatch;
 pub use store::{Indexer, NAMESPACE_INDEX, Reader, Store, StoreError, StoreRef};
+pub use sync_state::{SyncFailure, SyncState};

@@ -15,6 +15,7 @@ use reflex_informer::key::ObjectKey;
 use reflex_informer::reflector::{Reflector, ReflectorError, ReflectorHandle, ReflectorOptions};
 use reflex_informer::source::memory::{MemorySource, RecordedRequest};
 use reflex_informer::source::{ApiStatus, ListParams, SourceError, WatchParams};
+use reflex_informer::sync_state::{SyncFailure, SyncState};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -828,4 +829,132 @@ async fn a_zero_list_backlog_waits_for_an_empty_queue_instead_of_forever() {
     assert!(fifo.has_synced());
     shutdown.cancel();
     task.await.expect("reflector task panicked");
+}
+
+fn throttled(retry_after: Option<Duration>) -> ApiStatus {
+    let mut status = ApiStatus::new(429, "TooManyRequests", "the server is busy");
+    status.retry_after = retry_after;
+    status
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_429_error_event_inside_a_watch_rewatches_from_the_last_rv_after_retry_after_without_relisting()
+ {
+    let source = MemorySource::new();
+    source.apply(cm("a", "1")).unwrap();
+    let r = start(&source, ReflectorOptions::default());
+    r.wait_watching().await;
+    source.apply(cm("b", "1")).unwrap();
+    wait_until("b is seen", || r.handle.last_sync_resource_version() == "2").await;
+    let calls_before = r.sink.calls().len();
+    let mut states = r.handle.subscribe_sync_state();
+    let injected = tokio::time::Instant::now();
+    source.inject_watch_error(throttled(Some(Duration::from_secs(20))));
+    let failing = states
+        .wait_for(|s| s.failure().is_some())
+        .await
+        .unwrap()
+        .clone();
+    match &failing {
+        SyncState::Failing {
+            cause: SyncFailure::TooManyRequests { retry_after },
+            last_sync: Some(_),
+            next_retry: Some(at),
+            ..
+        } => {
+            assert_eq!(*retry_after, Some(Duration::from_secs(20)));
+            assert!(*at >= injected + Duration::from_secs(20), "{failing:?}");
+        }
+        other => panic!("expected a throttled, still synced reflector: {other:?}"),
+    }
+    assert!(failing.has_synced(), "a throttled watch keeps the sync");
+    wait_until("watching again", || r.watches().len() == 2).await;
+    assert!(
+        injected.elapsed() >= Duration::from_secs(20),
+        "Retry-After honoured: re-watched after {:?}",
+        injected.elapsed()
+    );
+    assert_eq!(r.watches()[1].resource_version, "2", "from the last rv");
+    assert_eq!(r.handle.relists(), 1, "no relist");
+    assert!(r.errors.lock().is_empty(), "the round did not end");
+    assert_eq!(
+        r.sink.calls().len(),
+        calls_before,
+        "nothing reached the sink: no Replace, no events"
+    );
+    states.wait_for(SyncState::is_current).await.unwrap();
+    source.apply(cm("c", "1")).unwrap();
+    r.assert_converges().await;
+    r.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_429_list_waits_for_retry_after_and_the_state_names_the_cause_until_synced() {
+    let source = MemorySource::new();
+    source.apply(cm("a", "1")).unwrap();
+    source.fail_next_list(SourceError::Status(throttled(Some(Duration::from_secs(45)))));
+    let started = tokio::time::Instant::now();
+    let r = start(&source, ReflectorOptions::default());
+    let mut states = r.handle.subscribe_sync_state();
+    let failing = states
+        .wait_for(|s| s.failure().is_some())
+        .await
+        .unwrap()
+        .clone();
+    assert_eq!(
+        failing.failure(),
+        Some(&SyncFailure::TooManyRequests {
+            retry_after: Some(Duration::from_secs(45))
+        })
+    );
+    assert!(!failing.has_synced());
+    states.wait_for(SyncState::is_current).await.unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_secs(45),
+        "listed again after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(r.lists().len(), 2);
+    r.assert_converges().await;
+    r.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_list_is_reported_with_attempts_and_recovers_by_itself() {
+    let source = MemorySource::new();
+    source.apply(cm("a", "1")).unwrap();
+    for _ in 0..3 {
+        source.fail_next_list(SourceError::Status(ApiStatus::new(
+            403,
+            "Forbidden",
+            "configmaps is forbidden",
+        )));
+    }
+    let r = start(&source, ReflectorOptions::default());
+    let mut states = r.handle.subscribe_sync_state();
+    let third = states
+        .wait_for(|s| matches!(s, SyncState::Failing { attempts: 3, .. }))
+        .await
+        .unwrap()
+        .clone();
+    match third.failure() {
+        Some(SyncFailure::Forbidden {
+            verb: "list",
+            resource,
+            namespace: None,
+            ..
+        }) => assert_eq!(resource, "memory"),
+        other => panic!("{other:?}"),
+    }
+    let synced = states
+        .wait_for(SyncState::is_current)
+        .await
+        .unwrap()
+        .clone();
+    assert!(
+        matches!(&synced, SyncState::Synced { resource_version, .. } if resource_version == "1"),
+        "{synced:?}"
+    );
+    r.assert_converges().await;
+    r.stop().await;
 }

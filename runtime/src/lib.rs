@@ -24,6 +24,6 @@ pub mod signal;
 
 pub use controller::{
     Action, Controller, ControllerError, ControllerMetrics, ControllerOptions, ControllerSummary,
-    ErrorAction, Owned, default_error_policy,
+    ErrorAction, Owned, Unsynced, default_error_policy,
 };
 pub use metrics::Metrics;

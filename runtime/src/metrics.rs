@@ -27,6 +27,9 @@
 //! | `reflex_informer_list_watch_errors_total` | counter | `resource` | list-and-watch rounds that ended with an error |
 //! | `reflex_informer_objects` | gauge | `resource` | objects in the informer's store |
 //! | `reflex_informer_synced` | gauge | `resource` | 1 once the initial list reached the store, else 0 |
+//! | `reflex_informer_sync_state` | gauge | `resource` | [`SyncState::code`](reflex_informer::SyncState::code): 0 starting, 1 listing, 2 synced, 3 failing before a sync, 4 failing after one (serving the old cache), 5 stopped |
+//! | `reflex_informer_last_error_timestamp_seconds` | gauge | `resource` | Unix time of the last list or watch failure (absent before the first) |
+//! | `reflex_informer_store_resource_version` | gauge | `resource` | the resourceVersion the store reflects (client-go's `store_resource_version`; absent while it is not a KEP-5504 integer) |
 //!
 //! The `result` series of a controller exist (at 0) from the moment it starts, as in
 //! controller-runtime, so a rate over them is defined before the first reconcile.
@@ -139,6 +142,9 @@ struct InformerSample {
     errors: u64,
     objects: usize,
     synced: bool,
+    sync_state: i64,
+    last_error: Option<f64>,
+    store_resource_version: Option<u64>,
 }
 
 /// One registered informer, type-erased for the collector.
@@ -158,6 +164,15 @@ where
             errors: stats.as_ref().map_or(0, |s| s.errors()),
             objects: self.indexer().len(),
             synced: self.has_synced(),
+            sync_state: self.sync_state().code(),
+            last_error: self.last_sync_error_at().and_then(|t| {
+                t.duration_since(std::time::UNIX_EPOCH)
+                    .ok()
+                    .map(|d| d.as_secs_f64())
+            }),
+            store_resource_version: reflex_informer::resource_version::as_number(
+                &self.last_store_resource_version(),
+            ),
         }
     }
 }
@@ -220,7 +235,7 @@ impl Collector for InformerCollector {
                 ConstCounter::new(value(sample)).encode(family.encode_family(&labels)?)?;
             }
         }
-        let gauges: [Series<i64>; 2] = [
+        let gauges: [Series<i64>; 3] = [
             (
                 "reflex_informer_objects",
                 "Objects in the informer's store",
@@ -231,12 +246,43 @@ impl Collector for InformerCollector {
                 "1 once the informer's initial list reached its store, else 0",
                 |s| i64::from(s.synced),
             ),
+            (
+                "reflex_informer_sync_state",
+                "The informer's sync state: 0 starting, 1 listing, 2 synced, 3 failing before a sync, 4 failing after one, 5 stopped",
+                |s| s.sync_state,
+            ),
         ];
         for (name, help, value) in gauges {
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
             for (resource, sample) in &samples {
                 let labels = resource_label(resource);
                 ConstGauge::new(value(sample)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        // Series that exist only once they have a value.
+        let mut family = encoder.encode_descriptor(
+            "reflex_informer_last_error_timestamp_seconds",
+            "Unix time of the informer's last list or watch failure",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (resource, sample) in &samples {
+            if let Some(at) = sample.last_error {
+                let labels = resource_label(resource);
+                ConstGauge::new(at).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "reflex_informer_store_resource_version",
+            "The resourceVersion the informer's store reflects",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (resource, sample) in &samples {
+            if let Some(rv) = sample.store_resource_version {
+                let labels = resource_label(resource);
+                // A gauge is a float: exact up to 2^53, far beyond any etcd revision.
+                ConstGauge::new(rv as f64).encode(family.encode_family(&labels)?)?;
             }
         }
         Ok(())

@@ -148,7 +148,9 @@ impl HealthServer {
     }
 
     /// Adds a readiness check named `name` that passes once `informer` has synced (its initial
-    /// list reached the store): a replica whose caches are cold is not ready.
+    /// list reached the store): a replica whose caches are cold is not ready. Until then the
+    /// check reports the informer's [`SyncState`](reflex_informer::SyncState), e.g.
+    /// `[-]pods failed: informer not synced: forbidden: list pods at cluster scope (...)`.
     pub fn informer_synced<K>(
         self,
         name: impl Into<String>,
@@ -164,7 +166,8 @@ impl HealthServer {
             } else if informer.is_stopped() {
                 Err("informer stopped before it synced".into())
             } else {
-                Err("informer not synced".into())
+                // Why: still listing, or failing with a cause (forbidden, not served, ...).
+                Err(format!("informer not synced: {}", informer.sync_state()))
             }
         })
     }

@@ -564,7 +564,26 @@ async fn an_informer_that_never_syncs_fails_run_with_a_sync_timeout() {
     match result {
         Err(ControllerError::SyncTimeout { unsynced, timeout }) => {
             assert_eq!(timeout, Duration::from_secs(10));
-            assert_eq!(unsynced, vec!["primary:ConfigMap".to_owned()]);
+            assert_eq!(unsynced.len(), 1, "{unsynced:?}");
+            assert_eq!(unsynced[0].informer, "primary:ConfigMap");
+            // The error says why: the list keeps failing, and with what.
+            assert!(
+                matches!(
+                    unsynced[0].state.failure(),
+                    Some(reflex_informer::SyncFailure::InvalidRequest { message }) if message == "down"
+                ),
+                "{:?}",
+                unsynced[0].state
+            );
+            let text = ControllerError::SyncTimeout {
+                unsynced: unsynced.clone(),
+                timeout,
+            }
+            .to_string();
+            assert!(
+                text.contains("primary:ConfigMap (invalid request: down"),
+                "{text}"
+            );
         }
         other => panic!("expected a sync timeout, got {other:?}"),
     }

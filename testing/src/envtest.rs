@@ -38,6 +38,12 @@ const PROBE_INTERVAL: Duration = Duration::from_millis(200);
 const LOG_TAIL_LINES: usize = 40;
 /// The admin bearer token written to the static token file.
 const ADMIN_TOKEN: &str = "reflex-envtest-admin-token";
+/// The bearer token of [`UNPRIVILEGED_USER`].
+const USER_TOKEN: &str = "reflex-envtest-user-token";
+/// A user the static token file knows but no RBAC rule grants anything: what
+/// [`Environment::unprivileged_client`] authenticates as. Tests grant it permissions with Roles
+/// and bindings made through the admin [`client`](Environment::client).
+pub const UNPRIVILEGED_USER: &str = "reflex-user";
 
 /// Everything that can go wrong while running the control plane.
 #[derive(Debug, thiserror::Error)]
@@ -217,6 +223,12 @@ impl Environment {
     /// A client authenticated as a cluster admin (`system:masters`).
     pub fn client(&self) -> kube::Client {
         self.client.clone()
+    }
+
+    /// A client authenticated as [`UNPRIVILEGED_USER`], whom RBAC allows nothing until a test
+    /// binds it a role (the API server runs with `--authorization-mode=RBAC`).
+    pub async fn unprivileged_client(&self) -> Result<kube::Client, EnvtestError> {
+        client_from(&self.data.path().join("user-kubeconfig")).await
     }
 
     /// A kubeconfig file for the admin identity, valid while the environment lives.
@@ -484,14 +496,18 @@ fn write_credentials(dir: &Path, apiserver_port: u16) -> Result<PathBuf, Envtest
         ("sa.pub", sa_key.public_key_pem()),
         (
             "tokens.csv",
-            format!("{ADMIN_TOKEN},reflex-admin,reflex-admin-uid,\"system:masters\"\n"),
+            format!(
+                "{ADMIN_TOKEN},reflex-admin,reflex-admin-uid,\"system:masters\"\n\
+                 {USER_TOKEN},{UNPRIVILEGED_USER},reflex-user-uid\n"
+            ),
         ),
     ];
     for (name, contents) in files {
         let path = dir.join(name);
         std::fs::write(&path, contents).map_err(io_err(format!("writing {}", path.display())))?;
     }
-    write_kubeconfig(dir, apiserver_port)
+    write_kubeconfig(dir, "user-kubeconfig", apiserver_port, USER_TOKEN)?;
+    write_kubeconfig(dir, "kubeconfig", apiserver_port, ADMIN_TOKEN)
 }
 
 async fn client_from(kubeconfig: &Path) -> Result<kube::Client, EnvtestError> {
@@ -506,8 +522,13 @@ async fn client_from(kubeconfig: &Path) -> Result<kube::Client, EnvtestError> {
     kube::Client::try_from(config).map_err(|e| err(Box::new(e)))
 }
 
-fn write_kubeconfig(dir: &Path, apiserver_port: u16) -> Result<PathBuf, EnvtestError> {
-    let path = dir.join("kubeconfig");
+fn write_kubeconfig(
+    dir: &Path,
+    name: &str,
+    apiserver_port: u16,
+    token: &str,
+) -> Result<PathBuf, EnvtestError> {
+    let path = dir.join(name);
     let kubeconfig = serde_json::json!({
         "apiVersion": "v1",
         "kind": "Config",
@@ -515,7 +536,7 @@ fn write_kubeconfig(dir: &Path, apiserver_port: u16) -> Result<PathBuf, EnvtestE
             "server": format!("https://127.0.0.1:{apiserver_port}"),
             "certificate-authority": dir.join("ca.crt"),
         }}],
-        "users": [{"name": "admin", "user": {"token": ADMIN_TOKEN}}],
+        "users": [{"name": "admin", "user": {"token": token}}],
         "contexts": [{"name": "envtest", "context": {"cluster": "envtest", "user": "admin"}}],
         "current-context": "envtest",
     });

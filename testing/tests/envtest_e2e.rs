@@ -396,7 +396,7 @@ async fn sync_all(factory: &SharedInformerFactory) {
     let synced = factory.wait_for_cache_sync(Some(EVENT_TIMEOUT)).await;
     assert!(!synced.is_empty(), "some informer was started");
     assert!(
-        synced.values().all(|s| *s),
+        synced.values().all(reflex_informer::SyncState::has_synced),
         "every informer synced: {synced:?}"
     );
 }

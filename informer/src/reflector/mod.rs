@@ -13,8 +13,16 @@
 //!   the sink cannot key is logged, counted and skipped;
 //! - a watch that delivers nothing, not even a bookmark, for longer than its server timeout plus
 //!   a margin is presumed dead (a half-open connection) and restarted;
+//! - a `429 TooManyRequests`, refusing a watch or sent as an `ERROR` event inside one, is waited
+//!   out (the backoff, or the server's `Retry-After` if longer) and the watch resumed from the
+//!   last resourceVersion, without a relist and without a word to handlers: under API Priority
+//!   and Fairness a relist per 429 would be a relist storm;
 //! - every other failure goes to the watch error handler, then the Reflector backs off
-//!   exponentially with jitter (800 ms doubling up to 30 s, reset after 2 minutes) and relists.
+//!   exponentially with jitter (800 ms doubling up to 30 s, reset after 2 minutes, at least the
+//!   server's `Retry-After`) and relists.
+//!
+//! Every step is published as a [`SyncState`](crate::sync_state::SyncState) on
+//! [`ReflectorHandle::sync_state`]: listing, synced, or failing with a typed cause.
 //!
 //! The resourceVersion rules follow client-go's reflector: the first list asks for `"0"` (any
 //! state, from the API server's watch cache), later relists for "not older than the last
@@ -77,13 +85,14 @@ use crate::key::ObjectKey;
 use crate::source::{
     ApiStatus, ListParams, ListWatch, SourceError, WatchEvent, WatchParams, WatchStream,
 };
+use crate::sync_state::{SyncFailure, SyncTracker, Target};
 
 mod options;
 
 use options::*;
 pub use options::{
-    BackoffOptions, DEFAULT_PAGE_SIZE, MIN_WATCH_TIMEOUT, ReflectorError, ReflectorHandle,
-    ReflectorOptions, WatchErrorHandler,
+    BackoffOptions, DEFAULT_PAGE_SIZE, MAX_RETRY_AFTER, MIN_WATCH_TIMEOUT, ReflectorError,
+    ReflectorHandle, ReflectorOptions, WatchErrorHandler,
 };
 
 /// Exponential backoff with jitter and a periodic reset, on tokio's clock.
@@ -162,6 +171,9 @@ enum WatchEnd {
     Malformed(SourceError),
     /// Silent for longer than allowed: restart.
     Idle(Duration),
+    /// With a 429 `ERROR` event: back off (at least the server's `Retry-After`) and re-watch
+    /// from the last resourceVersion, without relisting (client-go does the same).
+    Throttled(ApiStatus),
     /// With an error that ends the round (a relist follows).
     Failed(ReflectorError),
 }
@@ -174,6 +186,7 @@ pub struct Reflector<K> {
     shared: Arc<Shared>,
     error_handler: Option<WatchErrorHandler>,
     resource: String,
+    target: Target,
     last_rv: String,
     unavailable: bool,
     paginated: bool,
@@ -190,13 +203,15 @@ where
         sink: Arc<dyn ReflectorSink<K>>,
         options: ReflectorOptions,
     ) -> Self {
+        let resource = source.describe();
         Reflector {
-            resource: source.describe(),
+            target: Target::from_url_path(&resource),
+            resource,
             source,
             sink,
             backoff: Backoff::new(options.backoff.clone()),
             options,
-            shared: Arc::new(Shared::default()),
+            shared: Arc::new(Shared::new(Arc::new(SyncTracker::new(false)))),
             error_handler: None,
             last_rv: String::new(),
             unavailable: false,
@@ -207,6 +222,22 @@ where
     /// Sets the handler called with every error that ends a list-and-watch round.
     pub fn set_watch_error_handler(&mut self, handler: WatchErrorHandler) {
         self.error_handler = Some(handler);
+    }
+
+    /// Publishes this Reflector's sync state through `tracker` (the informer's, which also
+    /// hears from the store). Call before [`handle`](Self::handle).
+    pub(crate) fn set_sync_tracker(&mut self, tracker: Arc<SyncTracker>) {
+        self.shared = Arc::new(Shared::new(tracker));
+    }
+
+    /// The delay before the next attempt: the backoff's, or the server's `Retry-After` if longer
+    /// (up to [`MAX_RETRY_AFTER`]).
+    fn retry_delay(&mut self, retry_after: Option<Duration>) -> Duration {
+        let delay = self.backoff.next_delay();
+        match retry_after {
+            Some(asked) => delay.max(asked.min(MAX_RETRY_AFTER)),
+            None => delay,
+        }
     }
 
     /// A handle on this Reflector's progress, usable while it runs.
@@ -232,22 +263,31 @@ where
                     _ = shutdown.cancelled() => break,
                     outcome = self.list_and_watch() => outcome,
                 };
-                match outcome {
-                    Ok(()) => debug!(resource_version = %self.last_rv, "relisting"),
+                let delay = match outcome {
+                    Ok(()) => {
+                        debug!(resource_version = %self.last_rv, "relisting");
+                        self.backoff.next_delay()
+                    }
                     Err(err) => {
                         self.shared.errors.fetch_add(1, Ordering::Relaxed);
+                        let delay = self.retry_delay(err.retry_after());
+                        let failure = SyncFailure::from_round(&err, &self.target);
                         warn!(
                             error = %err,
                             cause = ?std::error::Error::source(&err).map(ToString::to_string),
+                            failure = failure.kind(),
                             resource_version = %self.last_rv,
                             "list and watch ended with an error"
                         );
+                        self.shared
+                            .tracker
+                            .failed(failure, Some(Instant::now() + delay));
                         if let Some(handler) = &self.error_handler {
                             handler(&err);
                         }
+                        delay
                     }
-                }
-                let delay = self.backoff.next_delay();
+                };
                 debug!(
                     delay_ms = delay.as_millis() as u64,
                     "backing off before relisting"
@@ -330,6 +370,7 @@ where
             field_selector: self.options.field_selector.clone(),
         };
         info!(resource_version = %rv, limit = ?limit, "listing");
+        self.shared.tracker.list_started();
         self.sink.replace_begin();
         let mut params = first.clone();
         let mut page_no = 1u32;
@@ -355,6 +396,7 @@ where
                 self.paginated = true;
             }
             listed += page.items.len();
+            self.shared.tracker.list_page();
             debug!(page = page_no, items = page.items.len(), resource_version = %page.resource_version, "list page");
             self.sink
                 .replace_page(page.items.into_iter().map(Arc::new).collect())
@@ -382,6 +424,7 @@ where
             .replace_done(&list_rv)
             .map_err(ReflectorError::Sink)?;
         self.set_last_rv(&list_rv);
+        self.shared.tracker.list_done(&list_rv);
         self.shared.relists.fetch_add(1, Ordering::Relaxed);
         info!(resource_version = %list_rv, items = listed, pages = page_no, "list complete");
         Ok(())
@@ -406,6 +449,7 @@ where
                 field_selector: self.options.field_selector.clone(),
             };
             info!(resource_version = %rv, "starting streaming list");
+            self.shared.tracker.list_started();
             let mut stream = match self.source.watch(&params).await {
                 Ok(stream) => stream,
                 Err(e)
@@ -468,6 +512,7 @@ where
                             .replace_done(&resource_version)
                             .map_err(ReflectorError::Sink)?;
                         self.set_last_rv(&resource_version);
+                        self.shared.tracker.list_done(&resource_version);
                         self.unavailable = false;
                         self.shared.relists.fetch_add(1, Ordering::Relaxed);
                         info!(resource_version = %resource_version, items = count, "streaming list complete");
@@ -478,6 +523,10 @@ where
                         info!(status = %status, "streaming list expired; retrying consistently");
                         self.unavailable = true;
                         break;
+                    }
+                    WatchEvent::Error(status) if status.is_too_many_requests() => {
+                        // Falling back to a LIST would answer throttling with a heavier request.
+                        return Err(ReflectorError::Watch(SourceError::Status(status)));
                     }
                     WatchEvent::Error(status) => {
                         info!(status = %status, "streaming list failed; falling back to list");
@@ -513,13 +562,20 @@ where
                     };
                     debug!(resource_version = %started_rv, timeout_s = timeout.as_secs(), "starting watch");
                     match self.source.watch(&params).await {
-                        Ok(stream) => stream,
+                        Ok(stream) => {
+                            self.shared.tracker.recovered();
+                            stream
+                        }
                         Err(e)
                             if e.is_too_many_requests()
                                 || matches!(e, SourceError::Transport(_)) =>
                         {
-                            let delay = self.backoff.next_delay();
+                            let delay = self.retry_delay(e.status().and_then(|s| s.retry_after));
                             warn!(error = %e, delay_ms = delay.as_millis() as u64, "watch refused; retrying after backoff");
+                            self.shared.tracker.failed(
+                                SyncFailure::classify(&e, "watch", &self.target),
+                                Some(Instant::now() + delay),
+                            );
                             tokio::time::sleep(delay).await;
                             continue;
                         }
@@ -537,6 +593,22 @@ where
                     self.shared.watch_restarts.fetch_add(1, Ordering::Relaxed);
                     let delay = self.backoff.next_delay();
                     warn!(error = %e, resource_version = %self.last_rv, delay_ms = delay.as_millis() as u64, "malformed watch event; restarting watch");
+                    self.shared.tracker.failed(
+                        SyncFailure::classify(&e, "watch", &self.target),
+                        Some(Instant::now() + delay),
+                    );
+                    tokio::time::sleep(delay).await;
+                }
+                WatchEnd::Throttled(status) => {
+                    self.shared.watch_restarts.fetch_add(1, Ordering::Relaxed);
+                    let delay = self.retry_delay(status.retry_after);
+                    warn!(status = %status, resource_version = %self.last_rv, delay_ms = delay.as_millis() as u64, "watch throttled (429); re-watching after backoff, without relisting");
+                    self.shared.tracker.failed(
+                        SyncFailure::TooManyRequests {
+                            retry_after: status.retry_after,
+                        },
+                        Some(Instant::now() + delay),
+                    );
                     tokio::time::sleep(delay).await;
                 }
                 WatchEnd::Idle(limit) => {
@@ -618,6 +690,8 @@ where
     fn watch_error(&self, status: ApiStatus) -> WatchEnd {
         if status.is_expired() {
             info!(status = %status, resource_version = %self.last_rv, "watch expired; relisting");
+        } else if status.is_too_many_requests() {
+            return WatchEnd::Throttled(status);
         }
         WatchEnd::Failed(ReflectorError::Watch(SourceError::Status(status)))
     }

@@ -10,6 +10,7 @@ use parking_lot::RwLock;
 
 use crate::fifo::FifoError;
 use crate::source::SourceError;
+use crate::sync_state::{SyncState, SyncTracker};
 
 /// The page size of a list when none is configured (client-go's pager default).
 pub const DEFAULT_PAGE_SIZE: u32 = 500;
@@ -17,6 +18,9 @@ pub const DEFAULT_PAGE_SIZE: u32 = 500;
 pub const MIN_WATCH_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 /// A watch that ends cleanly with no event sooner than this is treated as a failure.
 pub(super) const VERY_SHORT_WATCH: Duration = Duration::from_secs(1);
+/// The longest `Retry-After` a Reflector honours; a server asking for more is waited for this
+/// long (and asked again).
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(5 * 60);
 
 /// Exponential backoff with jitter between failed list-and-watch rounds.
 ///
@@ -128,19 +132,41 @@ impl ReflectorError {
             _ => false,
         }
     }
+
+    /// The server's `Retry-After`, when the failure carried one.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ReflectorError::List(e) | ReflectorError::Watch(e) => e.status()?.retry_after,
+            _ => None,
+        }
+    }
 }
 
 /// Called with every error that ends a list-and-watch round (client-go's watch error handler).
 pub type WatchErrorHandler = Arc<dyn Fn(&ReflectorError) + Send + Sync>;
 
-#[derive(Default)]
 pub(super) struct Shared {
+    pub(super) tracker: Arc<SyncTracker>,
     pub(super) last_sync_resource_version: RwLock<String>,
     pub(super) relists: AtomicU64,
     pub(super) watch_restarts: AtomicU64,
     pub(super) malformed_events: AtomicU64,
     pub(super) idle_watches: AtomicU64,
     pub(super) errors: AtomicU64,
+}
+
+impl Shared {
+    pub(super) fn new(tracker: Arc<SyncTracker>) -> Self {
+        Shared {
+            tracker,
+            last_sync_resource_version: RwLock::default(),
+            relists: AtomicU64::default(),
+            watch_restarts: AtomicU64::default(),
+            malformed_events: AtomicU64::default(),
+            idle_watches: AtomicU64::default(),
+            errors: AtomicU64::default(),
+        }
+    }
 }
 
 /// A cheap, cloneable view of a running [`Reflector`]'s progress.
@@ -191,5 +217,16 @@ impl ReflectorHandle {
     /// List-and-watch rounds that ended with an error.
     pub fn errors(&self) -> u64 {
         self.shared.errors.load(Ordering::Relaxed)
+    }
+
+    /// Where the Reflector is: listing, synced, or failing and why (see [`SyncState`]). For an
+    /// informer's reflector this is the informer's state.
+    pub fn sync_state(&self) -> SyncState {
+        self.shared.tracker.state()
+    }
+
+    /// A subscription to [`sync_state`](Self::sync_state)'s changes.
+    pub fn subscribe_sync_state(&self) -> tokio::sync::watch::Receiver<SyncState> {
+        self.shared.tracker.subscribe()
     }
 }

@@ -112,6 +112,11 @@ pub fn from_kube_status(status: &kube::core::Status) -> ApiStatus {
             .as_ref()
             .map(|d| d.causes.iter().map(|c| c.reason.clone()).collect())
             .unwrap_or_default(),
+        retry_after: status
+            .details
+            .as_ref()
+            .filter(|d| d.retry_after_seconds > 0)
+            .map(|d| std::time::Duration::from_secs(u64::from(d.retry_after_seconds))),
     }
 }
 

@@ -25,6 +25,7 @@ pub mod raw;
 
 use std::error::Error as StdError;
 use std::fmt;
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
@@ -100,6 +101,10 @@ pub struct ApiStatus {
     pub message: String,
     /// The `reason` of each entry of `details.causes` (e.g. `ResourceVersionTooLarge`).
     pub causes: Vec<String>,
+    /// How long the server asks the client to wait before retrying: `details.retryAfterSeconds`,
+    /// or the response's `Retry-After` header (sent with 429, and with 503 by an API server
+    /// whose watch cache is still initialising).
+    pub retry_after: Option<Duration>,
 }
 
 impl ApiStatus {
@@ -110,6 +115,7 @@ impl ApiStatus {
             reason: reason.into(),
             message: message.into(),
             causes: Vec::new(),
+            retry_after: None,
         }
     }
 

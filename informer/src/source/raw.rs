@@ -231,6 +231,7 @@ async fn send(
     if code.is_success() {
         return Ok(response);
     }
+    let retry_after = retry_after_header(response.headers());
     let body = response
         .into_body()
         .collect_bytes()
@@ -250,7 +251,24 @@ async fn send(
             String::from_utf8_lossy(&body).trim(),
         ),
     };
+    let status = ApiStatus {
+        retry_after: status.retry_after.or(retry_after),
+        ..status
+    };
     Err(SourceError::Status(status))
+}
+
+/// The `Retry-After` header in its delta-seconds form (what the API server sends); an HTTP date
+/// or garbage is ignored (the reflector's own backoff applies then).
+fn retry_after_header(headers: &http::HeaderMap) -> Option<std::time::Duration> {
+    let secs: u64 = headers
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    (secs > 0).then(|| std::time::Duration::from_secs(secs))
 }
 
 /// Whether a body read error is the server ending a long watch by closing the connection

@@ -8,7 +8,7 @@ use futures::future::BoxFuture;
 use reflex_informer::handler::DeltaObject;
 use reflex_informer::handler::handler_fn;
 use reflex_informer::key::ObjectKey;
-use reflex_informer::{InformerError, SharedIndexInformer};
+use reflex_informer::{InformerError, SharedIndexInformer, SyncState};
 use reflex_workqueue::priority::{LOW_PRIORITY, NORMAL_PRIORITY};
 use tokio_util::sync::CancellationToken;
 
@@ -21,6 +21,7 @@ pub(super) type Remover = Box<dyn FnOnce() + Send>;
 pub(super) trait Involved: Send + Sync {
     fn name(&self) -> &str;
     fn has_synced(&self) -> bool;
+    fn sync_state(&self) -> SyncState;
     fn register(&self, queue: Queue) -> Result<Registered, InformerError>;
     fn informer_run(&self, shutdown: CancellationToken) -> BoxFuture<'static, bool>;
 }
@@ -76,6 +77,10 @@ where
 
     fn has_synced(&self) -> bool {
         self.informer.has_synced()
+    }
+
+    fn sync_state(&self) -> SyncState {
+        self.informer.sync_state()
     }
 
     fn register(&self, queue: Queue) -> Result<Registered, InformerError> {

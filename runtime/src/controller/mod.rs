@@ -119,7 +119,7 @@ use futures::future::join_all;
 use kube::core::ClusterResourceScope;
 use kube::core::discovery::Scope;
 use reflex_informer::key::ObjectKey;
-use reflex_informer::{InformerError, SharedIndexInformer};
+use reflex_informer::{InformerError, SharedIndexInformer, SyncState};
 use reflex_workqueue::queue::QueueConfig;
 use reflex_workqueue::{
     PriorityQueue, PriorityQueueConfig, RateLimitingQueue, default_controller_rate_limiter,
@@ -195,6 +195,29 @@ pub mod predicates {
     }
 }
 
+/// An informer that had not synced when [`ControllerError::SyncTimeout`] was raised.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unsynced {
+    /// The informer's name in the controller (`primary:ConfigMap`, `owns:Pod`, ...).
+    pub informer: String,
+    /// Its state then: still listing, or failing and why.
+    pub state: SyncState,
+}
+
+impl std::fmt::Display for Unsynced {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.informer, self.state)
+    }
+}
+
+fn list_unsynced(unsynced: &[Unsynced]) -> String {
+    unsynced
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Why a controller could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerError {
@@ -209,10 +232,10 @@ pub enum ControllerError {
         source: InformerError,
     },
     /// Some informers did not sync within the configured timeout; no worker was started.
-    #[error("informers {unsynced:?} did not sync within {timeout:?}")]
+    #[error("informers did not sync within {timeout:?}: {}", list_unsynced(unsynced))]
     SyncTimeout {
-        /// The informers still unsynced.
-        unsynced: Vec<String>,
+        /// The informers still unsynced, each with its state (and so the cause of a failure).
+        unsynced: Vec<Unsynced>,
         /// The configured [`ControllerOptions::sync_timeout`].
         timeout: Duration,
     },
@@ -750,7 +773,10 @@ async fn wait_for_caches(
             unsynced: involved
                 .iter()
                 .filter(|i| !i.has_synced())
-                .map(|i| i.name().to_owned())
+                .map(|i| Unsynced {
+                    informer: i.name().to_owned(),
+                    state: i.sync_state(),
+                })
                 .collect(),
             timeout: options.sync_timeout.unwrap_or_default(),
         }),

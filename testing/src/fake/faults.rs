@@ -55,6 +55,11 @@ impl Faults {
         });
     }
 
+    /// Forgets every pending failure rule.
+    pub fn clear_failures(&self) {
+        self.rules.lock().clear();
+    }
+
     /// Consumes one matching failure, if any.
     pub fn take_failure(&self, verb: &str, resource: &str) -> Option<ApiError> {
         let mut rules = self.rules.lock();

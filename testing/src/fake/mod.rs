@@ -162,6 +162,37 @@ impl FaultHandle {
         );
     }
 
+    /// Fails every matching request with `code` until [`clear_failures`](Self::clear_failures):
+    /// a permission not granted yet (403), a resource not served yet (404).
+    pub fn fail_until_cleared(&self, code: u16, verb: Option<&str>, resource: Option<&str>) {
+        self.fail_next(usize::MAX, code, verb, resource);
+    }
+
+    /// Forgets every pending [`fail_next`](Self::fail_next) and
+    /// [`throttle_next`](Self::throttle_next) rule.
+    pub fn clear_failures(&self) {
+        self.shared.faults.clear_failures();
+    }
+
+    /// Answers the next `n` matching requests `429 TooManyRequests` with `Retry-After:
+    /// retry_after_seconds` (header and `details.retryAfterSeconds`), as API Priority and
+    /// Fairness, or an API server whose watch cache is still initialising, does.
+    pub fn throttle_next(
+        &self,
+        n: usize,
+        retry_after_seconds: u32,
+        verb: Option<&str>,
+        resource: Option<&str>,
+    ) {
+        let mut error = ApiError::new(
+            429,
+            "TooManyRequests",
+            "the server has received too many requests and has asked us to try again later",
+        );
+        error.retry_after_seconds = Some(retry_after_seconds);
+        self.shared.faults.fail_next(n, error, verb, resource);
+    }
+
     /// Delays every response by `d` (None clears).
     pub fn set_delay(&self, d: Option<Duration>) {
         self.shared.faults.set_delay(d);

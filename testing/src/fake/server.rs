@@ -70,7 +70,12 @@ fn object_response(code: u16, out: Output, obj: &Arc<Value>) -> Response<Body> {
 }
 
 fn error_response(e: &ApiError) -> Response<Body> {
-    json_response(e.code, &e.to_status())
+    let mut r = json_response(e.code, &e.to_status());
+    if let Some(secs) = e.retry_after_seconds {
+        r.headers_mut()
+            .insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
+    }
+    r
 }
 
 /// Handles one request; never panics, always answers.

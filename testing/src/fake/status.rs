@@ -17,7 +17,9 @@ pub struct ApiError {
     /// Human readable message.
     pub message: String,
     /// `details.name`, `details.group`, `details.kind` when known.
-    pub details: Option<(String, String, String)>,
+    pub details: Option<Box<(String, String, String)>>,
+    /// `details.retryAfterSeconds`, also sent as the `Retry-After` header (a 429).
+    pub retry_after_seconds: Option<u32>,
 }
 
 impl ApiError {
@@ -28,6 +30,7 @@ impl ApiError {
             reason,
             message: message.into(),
             details: None,
+            retry_after_seconds: None,
         }
     }
 
@@ -44,7 +47,11 @@ impl ApiError {
             format!("{plural}.{group}")
         };
         let mut e = Self::new(404, "NotFound", format!("{gr} \"{name}\" not found"));
-        e.details = Some((name.to_string(), group.to_string(), plural.to_string()));
+        e.details = Some(Box::new((
+            name.to_string(),
+            group.to_string(),
+            plural.to_string(),
+        )));
         e
     }
 
@@ -60,7 +67,11 @@ impl ApiError {
             "AlreadyExists",
             format!("{gr} \"{name}\" already exists"),
         );
-        e.details = Some((name.to_string(), group.to_string(), plural.to_string()));
+        e.details = Some(Box::new((
+            name.to_string(),
+            group.to_string(),
+            plural.to_string(),
+        )));
         e
     }
 
@@ -76,7 +87,11 @@ impl ApiError {
             "Conflict",
             format!("Operation cannot be fulfilled on {gr} \"{name}\": {why}"),
         );
-        e.details = Some((name.to_string(), group.to_string(), plural.to_string()));
+        e.details = Some(Box::new((
+            name.to_string(),
+            group.to_string(),
+            plural.to_string(),
+        )));
         e
     }
 
@@ -110,8 +125,14 @@ impl ApiError {
             "reason": self.reason,
             "code": self.code,
         });
-        if let Some((name, group, kind)) = &self.details {
+        if let Some((name, group, kind)) = self.details.as_deref() {
             s["details"] = json!({ "name": name, "group": group, "kind": kind });
+        }
+        if let Some(secs) = self.retry_after_seconds {
+            if !s["details"].is_object() {
+                s["details"] = json!({});
+            }
+            s["details"]["retryAfterSeconds"] = json!(secs);
         }
         s
     }
