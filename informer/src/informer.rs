@@ -74,7 +74,9 @@ use crate::processor::{Notification, Processor};
 use crate::reflector::{Reflector, ReflectorHandle, ReflectorOptions, WatchErrorHandler};
 use crate::source::ListWatch;
 use crate::store::{Indexer, Store, StoreError};
+use crate::key::{KeyError, ObjectKey};
 use crate::sync_state::{SyncState, SyncTracker};
+use crate::written::{ObserveError, PendingWrite, Seen, Written};
 
 /// Rewrites an object before it enters the FIFO and the store (for example to drop
 /// `managedFields`). It receives the only reference to a freshly decoded object, so
@@ -139,6 +141,9 @@ struct Inner<K> {
     sync: Arc<SyncTracker>,
     /// What the store reflects; see [`SharedIndexInformer::last_store_resource_version`].
     store_version: StoreVersion,
+    /// Writes recorded for read-your-writes, and the wake-up of those waiting for them.
+    written: Written,
+    store_changed: tokio::sync::Notify,
     stopped: CancellationToken,
 }
 
@@ -252,6 +257,8 @@ where
                 synced,
                 sync: Arc::new(SyncTracker::new(true)),
                 store_version: StoreVersion::default(),
+                written: Written::default(),
+                store_changed: tokio::sync::Notify::new(),
                 stopped: CancellationToken::new(),
             }),
         }
@@ -358,6 +365,102 @@ where
     /// [`resource_version::compare`](crate::resource_version::compare).
     pub fn last_store_resource_version(&self) -> String {
         self.inner.store_version.applied()
+    }
+
+    /// Records a write this process made: `written` is the object a create, update, patch, or
+    /// status or scale write returned. Until the store shows that resourceVersion for its key,
+    /// [`pending_write`](Self::pending_write) reports it (see [`written`](crate::written)). An
+    /// object without a resourceVersion records nothing; one without a name is an error.
+    pub fn record_write(&self, written: &K) -> Result<(), KeyError> {
+        let key = self.inner.indexer.key_of(written)?;
+        if let Some(rv) = written.meta().resource_version.as_deref().filter(|rv| !rv.is_empty())
+        {
+            self.record(key, PendingWrite::AtLeast(rv.to_owned()));
+        }
+        Ok(())
+    }
+
+    /// Records a delete this process made of `key`. `answer` is the object the DELETE returned
+    /// while finalizers keep it (its resourceVersion must show), `None` when the server answered
+    /// with a `Status` (the object must be gone from the store, or replaced by another UID).
+    pub fn record_delete(&self, key: &ObjectKey, answer: Option<&K>) {
+        // An answer with a deletionTimestamp is an object finalizers still hold: its new
+        // resourceVersion must show. Any other answer (a Status, or the object as it was when it
+        // was removed) means it is gone.
+        let pending = match answer
+            .filter(|obj| obj.meta().deletion_timestamp.is_some())
+            .and_then(|obj| obj.meta().resource_version.clone())
+            .filter(|rv| !rv.is_empty())
+        {
+            Some(rv) => PendingWrite::AtLeast(rv),
+            None => PendingWrite::Gone {
+                uid: self
+                    .inner
+                    .indexer
+                    .store()
+                    .get_by_key(key)
+                    .and_then(|obj| obj.meta().uid.clone()),
+            },
+        };
+        self.record(key.clone(), pending);
+    }
+
+    fn record(&self, key: ObjectKey, pending: PendingWrite) {
+        tracing::trace!(key = %key, expected = %pending, "write recorded");
+        self.inner
+            .written
+            .record(key, pending, |key| self.check_written(key).is_none());
+    }
+
+    fn check_written(&self, key: &ObjectKey) -> Option<PendingWrite> {
+        let cached = self.inner.indexer.store().get_by_key(key);
+        let store = self.inner.store_version.applied();
+        let meta = cached.as_deref().map(kube::Resource::meta);
+        let seen = Seen {
+            object: meta.map(|m| (m.resource_version.as_deref(), m.uid.as_deref())),
+            store: &store,
+        };
+        self.inner.written.check(key, &seen)
+    }
+
+    /// What a recorded write of `key` still waits for, `None` once the store shows it (or
+    /// nothing was recorded, or the versions cannot be compared: fail open).
+    pub fn pending_write(&self, key: &ObjectKey) -> Option<PendingWrite> {
+        if self.inner.written.is_empty() {
+            return None;
+        }
+        self.check_written(key)
+    }
+
+    /// Waits until the store shows this process's last recorded write of `key`, for at most
+    /// `timeout`.
+    pub async fn wait_until_observed(
+        &self,
+        key: &ObjectKey,
+        timeout: Duration,
+    ) -> Result<(), ObserveError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let changed = self.inner.store_changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let Some(expected) = self.pending_write(key) else {
+                return Ok(());
+            };
+            if self.is_stopped() {
+                return Err(ObserveError::Stopped { key: key.clone() });
+            }
+            tokio::select! {
+                () = changed => {}
+                () = self.inner.stopped.cancelled() => {}
+                () = tokio::time::sleep_until(deadline) => {
+                    return match self.pending_write(key) {
+                        None => Ok(()),
+                        Some(_) => Err(ObserveError::Timeout { key: key.clone(), expected }),
+                    };
+                }
+            }
+        }
     }
 
     /// The resourceVersion the reflector last synced to (`""` before the first list).
@@ -516,6 +619,7 @@ where
                         if self.inner.fifo.is_empty() {
                             self.inner.store_version.publish(recorded);
                         }
+                        self.inner.store_changed.notify_waiters();
                     }
                     Err(PopError::Closed) => return,
                     Err(e) => tracing::warn!(error = %e, "processing deltas failed"),
@@ -733,6 +837,7 @@ where
         inner
             .fifo
             .run_if_drained(&mut || inner.store_version.publish(recorded.clone()));
+        inner.store_changed.notify_waiters();
     }
     fn wait_for_room(&self, backlog: usize) -> futures::future::BoxFuture<'_, ()> {
         Box::pin(self.informer.inner.fifo.wait_for_room(backlog))

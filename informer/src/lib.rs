@@ -43,6 +43,7 @@
 //! | [`store`] | `Indexer`: the lock-free, indexed cache of `Arc<K>` |
 //! | [`lister`] | `Lister`: typed reads of the cache, by namespace, selector and index |
 //! | [`sync_state`] | `SyncState`: listing, synced, or failing with a typed cause |
+//! | [`written`] | read-your-writes: writes recorded per key until the store shows them |
 //! | [`resource_version`] | comparing resourceVersions (KEP-5504) |
 //! | [`decode`] | decoding that skips what nobody reads (`managedFields`, configured paths) while parsing |
 
@@ -62,6 +63,7 @@ pub mod resource_version;
 pub mod source;
 pub mod store;
 pub mod sync_state;
+pub mod written;
 
 pub use factory::{FactoryError, FactoryOptions, InformerId, InformerSpec, SharedInformerFactory};
 pub use fifo::FifoMode;

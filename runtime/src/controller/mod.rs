@@ -273,6 +273,14 @@ pub struct ControllerOptions {
     /// first. Resyncs, which the default queue skips, are then queued (at low priority). A
     /// queue given to [`Controller::queue`] takes precedence. Default: false.
     pub priority_queue: bool,
+    /// Read your own writes: before a key is reconciled, its last write recorded on the
+    /// primary informer ([`SharedIndexInformer::record_write`],
+    /// [`record_delete`](SharedIndexInformer::record_delete)) must be in the cache; a key whose
+    /// write is not yet is retried with the queue's backoff instead of reconciled on stale
+    /// data. Per key: other keys are reconciled meanwhile. Turn it on when a reconcile reads
+    /// back what it wrote (status it computes from, counters, generated names) and records its
+    /// writes. Default: false.
+    pub read_your_writes: bool,
 }
 
 impl Default for ControllerOptions {
@@ -284,6 +292,7 @@ impl Default for ControllerOptions {
             shutdown: CancellationToken::new(),
             metrics: None,
             priority_queue: false,
+            read_your_writes: false,
         }
     }
 }
@@ -304,6 +313,9 @@ pub struct ControllerSummary {
     pub dropped: u64,
     /// Reconciles still running when the shutdown grace period ended (abandoned).
     pub abandoned: u64,
+    /// Keys retried instead of reconciled because their own write was not in the cache yet
+    /// ([`ControllerOptions::read_your_writes`]).
+    pub awaited_own_writes: u64,
 }
 
 #[derive(Debug, Default)]
@@ -314,6 +326,7 @@ struct Counters {
     panics: AtomicU64,
     dropped: AtomicU64,
     abandoned: AtomicU64,
+    awaited_own_writes: AtomicU64,
 }
 
 /// Live counters of a controller; a cheap-clone handle obtained before `run`.
@@ -333,6 +346,7 @@ impl ControllerMetrics {
             panics: c.panics.load(Ordering::Relaxed),
             dropped: c.dropped.load(Ordering::Relaxed),
             abandoned: c.abandoned.load(Ordering::Relaxed),
+            awaited_own_writes: c.awaited_own_writes.load(Ordering::Relaxed),
         }
     }
 }
@@ -609,6 +623,11 @@ where
         let span = tracing::info_span!("controller", controller = %name);
         // The store's own key function: the keys reconcile gets are the lister's keys.
         let key_of = primary.indexer().key_func();
+        let own_writes = options.read_your_writes.then(|| {
+            let primary = primary.clone();
+            let gate: OwnWrites = Arc::new(move |key: &ObjectKey| primary.pending_write(key));
+            gate
+        });
         let primary_mapper: Mapper<K> = Arc::new(move |obj: &K| key_of(obj).into_iter().collect());
         let mut involved: Vec<Arc<dyn Involved>> = vec![Arc::new(Watched {
             name: format!("primary:{}", owner.kind),
@@ -637,6 +656,7 @@ where
             ctx,
             counters: metrics.counters.clone(),
             recorder,
+            own_writes,
             stop: options.shutdown.clone(),
         });
         let mut worker_set = JoinSet::new();

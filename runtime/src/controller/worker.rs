@@ -11,6 +11,7 @@ use std::time::Duration;
 use futures::FutureExt;
 use futures::future::{BoxFuture, join_all};
 use reflex_informer::key::ObjectKey;
+use reflex_informer::written::PendingWrite;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -48,8 +49,13 @@ pub(super) struct Worker<C, R, P> {
     pub(super) ctx: Arc<C>,
     pub(super) counters: Arc<Counters>,
     pub(super) recorder: Option<ControllerRecorder>,
+    /// With read-your-writes: what a key's own write still waits for in the cache.
+    pub(super) own_writes: Option<OwnWrites>,
     pub(super) stop: CancellationToken,
 }
+
+/// What a key's recorded write still waits for in the primary's cache (`None`: nothing).
+pub(super) type OwnWrites = Arc<dyn Fn(&ObjectKey) -> Option<PendingWrite> + Send + Sync>;
 
 impl<C, R, P> Worker<C, R, P> {
     pub(super) fn requeued(&self) {
@@ -82,6 +88,20 @@ where
 
     /// Reconciles `key`, handed out at `priority` (a retry or requeue keeps it).
     pub(super) async fn process(&self, key: &ObjectKey, priority: i32) {
+        if let Some(own_writes) = &self.own_writes
+            && let Some(expected) = own_writes(key)
+        {
+            // Reconciling now would read the cache from before this controller's own write.
+            self.counters
+                .awaited_own_writes
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(controller = %self.name, key = %key, expected = %expected, "own write not in the cache yet; retrying with backoff");
+            self.requeued();
+            if let Err(e) = self.queue.add_rate_limited(key.clone(), priority) {
+                tracing::error!(error = %e, "could not schedule a retry");
+            }
+            return;
+        }
         self.counters.reconciles.fetch_add(1, Ordering::Relaxed);
         let span = tracing::info_span!("reconcile", controller = %self.name, key = %key);
         let active = self.recorder.as_ref().map(ControllerRecorder::started);

@@ -27,6 +27,8 @@ pub struct Faults {
     rules: Mutex<Vec<FailRule>>,
     delay: Mutex<Option<Duration>>,
     paused_tx: watch::Sender<bool>,
+    /// Whether open watches hold back their events (each waits before it is sent).
+    events_held: watch::Sender<bool>,
     expire_next_continue: AtomicBool,
     /// Requests routed so far, by (verb, resource plural).
     requests: Mutex<HashMap<(String, String), u64>>,
@@ -38,6 +40,7 @@ impl Default for Faults {
             rules: Mutex::new(Vec::new()),
             delay: Mutex::new(None),
             paused_tx: watch::channel(false).0,
+            events_held: watch::channel(false).0,
             expire_next_continue: AtomicBool::new(false),
             requests: Mutex::new(HashMap::new()),
         }
@@ -87,6 +90,16 @@ impl Faults {
     /// Pauses or resumes request handling.
     pub fn set_paused(&self, paused: bool) {
         self.paused_tx.send_replace(paused);
+    }
+
+    /// Holds back (or releases) the events of every watch.
+    pub fn set_events_held(&self, held: bool) {
+        self.events_held.send_replace(held);
+    }
+
+    /// What a watch stream reads to know whether to hold its next event.
+    pub fn events_held(&self) -> watch::Receiver<bool> {
+        self.events_held.subscribe()
     }
 
     /// Waits while paused.

@@ -193,6 +193,19 @@ impl FaultHandle {
         self.shared.faults.fail_next(n, error, verb, resource);
     }
 
+    /// Holds back the change events of every watch (open and new) until
+    /// [`release_watch_events`](Self::release_watch_events): writes succeed and are served by
+    /// GET and LIST, but clients' caches do not hear of them, as when a real API server's watch
+    /// lags. Nothing is lost: held events are sent, in order, once released.
+    pub fn hold_watch_events(&self) {
+        self.shared.faults.set_events_held(true);
+    }
+
+    /// Sends the events held since [`hold_watch_events`](Self::hold_watch_events).
+    pub fn release_watch_events(&self) {
+        self.shared.faults.set_events_held(false);
+    }
+
     /// Delays every response by `d` (None clears).
     pub fn set_delay(&self, d: Option<Duration>) {
         self.shared.faults.set_delay(d);

@@ -794,6 +794,7 @@ fn watch(
         timeout,
         initial_end_bookmark: send_initial,
         output: out,
+        held: Some(shared.faults.events_held()),
     };
     let frames = stream(def, start, opts).map(|b| Ok::<_, Infallible>(Frame::data(b)));
     let mut r = Response::new(BodyExt::boxed(StreamBody::new(frames)));

@@ -33,6 +33,9 @@ pub struct WatchOptions {
     pub initial_end_bookmark: bool,
     /// Representation of the event objects (full or `PartialObjectMetadata`).
     pub output: Output,
+    /// While this reads `true`, each change event waits before it is sent (the fault that
+    /// makes a client's cache lag behind its own writes).
+    pub held: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 fn line(v: &Value) -> Bytes {
@@ -139,6 +142,10 @@ pub fn stream(
                     Some(WatchMsg::Event(ev)) => {
                         st.last_rv = st.last_rv.max(ev.rv);
                         if let Some(b) = filtered(&ev, &st.opts) {
+                            if let Some(held) = st.opts.held.as_mut() {
+                                // No bookmark either while held: nothing past this event leaves.
+                                let _ = held.wait_for(|held| !*held).await;
+                            }
                             return Some((b, st));
                         }
                     }
@@ -210,6 +217,7 @@ mod tests {
             timeout: None,
             initial_end_bookmark: false,
             output: Output::Full,
+            held: None,
         };
         let lines: Vec<Value> = stream(def, start, opts)
             .map(|b| serde_json::from_slice(&b).unwrap())
