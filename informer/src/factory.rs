@@ -61,12 +61,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::decode::DecodeOptions;
 use crate::fifo::FifoMode;
-use crate::sync_state::SyncState;
 use crate::informer::{InformerError, InformerOptions, SharedIndexInformer, Transform};
 use crate::reflector::ReflectorOptions;
 use crate::source::ListWatch;
 use crate::source::raw::RawApi;
 use crate::store::{CompactOptions, Indexer, KeyFunc, meta_key_func};
+use crate::sync_state::SyncState;
 
 /// Options shared by every informer of a factory.
 #[derive(Debug, Clone, Default)]
@@ -88,6 +88,9 @@ pub struct FactoryOptions {
     pub fifo: FifoMode,
     /// The store options of the factory's compact informers ([`InformerSpec::compact`]).
     pub compact: CompactOptions,
+    /// Measure each informer's lag behind the server this often
+    /// ([`InformerOptions::lag_probe`]); `None` (the default): no probe.
+    pub lag_probe: Option<Duration>,
 }
 
 /// Why the factory refused a request.
@@ -488,6 +491,7 @@ impl SharedInformerFactory {
             default_resync: resync.unwrap_or(self.options.default_resync),
             reflector: self.options.reflector.clone(),
             fifo: self.options.fifo,
+            lag_probe: self.options.lag_probe,
         }
     }
 

@@ -69,12 +69,14 @@ use crate::fifo::{
 use crate::handler::{DeletedFinalStateUnknown, DeltaObject};
 use crate::handler::{ProcessorError, Registration, ResourceEventHandler};
 use crate::in_order_fifo::InOrderFifo;
+use crate::key::{KeyError, ObjectKey};
+use crate::lag::{Lag, LagObserver};
 use crate::lister::Lister;
 use crate::processor::{Notification, Processor};
 use crate::reflector::{Reflector, ReflectorHandle, ReflectorOptions, WatchErrorHandler};
+use crate::source::ListParams;
 use crate::source::ListWatch;
 use crate::store::{Indexer, Store, StoreError};
-use crate::key::{KeyError, ObjectKey};
 use crate::sync_state::{SyncState, SyncTracker};
 use crate::written::{ObserveError, PendingWrite, Seen, Written};
 
@@ -112,6 +114,9 @@ pub struct InformerOptions {
     /// Which FIFO queues changes between the reflector and the store (and so what handlers may
     /// assume about order); the classic DeltaFIFO by default.
     pub fifo: FifoMode,
+    /// Measure the cache's lag behind the server every this often (see [`lag`](crate::lag)):
+    /// one `limit=1` consistent list per period. `None` (the default): no probe.
+    pub lag_probe: Option<Duration>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -144,6 +149,7 @@ struct Inner<K> {
     /// Writes recorded for read-your-writes, and the wake-up of those waiting for them.
     written: Written,
     store_changed: tokio::sync::Notify,
+    lag: Lag,
     stopped: CancellationToken,
 }
 
@@ -259,6 +265,7 @@ where
                 store_version: StoreVersion::default(),
                 written: Written::default(),
                 store_changed: tokio::sync::Notify::new(),
+                lag: Lag::default(),
                 stopped: CancellationToken::new(),
             }),
         }
@@ -373,7 +380,11 @@ where
     /// object without a resourceVersion records nothing; one without a name is an error.
     pub fn record_write(&self, written: &K) -> Result<(), KeyError> {
         let key = self.inner.indexer.key_of(written)?;
-        if let Some(rv) = written.meta().resource_version.as_deref().filter(|rv| !rv.is_empty())
+        if let Some(rv) = written
+            .meta()
+            .resource_version
+            .as_deref()
+            .filter(|rv| !rv.is_empty())
         {
             self.record(key, PendingWrite::AtLeast(rv.to_owned()));
         }
@@ -458,6 +469,77 @@ where
                         None => Ok(()),
                         Some(_) => Err(ObserveError::Timeout { key: key.clone(), expected }),
                     };
+                }
+            }
+        }
+    }
+
+    /// The last cache lag measured ([`InformerOptions::lag_probe`]); `None` before the first
+    /// sample or without a probe.
+    pub fn last_lag(&self) -> Option<Duration> {
+        self.inner.lag.last()
+    }
+
+    /// A subscription to the lag samples.
+    pub fn subscribe_lag(&self) -> watch::Receiver<Option<Duration>> {
+        self.inner.lag.subscribe()
+    }
+
+    /// Calls `observer` with every lag sample (a metrics histogram, say).
+    pub fn on_lag(&self, observer: LagObserver) {
+        self.inner.lag.observe(observer);
+    }
+
+    /// The lag probe: see [`lag`](crate::lag).
+    async fn probe_lag(&self, period: Duration, token: CancellationToken) {
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let probe = ListParams {
+            limit: Some(1),
+            ..ListParams::default()
+        };
+        loop {
+            tokio::select! {
+                biased;
+                () = token.cancelled() => return,
+                _ = ticks.tick() => {}
+            }
+            if !self.has_synced() {
+                continue;
+            }
+            let started = tokio::time::Instant::now();
+            let list = tokio::select! {
+                biased;
+                () = token.cancelled() => return,
+                list = self.inner.source.list(&probe) => list,
+            };
+            let target = match list {
+                Ok(page) => page.resource_version,
+                Err(e) => {
+                    tracing::debug!(error = %e, "lag probe list failed; no sample");
+                    continue;
+                }
+            };
+            loop {
+                let changed = self.inner.store_changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                let store = self.last_store_resource_version();
+                match crate::resource_version::is_at_least(&store, &target) {
+                    Some(true) => {
+                        self.inner.lag.publish(started);
+                        break;
+                    }
+                    Some(false) => {}
+                    None => {
+                        tracing::debug!(store = %store, server = %target, "lag probe: versions not comparable; no sample");
+                        break;
+                    }
+                }
+                tokio::select! {
+                    biased;
+                    () = token.cancelled() => return,
+                    () = changed => {}
                 }
             }
         }
@@ -556,6 +638,14 @@ where
         *self.inner.reflector.lock() = Some(reflector.handle());
         let token = shutdown.child_token();
         let reflector_task = tokio::spawn(reflector.run(token.clone()));
+        let lag_task = self.inner.options.lag_probe.map(|period| {
+            let informer = self.clone();
+            let token = token.clone();
+            tokio::spawn(
+                async move { informer.probe_lag(period, token).await }
+                    .instrument(tracing::debug_span!("lag_probe")),
+            )
+        });
         let processor_task = tokio::spawn({
             let processor = self.inner.processor.clone();
             let token = token.clone();
@@ -567,6 +657,12 @@ where
         self.inner.fifo.close();
         if let Err(e) = reflector_task.await {
             tracing::error!(error = %e, "reflector task failed");
+        }
+        if let Some(Err(e)) = match lag_task {
+            Some(task) => Some(task.await),
+            None => None,
+        } {
+            tracing::error!(error = %e, "lag probe task failed");
         }
         match processor_task.await {
             Ok(Ok(())) => {}
@@ -827,6 +923,7 @@ where
         inner
             .fifo
             .run_if_drained(&mut || inner.store_version.publish(recorded.clone()));
+        inner.store_changed.notify_waiters();
         Ok(())
     }
     fn bookmark(&self, resource_version: &str) {

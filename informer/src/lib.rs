@@ -43,6 +43,7 @@
 //! | [`store`] | `Indexer`: the lock-free, indexed cache of `Arc<K>` |
 //! | [`lister`] | `Lister`: typed reads of the cache, by namespace, selector and index |
 //! | [`sync_state`] | `SyncState`: listing, synced, or failing with a typed cause |
+//! | [`lag`] | measuring how far the store lags behind the server |
 //! | [`written`] | read-your-writes: writes recorded per key until the store shows them |
 //! | [`resource_version`] | comparing resourceVersions (KEP-5504) |
 //! | [`decode`] | decoding that skips what nobody reads (`managedFields`, configured paths) while parsing |
@@ -56,6 +57,7 @@ mod hash;
 pub mod in_order_fifo;
 pub mod informer;
 pub mod key;
+pub mod lag;
 pub mod lister;
 mod processor;
 pub mod reflector;

@@ -95,7 +95,17 @@ mod tests {
 
     #[test]
     fn anything_but_a_server_written_integer_is_not_comparable() {
-        for bad in ["", "-1", "+1", "01", "1.5", "abc", " 1", "1 ", "123456789012345678901"] {
+        for bad in [
+            "",
+            "-1",
+            "+1",
+            "01",
+            "1.5",
+            "abc",
+            " 1",
+            "1 ",
+            "123456789012345678901",
+        ] {
             let err = compare(bad, "5").unwrap_err();
             assert_eq!(err.value, bad);
             assert!(compare("5", bad).is_err(), "{bad:?}");

@@ -489,11 +489,7 @@ impl Progress {
                 since: failure.since,
                 attempts: failure.attempts,
                 next_retry: failure.next_retry,
-                last_sync: if synced {
-                    self.last_sync.clone()
-                } else {
-                    None
-                },
+                last_sync: if synced { self.last_sync.clone() } else { None },
             };
         }
         match (&self.last_sync, synced, self.listing) {
@@ -643,7 +639,10 @@ mod tests {
         let t = Target::from_url_path("/api/v1/namespaces/team-a/pods");
         let status = |code, reason| SourceError::Status(ApiStatus::new(code, reason, "m"));
         let f = SyncFailure::classify(&status(403, "Forbidden"), "watch", &t);
-        assert_eq!(f.to_string(), "forbidden: watch pods in namespace \"team-a\"");
+        assert_eq!(
+            f.to_string(),
+            "forbidden: watch pods in namespace \"team-a\""
+        );
         assert_eq!(
             SyncFailure::classify(&status(404, "NotFound"), "list", &t).kind(),
             "resource_not_served"

@@ -120,7 +120,12 @@ fn observed(pending: &PendingWrite, seen: &Seen<'_>) -> bool {
 
 impl Written {
     /// Records `pending` for `key`, keeping the newer of two version records.
-    pub(crate) fn record(&self, key: ObjectKey, pending: PendingWrite, seen: impl Fn(&ObjectKey) -> bool) {
+    pub(crate) fn record(
+        &self,
+        key: ObjectKey,
+        pending: PendingWrite,
+        seen: impl Fn(&ObjectKey) -> bool,
+    ) {
         match self.pending.entry(key) {
             dashmap::Entry::Occupied(mut e) => {
                 let newer = match (e.get(), &pending) {
@@ -162,7 +167,8 @@ impl Written {
     pub(crate) fn check(&self, key: &ObjectKey, seen: &Seen<'_>) -> Option<PendingWrite> {
         let pending = self.pending.get(key)?.clone();
         if observed(&pending, seen) {
-            self.pending.remove_if(key, |_, current| *current == pending);
+            self.pending
+                .remove_if(key, |_, current| *current == pending);
             None
         } else {
             Some(pending)
@@ -190,9 +196,15 @@ mod tests {
         let w = PendingWrite::AtLeast("10".into());
         assert!(!observed(&w, &seen(Some(("9", "u")), "9")));
         assert!(observed(&w, &seen(Some(("10", "u")), "9")));
-        assert!(observed(&w, &seen(Some(("9", "u")), "11")), "store passed it");
+        assert!(
+            observed(&w, &seen(Some(("9", "u")), "11")),
+            "store passed it"
+        );
         assert!(!observed(&w, &seen(None, "9")));
-        assert!(observed(&w, &seen(None, "10")), "gone since, store passed it");
+        assert!(
+            observed(&w, &seen(None, "10")),
+            "gone since, store passed it"
+        );
         // Not comparable: fail open.
         assert!(observed(&w, &seen(Some(("abc", "u")), "9")));
         assert!(observed(
@@ -235,6 +247,10 @@ mod tests {
                 |_| true,
             );
         }
-        assert!(written.pending.len() < SWEEP_AT, "{}", written.pending.len());
+        assert!(
+            written.pending.len() < SWEEP_AT,
+            "{}",
+            written.pending.len()
+        );
     }
 }

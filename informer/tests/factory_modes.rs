@@ -116,7 +116,10 @@ async fn projected_informer_lists_watches_keys_and_indexes_only_the_projected_fi
     let synced = factory
         .wait_for_cache_sync(Some(Duration::from_secs(30)))
         .await;
-    assert!(synced.values().all(reflex_informer::SyncState::has_synced), "not synced: {synced:?}");
+    assert!(
+        synced.values().all(reflex_informer::SyncState::has_synced),
+        "not synced: {synced:?}"
+    );
     assert_eq!(pods.indexer().len(), seeded.len(), "only namespace team-a");
     for json in &seeded {
         let name = json["metadata"]["name"].as_str().unwrap();
@@ -194,7 +197,10 @@ async fn metadata_informer_holds_metadata_without_managed_fields_in_the_factory_
     let synced = factory
         .wait_for_cache_sync(Some(Duration::from_secs(30)))
         .await;
-    assert!(synced.values().all(reflex_informer::SyncState::has_synced), "not synced: {synced:?}");
+    assert!(
+        synced.values().all(reflex_informer::SyncState::has_synced),
+        "not synced: {synced:?}"
+    );
     assert_eq!(meta.indexer().len(), seeded.len());
     for json in &seeded {
         let name = json["metadata"]["name"].as_str().unwrap();
@@ -257,7 +263,10 @@ async fn compact_informer_holds_the_same_objects_as_the_typed_one_and_delivers_a
     let synced = factory
         .wait_for_cache_sync(Some(Duration::from_secs(30)))
         .await;
-    assert!(synced.values().all(reflex_informer::SyncState::has_synced), "not synced: {synced:?}");
+    assert!(
+        synced.values().all(reflex_informer::SyncState::has_synced),
+        "not synced: {synced:?}"
+    );
     assert_eq!(compact.indexer().len(), seeded.len());
     for p in typed.indexer().list() {
         let key = ObjectKey::from_resource(&*p).unwrap();
@@ -318,7 +327,10 @@ async fn compact_metadata_and_projected_informers_hold_what_their_full_twins_hol
     let synced = factory
         .wait_for_cache_sync(Some(Duration::from_secs(60)))
         .await;
-    assert!(synced.values().all(reflex_informer::SyncState::has_synced), "not synced: {synced:?}");
+    assert!(
+        synced.values().all(reflex_informer::SyncState::has_synced),
+        "not synced: {synced:?}"
+    );
     // The full informers list at "0" in one response; the compact ones list consistently in
     // pages of 500 (three for 1100 Pods), so their decoded objects never all exist at once.
     assert_eq!(
@@ -390,7 +402,10 @@ async fn a_compact_dynamic_informer_holds_what_its_full_twin_holds_and_sees_chan
         .wait_for_cache_sync(Some(Duration::from_secs(30)))
         .await;
     assert_eq!(synced.len(), 2, "two informers, named apart: {synced:?}");
-    assert!(synced.values().all(reflex_informer::SyncState::has_synced), "not synced: {synced:?}");
+    assert!(
+        synced.values().all(reflex_informer::SyncState::has_synced),
+        "not synced: {synced:?}"
+    );
     assert!(
         synced
             .keys()

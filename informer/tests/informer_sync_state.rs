@@ -15,7 +15,11 @@ use reflex_informer::sync_state::{SyncFailure, SyncState};
 use reflex_informer::{InformerOptions, SharedIndexInformer};
 use tokio_util::sync::CancellationToken;
 
-const MODES: [FifoMode; 3] = [FifoMode::DeltaFifo, FifoMode::InOrder, FifoMode::InOrderAtomic];
+const MODES: [FifoMode; 3] = [
+    FifoMode::DeltaFifo,
+    FifoMode::InOrder,
+    FifoMode::InOrderAtomic,
+];
 
 fn cm(name: &str, value: &str) -> ConfigMap {
     ConfigMap {

@@ -892,7 +892,9 @@ async fn a_429_error_event_inside_a_watch_rewatches_from_the_last_rv_after_retry
 async fn a_429_list_waits_for_retry_after_and_the_state_names_the_cause_until_synced() {
     let source = MemorySource::new();
     source.apply(cm("a", "1")).unwrap();
-    source.fail_next_list(SourceError::Status(throttled(Some(Duration::from_secs(45)))));
+    source.fail_next_list(SourceError::Status(throttled(Some(Duration::from_secs(
+        45,
+    )))));
     let started = tokio::time::Instant::now();
     let r = start(&source, ReflectorOptions::default());
     let mut states = r.handle.subscribe_sync_state();

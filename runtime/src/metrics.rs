@@ -27,6 +27,7 @@
 //! | `reflex_informer_list_watch_errors_total` | counter | `resource` | list-and-watch rounds that ended with an error |
 //! | `reflex_informer_objects` | gauge | `resource` | objects in the informer's store |
 //! | `reflex_informer_synced` | gauge | `resource` | 1 once the initial list reached the store, else 0 |
+//! | `reflex_informer_lag_seconds` | histogram | `resource` | with [`InformerOptions::lag_probe`](reflex_informer::InformerOptions::lag_probe): time from a consistent list until the store reflected its resourceVersion (an upper bound of the cache's lag; see [`reflex_informer::lag`]) |
 //! | `reflex_informer_sync_state` | gauge | `resource` | [`SyncState::code`](reflex_informer::SyncState::code): 0 starting, 1 listing, 2 synced, 3 failing before a sync, 4 failing after one (serving the old cache), 5 stopped |
 //! | `reflex_informer_last_error_timestamp_seconds` | gauge | `resource` | Unix time of the last list or watch failure (absent before the first) |
 //! | `reflex_informer_store_resource_version` | gauge | `resource` | the resourceVersion the store reflects (client-go's `store_resource_version`; absent while it is not a KEP-5504 integer) |
@@ -113,6 +114,11 @@ type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
 fn reconcile_histogram() -> Histogram {
     // 1 ms doubling to about 65 s: reconciles are API round trips, from cache hits to slow writes.
     Histogram::new(exponential_buckets(0.001, 2.0, 17))
+}
+
+fn lag_histogram() -> Histogram {
+    // 5 ms doubling to about 5.5 min: from a current cache to one a bookmark interval behind.
+    Histogram::new(exponential_buckets(0.005, 2.0, 17))
 }
 
 /// The outcome label of `controller_runtime_reconcile_total`.
@@ -297,6 +303,7 @@ struct Inner {
     active_workers: Family<Labels, Gauge>,
     max_concurrent: Family<Labels, Gauge>,
     informer_events: Family<Labels, Counter>,
+    informer_lag: HistogramFamily,
     probes: Probes,
     workqueue: Arc<PrometheusMetricsProvider>,
 }
@@ -328,6 +335,7 @@ impl Metrics {
             active_workers: Family::default(),
             max_concurrent: Family::default(),
             informer_events: Family::default(),
+            informer_lag: Family::new_with_constructor(lag_histogram as fn() -> Histogram),
             probes: Arc::default(),
             workqueue: Arc::new(PrometheusMetricsProvider::new(registry)),
         };
@@ -365,6 +373,11 @@ impl Metrics {
             "reflex_informer_events",
             "Notifications an informer delivered, by event",
             inner.informer_events.clone(),
+        );
+        registry.register(
+            "reflex_informer_lag_seconds",
+            "Time from a consistent list's resourceVersion until the informer's store reflected it",
+            inner.informer_lag.clone(),
         );
         registry.register_collector(Box::new(InformerCollector {
             probes: inner.probes.clone(),
@@ -425,6 +438,14 @@ impl Metrics {
                 resource: resource.to_owned(),
                 source,
             })?;
+        let lag = self
+            .inner
+            .informer_lag
+            .get_or_create(&resource_label(resource))
+            .clone();
+        informer.on_lag(Arc::new(move |d: std::time::Duration| {
+            lag.observe(d.as_secs_f64());
+        }));
         probes.push((resource.to_owned(), Arc::new(informer.clone())));
         tracing::debug!(resource, "informer metrics registered");
         Ok(())

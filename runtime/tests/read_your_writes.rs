@@ -154,7 +154,10 @@ async fn scenario(read_your_writes: bool) -> (usize, String, ControllerSummary) 
 #[tokio::test]
 async fn without_read_your_writes_the_reconcile_after_a_write_reads_the_stale_cache() {
     let (stale, second, summary) = scenario(false).await;
-    assert_eq!(stale, 1, "the second reconcile read the cache from before the write");
+    assert_eq!(
+        stale, 1,
+        "the second reconcile read the cache from before the write"
+    );
     assert_eq!(second, "0", "it saw the old count");
     assert_eq!(summary.awaited_own_writes, 0);
 }
@@ -179,7 +182,11 @@ async fn wait_until_observed_returns_once_the_cache_shows_the_write_and_times_ou
     let informer = factory.informer::<ConfigMap>();
     factory.start();
     assert!(
-        factory.wait_for_cache_sync(Some(WAIT)).await.values().all(|s| s.has_synced()),
+        factory
+            .wait_for_cache_sync(Some(WAIT))
+            .await
+            .values()
+            .all(|s| s.has_synced()),
         "synced"
     );
     let key = ObjectKey::new(Some("default"), "a");

@@ -105,7 +105,9 @@ async fn a_forbidden_list_is_named_everywhere_and_recovers_once_allowed() {
     let (status, body) = get(health.local_addr(), "/readyz").await;
     assert_eq!(status, 503, "{body}");
     assert!(
-        body.contains("[-]configmaps failed: informer not synced: forbidden: list configmaps at cluster scope"),
+        body.contains(
+            "[-]configmaps failed: informer not synced: forbidden: list configmaps at cluster scope"
+        ),
         "{body}"
     );
     let (_, text) = get(health.local_addr(), "/metrics").await;
@@ -232,10 +234,8 @@ async fn retry_after_is_read_from_the_server_and_a_429_inside_a_watch_does_not_r
     let cms = factory.informer::<ConfigMap>();
     let mut states = cms.subscribe_sync_state();
     factory.start();
-    let throttled = wait_for_state(&mut states, "a throttled list", |s| {
-        s.failure().is_some()
-    })
-    .await;
+    let throttled =
+        wait_for_state(&mut states, "a throttled list", |s| s.failure().is_some()).await;
     assert_eq!(
         throttled.failure(),
         Some(&SyncFailure::TooManyRequests {
@@ -272,5 +272,65 @@ async fn retry_after_is_read_from_the_server_and_a_429_inside_a_watch_does_not_r
         "a 429 inside a watch resumes the watch, it does not relist"
     );
     wait_for_state(&mut states, "current again", SyncState::is_current).await;
+    factory.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_lag_probe_measures_how_long_the_store_trails_the_server() {
+    let server = FakeApiServer::start().await.unwrap();
+    server
+        .seed(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a", "namespace": "default"}}))
+        .unwrap();
+    let factory = SharedInformerFactory::new(
+        server.client().unwrap(),
+        FactoryOptions {
+            lag_probe: Some(Duration::from_millis(50)),
+            ..FactoryOptions::default()
+        },
+    );
+    let cms = factory.informer::<ConfigMap>();
+    let mut registry = Registry::default();
+    let metrics = Metrics::new(&mut registry);
+    metrics.register_informer("configmaps", &cms).unwrap();
+    let mut lags = cms.subscribe_lag();
+    factory.start();
+    let synced = factory.wait_for_cache_sync(Some(WAIT)).await;
+    assert!(synced.values().all(SyncState::has_synced), "{synced:?}");
+    // A current cache: some probe completes.
+    tokio::time::timeout(WAIT, lags.wait_for(Option::is_some))
+        .await
+        .expect("a lag sample")
+        .unwrap();
+
+    // The watch falls behind a write: the next probe waits until the store has it.
+    let faults = server.faults();
+    faults.hold_watch_events();
+    server
+        .seed(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "b", "namespace": "default"}}))
+        .unwrap();
+    let lists = faults.request_count("list", "configmaps");
+    tokio::time::timeout(WAIT, async {
+        while faults.request_count("list", "configmaps") == lists {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("a probe after the write");
+    lags.borrow_and_update();
+    let held = Duration::from_millis(300);
+    tokio::time::sleep(held).await;
+    faults.release_watch_events();
+    let lag = tokio::time::timeout(WAIT, lags.changed())
+        .await
+        .map(|_| (*lags.borrow()).expect("a sample"))
+        .expect("the probe completes once the store has the write");
+    // Guaranteed: the store could not pass the probe's resourceVersion while events were held.
+    assert!(lag >= held, "lag {lag:?} < held {held:?}");
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    assert!(
+        text.contains("reflex_informer_lag_seconds_count{resource=\"configmaps\"}"),
+        "{text}"
+    );
     factory.shutdown().await;
 }

@@ -113,7 +113,12 @@ async fn an_informer_started_before_its_crd_reports_not_served_then_syncs_when_i
         .create(&PostParams::default(), &crd)
         .await
         .expect("create CRD");
-    wait_for_state(&mut states, "synced after the CRD appeared", SyncState::is_current).await;
+    wait_for_state(
+        &mut states,
+        "synced after the CRD appeared",
+        SyncState::is_current,
+    )
+    .await;
     assert!(informer.has_synced());
 
     // And it is a working informer: a gizmo created now reaches the store.
@@ -150,7 +155,10 @@ async fn an_informer_forbidden_by_rbac_names_the_verb_and_scope_then_syncs_once_
         return;
     };
     let admin = env.client();
-    let user = env.unprivileged_client().await.expect("unprivileged client");
+    let user = env
+        .unprivileged_client()
+        .await
+        .expect("unprivileged client");
     Api::<ConfigMap>::namespaced(admin.clone(), "default")
         .create(
             &PostParams::default(),
@@ -167,10 +175,7 @@ async fn an_informer_forbidden_by_rbac_names_the_verb_and_scope_then_syncs_once_
     let cms = factory.informer::<ConfigMap>();
     let mut states = cms.subscribe_sync_state();
     factory.start();
-    let failing = wait_for_state(&mut states, "a forbidden list", |s| {
-        s.failure().is_some()
-    })
-    .await;
+    let failing = wait_for_state(&mut states, "a forbidden list", |s| s.failure().is_some()).await;
     match failing.failure() {
         Some(
             cause @ SyncFailure::Forbidden {

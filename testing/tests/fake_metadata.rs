@@ -278,7 +278,10 @@ async fn a_metadata_informer_caches_partial_objects_from_the_server() {
     let synced = factory
         .wait_for_cache_sync(Some(Duration::from_secs(30)))
         .await;
-    assert!(synced.values().all(reflex_informer::SyncState::has_synced), "{synced:?}");
+    assert!(
+        synced.values().all(reflex_informer::SyncState::has_synced),
+        "{synced:?}"
+    );
     api.create(&PostParams::default(), &cm("c", "db"))
         .await
         .unwrap();

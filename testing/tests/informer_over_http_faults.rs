@@ -547,7 +547,10 @@ async fn start(contender: Contender, client: kube::Client) -> Running {
             let synced = tokio::time::timeout(WAIT, factory.wait_for_cache_sync(None))
                 .await
                 .expect("factory informers sync within 30 s");
-            assert!(synced.values().all(reflex_informer::SyncState::has_synced), "{synced:?}");
+            assert!(
+                synced.values().all(reflex_informer::SyncState::has_synced),
+                "{synced:?}"
+            );
             running.factory = Some(factory);
             running
         }

@@ -232,7 +232,10 @@ pub enum ControllerError {
         source: InformerError,
     },
     /// Some informers did not sync within the configured timeout; no worker was started.
-    #[error("informers did not sync within {timeout:?}: {}", list_unsynced(unsynced))]
+    #[error(
+        "informers did not sync within {timeout:?}: {}",
+        list_unsynced(unsynced)
+    )]
     SyncTimeout {
         /// The informers still unsynced, each with its state (and so the cause of a failure).
         unsynced: Vec<Unsynced>,
