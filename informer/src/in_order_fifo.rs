@@ -26,7 +26,7 @@
 //!   comparing with the store. A resync queues one [`Pop::ResyncAll`].
 //! - **Resync** (plain mode): a `Sync` delta (the known object) for every known key with
 //!   nothing queued, so a stale object never overtakes a queued change.
-//! - **Synced.** [`Fifo::has_synced`](Fifo::has_synced) is true once the first relist is complete and every
+//! - **Synced.** [`Fifo::has_synced`] is true once the first relist is complete and every
 //!   item it queued has been *processed* (the closure returned), so it never turns true while
 //!   the last initial item is still being applied. Watch events before the first relist do not
 //!   make it synced (client-go's `RealFIFO` counts any first write as populating; a Reflector

@@ -8,7 +8,7 @@
 //!   lister sees at least that change.
 //! - Every handler sees, in order, an `on_add` per object first seen, `on_update(old, new)` per
 //!   change, and `on_delete` per removal (the last object, or a
-//!   [`DeletedFinalStateUnknown`](crate::handler::DeletedFinalStateUnknown) tombstone). Changes may
+//!   [`DeletedFinalStateUnknown`] tombstone). Changes may
 //!   be coalesced (a key is the identity, not the UID). A relist or resync may deliver
 //!   `on_update(o, o)` with equal resourceVersions; such updates go only to handlers whose own
 //!   resync period is due (or to all when no handler resyncs).

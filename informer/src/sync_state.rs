@@ -46,6 +46,18 @@
 //!   `reflex_informer_sync_state`, `reflex_informer_last_error_timestamp_seconds` and
 //!   `reflex_informer_store_resource_version`.
 //!
+//! # When to turn read-your-writes on
+//!
+//! A `Synced` cache is current as of its watch, not as of this process's own writes: the event of
+//! a write the reconcile just made may still be on its way. A reconcile that reads back what it
+//! wrote (a status it computes the next step from, a counter, an object it created with
+//! `generateName`) should record its writes on the informer
+//! ([`record_write`](crate::SharedIndexInformer::record_write), see [`written`](crate::written))
+//! and run with the controller's `read_your_writes`: a key whose write is not in the cache yet is
+//! retried with backoff, per key. A reconcile that only converges desired state idempotently does
+//! not need it. To see how far a cache trails the server in general, turn on the lag probe
+//! ([`lag`](crate::lag)).
+//!
 //! # Throttling
 //!
 //! kube's client retries HTTP 429 (and 503, 504) responses itself, honouring `Retry-After`, up

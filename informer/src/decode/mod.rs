@@ -5,9 +5,9 @@
 //! field no controller reads (the measured figures are in
 //! the repository's `BENCHMARKS.md`). client-go's transform (and a transform
 //! on the store) can only drop such a field *after* it was fully built. The [`Decoder`] here drops
-//! it *while* parsing: a thin [`Deserializer`] wrapper watches the object's keys along a small
+//! it *while* parsing: a thin [`Deserializer`](serde::Deserializer) wrapper watches the object's keys along a small
 //! tree of configured paths and, when a key is to be skipped, consumes its value with
-//! [`IgnoredAny`], so nothing of it is ever allocated.
+//! [`IgnoredAny`](serde::de::IgnoredAny), so nothing of it is ever allocated.
 //!
 //! - By default `/metadata/managedFields` is skipped; [`DecodeOptions::keep_managed_fields`]
 //!   opts out. Further paths are [`SkipPath`]s (JSON pointers, RFC 6901), for example the
@@ -22,7 +22,7 @@
 //! The same machinery decodes a whole list response item by item straight into a `Vec<K>`
 //! ([`Decoder::decode_list`]) and one line of a watch stream ([`Decoder::decode_event`]); the raw
 //! source [`RawApi`](crate::source::raw::RawApi) uses both. Together with a *projection* (a small
-//! struct with `metadata` and only the fields a controller reads, see [`impl_projection!`]) an
+//! struct with `metadata` and only the fields a controller reads, see [`impl_projection!`](crate::impl_projection)) an
 //! informer holds a fraction of the memory of a typed one.
 //!
 //! ```
@@ -315,7 +315,7 @@ impl Decoder {
     }
 
     /// The seed that decodes one `K` with this decoder's skipping, for use inside other
-    /// deserializers (for example with [`SeqAccess::next_element_seed`]).
+    /// deserializers (for example with [`SeqAccess::next_element_seed`](serde::de::SeqAccess::next_element_seed)).
     pub fn seed<K>(&self) -> SkippingSeed<'_, PhantomData<K>> {
         SkippingSeed {
             seed: PhantomData,
@@ -452,7 +452,7 @@ macro_rules! impl_projection {
     };
 }
 
-/// What [`impl_projection!`] expands to refers to; not part of the API.
+/// What [`impl_projection!`](crate::impl_projection) expands to refers to; not part of the API.
 #[doc(hidden)]
 pub mod __private {
     pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;

@@ -52,7 +52,7 @@ impl Default for BackoffOptions {
     }
 }
 
-/// How a [`Reflector`] lists and watches.
+/// How a [`Reflector`](super::Reflector) lists and watches.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReflectorOptions {
     /// Page size of lists. `None` follows client-go: 500 for lists at `"0"` or `""`, whole
@@ -76,7 +76,7 @@ pub struct ReflectorOptions {
     /// Field selector for lists and watches.
     pub field_selector: Option<String>,
     /// Bound on a paged list's backlog: before fetching the next page, wait until fewer than
-    /// this many keys are queued in the sink ([`ReflectorSink::wait_for_room`]). `None`, the
+    /// this many keys are queued in the sink ([`ReflectorSink::wait_for_room`](crate::fifo::ReflectorSink::wait_for_room)). `None`, the
     /// default, follows client-go: pages are fetched as fast as the server answers and every
     /// listed object may wait, decoded, in the DeltaFIFO. A bound keeps only a few pages of
     /// decoded objects alive at once, which is what makes a compact store's peak memory small
@@ -101,7 +101,7 @@ impl Default for ReflectorOptions {
     }
 }
 
-/// Why one list-and-watch round of a [`Reflector`] ended.
+/// Why one list-and-watch round of a [`Reflector`](super::Reflector) ended.
 #[derive(Debug, thiserror::Error)]
 pub enum ReflectorError {
     /// The list failed.
@@ -169,7 +169,7 @@ impl Shared {
     }
 }
 
-/// A cheap, cloneable view of a running [`Reflector`]'s progress.
+/// A cheap, cloneable view of a running [`Reflector`](super::Reflector)'s progress.
 #[derive(Clone)]
 pub struct ReflectorHandle {
     pub(super) shared: Arc<Shared>,

@@ -14,7 +14,7 @@ use super::StoreError;
 use crate::hash::FastHashMap;
 use crate::key::ObjectKey;
 
-/// Options of a compact store ([`Indexer::compact`](super::Indexer::compact)); see the [module docs](self#compact-mode).
+/// Options of a compact store ([`Indexer::compact`](super::Indexer::compact)); see the [store docs](super#compact-mode).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CompactOptions {
     /// How many decoded objects are kept for reads (recently written or read ones; zero: none).

@@ -25,7 +25,8 @@
 //!
 //! With [`ControllerOptions::priority_queue`] (or a [`PriorityQueue`] given to
 //! [`Controller::queue`]) keys of the initial list (`on_add` flagged as part of it) and of
-//! resyncs go in at [`LOW_PRIORITY`] and every real change at [`NORMAL_PRIORITY`]: a change made
+//! resyncs go in at [`LOW_PRIORITY`](reflex_workqueue::priority::LOW_PRIORITY) and every real change at
+//! [`NORMAL_PRIORITY`](reflex_workqueue::priority::NORMAL_PRIORITY): a change made
 //! while a restarted controller works through its initial list is reconciled first, and aging
 //! keeps the backlog from starving. A retry or requeue keeps the priority its key was handed
 //! out at. Resyncs are queued only with the priority queue (behind every real change); the
@@ -271,7 +272,8 @@ pub struct ControllerOptions {
     pub metrics: Option<Metrics>,
     /// Build the default queue as a [`PriorityQueue`] (aging after
     /// [`DEFAULT_MAX_WAIT`](reflex_workqueue::priority::DEFAULT_MAX_WAIT)): keys of the initial
-    /// list and of resyncs go in at [`LOW_PRIORITY`], real changes at [`NORMAL_PRIORITY`], so a
+    /// list and of resyncs go in at [`LOW_PRIORITY`](reflex_workqueue::priority::LOW_PRIORITY), real changes at
+    /// [`NORMAL_PRIORITY`](reflex_workqueue::priority::NORMAL_PRIORITY), so a
     /// change made while a restarted controller works through its initial list is reconciled
     /// first. Resyncs, which the default queue skips, are then queued (at low priority). A
     /// queue given to [`Controller::queue`] takes precedence. Default: false.

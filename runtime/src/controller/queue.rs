@@ -6,14 +6,15 @@ use reflex_informer::key::ObjectKey;
 use reflex_workqueue::priority::NORMAL_PRIORITY;
 use reflex_workqueue::{AddOpts, Added, DelayingError, PriorityQueue, RateLimitingQueue};
 
-/// The queue of a [`Controller`]: the default rate-limited FIFO, or a priority queue (see
-/// [`ControllerOptions::priority_queue`]). Both convert from their queue, for
-/// [`Controller::queue`].
+/// The queue of a [`Controller`](super::Controller): the default rate-limited FIFO, or a priority queue (see
+/// [`ControllerOptions::priority_queue`](super::ControllerOptions::priority_queue)). Both convert from their queue, for
+/// [`Controller::queue`](super::Controller::queue).
 #[derive(Debug, Clone)]
 pub enum ControllerQueue {
     /// A FIFO with per-key backoff; priorities are ignored and resyncs are not queued.
     RateLimited(RateLimitingQueue<ObjectKey>),
-    /// Initial-list keys and resyncs at [`LOW_PRIORITY`], real changes at [`NORMAL_PRIORITY`];
+    /// Initial-list keys and resyncs at [`LOW_PRIORITY`](reflex_workqueue::priority::LOW_PRIORITY), real changes at
+    /// [`NORMAL_PRIORITY`](reflex_workqueue::priority::NORMAL_PRIORITY);
     /// a retry keeps the priority its key was handed out at.
     Priority(PriorityQueue<ObjectKey>),
 }

@@ -65,9 +65,9 @@
 //!   processed, and resolves once nothing is ready or being processed.
 //! - **Misuse is answered.** An add after shutdown returns [`Added::ShuttingDown`]; a `done` for
 //!   an item not being processed returns [`Done::NotProcessing`], is logged and counted.
-//! - **Metrics.** The [`QueueMetrics`] of [`Queue`](crate::Queue) (depth counts ready items and
+//! - **Metrics.** The [`QueueMetrics`](crate::metrics::QueueMetrics) of [`Queue`](crate::Queue) (depth counts ready items and
 //!   items re-added without a delay while processed; queue latency runs from ready to `get`),
-//!   plus [`QueueMetrics::priority_depth`] by [`PriorityClass`] (`high` > 0, `normal` = 0,
+//!   plus [`QueueMetrics::priority_depth`](crate::metrics::QueueMetrics::priority_depth) by [`PriorityClass`](crate::metrics::PriorityClass) (`high` > 0, `normal` = 0,
 //!   `low` < 0: three label values whatever priorities are used).
 //!
 //! # Differences from controller-runtime's priority queue
@@ -256,7 +256,7 @@ impl<T: Clone + Eq + Hash + Send + Sync + 'static> PriorityQueue<T> {
 
     /// A queue with a name, optionally a metrics provider, and an aging bound. With metrics and
     /// inside a tokio runtime a small task owned by the queue refreshes the unfinished-work
-    /// gauges every [`UNFINISHED_WORK_UPDATE_PERIOD`].
+    /// gauges every [`UNFINISHED_WORK_UPDATE_PERIOD`](crate::queue::UNFINISHED_WORK_UPDATE_PERIOD).
     pub fn with_config(
         limiter: impl RateLimiter<T> + 'static,
         config: PriorityQueueConfig,
