@@ -266,29 +266,26 @@ impl Collector for InformerCollector {
             }
         }
         // Series that exist only once they have a value.
-        let mut family = encoder.encode_descriptor(
-            "reflex_informer_last_error_timestamp_seconds",
-            "Unix time of the informer's last list or watch failure",
-            None,
-            MetricType::Gauge,
-        )?;
-        for (resource, sample) in &samples {
-            if let Some(at) = sample.last_error {
-                let labels = resource_label(resource);
-                ConstGauge::new(at).encode(family.encode_family(&labels)?)?;
-            }
-        }
-        let mut family = encoder.encode_descriptor(
-            "reflex_informer_store_resource_version",
-            "The resourceVersion the informer's store reflects",
-            None,
-            MetricType::Gauge,
-        )?;
-        for (resource, sample) in &samples {
-            if let Some(rv) = sample.store_resource_version {
-                let labels = resource_label(resource);
+        let optional: [Series<Option<f64>>; 2] = [
+            (
+                "reflex_informer_last_error_timestamp_seconds",
+                "Unix time of the informer's last list or watch failure",
+                |s| s.last_error,
+            ),
+            (
+                "reflex_informer_store_resource_version",
+                "The resourceVersion the informer's store reflects",
                 // A gauge is a float: exact up to 2^53, far beyond any etcd revision.
-                ConstGauge::new(rv as f64).encode(family.encode_family(&labels)?)?;
+                |s| s.store_resource_version.map(|rv| rv as f64),
+            ),
+        ];
+        for (name, help, value) in optional {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for (resource, sample) in &samples {
+                if let Some(v) = value(sample) {
+                    let labels = resource_label(resource);
+                    ConstGauge::new(v).encode(family.encode_family(&labels)?)?;
+                }
             }
         }
         Ok(())
