@@ -231,6 +231,34 @@ impl Environment {
         client_from(&self.data.path().join("user-kubeconfig")).await
     }
 
+    /// The API server's address on loopback (for a [`FaultProxy`](crate::proxy::FaultProxy) in
+    /// front of it).
+    pub fn apiserver_addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, self.apiserver_port))
+    }
+
+    /// An admin client that reaches the API server through `addr` (a proxy on loopback that
+    /// forwards to [`apiserver_addr`](Self::apiserver_addr)): TLS and the token as for
+    /// [`client`](Self::client), the serving certificate is valid for `127.0.0.1`.
+    pub async fn client_via(
+        &self,
+        addr: std::net::SocketAddr,
+    ) -> Result<kube::Client, EnvtestError> {
+        let err = |source: Box<dyn std::error::Error + Send + Sync>| EnvtestError::Client {
+            path: self.kubeconfig.clone(),
+            source,
+        };
+        let kubeconfig = Kubeconfig::read_from(&self.kubeconfig).map_err(|e| err(Box::new(e)))?;
+        let mut config =
+            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+                .await
+                .map_err(|e| err(Box::new(e)))?;
+        config.cluster_url = format!("https://{addr}")
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| err(Box::new(e)))?;
+        kube::Client::try_from(config).map_err(|e| err(Box::new(e)))
+    }
+
     /// A kubeconfig file for the admin identity, valid while the environment lives.
     pub fn kubeconfig(&self) -> &Path {
         &self.kubeconfig
