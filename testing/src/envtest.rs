@@ -278,6 +278,19 @@ impl Environment {
         self.start_apiserver().await
     }
 
+    /// Restarts the API server as [`restart_apiserver`](Self::restart_apiserver) does, with
+    /// `extra` flags after the environment's own for this run only (the next restart drops
+    /// them): `--max-requests-inflight=1 --enable-priority-and-fairness=false`, say, makes it
+    /// answer concurrent requests with 429s.
+    pub async fn restart_apiserver_with(&mut self, extra: &[&str]) -> Result<(), EnvtestError> {
+        let base = self.apiserver_args.clone();
+        self.apiserver_args
+            .extend(extra.iter().map(|s| (*s).to_owned()));
+        let restarted = self.restart_apiserver().await;
+        self.apiserver_args = base;
+        restarted
+    }
+
     /// Compacts etcd at its current revision: every older resourceVersion then answers 410 Gone.
     /// Returns the revision compacted at.
     pub async fn compact_etcd(&self) -> Result<i64, EnvtestError> {

@@ -17,7 +17,7 @@
 //!
 //! and prints the convergence time (from the last fault to all of the above).
 //!
-//! Quick mode (the default, in `.ci/run`): 10 rounds, under a minute. `REFLEX_CHAOS_SECONDS=3600`
+//! Quick mode (the default, in `.ci/run`): 12 rounds, about a minute. `REFLEX_CHAOS_SECONDS=3600`
 //! keeps going for that long (a soak), printing resident memory and relist counts every
 //! minute; `REFLEX_CHAOS_SEED` fixes the workload (the seed is printed). `scripts/chaos` wraps
 //! both. Skips when the control plane binaries are absent, unless `REFLEX_REQUIRE_ENVTEST=1`.
@@ -46,7 +46,7 @@ use tokio_util::sync::CancellationToken;
 
 const NS: &str = "chaos";
 const KEYS: usize = 30;
-const QUICK_ROUNDS: usize = 10;
+const QUICK_ROUNDS: usize = 12;
 /// Bound on convergence once the faults stop; reached only when the test fails.
 const CONVERGE_WITHIN: Duration = Duration::from_secs(180);
 
@@ -64,6 +64,12 @@ struct Shared {
     /// Keys whose first reconcile panicked already (each panics once).
     panicked: Mutex<BTreeSet<String>>,
     reconciles: AtomicU64,
+    /// When the latest leader term began (its controller then registers and replays the cache).
+    term_started: Mutex<Option<Instant>>,
+    /// When the workload last deleted each key.
+    deleted_at: Mutex<BTreeMap<String, Instant>>,
+    /// 429s the workload met (the storm is real).
+    throttled: AtomicU64,
 }
 
 struct Ctx {
@@ -168,14 +174,16 @@ fn start_replica(name: &'static str, client: kube::Client, shared: Arc<Shared>) 
         async move {
             let lock = KubeLease::new(Api::<Lease>::namespaced(client, NS), "chaos-controller");
             let config = LeaderElectionConfig {
-                lease_duration: Duration::from_secs(6),
-                renew_deadline: Duration::from_secs(4),
-                retry_period: Duration::from_millis(500),
+                // Long enough that a restarting API server does not cost the leadership.
+                lease_duration: Duration::from_secs(10),
+                renew_deadline: Duration::from_secs(8),
+                retry_period: Duration::from_secs(1),
                 ..LeaderElectionConfig::new(name)
             };
             let elector = LeaderElector::new(lock, config).expect("elector");
             elector
                 .run_while_leader(&shutdown, |leading: CancellationToken| {
+                    *shared.term_started.lock() = Some(Instant::now());
                     let ctx = Arc::new(Ctx {
                         shared: shared.clone(),
                         informer: informer.clone(),
@@ -238,14 +246,22 @@ async fn server_state(api: &Api<ConfigMap>) -> Option<Versions> {
 }
 
 /// One burst of seeded writes (created, updated, deleted at random among `KEYS` names).
-async fn workload(api: &Api<ConfigMap>, rng: &mut StdRng, ops: usize) {
+async fn workload(api: &Api<ConfigMap>, rng: &mut StdRng, ops: usize, shared: &Shared) {
     for _ in 0..ops {
         let name = format!("k{}", rng.random_range(0..KEYS));
         let op = rng.random_range(0..10);
         let result = if op < 2 {
-            api.delete(&name, &DeleteParams::default())
+            let deleted = api
+                .delete(&name, &DeleteParams::default())
                 .await
-                .map(|_| ())
+                .map(|_| ());
+            if deleted.is_ok() {
+                shared
+                    .deleted_at
+                    .lock()
+                    .insert(format!("{NS}/{name}"), Instant::now());
+            }
+            deleted
         } else {
             let mut cm = ConfigMap::default();
             cm.metadata.name = Some(name.clone());
@@ -261,9 +277,51 @@ async fn workload(api: &Api<ConfigMap>, rng: &mut StdRng, ops: usize) {
                 Err(e) => Err(e),
             }
         };
-        // Conflicts, not-found and a restarting server are part of the game.
-        let _ = result;
+        // Conflicts, not-found, throttling and a restarting server are part of the game.
+        if let Err(kube::Error::Api(status)) = &result
+            && status.code == 429
+        {
+            shared.throttled.fetch_add(1, Ordering::Relaxed);
+        }
     }
+}
+
+/// A client for configmaps in [`NS`] as the unprivileged user (granted them here), without
+/// kube's retries of 429s.
+async fn throttleable_client(env: &Environment) -> Api<ConfigMap> {
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+    let admin = env.client();
+    let role: ClusterRole = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "chaos-writer"},
+        "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["*"]}]
+    }))
+    .expect("role");
+    Api::<ClusterRole>::all(admin.clone())
+        .create(&PostParams::default(), &role)
+        .await
+        .expect("create role");
+    let binding: ClusterRoleBinding = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "chaos-writer"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "chaos-writer"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
+            "name": reflex_testing::envtest::UNPRIVILEGED_USER}]
+    }))
+    .expect("binding");
+    Api::<ClusterRoleBinding>::all(admin)
+        .create(&PostParams::default(), &binding)
+        .await
+        .expect("create binding");
+    let kubeconfig =
+        kube::config::Kubeconfig::read_from(env.kubeconfig().with_file_name("user-kubeconfig"))
+            .expect("kubeconfig");
+    let mut config = kube::Config::from_custom_kubeconfig(
+        kubeconfig,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .expect("config");
+    config.default_retry = false;
+    Api::namespaced(kube::Client::try_from(config).expect("client"), NS)
 }
 
 fn rss_kib() -> u64 {
@@ -313,13 +371,16 @@ async fn chaos_on_a_real_api_server_converges_with_every_guarantee_kept() {
         .await
         .expect("namespace");
     let api: Api<ConfigMap> = Api::namespaced(admin, NS);
-    workload(&api, &mut rng, 40).await;
+    let shared = Arc::new(Shared::default());
+    // The storm's writers see the 429s: an identity outside system:masters (which the in-flight
+    // limit exempts), with a client that does not retry them away.
+    let unretried = throttleable_client(&env).await;
+    workload(&api, &mut rng, 40, &shared).await;
 
     let proxy = FaultProxy::start(env.apiserver_addr())
         .await
         .expect("proxy");
     let via_proxy = env.client_via(proxy.addr()).await.expect("proxy client");
-    let shared = Arc::new(Shared::default());
     let mut replicas = vec![
         start_replica("replica-a", via_proxy.clone(), shared.clone()),
         start_replica("replica-b", via_proxy.clone(), shared.clone()),
@@ -337,8 +398,8 @@ async fn chaos_on_a_real_api_server_converges_with_every_guarantee_kept() {
         if done {
             break;
         }
-        workload(&api, &mut rng, 25).await;
-        let fault = round % 5;
+        workload(&api, &mut rng, 25, &shared).await;
+        let fault = round % 6;
         match fault {
             0 => {
                 eprintln!("chaos: round {round}: connections reset");
@@ -347,7 +408,7 @@ async fn chaos_on_a_real_api_server_converges_with_every_guarantee_kept() {
             1 => {
                 eprintln!("chaos: round {round}: connection stalled for 3 s");
                 proxy.faults().stall();
-                workload(&api, &mut rng, 10).await;
+                workload(&api, &mut rng, 10, &shared).await;
                 tokio::time::sleep(Duration::from_secs(3)).await;
                 proxy.faults().resume();
             }
@@ -359,7 +420,7 @@ async fn chaos_on_a_real_api_server_converges_with_every_guarantee_kept() {
                 // The watches miss writes, etcd forgets them, the watches resume from before
                 // the compaction: 410, relist.
                 proxy.faults().stall();
-                workload(&api, &mut rng, 10).await;
+                workload(&api, &mut rng, 10, &shared).await;
                 let revision = env.compact_etcd().await.expect("compact");
                 proxy.faults().resume();
                 proxy.faults().reset_connections();
@@ -385,18 +446,59 @@ async fn chaos_on_a_real_api_server_converges_with_every_guarantee_kept() {
                     "chaos: round {round}: {} (leader: {holder:?}) killed",
                     victim.name
                 );
+                let killed_at = Instant::now();
                 victim.kill().await;
                 killed = true;
+                // No writes while nobody leads: a key deleted then would never be reconciled
+                // (the new leader's cache never held it), which is right, but unchecked.
+                let took_over = tokio::time::timeout(Duration::from_secs(60), async {
+                    while shared.term_started.lock().is_none_or(|t| t < killed_at) {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                })
+                .await;
+                assert!(took_over.is_ok(), "a standby took over after the kill");
+                eprintln!(
+                    "chaos: a standby leads {:.1}s after the kill",
+                    killed_at.elapsed().as_secs_f64()
+                );
+            }
+            5 => {
+                // A 429 storm from kube-apiserver itself: one request in flight at a time.
+                env.restart_apiserver_with(&[
+                    "--max-requests-inflight=1",
+                    "--max-mutating-requests-inflight=1",
+                    "--enable-priority-and-fairness=false",
+                ])
+                .await
+                .expect("restart apiserver throttled");
+                let before = shared.throttled.load(Ordering::Relaxed);
+                proxy.faults().reset_connections();
+                let writers: Vec<_> = (0..4)
+                    .map(|_| {
+                        let (api, shared) = (unretried.clone(), shared.clone());
+                        let mut rng = StdRng::seed_from_u64(rng.random());
+                        tokio::spawn(async move { workload(&api, &mut rng, 15, &shared).await })
+                    })
+                    .collect();
+                for w in writers {
+                    w.await.expect("writer");
+                }
+                eprintln!(
+                    "chaos: round {round}: 429 storm ({} throttled writes)",
+                    shared.throttled.load(Ordering::Relaxed) - before
+                );
+                env.restart_apiserver().await.expect("restart apiserver");
             }
             _ => {
                 eprintln!("chaos: round {round}: 2 s at 300 ms of latency");
                 proxy.faults().set_latency(Some(Duration::from_millis(300)));
-                workload(&api, &mut rng, 10).await;
+                workload(&api, &mut rng, 10, &shared).await;
                 tokio::time::sleep(Duration::from_secs(2)).await;
                 proxy.faults().set_latency(None);
             }
         }
-        workload(&api, &mut rng, 15).await;
+        workload(&api, &mut rng, 15, &shared).await;
         if soak.is_some() && last_report.elapsed() >= Duration::from_secs(60) {
             last_report = Instant::now();
             let relists: Vec<u64> = replicas
@@ -413,7 +515,9 @@ async fn chaos_on_a_real_api_server_converges_with_every_guarantee_kept() {
         round += 1;
     }
 
-    // The faults stop here; a last change to every key makes each one's final state fresh.
+    // The last fault: an API server restart; writes stop, convergence is timed from the moment
+    // the server is ready again.
+    env.restart_apiserver().await.expect("restart apiserver");
     let faults_stopped = Instant::now();
     let deadline = faults_stopped + CONVERGE_WITHIN;
     let mut last_problem = String::new();
@@ -436,6 +540,20 @@ async fn chaos_on_a_real_api_server_converges_with_every_guarantee_kept() {
         }
         if problem.is_none() {
             let seen = shared.last_seen.lock().clone();
+            // A key deleted once the current leader's term had begun (with a margin for its
+            // controller to register) was reconciled after the delete, and saw it absent.
+            let term = shared.term_started.lock().unwrap_or_else(Instant::now);
+            for (key, at) in shared.deleted_at.lock().iter() {
+                if !server.contains_key(key)
+                    && *at > term + Duration::from_secs(2)
+                    && seen.get(key).is_some_and(Option::is_some)
+                {
+                    problem = Some(format!(
+                        "the last reconcile of deleted {key} saw {:?}",
+                        seen.get(key)
+                    ));
+                }
+            }
             for (key, rv) in &server {
                 if seen.get(key) != Some(&Some(rv.clone())) {
                     problem = Some(format!(
