@@ -709,11 +709,15 @@ where
                 popped = self.inner.fifo.pop(&mut handle) => match popped {
                     Ok(()) => {
                         self.mark_synced_if();
-                        // Read before looking at the queue: if it is empty now, everything
-                        // queued before this was recorded has been processed.
-                        let recorded = self.inner.store_version.recorded();
+                        // Only when the queue drained (under load it rarely does, and the
+                        // recorded value costs a clone). Read before looking at the queue
+                        // again: if it is still empty, everything queued before this was
+                        // recorded has been processed.
                         if self.inner.fifo.is_empty() {
-                            self.inner.store_version.publish(recorded);
+                            let recorded = self.inner.store_version.recorded();
+                            if self.inner.fifo.is_empty() {
+                                self.inner.store_version.publish(recorded);
+                            }
                         }
                         self.inner.store_changed.notify_waiters();
                     }
