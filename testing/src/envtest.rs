@@ -31,6 +31,10 @@ pub const BIN_DIR_ENV: &str = "REFLEX_ENVTEST_BIN";
 pub const REQUIRE_ENV: &str = "REFLEX_REQUIRE_ENVTEST";
 
 /// How long each component may take to become ready on a loaded machine.
+/// How many times [`Environment::start_with`] starts the control plane when a component finds
+/// its port taken by another process.
+pub const PORT_ATTEMPTS: u32 = 3;
+
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 /// Interval between readiness probes.
 const PROBE_INTERVAL: Duration = Duration::from_millis(200);
@@ -112,6 +116,13 @@ pub enum EnvtestError {
     },
 }
 
+impl EnvtestError {
+    /// A component exited because its port was bound by someone else first.
+    fn lost_a_port(&self) -> bool {
+        matches!(self, EnvtestError::Exited { log_tail, .. } if log_tail.contains("address already in use"))
+    }
+}
+
 fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> EnvtestError {
     let what = what.into();
     move |source| EnvtestError::Io { what, source }
@@ -156,6 +167,7 @@ pub struct Environment {
     etcd: Option<Child>,
     apiserver: Option<Child>,
     etcd_port: u16,
+    etcd_peer_port: u16,
     apiserver_port: u16,
     kubeconfig: PathBuf,
     client: kube::Client,
@@ -185,6 +197,10 @@ impl Environment {
     }
 
     /// Starts the control plane as `options` say.
+    ///
+    /// Ports are picked by the kernel and released before the components bind them, so another
+    /// process can take one in between; a start that fails that way is retried with fresh ports
+    /// (up to [`PORT_ATTEMPTS`] times) in a fresh data directory.
     pub async fn start_with(options: Options) -> Result<Self, EnvtestError> {
         let Options {
             bin_dir,
@@ -196,21 +212,34 @@ impl Environment {
                 return Err(EnvtestError::BinaryMissing { binary, path });
             }
         }
+        let mut attempt = 1;
+        loop {
+            match Self::start_once(&bin_dir, &apiserver_args).await {
+                Err(e) if e.lost_a_port() && attempt < PORT_ATTEMPTS => {
+                    tracing::warn!(attempt, error = %e, "a port was taken before the control plane bound it; retrying with fresh ports");
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn start_once(bin_dir: &Path, apiserver_args: &[String]) -> Result<Self, EnvtestError> {
         let data = tempfile::Builder::new()
             .prefix("reflex-envtest-")
             .tempdir()
             .map_err(io_err("creating the data directory"))?;
-        let etcd_port = free_port()?;
-        let apiserver_port = free_port()?;
+        let [etcd_port, etcd_peer_port, apiserver_port] = free_ports()?;
         let kubeconfig = write_credentials(data.path(), apiserver_port)?;
         let client = client_from(&kubeconfig).await?;
         let mut env = Environment {
-            bin_dir,
-            apiserver_args,
+            bin_dir: bin_dir.to_owned(),
+            apiserver_args: apiserver_args.to_vec(),
             data,
             etcd: None,
             apiserver: None,
             etcd_port,
+            etcd_peer_port,
             apiserver_port,
             kubeconfig,
             client,
@@ -338,7 +367,7 @@ impl Environment {
 
     async fn start_etcd(&mut self) -> Result<(), EnvtestError> {
         let dir = self.data.path();
-        let peer_port = free_port()?;
+        let peer_port = self.etcd_peer_port;
         let url = self.etcd_url();
         let args = vec![
             format!("--data-dir={}", dir.join("etcd").display()),
@@ -465,6 +494,7 @@ impl std::fmt::Debug for Environment {
         f.debug_struct("Environment")
             .field("data", &self.data.path())
             .field("etcd_port", &self.etcd_port)
+            .field("etcd_peer_port", &self.etcd_peer_port)
             .field("apiserver_port", &self.apiserver_port)
             .field("kubeconfig", &self.kubeconfig)
             .finish_non_exhaustive()
@@ -484,13 +514,21 @@ fn kill(mut child: Child) {
     let _ = child.wait();
 }
 
-fn free_port() -> Result<u16, EnvtestError> {
-    let listener =
-        TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(io_err("finding a free port"))?;
-    listener
-        .local_addr()
-        .map(|a| a.port())
-        .map_err(io_err("reading a bound port"))
+/// `N` distinct free loopback ports: every listener is held until all are bound, so the kernel
+/// cannot hand the same port out twice (it may once a listener is dropped).
+fn free_ports<const N: usize>() -> Result<[u16; N], EnvtestError> {
+    let mut listeners = Vec::with_capacity(N);
+    let mut ports = [0; N];
+    for port in &mut ports {
+        let listener =
+            TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(io_err("finding a free port"))?;
+        *port = listener
+            .local_addr()
+            .map(|a| a.port())
+            .map_err(io_err("reading a bound port"))?;
+        listeners.push(listener);
+    }
+    Ok(ports)
 }
 
 fn log_tail(path: &Path) -> String {
@@ -668,6 +706,36 @@ fn dechunk(mut rest: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ports_of_one_environment_are_distinct() {
+        for _ in 0..200 {
+            let ports: [u16; 3] = free_ports().unwrap();
+            assert!(ports.iter().all(|&p| p != 0), "{ports:?}");
+            assert!(
+                ports[0] != ports[1] && ports[1] != ports[2] && ports[0] != ports[2],
+                "{ports:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_a_bind_failure_is_a_lost_port() {
+        use std::os::unix::process::ExitStatusExt;
+        let exited = |log_tail: &str| EnvtestError::Exited {
+            component: "etcd",
+            status: std::process::ExitStatus::from_raw(256),
+            log_tail: log_tail.to_owned(),
+        };
+        assert!(exited("listen tcp 127.0.0.1:34165: bind: address already in use").lost_a_port());
+        assert!(!exited("open /data: permission denied").lost_a_port());
+        let not_ready = EnvtestError::NotReady {
+            component: "etcd",
+            timeout: READY_TIMEOUT,
+            log_tail: "address already in use".to_owned(),
+        };
+        assert!(!not_ready.lost_a_port());
+    }
 
     #[test]
     fn chunked_gateway_bodies_are_reassembled() {
