@@ -21,8 +21,16 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// The Kubernetes release `scripts/envtest/run` builds (the minor selected by k8s-openapi's `v1_35`).
-pub const KUBERNETES_VERSION: &str = "v1.35.4";
+/// The Kubernetes releases `scripts/envtest/run VERSION` can build, newest first: the newest
+/// release (what users meet) and the oldest supported minor (the one k8s-openapi's `v1_35`
+/// types describe).
+pub const KUBERNETES_VERSIONS: [&str; 2] = ["v1.37.2", "v1.35.4"];
+
+/// The release the harness starts unless [`VERSION_ENV`] names another: the newest.
+pub const KUBERNETES_VERSION: &str = KUBERNETES_VERSIONS[0];
+
+/// Environment variable choosing which of [`KUBERNETES_VERSIONS`] the default [`bin_dir`] holds.
+pub const VERSION_ENV: &str = "REFLEX_ENVTEST_VERSION";
 
 /// Environment variable naming the directory holding `etcd` and `kube-apiserver`.
 pub const BIN_DIR_ENV: &str = "REFLEX_ENVTEST_BIN";
@@ -30,11 +38,11 @@ pub const BIN_DIR_ENV: &str = "REFLEX_ENVTEST_BIN";
 /// Environment variable that turns a missing control plane from a skip into a failure.
 pub const REQUIRE_ENV: &str = "REFLEX_REQUIRE_ENVTEST";
 
-/// How long each component may take to become ready on a loaded machine.
 /// How many times [`Environment::start_with`] starts the control plane when a component finds
 /// its port taken by another process.
 pub const PORT_ATTEMPTS: u32 = 3;
 
+/// How long each component may take to become ready on a loaded machine.
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 /// Interval between readiness probes.
 const PROBE_INTERVAL: Duration = Duration::from_millis(200);
@@ -54,7 +62,7 @@ pub const UNPRIVILEGED_USER: &str = "reflex-user";
 pub enum EnvtestError {
     /// A binary is not in the bin directory: run `scripts/envtest/run` first.
     #[error(
-        "{binary} not found at {path} (run scripts/envtest/run, or set {BIN_DIR_ENV} to its bin directory)"
+        "{binary} not found at {path} (run scripts/envtest/run VERSION, or set {BIN_DIR_ENV} to its bin directory)"
     )]
     BinaryMissing {
         /// The binary's name.
@@ -128,8 +136,14 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> EnvtestErro
     move |source| EnvtestError::Io { what, source }
 }
 
-/// The default bin directory: `$REFLEX_ENVTEST_BIN`, else `<target dir>/envtest/<version>/bin`,
-/// where the target dir is `$CARGO_TARGET_DIR` or the workspace's `target/`.
+/// The release the default [`bin_dir`] holds: `$REFLEX_ENVTEST_VERSION`, else
+/// [`KUBERNETES_VERSION`].
+pub fn version() -> String {
+    std::env::var(VERSION_ENV).unwrap_or_else(|_| KUBERNETES_VERSION.to_owned())
+}
+
+/// The default bin directory: `$REFLEX_ENVTEST_BIN`, else `<target dir>/envtest/<version>/bin`
+/// (the [`version`]), where the target dir is `$CARGO_TARGET_DIR` or the workspace's `target/`.
 pub fn bin_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os(BIN_DIR_ENV) {
         return PathBuf::from(dir);
@@ -137,7 +151,7 @@ pub fn bin_dir() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    target.join("envtest").join(KUBERNETES_VERSION).join("bin")
+    target.join("envtest").join(version()).join("bin")
 }
 
 /// How to start an [`Environment`].
@@ -187,8 +201,9 @@ impl Environment {
                 if std::env::var(REQUIRE_ENV).as_deref() != Ok("1") =>
             {
                 eprintln!(
-                    "skipping envtest: {binary} not found at {} (run scripts/envtest/run; set {REQUIRE_ENV}=1 to fail instead)",
-                    path.display()
+                    "skipping envtest: {binary} not found at {} (run scripts/envtest/run {}; set {REQUIRE_ENV}=1 to fail instead)",
+                    path.display(),
+                    version()
                 );
                 Ok(None)
             }
