@@ -44,6 +44,8 @@ pub enum ConnectError {
 pub struct Connection {
     /// The client every part of the example uses.
     pub client: kube::Client,
+    /// The API server's URL (it names the server's discovery cache directory).
+    pub cluster_url: http::Uri,
     /// The embedded server, when no cluster was named.
     pub server: Option<FakeApiServer>,
 }
@@ -79,9 +81,11 @@ pub async fn connect(args: &ClusterArgs) -> Result<Connection, ConnectError> {
         None
     };
     if let Some(config) = config {
+        let cluster_url = config.cluster_url.clone();
         let client = kube::Client::try_from(config).map_err(ConnectError::Client)?;
         return Ok(Connection {
             client,
+            cluster_url,
             server: None,
         });
     }
@@ -91,8 +95,13 @@ pub async fn connect(args: &ClusterArgs) -> Result<Connection, ConnectError> {
         "embedded API server at {} (no cluster needed; --kubeconfig or --cluster for a real one)",
         server.url()
     );
+    let cluster_url = server
+        .url()
+        .parse()
+        .expect("the fake API server's URL is a valid URI");
     Ok(Connection {
         client,
+        cluster_url,
         server: Some(server),
     })
 }

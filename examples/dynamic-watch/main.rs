@@ -29,7 +29,10 @@ use clap::Parser;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
-use kube::discovery::{ApiCapabilities, ApiResource, Discovery, Scope};
+use kube::discovery::{ApiCapabilities, ApiResource, Scope};
+use reflex::informer::discovery::{
+    CachedDiscovery, DiscoveryCache, DiscoveryError, DiscoveryOptions,
+};
 use reflex::informer::handler::DeltaObject;
 use reflex::informer::handler::handler_fn;
 use reflex::informer::source::ListWatch;
@@ -60,6 +63,13 @@ struct Args {
     /// Do not print the discovery table.
     #[arg(long)]
     no_discovery: bool,
+    /// Keep discovery documents under this directory (default: kubectl's
+    /// `~/.kube/cache/discovery`, 10 minutes; none in embedded mode).
+    #[arg(long)]
+    discovery_cache_dir: Option<std::path::PathBuf>,
+    /// Ask the server for discovery every time (no disk cache).
+    #[arg(long)]
+    no_discovery_cache: bool,
     #[command(flatten)]
     cluster: common::ClusterArgs,
     /// Embedded mode: milliseconds between two steps of the workload.
@@ -90,7 +100,7 @@ enum DynamicWatchError {
     Seed(String, #[source] kube::Error),
     /// Discovery failed.
     #[error("API discovery failed")]
-    Discovery(#[source] kube::Error),
+    Discovery(#[source] DiscoveryError),
     /// `--resource` names nothing the server serves.
     #[error("the server has no resource {0:?} (see the discovery table)")]
     UnknownResource(String),
@@ -102,10 +112,9 @@ enum DynamicWatchError {
     Signal(#[source] std::io::Error),
 }
 
-fn discovery_table(discovery: &Discovery) -> String {
-    let mut rows: Vec<(String, String, bool, String)> = discovery
-        .groups()
-        .flat_map(|group| group.recommended_resources())
+fn discovery_table(resources: &[(ApiResource, ApiCapabilities)]) -> String {
+    let mut rows: Vec<(String, String, bool, String)> = resources
+        .iter()
         .map(|(ar, caps)| {
             let name = if ar.group.is_empty() {
                 ar.plural.clone()
@@ -129,17 +138,6 @@ fn discovery_table(discovery: &Discovery) -> String {
         let _ = writeln!(out, "{name:<48} {version:<34} {namespaced:<10} {kind}");
     }
     out
-}
-
-/// Finds `--resource` among the discovered resources.
-fn resolve(discovery: &Discovery, wanted: &str) -> Option<(ApiResource, ApiCapabilities)> {
-    let (plural, group) = wanted.split_once('.').unwrap_or((wanted, ""));
-    discovery
-        .groups()
-        .flat_map(|g| g.recommended_resources())
-        .find(|(ar, _)| {
-            (ar.plural == plural && ar.group == group) || ar.kind.eq_ignore_ascii_case(wanted)
-        })
 }
 
 fn label_of(obj: &DynamicObject, label: &str) -> String {
@@ -336,15 +334,37 @@ async fn run(args: Args) -> Result<(), DynamicWatchError> {
         seed(server, &client).await?;
     }
 
-    let discovery = Discovery::new(client.clone())
-        .run()
-        .await
-        .map_err(DynamicWatchError::Discovery)?;
+    // A throwaway embedded server gets no disk cache (its URL changes every run).
+    let cache = match (
+        &args.discovery_cache_dir,
+        args.no_discovery_cache || conn.is_embedded(),
+    ) {
+        (Some(dir), _) => DiscoveryCache::Dir(dir.clone()),
+        (None, true) => DiscoveryCache::Disabled,
+        (None, false) => DiscoveryCache::KubeDefault,
+    };
+    let discovery = CachedDiscovery::new(
+        client.clone(),
+        &conn.cluster_url,
+        DiscoveryOptions {
+            cache,
+            ..DiscoveryOptions::default()
+        },
+    );
     if !args.no_discovery {
-        println!("{}", discovery_table(&discovery));
+        let resources = discovery
+            .resources()
+            .await
+            .map_err(DynamicWatchError::Discovery)?;
+        println!("{}", discovery_table(&resources));
     }
-    let (ar, caps) = resolve(&discovery, &args.resource)
-        .ok_or_else(|| DynamicWatchError::UnknownResource(args.resource.clone()))?;
+    let (ar, caps) = match discovery.resolve(&args.resource).await {
+        Ok(found) => found,
+        Err(DiscoveryError::NotFound { .. }) => {
+            return Err(DynamicWatchError::UnknownResource(args.resource.clone()));
+        }
+        Err(e) => return Err(DynamicWatchError::Discovery(e)),
+    };
     let api: Api<DynamicObject> = match (&args.namespace, caps.scope) {
         (Some(ns), Scope::Namespaced) => Api::namespaced_with(client.clone(), ns, &ar),
         _ => Api::all_with(client.clone(), &ar),

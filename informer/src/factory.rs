@@ -53,6 +53,7 @@ use std::time::Duration;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use kube::api::{ApiResource, DynamicObject, PartialObjectMeta};
+use kube::discovery::{ApiCapabilities, Scope};
 use parking_lot::Mutex;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -299,8 +300,20 @@ where
 impl InformerSpec<DynamicObject> {
     /// `DynamicObject`s of `resource` (CRDs, anything discovered), in the factory's namespace
     /// unless the resource is cluster-scoped (an `ApiResource` does not say, so a cluster-scoped
-    /// one is watched cluster-wide only with [`FactoryOptions::namespace`] unset).
+    /// one is watched cluster-wide only with [`FactoryOptions::namespace`] unset; with its
+    /// capabilities, [`discovered`](Self::discovered) knows).
     pub fn dynamic(resource: &ApiResource) -> Self {
+        Self::dynamic_scoped(resource, false)
+    }
+
+    /// `DynamicObject`s of a discovered resource (see
+    /// [`CachedDiscovery::resolve`](crate::discovery::CachedDiscovery::resolve)): in the
+    /// factory's namespace if it is namespaced, cluster-wide if it is not.
+    pub fn discovered(resource: &ApiResource, capabilities: &ApiCapabilities) -> Self {
+        Self::dynamic_scoped(resource, capabilities.scope == Scope::Cluster)
+    }
+
+    fn dynamic_scoped(resource: &ApiResource, cluster_scoped: bool) -> Self {
         let id = InformerId {
             resource: resource_name(&resource.group, &resource.plural),
             version: resource.version.clone(),
@@ -310,7 +323,7 @@ impl InformerSpec<DynamicObject> {
         let ar = resource.clone();
         let source: MakeSource<DynamicObject> = Box::new(move |factory: &SharedInformerFactory| {
             let client = factory.client.clone();
-            let api = match &factory.options.namespace {
+            let api = match factory.namespace_for(cluster_scoped) {
                 Some(ns) => RawApi::namespaced_with(client, ns, &ar),
                 None => RawApi::all_with(client, &ar),
             };

@@ -34,6 +34,7 @@
 //! | [`key`] | object keys (`namespace/name`) |
 //! | [`fifo`] | the seam between the Reflector and the delta queue |
 //! | [`factory`] | `SharedInformerFactory`: one shared informer per resource |
+//! | [`discovery`] | `CachedDiscovery`: resource names to `ApiResource`s, cached on disk as kubectl does |
 //! | [`informer`] | `SharedIndexInformer`: reflector, FIFO, store and handlers joined |
 //! | [`handler`] | `ResourceEventHandler`, `handler_fn`, `Registration`, `DeltaObject`: what handlers receive |
 //! | [`source`] | `ListWatch`: where objects come from (kube::Api, in-memory) |
@@ -50,6 +51,7 @@
 
 pub mod decode;
 pub mod delta_fifo;
+pub mod discovery;
 pub mod factory;
 pub mod fifo;
 pub mod handler;

@@ -227,6 +227,8 @@ impl FaultHandle {
     /// Requests received so far for a verb (`"get"`, `"list"`, `"watch"`, `"create"`,
     /// `"update"`, `"patch"`, `"delete"`, `"deletecollection"`) and resource plural, counted when
     /// they are routed (after a pause, before an injected failure); failed requests count too.
+    /// Discovery requests count under the verb `"discovery"` and their path without the leading
+    /// slash (`"api"`, `"apis"`, `"api/v1"`, `"apis/apps/v1"`).
     pub fn request_count(&self, verb: &str, resource: &str) -> u64 {
         self.shared.faults.request_count(verb, resource)
     }

@@ -206,6 +206,12 @@ fn discovery(
     segs: &[&str],
 ) -> Result<Option<Response<Body>>, ApiError> {
     let st = || shared.storage.lock();
+    if matches!(
+        segs,
+        ["api"] | ["api", _] | ["apis"] | ["apis", _] | ["apis", _, _]
+    ) {
+        shared.faults.count_request("discovery", &segs.join("/"));
+    }
     let response = match segs {
         ["version"] => json_response(
             200,
