@@ -29,7 +29,6 @@
 #[path = "../common/mod.rs"]
 mod common;
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -40,9 +39,10 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, ObjectReference};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::CustomResource;
+use kube::CustomResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::core::NamespaceResourceScope;
 use prometheus_client::registry::Registry;
 use reflex::informer::SharedIndexInformer;
 use reflex::informer::factory::{FactoryOptions, SharedInformerFactory};
@@ -53,6 +53,7 @@ use reflex::runtime::events::{EventRecorder, EventType, KubeEventSink, RecorderC
 use reflex::runtime::leader_election::{KubeLease, LeaderElectionConfig, LeaderElector};
 use reflex::runtime::metrics::Metrics;
 use reflex::runtime::serve::{HealthServer, ServeConfig};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -82,6 +83,10 @@ struct Args {
     /// picks a free port).
     #[arg(long)]
     metrics_addr: Option<std::net::SocketAddr>,
+    /// Measure how far each informer's cache trails the server this often (milliseconds; a
+    /// consistent one-item list per informer), served as `reflex_informer_lag_seconds`; 0: off.
+    #[arg(long, default_value_t = 30_000)]
+    lag_probe_ms: u64,
     /// Embedded mode: exit once the workload's four steps are done and every Foo has converged.
     #[arg(long)]
     exit_when_converged: bool,
@@ -136,83 +141,38 @@ enum ReconcileError {
     NotOwned(String),
 }
 
-/// `Foo.spec`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+/// `Foo.spec`; kube's derive makes the `Foo` kind around it (`metadata`, `spec`, `status`,
+/// `impl kube::Resource`) and its CRD (`Foo::crd()`, the schema from `JsonSchema`).
+///
+/// The group ends in `.k8s.io`, which the API server protects: a CRD there must carry the
+/// `api-approved.kubernetes.io` annotation (here the value saying it is unapproved), or it is
+/// rejected as Invalid.
+#[derive(CustomResource, JsonSchema, Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[kube(
+    group = "samplecontroller.k8s.io",
+    version = "v1alpha1",
+    kind = "Foo",
+    namespaced,
+    status = "FooStatus",
+    annotation("api-approved.kubernetes.io", "unapproved, experimental-only")
+)]
 #[serde(rename_all = "camelCase")]
 struct FooSpec {
+    /// The Deployment this Foo owns.
+    #[serde(default)]
     deployment_name: String,
+    /// Its replicas.
+    #[serde(default)]
+    #[schemars(range(min = 0))]
     replicas: i32,
 }
 
 /// `Foo.status`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(JsonSchema, Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 struct FooStatus {
+    /// The owned Deployment's `status.availableReplicas`.
     available_replicas: i32,
-}
-
-/// A Foo object.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct Foo {
-    metadata: ObjectMeta,
-    #[serde(default)]
-    spec: FooSpec,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    status: Option<FooStatus>,
-}
-
-impl kube::Resource for Foo {
-    type DynamicType = ();
-    type Scope = NamespaceResourceScope;
-
-    fn kind(_: &()) -> Cow<'_, str> {
-        "Foo".into()
-    }
-    fn group(_: &()) -> Cow<'_, str> {
-        "samplecontroller.k8s.io".into()
-    }
-    fn version(_: &()) -> Cow<'_, str> {
-        "v1alpha1".into()
-    }
-    fn plural(_: &()) -> Cow<'_, str> {
-        "foos".into()
-    }
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
-}
-
-/// The Foo CRD. Its group ends in `.k8s.io`, which the API server protects: a CRD there must carry
-/// the `api-approved.kubernetes.io` annotation (here the value saying it is unapproved), or it is
-/// rejected as Invalid.
-fn foo_crd() -> CustomResourceDefinition {
-    serde_json::from_value(json!({
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {
-            "name": "foos.samplecontroller.k8s.io",
-            "annotations": {"api-approved.kubernetes.io": "unapproved, experimental-only"}
-        },
-        "spec": {
-            "group": "samplecontroller.k8s.io",
-            "scope": "Namespaced",
-            "names": {"plural": "foos", "singular": "foo", "kind": "Foo", "listKind": "FooList"},
-            "versions": [{
-                "name": "v1alpha1", "served": true, "storage": true,
-                "subresources": {"status": {}},
-                "schema": {"openAPIV3Schema": {"type": "object", "properties": {
-                    "spec": {"type": "object", "properties": {
-                        "deploymentName": {"type": "string"},
-                        "replicas": {"type": "integer", "minimum": 0}}},
-                    "status": {"type": "object", "properties": {
-                        "availableReplicas": {"type": "integer"}}}}}}
-            }]
-        }
-    }))
-    .expect("a literal CRD is a valid CustomResourceDefinition")
 }
 
 /// Installs the Foo CRD when absent and waits until Foos can be listed.
@@ -224,7 +184,7 @@ async fn install_crd(client: &kube::Client) -> Result<(), SampleError> {
         .map_err(SampleError::Crd)?
         .is_none()
     {
-        crds.create(&PostParams::default(), &foo_crd())
+        crds.create(&PostParams::default(), &Foo::crd())
             .await
             .map_err(SampleError::Crd)?;
         println!("installed CRD foos.samplecontroller.k8s.io");
@@ -432,13 +392,15 @@ async fn reconcile(key: ObjectKey, ctx: Arc<Ctx>) -> Result<Action, ReconcileErr
 }
 
 fn foo(namespace: &str, name: &str, deployment: &str, replicas: i32) -> Foo {
-    serde_json::from_value(json!({
-        "apiVersion": "samplecontroller.k8s.io/v1alpha1",
-        "kind": "Foo",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {"deploymentName": deployment, "replicas": replicas}
-    }))
-    .expect("a literal Foo is valid")
+    let mut foo = Foo::new(
+        name,
+        FooSpec {
+            deployment_name: deployment.to_owned(),
+            replicas,
+        },
+    );
+    foo.metadata.namespace = Some(namespace.to_owned());
+    foo
 }
 
 /// The number of workload steps (see [`workload_step`]).
@@ -691,7 +653,11 @@ async fn run(args: Args) -> Result<(), SampleError> {
 
     let stop = shutdown.child_token();
     // One factory per process; its informers run whether or not this replica leads.
-    let factory = SharedInformerFactory::new(client.clone(), FactoryOptions::default());
+    let options = FactoryOptions {
+        lag_probe: (args.lag_probe_ms > 0).then(|| Duration::from_millis(args.lag_probe_ms)),
+        ..FactoryOptions::default()
+    };
+    let factory = SharedInformerFactory::new(client.clone(), options);
     let foos = factory.informer::<Foo>();
     let deployments = factory.informer::<Deployment>();
     let mut registry = Registry::default();
