@@ -307,6 +307,9 @@ async fn dynamic_watch_on_a_real_cluster_discovers_configmaps_and_keeps_the_labe
             .expect("create config map");
     }
     let kubeconfig = env.kubeconfig().to_str().expect("utf-8 path").to_owned();
+    // A discovery cache of the test's own (never the user's ~/.kube/cache).
+    let cache = tempfile::tempdir().expect("a cache directory");
+    let cache_dir = cache.path().to_str().expect("utf-8 path").to_owned();
     let mut example = LiveExample::start(
         "dynamic-watch",
         &[
@@ -316,6 +319,8 @@ async fn dynamic_watch_on_a_real_cluster_discovers_configmaps_and_keeps_the_labe
             "configmaps",
             "-n",
             "teams",
+            "--discovery-cache-dir",
+            &cache_dir,
         ],
     );
     let mut example = blocking(move || {
@@ -363,7 +368,29 @@ async fn dynamic_watch_on_a_real_cluster_discovers_configmaps_and_keeps_the_labe
         "{}",
         lines.join("\n")
     );
+    let port = env.apiserver_addr().port();
     env.stop().await.expect("stop envtest");
+    // The real server's discovery documents, in client-go's layout under <dir>/<host>/.
+    let host = cache.path().join(format!("127.0.0.1_{port}"));
+    assert!(
+        host.join("servergroups.json").is_file(),
+        "{}",
+        host.display()
+    );
+    let core: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(host.join("v1/serverresources.json")).expect("the core group's resources"),
+    )
+    .expect("JSON");
+    assert!(
+        core["resources"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|r| r["name"] == "configmaps")),
+        "{core}"
+    );
+    assert!(
+        host.join("coordination.k8s.io/v1/serverresources.json")
+            .is_file()
+    );
 }
 
 /// Calls `f` until it returns something, every 100 ms for up to [`LIMIT`].

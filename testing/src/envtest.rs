@@ -422,6 +422,9 @@ impl Environment {
             "--disable-admission-plugins=ServiceAccount".to_owned(),
             "--authorization-mode=RBAC".to_owned(),
             "--advertise-address=127.0.0.1".to_owned(),
+            // Nothing here serves the `kubernetes` Service's endpoints, and from v1.37 the
+            // endpoint reconciler refuses a loopback advertise address.
+            "--endpoint-reconciler-type=none".to_owned(),
         ]
         .into_iter()
         .chain(self.apiserver_args.iter().cloned())
