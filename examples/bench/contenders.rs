@@ -217,6 +217,13 @@ pub static CONTENDERS: &[Contender] = &[
     },
     Contender {
         workload: Workload::Sync,
+        name: "reflex, streaming list",
+        reference: false,
+        runner: rust!(crate::sync::reflex_streaming),
+        about: "factory informer listing by streaming (streaming_lists: true), managedFields skipped",
+    },
+    Contender {
+        workload: Workload::Sync,
         name: "reflex, managedFields kept",
         reference: false,
         runner: rust!(crate::sync::reflex_full),

@@ -11,6 +11,7 @@ use kube::api::PartialObjectMeta;
 use kube::core::ObjectList;
 use reflex_informer::decode::DecodeOptions;
 use reflex_informer::factory::{FactoryOptions, InformerSpec, SharedInformerFactory};
+use reflex_informer::reflector::ReflectorOptions;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::Params;
@@ -37,26 +38,35 @@ fn figures(synced: Duration, objects: usize) -> Figures {
     ])
 }
 
-/// Reflex's default: managedFields skipped while parsing.
+/// Reflex's defaults: a paged list, managedFields skipped while parsing.
 pub async fn reflex_default(p: Params) -> Run {
-    reflex(p, DecodeOptions::default(), false).await
+    reflex(p, DecodeOptions::default(), false, false).await
+}
+
+/// Reflex listing by streaming (`sendInitialEvents`), managedFields skipped while parsing.
+pub async fn reflex_streaming(p: Params) -> Run {
+    reflex(p, DecodeOptions::default(), false, true).await
 }
 
 /// Reflex keeping managedFields.
 pub async fn reflex_full(p: Params) -> Run {
-    reflex(p, DecodeOptions::full(), false).await
+    reflex(p, DecodeOptions::full(), false, false).await
 }
 
 /// Reflex decoding everything, then a transform dropping managedFields (client-go's way).
 pub async fn reflex_transform(p: Params) -> Run {
-    reflex(p, DecodeOptions::full(), true).await
+    reflex(p, DecodeOptions::full(), true, false).await
 }
 
-async fn reflex(p: Params, decode: DecodeOptions, transform: bool) -> Run {
+async fn reflex(p: Params, decode: DecodeOptions, transform: bool, streaming: bool) -> Run {
     let factory = SharedInformerFactory::new(
         client(&p.server)?,
         FactoryOptions {
             decode,
+            reflector: ReflectorOptions {
+                streaming_lists: streaming,
+                ..ReflectorOptions::default()
+            },
             ..FactoryOptions::default()
         },
     );

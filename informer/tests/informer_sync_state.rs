@@ -12,7 +12,7 @@ use reflex_informer::resource_version;
 use reflex_informer::source::memory::MemorySource;
 use reflex_informer::source::{ApiStatus, SourceError};
 use reflex_informer::sync_state::{SyncFailure, SyncState};
-use reflex_informer::{InformerOptions, SharedIndexInformer};
+use reflex_informer::{InformerOptions, ReflectorOptions, SharedIndexInformer};
 use tokio_util::sync::CancellationToken;
 
 const MODES: [FifoMode; 3] = [
@@ -50,14 +50,20 @@ struct Running {
     task: tokio::task::JoinHandle<()>,
 }
 
-fn start(source: &MemorySource<ConfigMap>, fifo: FifoMode) -> Running {
-    let informer = SharedIndexInformer::new(
-        Arc::new(source.clone()),
-        InformerOptions {
-            fifo,
-            ..Default::default()
+/// Paged lists: these tests script failing lists and watches of the list-then-watch path.
+fn options(fifo: FifoMode) -> InformerOptions {
+    InformerOptions {
+        fifo,
+        reflector: ReflectorOptions {
+            streaming_lists: false,
+            ..ReflectorOptions::default()
         },
-    );
+        ..Default::default()
+    }
+}
+
+fn start(source: &MemorySource<ConfigMap>, fifo: FifoMode) -> Running {
+    let informer = SharedIndexInformer::new(Arc::new(source.clone()), options(fifo));
     let shutdown = CancellationToken::new();
     let task = tokio::spawn({
         let (informer, shutdown) = (informer.clone(), shutdown.clone());
@@ -143,7 +149,7 @@ async fn sync_state_goes_from_starting_through_failing_to_synced_and_stopped() {
             "the server could not find the requested resource",
         )));
     }
-    let informer = SharedIndexInformer::new(Arc::new(source.clone()), InformerOptions::default());
+    let informer = SharedIndexInformer::new(Arc::new(source.clone()), options(FifoMode::default()));
     assert_eq!(informer.sync_state(), SyncState::Starting, "before run");
     assert_eq!(informer.last_sync_error_at(), None);
     let mut states = informer.subscribe_sync_state();

@@ -137,6 +137,15 @@ struct Running {
     errors: Arc<Mutex<Vec<String>>>,
 }
 
+/// The Reflector's options with paged lists: these scenarios script the list-then-watch path
+/// (lists that fail, page, expire); the streaming-list scenarios set `streaming_lists: true`.
+fn paged() -> ReflectorOptions {
+    ReflectorOptions {
+        streaming_lists: false,
+        ..ReflectorOptions::default()
+    }
+}
+
 fn start(source: &MemorySource<ConfigMap>, options: ReflectorOptions) -> Running {
     let sink = Arc::new(RecordingSink::default());
     let mut reflector = Reflector::new(Arc::new(source.clone()), sink.clone(), options);
@@ -221,7 +230,7 @@ async fn first_list_reads_rv_zero_then_watches_from_the_list_rv_with_bookmarks()
     for name in ["a", "b", "c"] {
         source.apply(cm(name, "1")).unwrap();
     }
-    let r = start(&source, ReflectorOptions::default());
+    let r = start(&source, paged());
     r.wait_watching().await;
     assert_eq!(r.handle.last_sync_resource_version(), "3");
     let lists = r.lists();
@@ -261,7 +270,7 @@ async fn paged_list_pushes_each_page_into_the_sink_as_it_arrives() {
     for i in 0..1200 {
         source.apply(cm(&format!("o{i:04}"), "1")).unwrap();
     }
-    let r = start(&source, ReflectorOptions::default());
+    let r = start(&source, paged());
     r.wait_watching().await;
     assert_eq!(
         r.sink.calls(),
@@ -291,7 +300,7 @@ async fn expired_continue_token_restarts_a_full_list_at_the_original_rv() {
         &source,
         ReflectorOptions {
             page_size: Some(3),
-            ..Default::default()
+            ..paged()
         },
     );
     r.wait_watching().await;
@@ -326,7 +335,7 @@ async fn list_with_unavailable_rv_retries_at_once_as_a_consistent_read() {
         let source = MemorySource::new();
         source.apply(cm("a", "1")).unwrap();
         source.fail_next_list(error);
-        let r = start(&source, ReflectorOptions::default());
+        let r = start(&source, paged());
         r.wait_watching().await;
         let rvs: Vec<_> = r
             .lists()
@@ -344,7 +353,7 @@ async fn list_with_unavailable_rv_retries_at_once_as_a_consistent_read() {
 async fn watch_closed_every_few_events_resumes_from_the_last_rv_without_relisting() {
     let source = MemorySource::new();
     source.apply(cm("a", "0")).unwrap();
-    let r = start(&source, ReflectorOptions::default());
+    let r = start(&source, paged());
     r.wait_watching().await;
     source.close_watches_every(Some(3));
     for i in 1..=20 {
@@ -376,7 +385,7 @@ async fn watch_closed_every_few_events_resumes_from_the_last_rv_without_relistin
 async fn expired_error_event_relists_from_the_last_synced_rv() {
     let source = MemorySource::new();
     source.apply(cm("a", "1")).unwrap();
-    let r = start(&source, ReflectorOptions::default());
+    let r = start(&source, paged());
     r.wait_watching().await;
     source.apply(cm("b", "1")).unwrap();
     wait_until("b is seen", || r.handle.last_sync_resource_version() == "2").await;
@@ -397,7 +406,7 @@ async fn watch_from_a_compacted_rv_relists() {
     let source = MemorySource::new();
     source.apply(cm("a", "1")).unwrap();
     source.fail_next_watch(gone());
-    let r = start(&source, ReflectorOptions::default());
+    let r = start(&source, paged());
     wait_until("relisted", || r.handle.relists() == 2).await;
     r.wait_watching().await;
     source.apply(cm("a", "2")).unwrap();
@@ -411,7 +420,7 @@ async fn history_compaction_during_a_disconnect_converges_through_a_relist() {
     let source = MemorySource::new();
     source.set_history_limit(2);
     source.apply(cm("a", "1")).unwrap();
-    let r = start(&source, ReflectorOptions::default());
+    let r = start(&source, paged());
     r.wait_watching().await;
     source.apply(cm("b", "1")).unwrap();
     wait_until("b is seen", || r.handle.last_sync_resource_version() == "2").await;
@@ -440,7 +449,7 @@ async fn history_compaction_during_a_disconnect_converges_through_a_relist() {
 async fn malformed_event_is_counted_and_the_watch_restarted_without_relisting() {
     let source = MemorySource::new();
     source.apply(cm("a", "1")).unwrap();
-    let r = start(&source, ReflectorOptions::default());
+    let r = start(&source, paged());
     r.wait_watching().await;
     source.inject_malformed_event();
     source.apply(cm("a", "2")).unwrap();
@@ -456,7 +465,7 @@ async fn malformed_event_is_counted_and_the_watch_restarted_without_relisting() 
 async fn bookmarks_advance_the_rv_and_reach_only_the_sink_bookmark() {
     let source = MemorySource::new();
     source.apply(cm("a", "1")).unwrap();
-    let r = start(&source, ReflectorOptions::default());
+    let r = start(&source, paged());
     r.wait_watching().await;
     source.advance();
     source.advance();
@@ -483,7 +492,7 @@ async fn bookmarks_advance_the_rv_and_reach_only_the_sink_bookmark() {
 async fn silent_watch_is_presumed_dead_and_restarted_after_its_timeout_and_margin() {
     let source = MemorySource::new();
     source.apply(cm("a", "1")).unwrap();
-    let r = start(&source, ReflectorOptions::default());
+    let r = start(&source, paged());
     r.wait_watching().await;
     let timeout = u64::from(r.watches()[0].timeout_seconds.unwrap());
     tokio::time::sleep(Duration::from_secs(timeout + 29)).await;
@@ -506,7 +515,7 @@ async fn streaming_list_syncs_from_initial_events_and_keeps_the_stream_as_the_wa
         &source,
         ReflectorOptions {
             streaming_lists: true,
-            ..Default::default()
+            ..paged()
         },
     );
     wait_until("synced", || r.handle.relists() == 1).await;
@@ -527,6 +536,29 @@ async fn streaming_list_syncs_from_initial_events_and_keeps_the_stream_as_the_wa
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_bounded_list_backlog_lists_in_pages_even_with_streaming_lists_on() {
+    let source = MemorySource::new();
+    for i in 0..5 {
+        source.apply(cm(&format!("o{i}"), "1")).unwrap();
+    }
+    let r = start(
+        &source,
+        ReflectorOptions {
+            streaming_lists: true,
+            list_backlog: Some(2),
+            page_size: Some(2),
+            ..paged()
+        },
+    );
+    r.wait_watching().await;
+    // A streaming list cannot be paced, so the bound takes the paged path.
+    assert_eq!(r.lists().len(), 3, "{:?}", r.lists());
+    assert!(r.watches().iter().all(|w| !w.send_initial_events));
+    r.assert_converges().await;
+    r.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn refused_streaming_list_falls_back_to_list_then_watch() {
     let source = MemorySource::new();
     source.apply(cm("a", "1")).unwrap();
@@ -535,7 +567,7 @@ async fn refused_streaming_list_falls_back_to_list_then_watch() {
         &source,
         ReflectorOptions {
             streaming_lists: true,
-            ..Default::default()
+            ..paged()
         },
     );
     r.wait_watching().await;
@@ -556,7 +588,7 @@ async fn every_failed_round_reaches_the_watch_error_handler_and_retries() {
             "boom",
         )));
     }
-    let r = start(&source, ReflectorOptions::default());
+    let r = start(&source, paged());
     r.wait_watching().await;
     assert_eq!(r.errors.lock().len(), 3);
     assert_eq!(r.handle.errors(), 3);
@@ -575,7 +607,7 @@ async fn run_returns_promptly_after_cancellation_during_backoff() {
             "",
         )));
     }
-    let r = start(&source, ReflectorOptions::default());
+    let r = start(&source, paged());
     wait_until("first failure", || r.handle.errors() >= 1).await;
     let before = tokio::time::Instant::now();
     r.shutdown.cancel();
@@ -593,7 +625,7 @@ async fn paged_rv_zero_list_makes_later_relists_paged_too() {
     for i in 0..600 {
         source.apply(cm(&format!("o{i:03}"), "1")).unwrap();
     }
-    let r = start(&source, ReflectorOptions::default());
+    let r = start(&source, paged());
     r.wait_watching().await;
     source.inject_watch_error(ApiStatus::gone("too old resource version"));
     wait_until("relisted", || r.handle.relists() == 2).await;
@@ -619,7 +651,7 @@ async fn too_many_requests_on_watch_backs_off_and_rewatches_without_relisting() 
         "slow down",
     )));
     let started = tokio::time::Instant::now();
-    let r = start(&source, ReflectorOptions::default());
+    let r = start(&source, paged());
     r.wait_watching().await;
     assert!(
         started.elapsed() >= Duration::from_millis(800),
@@ -640,7 +672,7 @@ async fn streaming_list_honours_changes_during_initial_events_and_retries_expire
         &source,
         ReflectorOptions {
             streaming_lists: true,
-            ..Default::default()
+            ..paged()
         },
     );
     wait_until("synced", || r.handle.relists() == 1).await;
@@ -670,7 +702,7 @@ async fn streaming_list_honours_changes_during_initial_events_and_retries_expire
 async fn cancelled_before_running_makes_no_request() {
     let source = MemorySource::<ConfigMap>::new();
     let sink = Arc::new(RecordingSink::default());
-    let reflector = Reflector::new(Arc::new(source.clone()), sink, ReflectorOptions::default());
+    let reflector = Reflector::new(Arc::new(source.clone()), sink, paged());
     let shutdown = CancellationToken::new();
     shutdown.cancel();
     reflector.run(shutdown).await;
@@ -681,7 +713,7 @@ async fn cancelled_before_running_makes_no_request() {
 async fn watch_closed_at_once_without_events_counts_as_a_failure_and_relists() {
     let source = MemorySource::new();
     source.apply(cm("a", "1")).unwrap();
-    let r = start(&source, ReflectorOptions::default());
+    let r = start(&source, paged());
     r.wait_watching().await;
     source.close_watches();
     wait_until("relisted", || r.handle.relists() == 2).await;
@@ -714,7 +746,7 @@ fn paged_into_fifo(objects: usize, backlog: usize) -> Paged {
         ReflectorOptions {
             page_size: Some(2),
             list_backlog: Some(backlog),
-            ..Default::default()
+            ..paged()
         },
     );
     let errors = Arc::new(Mutex::new(Vec::new()));
@@ -842,7 +874,7 @@ async fn a_429_error_event_inside_a_watch_rewatches_from_the_last_rv_after_retry
  {
     let source = MemorySource::new();
     source.apply(cm("a", "1")).unwrap();
-    let r = start(&source, ReflectorOptions::default());
+    let r = start(&source, paged());
     r.wait_watching().await;
     source.apply(cm("b", "1")).unwrap();
     wait_until("b is seen", || r.handle.last_sync_resource_version() == "2").await;
@@ -896,7 +928,7 @@ async fn a_429_list_waits_for_retry_after_and_the_state_names_the_cause_until_sy
         45,
     )))));
     let started = tokio::time::Instant::now();
-    let r = start(&source, ReflectorOptions::default());
+    let r = start(&source, paged());
     let mut states = r.handle.subscribe_sync_state();
     let failing = states
         .wait_for(|s| s.failure().is_some())
@@ -932,7 +964,7 @@ async fn a_failing_list_is_reported_with_attempts_and_recovers_by_itself() {
             "configmaps is forbidden",
         )));
     }
-    let r = start(&source, ReflectorOptions::default());
+    let r = start(&source, paged());
     let mut states = r.handle.subscribe_sync_state();
     let third = states
         .wait_for(|s| matches!(s, SyncState::Failing { attempts: 3, .. }))

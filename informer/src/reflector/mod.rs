@@ -27,9 +27,14 @@
 //! The resourceVersion rules follow client-go's reflector: the first list asks for `"0"` (any
 //! state, from the API server's watch cache), later relists for "not older than the last
 //! resourceVersion seen", and a relist that fails with 410 or "too large resource version" is
-//! retried at once as a consistent read (`""`). With [`ReflectorOptions::streaming_lists`] the list
-//! is a watch with `sendInitialEvents=true`, falling back to list-then-watch when the server
-//! refuses it.
+//! retried at once as a consistent read (`""`). With [`ReflectorOptions::streaming_lists`]
+//! (client-go's default since v0.35; not yet Reflex's) the list is a watch with
+//! `sendInitialEvents=true`, ended by the initial-events-end bookmark: one request instead of
+//! pages, served from the watch cache. The Reflector then lists in pages instead when the server refuses it (in that round; the next
+//! relist asks again, as client-go's does), for one round after a streaming list that ended
+//! before its bookmark (cut, or carrying an event it could not decode), and
+//! whenever [`ReflectorOptions::list_backlog`] bounds the backlog (a streaming list cannot be
+//! paced: the server ends a watcher that falls behind).
 //!
 //! The Reflector never panics and never stops on its own: [`Reflector::run`] returns only when
 //! its shutdown token is cancelled, and then promptly, abandoning any request in flight.
@@ -190,6 +195,10 @@ pub struct Reflector<K> {
     last_rv: String,
     unavailable: bool,
     paginated: bool,
+    /// The last streaming list ended before its initial-events-end bookmark (cut, or an event
+    /// it could not decode): the next round lists in pages (as client-go falls back for one
+    /// round), then streams again.
+    list_next_round: bool,
     backoff: Backoff,
 }
 
@@ -216,6 +225,7 @@ where
             last_rv: String::new(),
             unavailable: false,
             paginated: false,
+            list_next_round: false,
         }
     }
 
@@ -321,14 +331,35 @@ where
         Duration::from_secs(rand::rng().random_range(min..=2 * min))
     }
 
+    /// Whether this round lists by streaming: asked for, no list backlog bound (a streaming
+    /// list cannot be paced: the server ends a watcher that does not keep up, so a bound needs
+    /// the paged list), and the last streaming list did not end early.
+    fn streams_this_round(&mut self) -> bool {
+        let fallback = std::mem::take(&mut self.list_next_round);
+        self.options.streaming_lists && self.options.list_backlog.is_none() && !fallback
+    }
+
     async fn list_and_watch(&mut self) -> Result<(), ReflectorError> {
-        let stream = if self.options.streaming_lists {
-            match self.watch_list().await? {
-                Some(stream) => Some(stream),
-                None => {
+        let stream = if self.streams_this_round() {
+            match self.watch_list().await {
+                Ok(Some(stream)) => Some(stream),
+                Ok(None) => {
                     self.list().await?;
                     None
                 }
+                // An event the stream could not carry (over the decoder's event limit, say)
+                // would end every streaming list the same way: a paged list brings it in.
+                Err(e)
+                    if matches!(
+                        &e,
+                        ReflectorError::StreamingListIncomplete | ReflectorError::Malformed(_)
+                    ) || matches!(&e, ReflectorError::Watch(w) if w.is_event_too_large()) =>
+                {
+                    info!(error = %e, "streaming list ended early; the next round lists in pages");
+                    self.list_next_round = true;
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
             }
         } else {
             self.list().await?;

@@ -69,7 +69,10 @@ pub struct ReflectorOptions {
     pub idle_watch_margin: Duration,
     /// Backoff between failed rounds.
     pub backoff: BackoffOptions,
-    /// List by streaming (`sendInitialEvents=true`), falling back to a list when refused.
+    /// List by streaming (`sendInitialEvents=true`, client-go's default since v0.35), falling
+    /// back to a paged list when the server refuses it, for one round after a streaming list
+    /// that ended before its bookmark, and whenever [`list_backlog`](Self::list_backlog) is set.
+    /// `false` by default (paged lists) for now: see the CHANGELOG.
     pub streaming_lists: bool,
     /// Label selector for lists and watches.
     pub label_selector: Option<String>,
