@@ -112,6 +112,7 @@ const SYNC_COLUMNS: &[Column] = &[
     col("synced_s", "time to synced (s)", Better::Lower),
     col("peak_rss_mib", "peak RSS (MiB)", Better::Lower),
     col("kib_per_object", "KiB/Pod", Better::Lower),
+    col("wire_mib", "MiB from server", Better::Lower),
 ];
 const STEADY_COLUMNS: &[Column] = &[
     col("events_per_s", "events/s", Better::Higher),
@@ -221,6 +222,13 @@ pub static CONTENDERS: &[Contender] = &[
         reference: false,
         runner: rust!(crate::sync::reflex_streaming),
         about: "factory informer listing by streaming (streaming_lists: true), managedFields skipped",
+    },
+    Contender {
+        workload: Workload::Sync,
+        name: "reflex, gzip off",
+        reference: false,
+        runner: rust!(crate::sync::reflex_identity),
+        about: "factory informer with WireOptions::identity(): uncompressed lists (kube-runtime's wire)",
     },
     Contender {
         workload: Workload::Sync,

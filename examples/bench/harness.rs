@@ -195,6 +195,7 @@ pub fn run(cli: &Cli) -> Result<(), HarnessError> {
         };
         eprintln!("bench: {} ...", contender.id());
         let started = Instant::now();
+        let sent_before = server.faults().response_bytes();
         let mut writer_error = None;
         let mut writer_took = None;
         let outcome = protocol::run_child(cmd, child_bound(&sizes), cli.verbose, || {
@@ -218,6 +219,10 @@ pub fn run(cli: &Cli) -> Result<(), HarnessError> {
         let outcome = match (outcome, writer_error) {
             (_, Some(e)) => Err(format!("the steady-state writer failed: {e}")),
             (Ok(mut o), None) => {
+                // What the contender's requests cost on the wire (after any compression).
+                let sent = server.faults().response_bytes() - sent_before;
+                o.figures
+                    .insert("wire_mib".into(), sent as f64 / (1024.0 * 1024.0));
                 // How fast the harness could write: a contender's events/s near this figure
                 // was bounded by the writer (the fake server's write path), not by itself.
                 if let Some(took) = writer_took {

@@ -12,6 +12,7 @@ use kube::core::ObjectList;
 use reflex_informer::decode::DecodeOptions;
 use reflex_informer::factory::{FactoryOptions, InformerSpec, SharedInformerFactory};
 use reflex_informer::reflector::ReflectorOptions;
+use reflex_informer::source::raw::WireOptions;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::Params;
@@ -38,31 +39,78 @@ fn figures(synced: Duration, objects: usize) -> Figures {
     ])
 }
 
-/// Reflex's defaults: a paged list, managedFields skipped while parsing.
+/// Reflex's defaults: a paged list over gzip, managedFields skipped while parsing.
 pub async fn reflex_default(p: Params) -> Run {
-    reflex(p, DecodeOptions::default(), false, false).await
+    reflex(
+        p,
+        DecodeOptions::default(),
+        false,
+        false,
+        WireOptions::default(),
+    )
+    .await
+}
+
+/// Reflex's defaults with uncompressed responses.
+pub async fn reflex_identity(p: Params) -> Run {
+    reflex(
+        p,
+        DecodeOptions::default(),
+        false,
+        false,
+        WireOptions::identity(),
+    )
+    .await
 }
 
 /// Reflex listing by streaming (`sendInitialEvents`), managedFields skipped while parsing.
 pub async fn reflex_streaming(p: Params) -> Run {
-    reflex(p, DecodeOptions::default(), false, true).await
+    reflex(
+        p,
+        DecodeOptions::default(),
+        false,
+        true,
+        WireOptions::default(),
+    )
+    .await
 }
 
 /// Reflex keeping managedFields.
 pub async fn reflex_full(p: Params) -> Run {
-    reflex(p, DecodeOptions::full(), false, false).await
+    reflex(
+        p,
+        DecodeOptions::full(),
+        false,
+        false,
+        WireOptions::default(),
+    )
+    .await
 }
 
 /// Reflex decoding everything, then a transform dropping managedFields (client-go's way).
 pub async fn reflex_transform(p: Params) -> Run {
-    reflex(p, DecodeOptions::full(), true, false).await
+    reflex(
+        p,
+        DecodeOptions::full(),
+        true,
+        false,
+        WireOptions::default(),
+    )
+    .await
 }
 
-async fn reflex(p: Params, decode: DecodeOptions, transform: bool, streaming: bool) -> Run {
+async fn reflex(
+    p: Params,
+    decode: DecodeOptions,
+    transform: bool,
+    streaming: bool,
+    wire: WireOptions,
+) -> Run {
     let factory = SharedInformerFactory::new(
         client(&p.server)?,
         FactoryOptions {
             decode,
+            wire,
             reflector: ReflectorOptions {
                 streaming_lists: streaming,
                 ..ReflectorOptions::default()

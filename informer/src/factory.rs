@@ -65,7 +65,7 @@ use crate::fifo::FifoMode;
 use crate::informer::{InformerError, InformerOptions, SharedIndexInformer, Transform};
 use crate::reflector::ReflectorOptions;
 use crate::source::ListWatch;
-use crate::source::raw::RawApi;
+use crate::source::raw::{RawApi, WireOptions};
 use crate::store::{CompactOptions, Indexer, KeyFunc, meta_key_func};
 use crate::sync_state::SyncState;
 
@@ -84,6 +84,10 @@ pub struct FactoryOptions {
     /// skips `metadata.managedFields`, which controllers almost never read and which is about a
     /// quarter of a typical object's JSON; use [`DecodeOptions::full`] to keep it.
     pub decode: DecodeOptions,
+    /// What every informer's requests ask of the server on the wire: gzip (on by default, as
+    /// in client-go) and KEP-5958's server-side managedFields drop (off by default). See
+    /// [`WireOptions`].
+    pub wire: WireOptions,
     /// Which FIFO every informer of the factory queues changes in (see
     /// [`FifoMode`]); the classic DeltaFIFO by default.
     pub fifo: FifoMode,
@@ -255,7 +259,8 @@ where
             let namespace = factory.namespace_for(cluster_scoped::<K::Scope>());
             let url = K::url_path(&K::DynamicType::default(), namespace);
             let api = RawApi::<K>::at(factory.client.clone(), url)
-                .with_decode_options(&factory.options.decode);
+                .with_decode_options(&factory.options.decode)
+                .with_wire_options(&factory.options.wire);
             Arc::new(api) as Arc<dyn ListWatch<K>>
         });
         InformerSpec::new(id, meta_key_func::<K>(dt), source)
@@ -290,8 +295,10 @@ where
                     }
                     None => RawApi::<PartialObjectMeta<R>>::metadata_all(client, &dt),
                 };
-                Arc::new(api.with_decode_options(&factory.options.decode))
-                    as Arc<dyn ListWatch<PartialObjectMeta<R>>>
+                Arc::new(
+                    api.with_decode_options(&factory.options.decode)
+                        .with_wire_options(&factory.options.wire),
+                ) as Arc<dyn ListWatch<PartialObjectMeta<R>>>
             });
         InformerSpec::new(id, meta_key_func::<PartialObjectMeta<R>>(dt), source)
     }
@@ -327,8 +334,10 @@ impl InformerSpec<DynamicObject> {
                 Some(ns) => RawApi::namespaced_with(client, ns, &ar),
                 None => RawApi::all_with(client, &ar),
             };
-            Arc::new(api.with_decode_options(&factory.options.decode))
-                as Arc<dyn ListWatch<DynamicObject>>
+            Arc::new(
+                api.with_decode_options(&factory.options.decode)
+                    .with_wire_options(&factory.options.wire),
+            ) as Arc<dyn ListWatch<DynamicObject>>
         });
         InformerSpec::new(id, meta_key_func::<DynamicObject>(resource.clone()), source)
     }

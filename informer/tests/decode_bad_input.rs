@@ -19,8 +19,8 @@ use proptest::prelude::*;
 use reflex_informer::decode::{DecodeError, DecodeOptions, Decoder};
 use reflex_informer::key::ObjectKey;
 use reflex_informer::reflector::{BackoffOptions, ReflectorOptions};
-use reflex_informer::source::raw::RawApi;
-use reflex_informer::source::{ListWatch, SourceError, WatchEvent, WatchParams};
+use reflex_informer::source::raw::{RawApi, WireOptions};
+use reflex_informer::source::{ListParams, ListWatch, SourceError, WatchEvent, WatchParams};
 use reflex_informer::{InformerOptions, SharedIndexInformer};
 use reflex_testing::FakeApiServer;
 use serde_json::json;
@@ -282,17 +282,41 @@ proptest! {
 
 /// A kube client answering every request with 200 and `chunks` as separate body frames.
 fn canned(chunks: Vec<Vec<u8>>) -> kube::Client {
-    let service = tower::service_fn(move |_req: http::Request<kube::client::Body>| {
+    canned_with(None, chunks).0
+}
+
+/// The headers of the requests a canned client has sent.
+type Requests = Arc<parking_lot::Mutex<Vec<http::HeaderMap>>>;
+
+/// A client whose every request is answered 200 with `chunks`, under `Content-Encoding:
+/// encoding` when given, and which records each request's headers.
+fn canned_with(encoding: Option<&'static str>, chunks: Vec<Vec<u8>>) -> (kube::Client, Requests) {
+    let requests = Requests::default();
+    let log = requests.clone();
+    let service = tower::service_fn(move |req: http::Request<kube::client::Body>| {
+        log.lock().push(req.headers().clone());
         let frames = chunks
             .clone()
             .into_iter()
             .map(|c| Ok::<_, std::convert::Infallible>(http_body::Frame::data(Bytes::from(c))));
         async move {
             let body = BoxBody::new(StreamBody::new(futures::stream::iter(frames)));
-            http::Response::builder().status(200).body(body)
+            let mut response = http::Response::builder().status(200);
+            if let Some(encoding) = encoding {
+                response = response.header(http::header::CONTENT_ENCODING, encoding);
+            }
+            response.body(body)
         }
     });
-    kube::Client::new(service, "default")
+    (kube::Client::new(service, "default"), requests)
+}
+
+/// One gzip member holding `data`.
+fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    enc.write_all(data).unwrap();
+    enc.finish().unwrap()
 }
 
 /// What one item of a watch stream was: an object's name, another event, or an error kind.
@@ -318,8 +342,16 @@ fn seen(item: Result<WatchEvent<ConfigMap>, SourceError>) -> Seen {
 }
 
 async fn watch_items(chunks: Vec<Vec<u8>>, options: &DecodeOptions) -> Vec<Seen> {
+    watch_items_encoded(None, chunks, options).await
+}
+
+async fn watch_items_encoded(
+    encoding: Option<&'static str>,
+    chunks: Vec<Vec<u8>>,
+    options: &DecodeOptions,
+) -> Vec<Seen> {
     let raw: RawApi<ConfigMap> =
-        RawApi::namespaced(canned(chunks), "ns").with_decode_options(options);
+        RawApi::namespaced(canned_with(encoding, chunks).0, "ns").with_decode_options(options);
     let stream = raw.watch(&WatchParams::default()).await.unwrap();
     stream.map(seen).collect().await
 }
@@ -402,6 +434,54 @@ proptest! {
     }
 
     #[test]
+    fn gzip_watch_lines_parse_alike_however_members_and_chunks_fall(
+        lines in prop::collection::vec(line_strategy(), 0..8),
+        member_ends in prop::collection::vec(any::<bool>(), 0..8),
+        cuts in prop::collection::vec(any::<usize>(), 0..16),
+    ) {
+        // Lines grouped into gzip members (one per event, as 1.37 flushes them, or several),
+        // the members concatenated and the body cut anywhere, headers and trailers included.
+        let options = DecodeOptions::default();
+        let (mut body, mut member) = (Vec::new(), Vec::new());
+        for (i, l) in lines.iter().enumerate() {
+            member.extend_from_slice(l);
+            member.push(b'\n');
+            if member_ends.get(i).copied().unwrap_or(true) || i + 1 == lines.len() {
+                body.extend_from_slice(&gzip(&std::mem::take(&mut member)));
+            }
+        }
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let got = rt.block_on(watch_items_encoded(Some("gzip"), chunked(&body, &cuts), &options));
+        prop_assert_eq!(got, per_line(&lines, &options));
+    }
+
+    #[test]
+    fn a_gzip_list_decodes_however_it_is_chunked(
+        count in 0usize..40,
+        cuts in prop::collection::vec(any::<usize>(), 0..16),
+    ) {
+        let items: Vec<serde_json::Value> = (0..count)
+            .map(|i| json!({"metadata": {"name": format!("cm-{i}"), "namespace": "ns",
+                "managedFields": [{"manager": "m"}]}, "data": {"k": "v".repeat(i)}}))
+            .collect();
+        let list = json!({"apiVersion": "v1", "kind": "ConfigMapList",
+            "metadata": {"resourceVersion": "42"}, "items": items});
+        let body = gzip(&serde_json::to_vec(&list).unwrap());
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let page = rt.block_on(async {
+            let (client, _) = canned_with(Some("gzip"), chunked(&body, &cuts));
+            let raw: RawApi<ConfigMap> = RawApi::namespaced(client, "ns");
+            raw.list(&ListParams::default()).await
+        }).unwrap();
+        prop_assert_eq!(page.resource_version.as_str(), "42");
+        prop_assert_eq!(page.items.len(), count);
+        for (i, item) in page.items.iter().enumerate() {
+            prop_assert_eq!(item.metadata.name.clone(), Some(format!("cm-{i}")));
+            prop_assert!(item.metadata.managed_fields.is_none());
+        }
+    }
+
+    #[test]
     fn an_event_over_the_limit_ends_the_watch_however_it_arrives(
         limit in 16usize..256,
         extra in 1usize..512,
@@ -450,6 +530,166 @@ async fn a_huge_unterminated_event_is_refused_once_it_passes_the_limit() {
         stream.next().await.is_none(),
         "the watch ends after the refusal"
     );
+}
+
+#[tokio::test]
+async fn a_gzip_bomb_is_refused_near_the_limit_without_inflating_it_all() {
+    // 32 MiB of one line inflate from about 100 KiB; the limit is 1 MiB.
+    let body = gzip(&vec![b'y'; 32 * 1024 * 1024]);
+    assert!(body.len() < 512 * 1024);
+    let options = DecodeOptions::default().max_event_bytes(1024 * 1024);
+    let got = watch_items_encoded(Some("gzip"), vec![body], &options).await;
+    assert_eq!(got, vec![Seen::TooLarge]);
+    let (client, _) = canned_with(Some("gzip"), vec![gzip(&vec![b'y'; 32 * 1024 * 1024])]);
+    let raw: RawApi<ConfigMap> = RawApi::namespaced(client, "ns").with_decode_options(&options);
+    let mut stream = raw.watch(&WatchParams::default()).await.unwrap();
+    match stream.next().await {
+        Some(Err(SourceError::EventTooLarge { size, .. })) => {
+            // One decoding step adds at most about 4 MiB past the limit.
+            assert!(size < 6 * 1024 * 1024, "{size}");
+        }
+        other => panic!("expected EventTooLarge, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_corrupt_gzip_watch_ends_with_a_malformed_error_after_the_good_events() {
+    let mut body = gzip(format!("{VALID}\n").as_bytes());
+    body.extend_from_slice(b"this is not a gzip member");
+    body.extend_from_slice(&gzip(format!("{VALID}\n").as_bytes()));
+    let got = watch_items_encoded(
+        Some("gzip"),
+        chunked(&body, &[7, 40]),
+        &DecodeOptions::default(),
+    )
+    .await;
+    assert_eq!(got, vec![Seen::Object(Some("a".into())), Seen::Malformed]);
+}
+
+#[tokio::test]
+async fn a_gzip_watch_cut_inside_a_member_ends_like_a_closed_connection() {
+    let mut body = gzip(format!("{VALID}\n").as_bytes());
+    let second = gzip(format!("{VALID}\n").as_bytes());
+    body.extend_from_slice(&second[..second.len() / 2]);
+    let got = watch_items_encoded(Some("gzip"), vec![body], &DecodeOptions::default()).await;
+    assert_eq!(
+        got,
+        vec![Seen::Object(Some("a".into()))],
+        "no error: the watch is resumed"
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_content_encoding_is_a_typed_error() {
+    let (client, _) = canned_with(Some("br"), vec![VALID.as_bytes().to_vec()]);
+    let raw: RawApi<ConfigMap> = RawApi::namespaced(client.clone(), "ns");
+    match raw.watch(&WatchParams::default()).await {
+        Err(e) => assert!(e.is_malformed() && e.to_string().contains("br"), "{e}"),
+        Ok(_) => panic!("a br-encoded watch was accepted"),
+    }
+    let err = raw.list(&ListParams::default()).await.unwrap_err();
+    assert!(
+        err.is_malformed() && err.to_string().contains("br"),
+        "{err}"
+    );
+}
+
+/// One source configuration, the `Accept-Encoding` its requests must send and the `Accept`
+/// (`None`: one without a `drop` parameter).
+type WireCase = (
+    &'static str,
+    WireOptions,
+    DecodeOptions,
+    bool,
+    &'static str,
+    Option<&'static str>,
+);
+
+#[tokio::test]
+async fn wire_options_set_accept_encoding_and_the_drop_parameter() {
+    let header = |h: &http::HeaderMap, name: http::header::HeaderName| {
+        h.get(name).map(|v| v.to_str().unwrap().to_owned())
+    };
+    let lean = WireOptions {
+        drop_managed_fields: true,
+        ..WireOptions::default()
+    };
+    let list = br#"{"metadata":{"resourceVersion":"1"},"items":[]}"#.to_vec();
+    let cases: Vec<WireCase> = vec![
+        (
+            "default",
+            WireOptions::default(),
+            DecodeOptions::default(),
+            false,
+            "gzip",
+            None,
+        ),
+        (
+            "identity",
+            WireOptions::identity(),
+            DecodeOptions::default(),
+            false,
+            "identity",
+            None,
+        ),
+        (
+            "drop",
+            lean.clone(),
+            DecodeOptions::default(),
+            false,
+            "gzip",
+            Some("application/json;drop=metadata.managedFields"),
+        ),
+        (
+            "drop, metadata only",
+            lean.clone(),
+            DecodeOptions::default(),
+            true,
+            "gzip",
+            Some(
+                "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1;drop=metadata.managedFields,application/json;drop=metadata.managedFields",
+            ),
+        ),
+        (
+            "drop, but managedFields kept",
+            lean,
+            DecodeOptions::full(),
+            false,
+            "gzip",
+            None,
+        ),
+    ];
+    for (name, wire, decode, metadata, encoding, accept) in cases {
+        let (client, requests) = canned_with(None, vec![list.clone()]);
+        if metadata {
+            let raw =
+                RawApi::<PartialObjectMeta<ConfigMap>>::metadata_namespaced(client, "ns", &())
+                    .with_decode_options(&decode)
+                    .with_wire_options(&wire);
+            raw.list(&ListParams::default()).await.unwrap();
+        } else {
+            let raw: RawApi<ConfigMap> = RawApi::namespaced(client, "ns")
+                .with_decode_options(&decode)
+                .with_wire_options(&wire);
+            raw.list(&ListParams::default()).await.unwrap();
+            let _ = raw.watch(&WatchParams::default()).await.unwrap();
+        }
+        for sent in requests.lock().iter() {
+            assert_eq!(
+                header(sent, http::header::ACCEPT_ENCODING).as_deref(),
+                Some(encoding),
+                "{name}"
+            );
+            let accept_sent = header(sent, http::header::ACCEPT);
+            match accept {
+                Some(want) => assert_eq!(accept_sent.as_deref(), Some(want), "{name}"),
+                None => assert!(
+                    !accept_sent.unwrap_or_default().contains("drop="),
+                    "{name}: no drop parameter"
+                ),
+            }
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -860,3 +860,144 @@ async fn an_informer_listing_in_small_pages_syncs_a_thousand_objects_completely(
     factory.shutdown().await;
     env.stop().await.expect("stop envtest");
 }
+
+/// A GET through `client` with extra headers: the `Content-Encoding` of the answer and its
+/// body decoded member by member, with the number of gzip members (0: not compressed).
+async fn get_encoded(
+    client: &kube::Client,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (Option<String>, Vec<u8>, usize) {
+    use std::io::Read;
+    let mut req = http::Request::get(path);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = client
+        .send(req.body(Vec::new()).expect("request").map(Into::into))
+        .await
+        .expect("GET");
+    assert!(resp.status().is_success(), "{path}: {}", resp.status());
+    let encoding = resp
+        .headers()
+        .get(http::header::CONTENT_ENCODING)
+        .map(|v| v.to_str().expect("ASCII header").to_owned());
+    let wire = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .expect("body")
+        .to_bytes();
+    if encoding.as_deref() != Some("gzip") {
+        return (encoding, wire.to_vec(), 0);
+    }
+    let (mut rest, mut body, mut members) = (&wire[..], Vec::new(), 0);
+    while !rest.is_empty() {
+        let mut member = flate2::bufread::GzDecoder::new(rest);
+        member.read_to_end(&mut body).expect("a gzip member");
+        rest = member.into_inner();
+        members += 1;
+    }
+    (encoding, body, members)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn informers_read_gzip_lists_and_gzip_streaming_lists_and_ask_to_drop_managed_fields() {
+    let _serial = SERIAL.lock().await;
+    let Some(env) = Environment::start_or_skip(Options::default())
+        .await
+        .expect("start envtest")
+    else {
+        return;
+    };
+    let client = env.client();
+    let minor: u32 = reflex_testing::envtest::version()
+        .trim_start_matches("v1.")
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .expect("a v1.N.P release");
+    namespace(&client, "wire").await;
+    let pods = Api::<Pod>::namespaced(client.clone(), "wire");
+    // 400 Pods with their managedFields: a list of several hundred KiB, over the server's
+    // 128 KiB compression threshold.
+    create_many(&pods, 400, |i| pod(&format!("pod-{i:04}"))).await;
+
+    let gzip = [("accept-encoding", "gzip")];
+    let (encoding, body, _) = get_encoded(&client, "/api/v1/namespaces/wire/pods", &gzip).await;
+    assert_eq!(
+        encoding.as_deref(),
+        Some("gzip"),
+        "a large list is compressed"
+    );
+    let list: serde_json::Value = serde_json::from_slice(&body).expect("list JSON");
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(400));
+    let watch_list = "/api/v1/namespaces/wire/pods?watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&timeoutSeconds=2";
+    let (encoding, body, members) = get_encoded(&client, watch_list, &gzip).await;
+    let events = body
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .count();
+    assert!(
+        events > 400,
+        "400 initial events and the end bookmark: {events}"
+    );
+    if minor >= 37 {
+        // WatchListCompression (beta, on): the streaming list is gzip, member after member.
+        assert_eq!(encoding.as_deref(), Some("gzip"), "v1.{minor}");
+        assert!(
+            members > 1,
+            "one member per flush, not one for the body: {members}"
+        );
+    }
+    // KEP-5958 is alpha in 1.38: older servers ignore the parameter and send managedFields.
+    let drop = [("accept", "application/json;drop=metadata.managedFields")];
+    let (_, body, _) = get_encoded(&client, "/api/v1/namespaces/wire/pods/pod-0000", &drop).await;
+    let one: serde_json::Value = serde_json::from_slice(&body).expect("pod JSON");
+    if minor < 38 {
+        assert!(
+            one["metadata"]["managedFields"].is_array(),
+            "v1.{minor} ignores drop"
+        );
+    }
+
+    // Informers with gzip (the default) and the drop parameter, paged and streaming.
+    for streaming in [false, true] {
+        let factory = SharedInformerFactory::new(
+            client.clone(),
+            FactoryOptions {
+                namespace: Some("wire".into()),
+                reflector: ReflectorOptions {
+                    streaming_lists: streaming,
+                    ..ReflectorOptions::default()
+                },
+                wire: reflex_informer::source::raw::WireOptions {
+                    drop_managed_fields: true,
+                    ..Default::default()
+                },
+                ..FactoryOptions::default()
+            },
+        );
+        let informer = factory.informer::<Pod>();
+        sync_all(&factory).await;
+        assert_eq!(store_versions(&informer), listed_versions(&pods).await);
+        // Changes after the sync arrive on the watch (a compressed one after a streaming list).
+        let tag = if streaming { "s" } else { "p" };
+        create_many(&pods, 3, |i| pod(&format!("late-{tag}-{i}"))).await;
+        pods.delete(
+            &format!("pod-000{}", u8::from(streaming)),
+            &Default::default(),
+        )
+        .await
+        .expect("delete pod");
+        assert_converges(&informer, &pods).await;
+        assert!(
+            informer
+                .indexer()
+                .list()
+                .iter()
+                .all(|p| p.metadata.managed_fields.is_none()),
+            "managedFields dropped by the server or skipped while parsing"
+        );
+        factory.shutdown().await;
+    }
+    env.stop().await.expect("stop envtest");
+}

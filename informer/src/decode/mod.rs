@@ -309,6 +309,22 @@ impl Decoder {
         self.max_event_bytes
     }
 
+    /// Whether `metadata.managedFields` is skipped (by default, or because `metadata` itself
+    /// is): then nothing is lost when the server is asked not to send them.
+    pub fn skips_managed_fields(&self) -> bool {
+        let mut node = &*self.root;
+        for segment in ["metadata", "managedFields"] {
+            if node.skip {
+                return true;
+            }
+            match node.child(segment) {
+                Some(child) => node = child,
+                None => return false,
+            }
+        }
+        node.skip
+    }
+
     /// A decoder that skips nothing (plain serde decoding).
     pub fn full() -> Self {
         Decoder::new(&DecodeOptions::full())
@@ -474,6 +490,16 @@ mod tests {
         let meta = d.root.child("metadata").unwrap();
         assert!(meta.skip);
         assert_eq!(meta.children.len(), 2);
+    }
+
+    #[test]
+    fn managed_fields_are_skipped_by_default_or_with_their_metadata() {
+        assert!(Decoder::default().skips_managed_fields());
+        assert!(!Decoder::full().skips_managed_fields());
+        let meta = DecodeOptions::full().skip(SkipPath::pointer("/metadata").unwrap());
+        assert!(Decoder::new(&meta).skips_managed_fields());
+        let labels = DecodeOptions::full().skip(SkipPath::pointer("/metadata/labels").unwrap());
+        assert!(!Decoder::new(&labels).skips_managed_fields());
     }
 
     #[test]

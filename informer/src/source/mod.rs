@@ -20,6 +20,7 @@
 //! ```
 
 pub mod api;
+mod gzip;
 pub mod memory;
 pub mod raw;
 

@@ -19,6 +19,18 @@
 //! [`DecodeOptions::max_event_bytes`](crate::decode::DecodeOptions::max_event_bytes) (64 MiB by
 //! default) is not buffered further: the watch ends with [`SourceError::EventTooLarge`].
 //!
+//! # On the wire: gzip and server-side dropping
+//!
+//! [`WireOptions`] says what the requests ask of the server beyond the list or watch itself.
+//! By default they send `Accept-Encoding: gzip`, as client-go does: kube-apiserver then
+//! compresses lists over 128 KiB and, since 1.37, streaming-list watches, one gzip member per
+//! flush; both are decoded here as the bytes arrive, members split anywhere across chunks (see
+//! [`WireOptions::gzip`] for the trade-off and how to turn it off). With
+//! [`WireOptions::drop_managed_fields`] the `Accept` header also carries
+//! `drop=metadata.managedFields` (KEP-5958), so a server that knows it never serializes
+//! managedFields; a server that does not know it ignores the parameter, and the parse-time skip
+//! still drops them.
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use k8s_openapi::api::core::v1::Pod;
@@ -36,6 +48,7 @@
 //! ```
 
 use std::fmt;
+use std::io;
 use std::marker::PhantomData;
 
 use bytes::{Bytes, BytesMut};
@@ -48,6 +61,7 @@ use serde::de::DeserializeOwned;
 use tracing::Instrument;
 
 use super::api::{from_kube_error, from_kube_status, to_kube_list, to_kube_watch};
+use super::gzip::{self, Gunzip};
 use super::{
     ApiStatus, ListFuture, ListParams, ListWatch, SourceError, WatchEvent, WatchFuture, WatchParams,
 };
@@ -60,7 +74,84 @@ pub struct RawApi<K> {
     request: kube::core::Request,
     decoder: Decoder,
     metadata_only: bool,
+    wire: WireOptions,
     _k: PhantomData<fn() -> K>,
+}
+
+/// What the requests of a [`RawApi`] ask of the server beyond the list or watch itself.
+///
+/// ```
+/// use reflex_informer::source::raw::WireOptions;
+///
+/// let default = WireOptions::default();
+/// assert!(default.gzip && !default.drop_managed_fields);
+/// let lean = WireOptions { drop_managed_fields: true, ..WireOptions::default() };
+/// assert_eq!(
+///     lean.accept(None).as_deref(),
+///     Some("application/json;drop=metadata.managedFields"),
+/// );
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireOptions {
+    /// Send `Accept-Encoding: gzip` on lists and watches and decode what comes back compressed
+    /// (default `true`, as client-go). kube-apiserver compresses lists over 128 KiB and, from
+    /// 1.37 on, streaming-list watches; other watches stay uncompressed. Compression trades the
+    /// server's and the client's CPU for bytes on the network: worth it to a remote cluster,
+    /// a loss on a loopback or same-host API server (BENCHMARKS.md has both figures). With
+    /// `false` the requests send `Accept-Encoding: identity`.
+    pub gzip: bool,
+    /// Add `drop=metadata.managedFields` to the `Accept` header (KEP-5958, alpha in
+    /// Kubernetes 1.38 behind the `ManagedFieldsOptOut` gate; default `false`): a server that
+    /// supports it leaves managedFields out of every list item and watch event, which saves
+    /// its serialization and the bytes on the wire. Servers that do not support it ignore the
+    /// parameter, and the decoder's parse-time skip drops managedFields all the same. Not sent
+    /// when the decoder keeps managedFields
+    /// ([`DecodeOptions::keep_managed_fields`](crate::decode::DecodeOptions::keep_managed_fields)):
+    /// the informer then asks for what it keeps.
+    pub drop_managed_fields: bool,
+}
+
+impl Default for WireOptions {
+    /// gzip on, no server-side dropping.
+    fn default() -> Self {
+        WireOptions {
+            gzip: true,
+            drop_managed_fields: false,
+        }
+    }
+}
+
+/// The `Accept` parameter of KEP-5958 that asks the server to leave out managedFields.
+pub const DROP_MANAGED_FIELDS: &str = "drop=metadata.managedFields";
+
+impl WireOptions {
+    /// Uncompressed requests, no server-side dropping: the requests of kube's own `Api`.
+    pub fn identity() -> Self {
+        WireOptions {
+            gzip: false,
+            drop_managed_fields: false,
+        }
+    }
+
+    /// The `Accept` header these options ask for, given the media ranges a request would send
+    /// otherwise (`None`: plain JSON). `None` when they would not change it.
+    pub fn accept(&self, ranges: Option<&str>) -> Option<String> {
+        if !self.drop_managed_fields {
+            return ranges.map(str::to_string);
+        }
+        let ranges = ranges.unwrap_or("application/json");
+        Some(
+            ranges
+                .split(',')
+                .map(|range| format!("{};{DROP_MANAGED_FIELDS}", range.trim()))
+                .collect::<Vec<_>>()
+                .join(","),
+        )
+    }
+
+    fn accept_encoding(&self) -> http::HeaderValue {
+        http::HeaderValue::from_static(if self.gzip { "gzip" } else { "identity" })
+    }
 }
 
 /// The `Accept` header of a metadata-only list, as client-go's metadata client sends it (minus
@@ -80,6 +171,7 @@ impl<K> Clone for RawApi<K> {
             request: kube::core::Request::new(self.request.url_path.clone()),
             decoder: self.decoder.clone(),
             metadata_only: self.metadata_only,
+            wire: self.wire.clone(),
             _k: PhantomData,
         }
     }
@@ -91,6 +183,7 @@ impl<K> fmt::Debug for RawApi<K> {
             .field("url_path", &self.request.url_path)
             .field("decoder", &self.decoder)
             .field("metadata_only", &self.metadata_only)
+            .field("wire", &self.wire)
             .finish()
     }
 }
@@ -152,8 +245,21 @@ impl<K> RawApi<K> {
             request: kube::core::Request::new(url_path),
             decoder: Decoder::default(),
             metadata_only: false,
+            wire: WireOptions::default(),
             _k: PhantomData,
         }
+    }
+
+    /// This source, asking the server for what `options` say (gzip, server-side dropping)
+    /// instead of the default (gzip only).
+    pub fn with_wire_options(mut self, options: &WireOptions) -> Self {
+        self.wire = options.clone();
+        self
+    }
+
+    /// The wire options in use.
+    pub fn wire_options(&self) -> &WireOptions {
+        &self.wire
     }
 
     /// This source, decoding with `options` instead of the default (skip managedFields only).
@@ -182,14 +288,8 @@ impl<K> RawApi<K> {
         &self,
         params: &ListParams,
     ) -> Result<http::Request<Vec<u8>>, kube::core::request::Error> {
-        let mut request = self.request.list(&to_kube_list(params))?;
-        if self.metadata_only {
-            request.headers_mut().insert(
-                http::header::ACCEPT,
-                http::HeaderValue::from_static(METADATA_LIST_ACCEPT),
-            );
-        }
-        Ok(request)
+        let request = self.request.list(&to_kube_list(params))?;
+        Ok(self.negotiate(request, METADATA_LIST_ACCEPT))
     }
 
     /// The watch request: a metadata-only source asks for `PartialObjectMetadata` events.
@@ -198,14 +298,29 @@ impl<K> RawApi<K> {
         params: &WatchParams,
         rv: &str,
     ) -> Result<http::Request<Vec<u8>>, kube::core::request::Error> {
-        let mut request = self.request.watch(&to_kube_watch(params), rv)?;
-        if self.metadata_only {
-            request.headers_mut().insert(
-                http::header::ACCEPT,
-                http::HeaderValue::from_static(METADATA_WATCH_ACCEPT),
-            );
+        let request = self.request.watch(&to_kube_watch(params), rv)?;
+        Ok(self.negotiate(request, METADATA_WATCH_ACCEPT))
+    }
+
+    /// The `Accept` and `Accept-Encoding` headers of a request, given the ranges a
+    /// metadata-only request of its kind sends.
+    fn negotiate(
+        &self,
+        mut request: http::Request<Vec<u8>>,
+        metadata_accept: &str,
+    ) -> http::Request<Vec<u8>> {
+        let ranges = self.metadata_only.then_some(metadata_accept);
+        let accept = if self.decoder.skips_managed_fields() {
+            self.wire.accept(ranges)
+        } else {
+            ranges.map(str::to_string)
+        };
+        let headers = request.headers_mut();
+        if let Some(value) = accept.and_then(|a| http::HeaderValue::from_str(&a).ok()) {
+            headers.insert(http::header::ACCEPT, value);
         }
-        Ok(request)
+        headers.insert(http::header::ACCEPT_ENCODING, self.wire.accept_encoding());
+        request
     }
 }
 
@@ -214,6 +329,46 @@ fn malformed(context: String, err: DecodeError) -> SourceError {
         context,
         source: Some(Box::new(err)),
     }
+}
+
+fn gzip_error(what: &str, err: io::Error) -> SourceError {
+    SourceError::Malformed {
+        context: format!("{what}: gzip body"),
+        source: Some(Box::new(err)),
+    }
+}
+
+/// The whole body of a list response, decompressed as its chunks arrive when it came
+/// gzip-encoded (the compressed body is never held whole), and the bytes that crossed the wire.
+async fn read_body(
+    response: http::Response<Body>,
+    what: &str,
+) -> Result<(Bytes, u64), SourceError> {
+    let gzip = gzip::is_gzip(response.headers())
+        .map_err(|e| SourceError::malformed(format!("{what}: {e}")))?;
+    let body = response.into_body();
+    if !gzip {
+        let bytes = body
+            .collect_bytes()
+            .await
+            .map_err(|e| from_kube_error(e, what))?;
+        let wire = bytes.len() as u64;
+        return Ok((bytes, wire));
+    }
+    let mut gunzip = Gunzip::new();
+    let mut out = BytesMut::new();
+    let mut data = body.into_data_stream();
+    while let Some(chunk) = data.next().await {
+        gunzip.push(chunk.map_err(|e| from_kube_error(e, what))?);
+        gunzip
+            .decode_into(&mut out, usize::MAX)
+            .map_err(|e| gzip_error(what, e))?;
+    }
+    let wire = gunzip.wire_bytes();
+    gunzip
+        .finish_into(&mut out)
+        .map_err(|e| gzip_error(what, e))?;
+    Ok((out.freeze(), wire))
 }
 
 /// Sends `request`; a non-2xx response becomes [`SourceError::Status`] (from its `Status` body,
@@ -287,10 +442,13 @@ fn is_unexpected_eof(err: &kube::Error) -> bool {
     false
 }
 
-/// The state of a watch stream: the body, the bytes after the last full line, and whether the
-/// body has ended.
+/// The state of a watch stream: the body, its gzip decoder when it came compressed, the bytes
+/// after the last full line, and whether the body has ended.
 struct Lines<K> {
     body: BoxStream<'static, Result<Bytes, kube::Error>>,
+    gunzip: Option<Gunzip>,
+    /// A gzip decoding failure, reported once the lines decoded before it are delivered.
+    gzip_failed: Option<io::Error>,
     buf: BytesMut,
     /// How much of `buf` is known to hold no newline, so each byte is searched once.
     scanned: usize,
@@ -322,7 +480,27 @@ impl<K: DeserializeOwned> Lines<K> {
                 let size = self.buf.len();
                 return Some(Err(self.too_large(size)));
             }
+            if let Some(e) = self.gzip_failed.take() {
+                return Some(Err(self.corrupt(e)));
+            }
+            if let Some(gz) = self.gunzip.as_mut().filter(|gz| gz.has_pending()) {
+                // Decode a bounded step at a time: the limit above is checked in between.
+                if let Err(e) = gz.decode_into(&mut self.buf, limit) {
+                    // The lines decoded before the failure go out first.
+                    self.gunzip = None;
+                    self.gzip_failed = Some(e);
+                }
+                continue;
+            }
             if self.ended {
+                if let Some(gz) = self.gunzip.take() {
+                    if let Err(e) = gz.finish_into(&mut self.buf) {
+                        // The body ended inside a member: like a connection closed mid-event,
+                        // the watch ends and resumes from the last resourceVersion.
+                        tracing::debug!(watch = %self.what, error = %e, "watch ended inside a gzip member");
+                    }
+                    continue;
+                }
                 let rest = std::mem::take(&mut self.buf);
                 self.scanned = 0;
                 let rest = rest.trim_ascii();
@@ -342,13 +520,17 @@ impl<K: DeserializeOwned> Lines<K> {
                 };
             }
             match self.body.next().await {
-                Some(Ok(chunk)) => self.buf.extend_from_slice(&chunk),
+                Some(Ok(chunk)) => match self.gunzip.as_mut() {
+                    Some(gz) => gz.push(chunk),
+                    None => self.buf.extend_from_slice(&chunk),
+                },
                 Some(Err(e)) if is_unexpected_eof(&e) => {
                     tracing::debug!(watch = %self.what, error = %e, "watch connection closed");
                     self.ended = true;
                 }
                 Some(Err(e)) => {
                     self.ended = true;
+                    self.gunzip = None;
                     self.buf.clear();
                     self.scanned = 0;
                     return Some(Err(SourceError::Transport(Box::new(e))));
@@ -369,12 +551,24 @@ impl<K: DeserializeOwned> Lines<K> {
         }
     }
 
+    /// Ends the watch with a malformed-body error: a gzip stream that fails to decode cannot be
+    /// resynchronized, so the rest is dropped unread.
+    fn corrupt(&mut self, err: io::Error) -> SourceError {
+        tracing::warn!(watch = %self.what, error = %err, "undecodable gzip watch body; ending the watch");
+        self.ended = true;
+        self.gunzip = None;
+        self.buf = BytesMut::new();
+        self.scanned = 0;
+        gzip_error(&self.what, err)
+    }
+
     /// Ends the watch with [`SourceError::EventTooLarge`]: the rest of the stream is dropped
     /// unread (and with it the connection).
     fn too_large(&mut self, size: usize) -> SourceError {
         let limit = self.decoder.max_event_bytes();
         tracing::warn!(watch = %self.what, size, limit, "watch event over the size limit; ending the watch");
         self.ended = true;
+        self.gunzip = None;
         self.buf = BytesMut::new();
         self.scanned = 0;
         SourceError::EventTooLarge {
@@ -405,17 +599,14 @@ where
             let request =
                 request.map_err(|e| SourceError::InvalidRequest(format!("{what}: {e}")))?;
             let response = send(&client, request, &what).await?;
-            let body = response
-                .into_body()
-                .collect_bytes()
-                .await
-                .map_err(|e| from_kube_error(e, &what))?;
+            let (body, wire_bytes) = read_body(response, &what).await?;
             let page = decoder
                 .decode_list(&body)
                 .map_err(|e| malformed(what.clone(), e))?;
             tracing::debug!(
                 items = page.items.len(),
                 bytes = body.len(),
+                wire_bytes,
                 resource_version = %page.resource_version,
                 "decoded list page"
             );
@@ -434,16 +625,18 @@ where
         let span = tracing::debug_span!("raw_watch", resource = %url, resource_version = %rv);
         async move {
             let what = format!("watch of {url} from {rv:?}");
-            let mut request =
+            let request =
                 request.map_err(|e| SourceError::InvalidRequest(format!("{what}: {e}")))?;
-            // One event per line is all this reader splits; keep the stream uncompressed.
-            request
-                .headers_mut()
-                .entry(http::header::ACCEPT_ENCODING)
-                .or_insert(http::HeaderValue::from_static("identity"));
             let response = send(&client, request, &what).await?;
+            let gunzip = match gzip::is_gzip(response.headers()) {
+                Ok(true) => Some(Gunzip::new()),
+                Ok(false) => None,
+                Err(e) => return Err(SourceError::malformed(format!("{what}: {e}"))),
+            };
             let lines = Lines::<K> {
                 body: response.into_body().into_data_stream().boxed(),
+                gunzip,
+                gzip_failed: None,
                 buf: BytesMut::new(),
                 scanned: 0,
                 ended: false,

@@ -4,7 +4,7 @@
 //! resource the server speaks, and the handle can flip them while requests are in flight.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -32,6 +32,10 @@ pub struct Faults {
     expire_next_continue: AtomicBool,
     /// Requests routed so far, by (verb, resource plural).
     requests: Mutex<HashMap<(String, String), u64>>,
+    /// Responses sent gzip-encoded so far.
+    gzip_responses: AtomicU64,
+    /// Response body bytes handed to the connection so far, as sent (compressed or not).
+    response_bytes: std::sync::Arc<AtomicU64>,
 }
 
 impl Default for Faults {
@@ -43,11 +47,33 @@ impl Default for Faults {
             events_held: watch::channel(false).0,
             expire_next_continue: AtomicBool::new(false),
             requests: Mutex::new(HashMap::new()),
+            gzip_responses: AtomicU64::new(0),
+            response_bytes: std::sync::Arc::default(),
         }
     }
 }
 
 impl Faults {
+    /// Counts one response sent gzip-encoded.
+    pub fn count_gzip_response(&self) {
+        self.gzip_responses.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Responses sent gzip-encoded so far.
+    pub fn gzip_responses(&self) -> u64 {
+        self.gzip_responses.load(Ordering::Relaxed)
+    }
+
+    /// The counter of response body bytes sent, shared with the bodies that add to it.
+    pub fn response_bytes_counter(&self) -> std::sync::Arc<AtomicU64> {
+        self.response_bytes.clone()
+    }
+
+    /// Response body bytes sent so far.
+    pub fn response_bytes(&self) -> u64 {
+        self.response_bytes.load(Ordering::Relaxed)
+    }
+
     /// Adds a rule failing the next `n` matching requests.
     pub fn fail_next(&self, n: usize, error: ApiError, verb: Option<&str>, resource: Option<&str>) {
         self.rules.lock().push(FailRule {

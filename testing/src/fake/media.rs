@@ -11,6 +11,12 @@
 //! The fake server serves JSON only: `as=Table` (kubectl's first choice), protobuf and any other
 //! range it cannot produce are skipped, and when nothing in the list is acceptable the answer is
 //! plain JSON, which is what every client here falls back to anyway.
+//!
+//! The `drop=metadata.managedFields` parameter of KEP-5958 (alpha in 1.38) is honoured on the
+//! chosen range, in either representation, when the server is configured to support it
+//! ([`FakeConfig::drop_managed_fields`](super::FakeConfig::drop_managed_fields)); like
+//! kube-apiserver, the fake ignores `drop` targets it does not know, and a server without support
+//! ignores the parameter altogether.
 
 use std::borrow::Cow;
 
@@ -18,12 +24,38 @@ use serde_json::{Value, json};
 
 /// What an object response looks like on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Output {
+pub struct Output {
+    /// The representation.
+    pub form: Form,
+    /// Leave `metadata.managedFields` out (KEP-5958's `drop=metadata.managedFields`).
+    pub drop_managed_fields: bool,
+}
+
+/// The representation of an object response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Form {
     /// The stored object as JSON.
     Full,
     /// `PartialObjectMetadata`/`PartialObjectMetadataList` of `meta.k8s.io` at this version
     /// (`v1` or `v1beta1`).
     Partial(&'static str),
+}
+
+impl Output {
+    /// The stored object as JSON, managedFields included.
+    pub const FULL: Output = Output {
+        form: Form::Full,
+        drop_managed_fields: false,
+    };
+
+    /// `PartialObjectMetadata` at `version`, managedFields included.
+    #[cfg(test)]
+    pub const fn partial(version: &'static str) -> Output {
+        Output {
+            form: Form::Partial(version),
+            drop_managed_fields: false,
+        }
+    }
 }
 
 /// The shape of the response a request produces.
@@ -40,8 +72,10 @@ pub enum Shape {
 /// `application/json` (or `*/*`, `application/*`) without an `as` parameter is plain JSON;
 /// `as=PartialObjectMetadata` is acceptable for [`Shape::Object`] and `as=PartialObjectMetadataList`
 /// for [`Shape::List`], both only with `g=meta.k8s.io` and `v=v1` or `v=v1beta1`. Ranges the server
-/// cannot produce are skipped; an empty header or one with nothing acceptable is plain JSON.
-pub fn negotiate(accept: &str, shape: Shape) -> Output {
+/// cannot produce are skipped; an empty header or one with nothing acceptable is plain JSON. With
+/// `drop_supported`, a `drop` parameter naming `metadata.managedFields` (among `+`-separated
+/// targets) on the chosen range leaves them out.
+pub fn negotiate(accept: &str, shape: Shape, drop_supported: bool) -> Output {
     for range in accept.split(',') {
         let mut parts = range.split(';').map(str::trim);
         let media = parts.next().unwrap_or_default().to_ascii_lowercase();
@@ -49,6 +83,7 @@ pub fn negotiate(accept: &str, shape: Shape) -> Output {
             continue;
         }
         let (mut as_kind, mut group, mut version) = (None, None, None);
+        let mut drop_managed_fields = false;
         for param in parts {
             let Some((k, v)) = param.split_once('=') else {
                 continue;
@@ -58,11 +93,19 @@ pub fn negotiate(accept: &str, shape: Shape) -> Output {
                 "as" => as_kind = Some(v),
                 "g" => group = Some(v),
                 "v" => version = Some(v),
+                "drop" => {
+                    drop_managed_fields = drop_supported
+                        && v.split('+')
+                            .any(|target| target == "metadata.managedFields");
+                }
                 _ => {}
             }
         }
         let Some(as_kind) = as_kind else {
-            return Output::Full;
+            return Output {
+                form: Form::Full,
+                drop_managed_fields,
+            };
         };
         if group != Some("meta.k8s.io") {
             continue;
@@ -74,20 +117,35 @@ pub fn negotiate(accept: &str, shape: Shape) -> Output {
         };
         match (as_kind, shape) {
             ("PartialObjectMetadata", Shape::Object)
-            | ("PartialObjectMetadataList", Shape::List) => return Output::Partial(version),
+            | ("PartialObjectMetadataList", Shape::List) => {
+                return Output {
+                    form: Form::Partial(version),
+                    drop_managed_fields,
+                };
+            }
             _ => continue,
         }
     }
-    Output::Full
+    Output::FULL
 }
 
 impl Output {
-    /// One object in this representation (borrowed when full).
+    /// One object in this representation (borrowed when full and nothing is dropped from it).
     pub fn object<'a>(self, obj: &'a Value) -> Cow<'a, Value> {
-        match self {
-            Output::Full => Cow::Borrowed(obj),
-            Output::Partial(v) => Cow::Owned(partial_object(obj, v)),
+        let mut out = match self.form {
+            Form::Full => Cow::Borrowed(obj),
+            Form::Partial(v) => Cow::Owned(partial_object(obj, v)),
+        };
+        if self.drop_managed_fields
+            && out.pointer("/metadata/managedFields").is_some()
+            && let Some(meta) = out
+                .to_mut()
+                .get_mut("metadata")
+                .and_then(Value::as_object_mut)
+        {
+            meta.remove("managedFields");
         }
+        out
     }
 
     /// The JSON bytes of one object in this representation.
@@ -96,7 +154,7 @@ impl Output {
     }
 
     /// The JSON bytes of a list in this representation, written item by item so that no stored
-    /// object is copied: for [`Output::Full`] the list has the resource's `apiVersion` and
+    /// object is copied: for [`Output::FULL`] the list has the resource's `apiVersion` and
     /// `{kind}List` and, as from kube-apiserver, its items carry no `apiVersion`/`kind` of their
     /// own; for [`Output::Partial`] it is a `PartialObjectMetadataList` whose items are
     /// `PartialObjectMetadata` (with both). The list's own `metadata` is kept either way.
@@ -107,9 +165,9 @@ impl Output {
         meta: &Value,
         items: impl IntoIterator<Item = &'a Value>,
     ) -> Vec<u8> {
-        let (api_version, kind) = match self {
-            Output::Full => (api_version.to_string(), format!("{item_kind}List")),
-            Output::Partial(v) => (
+        let (api_version, kind) = match self.form {
+            Form::Full => (api_version.to_string(), format!("{item_kind}List")),
+            Form::Partial(v) => (
                 format!("meta.k8s.io/{v}"),
                 "PartialObjectMetadataList".to_string(),
             ),
@@ -126,9 +184,9 @@ impl Output {
             if i > 0 {
                 out.push(b',');
             }
-            match self {
-                Output::Full => write_without_type_meta(&mut out, item),
-                Output::Partial(_) => write_json(&mut out, &self.object(item)),
+            match self.form {
+                Form::Full => write_without_type_meta(&mut out, item, self.drop_managed_fields),
+                Form::Partial(_) => write_json(&mut out, &self.object(item)),
             }
         }
         out.extend_from_slice(b"]}");
@@ -141,8 +199,26 @@ fn write_json(out: &mut Vec<u8>, v: &Value) {
     let _ = serde_json::to_writer(&mut *out, v);
 }
 
-/// Writes an object without its top-level `apiVersion` and `kind`.
-fn write_without_type_meta(out: &mut Vec<u8>, item: &Value) {
+/// Writes an object without its top-level `apiVersion` and `kind` (and, when asked, without
+/// `metadata.managedFields`), copying nothing.
+fn write_without_type_meta(out: &mut Vec<u8>, item: &Value, drop_managed_fields: bool) {
+    write_object_without(out, item, &["apiVersion", "kind"], |out, k, v| {
+        if drop_managed_fields && k == "metadata" {
+            write_object_without(out, v, &["managedFields"], |out, _, v| write_json(out, v));
+        } else {
+            write_json(out, v);
+        }
+    });
+}
+
+/// Writes a JSON object without the keys in `skip`, each value through `value`; anything other
+/// than an object is written as it is.
+fn write_object_without(
+    out: &mut Vec<u8>,
+    item: &Value,
+    skip: &[&str],
+    mut value: impl FnMut(&mut Vec<u8>, &str, &Value),
+) {
     let Some(fields) = item.as_object() else {
         write_json(out, item);
         return;
@@ -150,7 +226,7 @@ fn write_without_type_meta(out: &mut Vec<u8>, item: &Value) {
     out.push(b'{');
     let mut first = true;
     for (k, v) in fields {
-        if k == "apiVersion" || k == "kind" {
+        if skip.contains(&k.as_str()) {
             continue;
         }
         if !first {
@@ -159,7 +235,7 @@ fn write_without_type_meta(out: &mut Vec<u8>, item: &Value) {
         first = false;
         write_json(out, &Value::String(k.clone()));
         out.push(b':');
-        write_json(out, v);
+        value(out, k, v);
     }
     out.push(b'}');
 }
@@ -179,91 +255,161 @@ mod tests {
     #[test]
     fn the_first_acceptable_media_range_wins() {
         let cases: &[(&str, &str, Shape, Output)] = &[
-            ("empty header", "", Shape::Object, Output::Full),
-            ("plain json", "application/json", Shape::List, Output::Full),
+            ("empty header", "", Shape::Object, Output::FULL),
+            ("plain json", "application/json", Shape::List, Output::FULL),
             (
                 "kube list_metadata",
                 "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1",
                 Shape::List,
-                Output::Partial("v1"),
+                Output::partial("v1"),
             ),
             (
                 "kube watch_metadata",
                 "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1",
                 Shape::Object,
-                Output::Partial("v1"),
+                Output::partial("v1"),
             ),
             (
                 "v1beta1 is served too",
                 "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1beta1",
                 Shape::Object,
-                Output::Partial("v1beta1"),
+                Output::partial("v1beta1"),
             ),
             (
                 "kubectl's table then json falls back to json",
                 "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json",
                 Shape::List,
-                Output::Full,
+                Output::FULL,
             ),
             (
                 "table skipped, partial list taken",
                 "application/json;as=Table;v=v1;g=meta.k8s.io, application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1",
                 Shape::List,
-                Output::Partial("v1"),
+                Output::partial("v1"),
             ),
             (
                 "json before partial wins",
                 "application/json,application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1",
                 Shape::Object,
-                Output::Full,
+                Output::FULL,
             ),
             (
                 "protobuf first, partial json second",
                 "application/vnd.kubernetes.protobuf;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1",
                 Shape::Object,
-                Output::Partial("v1"),
+                Output::partial("v1"),
             ),
             (
                 "a list kind for an object is not acceptable",
                 "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1",
                 Shape::Object,
-                Output::Full,
+                Output::FULL,
             ),
             (
                 "an object kind for a list is not acceptable",
                 "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1",
                 Shape::List,
-                Output::Full,
+                Output::FULL,
             ),
             (
                 "wrong group",
                 "application/json;as=PartialObjectMetadata;g=example.com;v=v1",
                 Shape::Object,
-                Output::Full,
+                Output::FULL,
             ),
             (
                 "unknown version",
                 "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v2",
                 Shape::Object,
-                Output::Full,
+                Output::FULL,
             ),
-            ("wildcard without as", "*/*", Shape::Object, Output::Full),
+            ("wildcard without as", "*/*", Shape::Object, Output::FULL),
             (
                 "spaces and quoted values",
                 " application/json ; as=\"PartialObjectMetadata\" ; g=meta.k8s.io ; v=v1",
                 Shape::Object,
-                Output::Partial("v1"),
+                Output::partial("v1"),
             ),
             (
                 "malformed parameters are ignored",
                 "application/json;as;g=meta.k8s.io;v=v1",
                 Shape::Object,
-                Output::Full,
+                Output::FULL,
             ),
         ];
         for (name, accept, shape, want) in cases {
-            assert_eq!(negotiate(accept, *shape), *want, "{name}");
+            assert_eq!(negotiate(accept, *shape, true), *want, "{name}");
         }
+    }
+
+    #[test]
+    fn drop_managed_fields_applies_to_the_chosen_range_when_supported() {
+        let json = "application/json;drop=metadata.managedFields";
+        let dropped = negotiate(json, Shape::List, true);
+        assert_eq!(dropped.form, Form::Full);
+        assert!(dropped.drop_managed_fields);
+        assert!(
+            !negotiate(json, Shape::List, false).drop_managed_fields,
+            "unsupported: ignored"
+        );
+        let several = "application/json;drop=metadata.annotations+metadata.managedFields";
+        assert!(negotiate(several, Shape::Object, true).drop_managed_fields);
+        let unknown = "application/json;drop=metadata.annotations";
+        assert_eq!(
+            negotiate(unknown, Shape::Object, true),
+            Output::FULL,
+            "unknown targets are ignored"
+        );
+        let partial = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1;drop=metadata.managedFields,application/json;drop=metadata.managedFields";
+        let out = negotiate(partial, Shape::List, true);
+        assert_eq!(out.form, Form::Partial("v1"));
+        assert!(out.drop_managed_fields);
+        let skipped =
+            "application/vnd.kubernetes.protobuf;drop=metadata.managedFields,application/json";
+        assert_eq!(
+            negotiate(skipped, Shape::Object, true),
+            Output::FULL,
+            "the parameter of a skipped range does not apply"
+        );
+    }
+
+    #[test]
+    fn dropped_managed_fields_leave_objects_lists_and_partials() {
+        let obj = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a", "managedFields": [{"manager": "m"}]}, "data": {"k": "v"}});
+        let full = Output {
+            form: Form::Full,
+            drop_managed_fields: true,
+        };
+        assert_eq!(
+            *full.object(&obj),
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a"}, "data": {"k": "v"}})
+        );
+        let partial = Output {
+            form: Form::Partial("v1"),
+            drop_managed_fields: true,
+        };
+        assert_eq!(partial.object(&obj)["metadata"], json!({"name": "a"}));
+        let list: Value =
+            serde_json::from_slice(&full.list_bytes("v1", "ConfigMap", &json!({}), [&obj]))
+                .unwrap();
+        assert_eq!(
+            list["items"][0],
+            json!({"metadata": {"name": "a"}, "data": {"k": "v"}})
+        );
+        let kept: Value =
+            serde_json::from_slice(&Output::FULL.list_bytes("v1", "ConfigMap", &json!({}), [&obj]))
+                .unwrap();
+        assert_eq!(
+            kept["items"][0]["metadata"]["managedFields"],
+            json!([{"manager": "m"}])
+        );
+        assert!(
+            matches!(
+                full.object(&json!({"metadata": {"name": "b"}})),
+                Cow::Borrowed(_)
+            ),
+            "nothing to drop: no copy"
+        );
     }
 
     #[test]
@@ -272,7 +418,7 @@ mod tests {
             json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a", "resourceVersion": "5"}, "data": {"k": "v"}}),
         ];
         let meta = json!({"resourceVersion": "7", "continue": "abc"});
-        let out: Value = serde_json::from_slice(&Output::Partial("v1").list_bytes(
+        let out: Value = serde_json::from_slice(&Output::partial("v1").list_bytes(
             "v1",
             "ConfigMap",
             &meta,
@@ -297,7 +443,7 @@ mod tests {
             json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "b"}}),
         ];
         let meta = json!({"resourceVersion": "9"});
-        let out: Value = serde_json::from_slice(&Output::Full.list_bytes(
+        let out: Value = serde_json::from_slice(&Output::FULL.list_bytes(
             "v1",
             "ConfigMap",
             &meta,

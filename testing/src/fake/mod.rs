@@ -100,7 +100,24 @@ pub struct FakeConfig {
     /// RequestEntityTooLarge` without being read further. Default [`MAX_REQUEST_BODY_BYTES`]
     /// (3 MiB, the `MaxRequestBodyBytes` of kube-apiserver's generic server config).
     pub max_request_body_bytes: usize,
+    /// Responses at least this many bytes long are gzip-compressed, as one member, for a client
+    /// that sends `Accept-Encoding: gzip`; `None` never compresses them (a server with
+    /// `APIResponseCompression` off). Default [`GZIP_MIN_BYTES`] (128 KiB, kube-apiserver's
+    /// threshold).
+    pub gzip_min_bytes: Option<usize>,
+    /// Compress the body of a streaming-list watch (`sendInitialEvents=true`) for a client that
+    /// accepts gzip, one gzip member per event, as kube-apiserver 1.37's `WatchListCompression`
+    /// (beta, on by default) sends it. Default `true`; other watches are never compressed.
+    pub gzip_watch_lists: bool,
+    /// Honour `drop=metadata.managedFields` in `Accept` (KEP-5958): list items, objects and
+    /// watch events leave managedFields out. Default `true`; `false` answers as a server
+    /// without the feature does (before 1.38, or with `ManagedFieldsOptOut` off): the parameter
+    /// is ignored.
+    pub drop_managed_fields: bool,
 }
+
+/// kube-apiserver's size threshold for compressing a response: 128 KiB.
+pub const GZIP_MIN_BYTES: usize = 128 * 1024;
 
 /// kube-apiserver's default limit on a request body: 3 MiB.
 pub const MAX_REQUEST_BODY_BYTES: usize = 3 * 1024 * 1024;
@@ -113,6 +130,9 @@ impl Default for FakeConfig {
             watch_buffer: 1_000,
             bookmark_interval: Duration::from_secs(60),
             max_request_body_bytes: MAX_REQUEST_BODY_BYTES,
+            gzip_min_bytes: Some(GZIP_MIN_BYTES),
+            gzip_watch_lists: true,
+            drop_managed_fields: true,
         }
     }
 }
@@ -206,6 +226,18 @@ impl FaultHandle {
         self.shared.faults.set_events_held(false);
     }
 
+    /// How many responses the server has sent gzip-encoded (lists over
+    /// [`FakeConfig::gzip_min_bytes`] and streaming-list watches, to clients that asked).
+    pub fn gzip_responses(&self) -> u64 {
+        self.shared.faults.gzip_responses()
+    }
+
+    /// How many response body bytes the server has sent, as they went on the wire (after
+    /// compression): what a client's traffic cost, for benchmarks and tests.
+    pub fn response_bytes(&self) -> u64 {
+        self.shared.faults.response_bytes()
+    }
+
     /// Delays every response by `d` (None clears).
     pub fn set_delay(&self, d: Option<Duration>) {
         self.shared.faults.set_delay(d);
@@ -277,6 +309,9 @@ impl FakeApiServer {
             faults: faults::Faults::default(),
             bookmark_interval: config.bookmark_interval,
             max_request_body_bytes: config.max_request_body_bytes,
+            gzip_min_bytes: config.gzip_min_bytes,
+            gzip_watch_lists: config.gzip_watch_lists,
+            drop_managed_fields: config.drop_managed_fields,
         });
         let cancel = CancellationToken::new();
         let task = tokio::spawn(accept_loop(listener, shared.clone(), cancel.clone()));

@@ -39,6 +39,102 @@ pub struct Shared {
     pub bookmark_interval: Duration,
     /// The largest request body accepted, in bytes.
     pub max_request_body_bytes: usize,
+    /// Responses at least this large are gzip-compressed for clients that accept it.
+    pub gzip_min_bytes: Option<usize>,
+    /// Streaming-list watches are gzip-compressed, one member per event.
+    pub gzip_watch_lists: bool,
+    /// KEP-5958's `drop=metadata.managedFields` is honoured.
+    pub drop_managed_fields: bool,
+}
+
+/// Whether the request's `Accept-Encoding` accepts gzip (a `q=0` refuses it).
+fn accepts_gzip(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all(http::header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|coding| {
+            let mut parts = coding.split(';').map(str::trim);
+            let name = parts.next().unwrap_or_default();
+            let refused = parts.any(|p| {
+                p.strip_prefix("q=")
+                    .and_then(|q| q.parse::<f32>().ok())
+                    .is_some_and(|q| q <= 0.0)
+            });
+            (name.eq_ignore_ascii_case("gzip") || name == "*") && !refused
+        })
+}
+
+/// One gzip member holding `data`, at the speed-first level kube-apiserver uses.
+fn gzip_member(data: &[u8]) -> Bytes {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(
+        Vec::with_capacity(data.len() / 4 + 64),
+        flate2::Compression::fast(),
+    );
+    // Writing into a Vec cannot fail.
+    let _ = enc.write_all(data);
+    Bytes::from(enc.finish().unwrap_or_default())
+}
+
+/// Compresses a response as kube-apiserver does for a client that accepts gzip: a body of
+/// known size at least [`Shared::gzip_min_bytes`] as one member, the body of a streaming-list
+/// watch (`sendInitialEvents=true`) one member per event, as 1.37's `WatchListCompression`
+/// flushes it; anything else is sent as it is. The bytes of every body, as sent, are counted.
+async fn encode(
+    shared: &Shared,
+    headers: &http::HeaderMap,
+    query: &HashMap<String, String>,
+    response: Response<Body>,
+) -> Response<Body> {
+    use hyper::body::Body as _;
+    let (mut parts, body) = response.into_parts();
+    let gzip = accepts_gzip(headers) && !parts.headers.contains_key(http::header::CONTENT_ENCODING);
+    let (body, compressed) = match body.size_hint().exact() {
+        Some(n) if gzip && shared.gzip_min_bytes.is_some_and(|min| n >= min as u64) => {
+            let full = match body.collect().await {
+                Ok(collected) => collected.to_bytes(),
+                Err(never) => match never {},
+            };
+            (Full::new(gzip_member(&full)).boxed(), true)
+        }
+        None if gzip && shared.gzip_watch_lists && query_bool(query, "sendInitialEvents") => (
+            body.map_frame(|frame| frame.map_data(|data| gzip_member(&data)))
+                .boxed(),
+            true,
+        ),
+        _ => (body, false),
+    };
+    if compressed {
+        shared.faults.count_gzip_response();
+        parts.headers.remove(http::header::CONTENT_LENGTH);
+        parts.headers.insert(
+            http::header::CONTENT_ENCODING,
+            http::HeaderValue::from_static("gzip"),
+        );
+        parts.headers.insert(
+            http::header::VARY,
+            http::HeaderValue::from_static("Accept-Encoding"),
+        );
+    }
+    let counter = shared.faults.response_bytes_counter();
+    let body = match body.size_hint().exact() {
+        // A body of known size keeps it (and so its Content-Length): count it whole.
+        Some(n) => {
+            counter.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            body
+        }
+        None => body
+            .map_frame(move |frame| {
+                if let Some(data) = frame.data_ref() {
+                    counter.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+                frame
+            })
+            .boxed(),
+    };
+    Response::from_parts(parts, body)
 }
 
 fn json_response(code: u16, v: &Value) -> Response<Body> {
@@ -131,7 +227,7 @@ pub async fn handle(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json")
         .to_string();
-    Ok(route(
+    let response = route(
         &shared,
         &accept,
         &parts.method,
@@ -140,7 +236,8 @@ pub async fn handle(
         &content_type,
         &body,
     )
-    .unwrap_or_else(|e| error_response(&e)))
+    .unwrap_or_else(|e| error_response(&e));
+    Ok(encode(&shared, &parts.headers, &query, response).await)
 }
 
 struct Target {
@@ -501,14 +598,19 @@ fn resource(
     let ns = t.ns.clone().unwrap_or_default();
     let name = t.name.clone().unwrap_or_default();
     tracing::debug!(resource = %def.plural, namespace = %ns, name = %name, verb, "request");
-    let one = negotiate(accept, Shape::Object);
+    let one = negotiate(accept, Shape::Object, shared.drop_managed_fields);
     match verb {
         "get" => Ok(object_response(
             200,
             one,
             &shared.storage.lock().get(&t.res, &ns, &name)?,
         )),
-        "list" => list(shared, &t, q, negotiate(accept, Shape::List)),
+        "list" => list(
+            shared,
+            &t,
+            q,
+            negotiate(accept, Shape::List, shared.drop_managed_fields),
+        ),
         "watch" => watch(shared, &t, q, one),
         "create" => {
             let obj = parse_object_body(ct, body)?;
@@ -605,7 +707,7 @@ fn resource(
                     items.push(s.delete(&t.res, &ons, &oname, &json!({}))?);
                 }
             }
-            let out = negotiate(accept, Shape::List);
+            let out = negotiate(accept, Shape::List, shared.drop_managed_fields);
             let meta = json!({"resourceVersion": s.current_rv().to_string()});
             drop(s);
             Ok(bytes_response(

@@ -216,7 +216,7 @@ mod tests {
             bookmarks: None,
             timeout: None,
             initial_end_bookmark: false,
-            output: Output::Full,
+            output: Output::FULL,
             held: None,
         };
         let lines: Vec<Value> = stream(def, start, opts)
