@@ -214,14 +214,14 @@ pub static CONTENDERS: &[Contender] = &[
         name: "reflex",
         reference: true,
         runner: rust!(crate::sync::reflex_default),
-        about: "factory informer, managedFields skipped while parsing (the default)",
+        about: "factory informer: a streaming list over gzip, managedFields skipped while parsing (the defaults)",
     },
     Contender {
         workload: Workload::Sync,
-        name: "reflex, streaming list",
+        name: "reflex, paged list",
         reference: false,
-        runner: rust!(crate::sync::reflex_streaming),
-        about: "factory informer listing by streaming (streaming_lists: true), managedFields skipped",
+        runner: rust!(crate::sync::reflex_paged),
+        about: "factory informer listing in pages of 500 (streaming_lists: false), managedFields skipped",
     },
     Contender {
         workload: Workload::Sync,

@@ -39,13 +39,13 @@ fn figures(synced: Duration, objects: usize) -> Figures {
     ])
 }
 
-/// Reflex's defaults: a paged list over gzip, managedFields skipped while parsing.
+/// Reflex's defaults: a streaming list over gzip, managedFields skipped while parsing.
 pub async fn reflex_default(p: Params) -> Run {
     reflex(
         p,
         DecodeOptions::default(),
         false,
-        false,
+        true,
         WireOptions::default(),
     )
     .await
@@ -57,19 +57,19 @@ pub async fn reflex_identity(p: Params) -> Run {
         p,
         DecodeOptions::default(),
         false,
-        false,
+        true,
         WireOptions::identity(),
     )
     .await
 }
 
-/// Reflex listing by streaming (`sendInitialEvents`), managedFields skipped while parsing.
-pub async fn reflex_streaming(p: Params) -> Run {
+/// Reflex listing in pages of 500 (`streaming_lists: false`), managedFields skipped.
+pub async fn reflex_paged(p: Params) -> Run {
     reflex(
         p,
         DecodeOptions::default(),
         false,
-        true,
+        false,
         WireOptions::default(),
     )
     .await
@@ -81,7 +81,7 @@ pub async fn reflex_full(p: Params) -> Run {
         p,
         DecodeOptions::full(),
         false,
-        false,
+        true,
         WireOptions::default(),
     )
     .await
@@ -89,14 +89,7 @@ pub async fn reflex_full(p: Params) -> Run {
 
 /// Reflex decoding everything, then a transform dropping managedFields (client-go's way).
 pub async fn reflex_transform(p: Params) -> Run {
-    reflex(
-        p,
-        DecodeOptions::full(),
-        true,
-        false,
-        WireOptions::default(),
-    )
-    .await
+    reflex(p, DecodeOptions::full(), true, true, WireOptions::default()).await
 }
 
 async fn reflex(

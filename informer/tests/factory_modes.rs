@@ -331,12 +331,18 @@ async fn compact_metadata_and_projected_informers_hold_what_their_full_twins_hol
         synced.values().all(reflex_informer::SyncState::has_synced),
         "not synced: {synced:?}"
     );
-    // The full informers list at "0" in one response; the compact ones list consistently in
-    // pages of 500 (three for 1100 Pods), so their decoded objects never all exist at once.
+    // The full informers list by streaming (the default: a watch with sendInitialEvents, no
+    // list request); the compact ones bound their list backlog, which a streaming list cannot
+    // honour, so they list consistently in pages of 500 (three for 1100 Pods), and their decoded
+    // objects never all exist at once.
     assert_eq!(
         server.faults().request_count("list", "pods"),
-        1 + 3 + 1 + 3,
-        "one list each for the full informers, three pages each for the compact ones"
+        3 + 3,
+        "no list for the streaming informers, three pages each for the compact ones"
+    );
+    assert!(
+        server.faults().request_count("watch", "pods") >= 4,
+        "two streaming lists, and a watch after each paged list"
     );
     assert_eq!(compact_meta.indexer().len(), seeded.len());
     assert_eq!(compact_projected.indexer().len(), seeded.len());

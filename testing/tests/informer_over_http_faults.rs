@@ -14,6 +14,11 @@
 //!   (`DecodeOptions::full()`), a projection (`informer::<Projection>()`), and the compact stores
 //!   (`InformerSpec::typed().compact()`, `InformerSpec::metadata().compact()`, whose lists hold back on a bounded backlog).
 //!
+//! Every contender lists in pages of 5 (so a continue token can expire between pages); the
+//! reflector, the informer and the factory's typed and metadata informers run the table again
+//! listing by streaming (`sendInitialEvents`, the default), without the cases that need list
+//! requests.
+//!
 //! After the fault stops, the convergence invariant must hold: every view of the cache (the
 //! store, and each handler's view built only from its notifications) equals the server's state
 //! as listed through `kube::Client`, key for key and resourceVersion for resourceVersion. Before
@@ -226,11 +231,24 @@ struct Case {
 
 const ERROR_410: &str = "{\"type\":\"ERROR\",\"object\":{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"metadata\":{},\"status\":\"Failure\",\"message\":\"too old resource version: 1\",\"reason\":\"Expired\",\"code\":410}}\n";
 
+/// How the contender lists: in pages, or by streaming (a watch with `sendInitialEvents`, whose
+/// relists are watch requests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Listing {
+    Paged,
+    Streaming,
+}
+
 /// The table. `client_retries`: whether kube's client retries 429/503/504 itself (its default
-/// `RetryPolicy`), in which case those failures never reach the reflector.
-fn cases(client_retries: bool) -> Vec<Case> {
+/// `RetryPolicy`), in which case those failures never reach the reflector. A streaming
+/// contender meets the faults of the watch path; the list-request faults (failed list
+/// requests, a continue token expiring between pages) need pages and are the paged table's.
+fn cases(client_retries: bool, listing: Listing) -> Vec<Case> {
+    let streaming = listing == Listing::Streaming;
+    // A relist of `lists` list requests, or, streaming, one more watch request.
     let relist = |lists| Expect {
-        lists,
+        lists: if streaming { 0 } else { lists },
+        watches: u64::from(streaming),
         relist: true,
         ..Default::default()
     };
@@ -243,18 +261,20 @@ fn cases(client_retries: bool) -> Vec<Case> {
         },
     }];
     for code in [500, 429, 410, 503] {
-        cases.push(Case {
-            name: "fail the next lists",
-            fault: Fault::FailNext {
-                n: 2,
-                code,
-                verb: "list",
-            },
-            expect: Expect {
-                expired_round: true,
-                ..relist(3)
-            },
-        });
+        if !streaming {
+            cases.push(Case {
+                name: "fail the next lists",
+                fault: Fault::FailNext {
+                    n: 2,
+                    code,
+                    verb: "list",
+                },
+                expect: Expect {
+                    expired_round: true,
+                    ..relist(3)
+                },
+            });
+        }
         cases.push(Case {
             name: "fail the next watches",
             fault: Fault::FailNext {
@@ -267,7 +287,7 @@ fn cases(client_retries: bool) -> Vec<Case> {
             // the reflector as a watch that started late; only the server sees every attempt.
             expect: Expect {
                 watches: 3,
-                lists: u64::from(relisted(code, client_retries)),
+                lists: u64::from(relisted(code, client_retries) && !streaming),
                 expired_round: code == 410,
                 relist: relisted(code, client_retries),
                 ..Default::default()
@@ -292,7 +312,9 @@ fn cases(client_retries: bool) -> Vec<Case> {
                 ..relist(1)
             },
         },
-        Case {
+    ]);
+    if !streaming {
+        cases.push(Case {
             name: "compaction between list pages",
             fault: Fault::ExpireContinue,
             // page 1, the expired page 2, the full relist
@@ -300,7 +322,9 @@ fn cases(client_retries: bool) -> Vec<Case> {
                 expired_round: true,
                 ..relist(3)
             },
-        },
+        });
+    }
+    cases.extend([
         Case {
             name: "malformed JSON in the watch",
             fault: Fault::Raw("{not json at all\n"),
@@ -390,9 +414,10 @@ impl Running {
     }
 }
 
-fn fast_reflector() -> ReflectorOptions {
+fn fast_reflector(listing: Listing) -> ReflectorOptions {
     ReflectorOptions {
-        // Every list is paged, so a continue token can expire between pages.
+        streaming_lists: listing == Listing::Streaming,
+        // Every paged list is paged, so a continue token can expire between pages.
         page_size: Some(5),
         backoff: BackoffOptions {
             initial: Duration::from_millis(20),
@@ -447,13 +472,13 @@ where
     }
 }
 
-async fn start(contender: Contender, client: kube::Client) -> Running {
+async fn start(contender: Contender, listing: Listing, client: kube::Client) -> Running {
     let (expired_rounds, on_error) = expired_counter();
     let mut running = match contender {
         Contender::Reflector | Contender::ReflectorWithoutClientRetries => {
             let sink = Arc::new(MapSink::default());
             let source: Arc<dyn ListWatch<ConfigMap>> = Arc::new(Api::<ConfigMap>::all(client));
-            let mut reflector = Reflector::new(source, sink.clone(), fast_reflector());
+            let mut reflector = Reflector::new(source, sink.clone(), fast_reflector(listing));
             reflector.set_watch_error_handler(on_error);
             let handle = reflector.handle();
             let shutdown = CancellationToken::new();
@@ -478,7 +503,7 @@ async fn start(contender: Contender, client: kube::Client) -> Running {
             let informer = SharedIndexInformer::new(
                 source,
                 InformerOptions {
-                    reflector: fast_reflector(),
+                    reflector: fast_reflector(listing),
                     fifo,
                     ..Default::default()
                 },
@@ -507,7 +532,7 @@ async fn start(contender: Contender, client: kube::Client) -> Running {
             let factory = SharedInformerFactory::new(
                 client,
                 FactoryOptions {
-                    reflector: fast_reflector(),
+                    reflector: fast_reflector(listing),
                     decode,
                     ..Default::default()
                 },
@@ -746,8 +771,11 @@ async fn arm(fault: Fault, server: &FakeApiServer, client: &kube::Client) {
     }
 }
 
-async fn run_case(contender: Contender, case: &Case) {
-    let what = format!("{contender:?} / {} / {:?}", case.name, case.fault);
+async fn run_case(contender: Contender, listing: Listing, case: &Case) {
+    let what = format!(
+        "{contender:?} ({listing:?}) / {} / {:?}",
+        case.name, case.fault
+    );
     let server = FakeApiServer::start().await.unwrap();
     let client = setup(&server).await;
     let contender_client = match contender {
@@ -758,7 +786,7 @@ async fn run_case(contender: Contender, case: &Case) {
         }
         _ => client.clone(),
     };
-    let running = start(contender, contender_client).await;
+    let running = start(contender, listing, contender_client).await;
     assert_converges(&running, &client, &format!("{what}: initial sync")).await;
 
     writes(client.clone(), 0).await;
@@ -818,9 +846,13 @@ async fn run_case(contender: Contender, case: &Case) {
 }
 
 async fn run_all(contender: Contender) {
+    run_all_listing(contender, Listing::Paged).await;
+}
+
+async fn run_all_listing(contender: Contender, listing: Listing) {
     let client_retries = !matches!(contender, Contender::ReflectorWithoutClientRetries);
-    for case in cases(client_retries) {
-        run_case(contender, &case).await;
+    for case in cases(client_retries, listing) {
+        run_case(contender, listing, &case).await;
     }
 }
 
@@ -877,4 +909,32 @@ async fn the_factory_compact_informer_converges_after_every_fault() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_factory_compact_metadata_informer_converges_after_every_fault() {
     run_all(Contender::CompactMetadata).await;
+}
+
+// The same faults met by contenders that list by streaming (the default). The compact
+// informers bound their list backlog and so always list in pages: their rows above cover them.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bare_streaming_reflector_converges_after_every_fault() {
+    run_all_listing(Contender::Reflector, Listing::Streaming).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bare_streaming_reflector_without_client_retries_converges_after_every_fault() {
+    run_all_listing(Contender::ReflectorWithoutClientRetries, Listing::Streaming).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streaming_shared_index_informer_converges_after_every_fault() {
+    run_all_listing(Contender::Informer(FifoMode::DeltaFifo), Listing::Streaming).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_streaming_factory_informer_converges_after_every_fault() {
+    run_all_listing(Contender::Factory, Listing::Streaming).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_streaming_factory_metadata_informer_converges_after_every_fault() {
+    run_all_listing(Contender::Metadata, Listing::Streaming).await;
 }

@@ -28,7 +28,7 @@
 //! state, from the API server's watch cache), later relists for "not older than the last
 //! resourceVersion seen", and a relist that fails with 410 or "too large resource version" is
 //! retried at once as a consistent read (`""`). With [`ReflectorOptions::streaming_lists`]
-//! (client-go's default since v0.35; not yet Reflex's) the list is a watch with
+//! (the default, as client-go's since v0.35) the list is a watch with
 //! `sendInitialEvents=true`, ended by the initial-events-end bookmark: one request instead of
 //! pages, served from the watch cache. The Reflector then lists in pages instead when the server refuses it (in that round; the next
 //! relist asks again, as client-go's does), for one round after a streaming list that ended

@@ -69,10 +69,13 @@ pub struct ReflectorOptions {
     pub idle_watch_margin: Duration,
     /// Backoff between failed rounds.
     pub backoff: BackoffOptions,
-    /// List by streaming (`sendInitialEvents=true`, client-go's default since v0.35), falling
-    /// back to a paged list when the server refuses it, for one round after a streaming list
-    /// that ended before its bookmark, and whenever [`list_backlog`](Self::list_backlog) is set.
-    /// `false` by default (paged lists) for now: see the CHANGELOG.
+    /// List by streaming (`sendInitialEvents=true`; the default, as in client-go since v0.35):
+    /// one watch request whose initial events are the list, served from the API server's watch
+    /// cache and ended by the initial-events-end bookmark. The reflector falls back to a paged
+    /// list when the server refuses it (an older server, an aggregated API without support, a
+    /// failure of that request), for one round after a streaming list that ended before its
+    /// bookmark, and whenever [`list_backlog`](Self::list_backlog) is set. `false` always lists
+    /// in pages.
     pub streaming_lists: bool,
     /// Label selector for lists and watches.
     pub label_selector: Option<String>,
@@ -96,7 +99,7 @@ impl Default for ReflectorOptions {
             min_watch_timeout: MIN_WATCH_TIMEOUT,
             idle_watch_margin: Duration::from_secs(30),
             backoff: BackoffOptions::default(),
-            streaming_lists: false,
+            streaming_lists: true,
             label_selector: None,
             field_selector: None,
             list_backlog: None,
