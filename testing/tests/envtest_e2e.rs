@@ -27,6 +27,12 @@ use reflex_informer::reflector::ReflectorOptions;
 use reflex_testing::envtest::{Environment, Options};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use wire_support::get_encoded;
+
+// Each test binary uses part of the helpers.
+#[allow(dead_code)]
+#[path = "support/http.rs"]
+mod wire_support;
 
 /// Serializes the tests of this binary: one control plane at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -861,44 +867,6 @@ async fn an_informer_listing_in_small_pages_syncs_a_thousand_objects_completely(
     env.stop().await.expect("stop envtest");
 }
 
-/// A GET through `client` with extra headers: the `Content-Encoding` of the answer and its
-/// body decoded member by member, with the number of gzip members (0: not compressed).
-async fn get_encoded(
-    client: &kube::Client,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> (Option<String>, Vec<u8>, usize) {
-    use std::io::Read;
-    let mut req = http::Request::get(path);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let resp = client
-        .send(req.body(Vec::new()).expect("request").map(Into::into))
-        .await
-        .expect("GET");
-    assert!(resp.status().is_success(), "{path}: {}", resp.status());
-    let encoding = resp
-        .headers()
-        .get(http::header::CONTENT_ENCODING)
-        .map(|v| v.to_str().expect("ASCII header").to_owned());
-    let wire = http_body_util::BodyExt::collect(resp.into_body())
-        .await
-        .expect("body")
-        .to_bytes();
-    if encoding.as_deref() != Some("gzip") {
-        return (encoding, wire.to_vec(), 0);
-    }
-    let (mut rest, mut body, mut members) = (&wire[..], Vec::new(), 0);
-    while !rest.is_empty() {
-        let mut member = flate2::bufread::GzDecoder::new(rest);
-        member.read_to_end(&mut body).expect("a gzip member");
-        rest = member.into_inner();
-        members += 1;
-    }
-    (encoding, body, members)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn informers_read_gzip_lists_and_gzip_streaming_lists_and_ask_to_drop_managed_fields() {
     let _serial = SERIAL.lock().await;
@@ -922,27 +890,24 @@ async fn informers_read_gzip_lists_and_gzip_streaming_lists_and_ask_to_drop_mana
     create_many(&pods, 400, |i| pod(&format!("pod-{i:04}"))).await;
 
     let gzip = [("accept-encoding", "gzip")];
-    let (encoding, body, _) = get_encoded(&client, "/api/v1/namespaces/wire/pods", &gzip).await;
+    let list = get_encoded(&client, "/api/v1/namespaces/wire/pods", &gzip).await;
     assert_eq!(
-        encoding.as_deref(),
+        list.encoding.as_deref(),
         Some("gzip"),
         "a large list is compressed"
     );
-    let list: serde_json::Value = serde_json::from_slice(&body).expect("list JSON");
-    assert_eq!(list["items"].as_array().map(Vec::len), Some(400));
+    assert_eq!(list.json()["items"].as_array().map(Vec::len), Some(400));
     let watch_list = "/api/v1/namespaces/wire/pods?watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&timeoutSeconds=2";
-    let (encoding, body, members) = get_encoded(&client, watch_list, &gzip).await;
-    let events = body
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .count();
+    let streamed = get_encoded(&client, watch_list, &gzip).await;
+    let events = streamed.events().len();
     assert!(
         events > 400,
         "400 initial events and the end bookmark: {events}"
     );
     if minor >= 37 {
         // WatchListCompression (beta, on): the streaming list is gzip, member after member.
-        assert_eq!(encoding.as_deref(), Some("gzip"), "v1.{minor}");
+        assert_eq!(streamed.encoding.as_deref(), Some("gzip"), "v1.{minor}");
+        let members = streamed.members;
         assert!(
             members > 1,
             "one member per flush, not one for the body: {members}"
@@ -950,8 +915,9 @@ async fn informers_read_gzip_lists_and_gzip_streaming_lists_and_ask_to_drop_mana
     }
     // KEP-5958 is alpha in 1.38: older servers ignore the parameter and send managedFields.
     let drop = [("accept", "application/json;drop=metadata.managedFields")];
-    let (_, body, _) = get_encoded(&client, "/api/v1/namespaces/wire/pods/pod-0000", &drop).await;
-    let one: serde_json::Value = serde_json::from_slice(&body).expect("pod JSON");
+    let one = get_encoded(&client, "/api/v1/namespaces/wire/pods/pod-0000", &drop)
+        .await
+        .json();
     if minor < 38 {
         assert!(
             one["metadata"]["managedFields"].is_array(),

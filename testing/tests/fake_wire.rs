@@ -2,7 +2,6 @@
 //! streaming-list watches (one gzip member per event, as kube-apiserver 1.37 sends them) and
 //! KEP-5958's `drop=metadata.managedFields`, checked at the HTTP level and through informers.
 
-use std::io::Read;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -14,6 +13,12 @@ use reflex_informer::reflector::ReflectorOptions;
 use reflex_informer::source::raw::WireOptions;
 use reflex_testing::{FakeApiServer, FakeConfig};
 use serde_json::{Value, json};
+use wire_support::get_encoded as get;
+
+// Each test binary uses part of the helpers.
+#[allow(dead_code)]
+#[path = "support/http.rs"]
+mod wire_support;
 
 /// Upper bound for something that must happen; reached only when a test fails.
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -39,56 +44,6 @@ async fn server_with(config: FakeConfig, count: usize, payload_bytes: usize) -> 
     server
 }
 
-struct Answer {
-    encoding: Option<String>,
-    /// The body as sent.
-    wire: Vec<u8>,
-}
-
-impl Answer {
-    /// The body decoded, member by member, and how many gzip members it held (0: plain).
-    fn decoded(&self) -> (Vec<u8>, usize) {
-        if self.encoding.as_deref() != Some("gzip") {
-            return (self.wire.clone(), 0);
-        }
-        let mut rest = &self.wire[..];
-        let (mut out, mut members) = (Vec::new(), 0);
-        while !rest.is_empty() {
-            let mut member = flate2::bufread::GzDecoder::new(rest);
-            member.read_to_end(&mut out).expect("a valid gzip member");
-            rest = member.into_inner();
-            members += 1;
-        }
-        (out, members)
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.decoded().0).expect("a JSON body")
-    }
-}
-
-async fn get(client: &kube::Client, path: &str, headers: &[(&str, &str)]) -> Answer {
-    let mut req = http::Request::get(path);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let resp = client
-        .send(req.body(Vec::new()).unwrap().map(Into::into))
-        .await
-        .unwrap();
-    assert!(resp.status().is_success(), "{path}: {}", resp.status());
-    let encoding = resp
-        .headers()
-        .get(http::header::CONTENT_ENCODING)
-        .map(|v| v.to_str().unwrap().to_owned());
-    let wire = http_body_util::BodyExt::collect(resp.into_body())
-        .await
-        .unwrap()
-        .to_bytes()
-        .to_vec();
-    Answer { encoding, wire }
-}
-
 const LIST: &str = "/api/v1/namespaces/default/configmaps";
 const GZIP: (&str, &str) = ("accept-encoding", "gzip");
 
@@ -102,7 +57,7 @@ async fn lists_over_the_threshold_are_gzip_encoded_only_for_clients_that_ask() {
     assert_eq!(plain.encoding, None, "no Accept-Encoding: plain");
     let gzipped = get(&client, LIST, &[GZIP]).await;
     assert_eq!(gzipped.encoding.as_deref(), Some("gzip"));
-    assert_eq!(gzipped.decoded().1, 1, "a list is one member");
+    assert_eq!(gzipped.members, 1, "a list is one member");
     assert!(
         gzipped.wire.len() * 5 < plain.wire.len(),
         "repetitive JSON compresses"
@@ -137,13 +92,8 @@ async fn a_streaming_list_comes_one_gzip_member_per_event() {
     let client = server.client().unwrap();
     let answer = get(&client, WATCH_LIST, &[GZIP]).await;
     assert_eq!(answer.encoding.as_deref(), Some("gzip"));
-    let (body, members) = answer.decoded();
-    let lines: Vec<Value> = body
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .map(|l| serde_json::from_slice(l).unwrap())
-        .collect();
-    assert_eq!(members, lines.len(), "one member per event");
+    let lines = answer.events();
+    assert_eq!(answer.members, lines.len(), "one member per event");
     let added = lines.iter().filter(|e| e["type"] == "ADDED").count();
     assert_eq!(added, 5);
     assert!(lines.iter().any(|e| e["type"] == "BOOKMARK"
@@ -203,11 +153,10 @@ async fn drop_managed_fields_leaves_them_out_of_objects_lists_and_watch_events()
             .get("managedFields")
             .is_none()
     );
-    let (events, _) = get(&client, WATCH_LIST, &[drop]).await.decoded();
-    let added: Vec<Value> = events
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .map(|l| serde_json::from_slice::<Value>(l).unwrap())
+    let added: Vec<Value> = get(&client, WATCH_LIST, &[drop])
+        .await
+        .events()
+        .into_iter()
         .filter(|e| e["type"] == "ADDED")
         .collect();
     assert_eq!(added.len(), 3);
