@@ -80,8 +80,8 @@ fn gzip_member(data: &[u8]) -> Bytes {
 
 /// Compresses a response as kube-apiserver does for a client that accepts gzip: a body of
 /// known size at least [`Shared::gzip_min_bytes`] as one member, the body of a streaming-list
-/// watch (`sendInitialEvents=true`) one member per event, as 1.37's `WatchListCompression`
-/// flushes it; anything else is sent as it is. The bytes of every body, as sent, are counted.
+/// watch (`sendInitialEvents=true`) one member per event (1.37's `WatchListCompression` ends a
+/// member at each flush, after one event or a batch: per event is the worst case for a client); anything else is sent as it is. The bytes of every body, as sent, are counted.
 async fn encode(
     shared: &Shared,
     headers: &http::HeaderMap,
