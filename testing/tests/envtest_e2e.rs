@@ -27,7 +27,7 @@ use reflex_informer::reflector::ReflectorOptions;
 use reflex_testing::envtest::{Environment, Options};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use wire_support::get_encoded;
+use wire_support::{INITIAL_EVENTS_END, get_encoded, get_encoded_until};
 
 // Each test binary uses part of the helpers.
 #[allow(dead_code)]
@@ -897,8 +897,8 @@ async fn informers_read_gzip_lists_and_gzip_streaming_lists_and_ask_to_drop_mana
         "a large list is compressed"
     );
     assert_eq!(list.json()["items"].as_array().map(Vec::len), Some(400));
-    let watch_list = "/api/v1/namespaces/wire/pods?watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&timeoutSeconds=2";
-    let streamed = get_encoded(&client, watch_list, &gzip).await;
+    let watch_list = "/api/v1/namespaces/wire/pods?watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&timeoutSeconds=300";
+    let streamed = get_encoded_until(&client, watch_list, &gzip, Some(INITIAL_EVENTS_END)).await;
     let events = streamed.events().len();
     assert!(
         events > 400,

@@ -13,7 +13,7 @@ use reflex_informer::reflector::ReflectorOptions;
 use reflex_informer::source::raw::WireOptions;
 use reflex_testing::{FakeApiServer, FakeConfig};
 use serde_json::{Value, json};
-use wire_support::get_encoded as get;
+use wire_support::{INITIAL_EVENTS_END, get_encoded as get, get_encoded_until};
 
 // Each test binary uses part of the helpers.
 #[allow(dead_code)]
@@ -42,6 +42,11 @@ async fn server_with(config: FakeConfig, count: usize, payload_bytes: usize) -> 
             .unwrap();
     }
     server
+}
+
+/// A streaming list, read up to its initial-events-end bookmark.
+async fn watch_list(client: &kube::Client, headers: &[(&str, &str)]) -> wire_support::Encoded {
+    get_encoded_until(client, WATCH_LIST, headers, Some(INITIAL_EVENTS_END)).await
 }
 
 const LIST: &str = "/api/v1/namespaces/default/configmaps";
@@ -84,13 +89,13 @@ async fn lists_over_the_threshold_are_gzip_encoded_only_for_clients_that_ask() {
     assert_eq!(answer.encoding, None, "a server with compression off");
 }
 
-const WATCH_LIST: &str = "/api/v1/namespaces/default/configmaps?watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&timeoutSeconds=1";
+const WATCH_LIST: &str = "/api/v1/namespaces/default/configmaps?watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&timeoutSeconds=300";
 
 #[tokio::test]
 async fn a_streaming_list_comes_one_gzip_member_per_event() {
     let server = server_with(FakeConfig::default(), 5, 10).await;
     let client = server.client().unwrap();
-    let answer = get(&client, WATCH_LIST, &[GZIP]).await;
+    let answer = watch_list(&client, &[GZIP]).await;
     assert_eq!(answer.encoding.as_deref(), Some("gzip"));
     let lines = answer.events();
     assert_eq!(answer.members, lines.len(), "one member per event");
@@ -119,7 +124,7 @@ async fn a_streaming_list_comes_one_gzip_member_per_event() {
         10,
     )
     .await;
-    let answer = get(&off.client().unwrap(), WATCH_LIST, &[GZIP]).await;
+    let answer = watch_list(&off.client().unwrap(), &[GZIP]).await;
     assert_eq!(answer.encoding, None, "WatchListCompression off");
 }
 
@@ -153,7 +158,7 @@ async fn drop_managed_fields_leaves_them_out_of_objects_lists_and_watch_events()
             .get("managedFields")
             .is_none()
     );
-    let added: Vec<Value> = get(&client, WATCH_LIST, &[drop])
+    let added: Vec<Value> = watch_list(&client, &[drop])
         .await
         .events()
         .into_iter()

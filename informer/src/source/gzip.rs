@@ -166,6 +166,13 @@ impl Gunzip {
     fn advance<'a>(&mut self, input: &'a [u8], out: &mut BytesMut) -> io::Result<&'a [u8]> {
         match self.part {
             Part::Header => {
+                // Usually a whole header is in `input`: read it in place.
+                if self.partial.is_empty()
+                    && let Some(len) = header_len(input)?
+                {
+                    self.part = Part::Body;
+                    return Ok(&input[len..]);
+                }
                 let seen = self.partial.len();
                 self.partial.extend_from_slice(input);
                 match header_len(&self.partial)? {

@@ -96,9 +96,10 @@ pub struct WireOptions {
     /// Send `Accept-Encoding: gzip` on lists and watches and decode what comes back compressed
     /// (default `true`, as client-go). kube-apiserver compresses lists over 128 KiB and, from
     /// 1.37 on, streaming-list watches; other watches stay uncompressed. Compression trades the
-    /// server's and the client's CPU for bytes on the network: worth it to a remote cluster,
-    /// a loss on a loopback or same-host API server (BENCHMARKS.md has both figures). With
-    /// `false` the requests send `Accept-Encoding: identity`.
+    /// server's and the client's CPU for bytes on the network: worth it to a remote cluster; on
+    /// a loopback API server it saved no time in BENCHMARKS.md's "Issue 20" runs (half the
+    /// bytes of a streaming list, an eighth of a paged one). With `false` the requests send
+    /// `Accept-Encoding: identity`.
     pub gzip: bool,
     /// Add `drop=metadata.managedFields` to the `Accept` header (KEP-5958, alpha in
     /// Kubernetes 1.38 behind the `ManagedFieldsOptOut` gate; default `false`): a server that
@@ -134,7 +135,7 @@ impl WireOptions {
     }
 
     /// The `Accept` header these options ask for, given the media ranges a request would send
-    /// otherwise (`None`: plain JSON). `None` when they would not change it.
+    /// otherwise (`None`: no header, which means plain JSON). `None` back: no header needed.
     pub fn accept(&self, ranges: Option<&str>) -> Option<String> {
         if !self.drop_managed_fields {
             return ranges.map(str::to_string);
