@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, PodSpec, PodTemplateSpec};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, ObjectReference, PodSpec, PodTemplateSpec};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -176,7 +176,14 @@ fn desired_deployment(owner: &Foo) -> Deployment {
                     labels: Some(labels),
                     ..ObjectMeta::default()
                 }),
-                spec: Some(PodSpec::default()),
+                spec: Some(PodSpec {
+                    containers: vec![Container {
+                        name: "nginx".into(),
+                        image: Some("nginx:1.27".into()),
+                        ..Container::default()
+                    }],
+                    ..PodSpec::default()
+                }),
             },
             ..DeploymentSpec::default()
         }),
@@ -356,14 +363,23 @@ async fn sample_controller_converges_on_create_scale_drift_deletion_and_foo_dele
     assert_eq!((replicas, owner.as_str()), (3, "example-foo"));
     assert_ne!(uid, first_uid);
 
-    // Foo deleted: reconcile sees it absent from the lister. The fake server has no garbage
-    // collector, so the Deployment stays.
+    // Foo deleted: reconcile sees it absent from the lister, and the server's garbage collector
+    // deletes the Deployment it owned (also one a reconcile racing the deletion recreated: its
+    // owner is gone).
     foos.delete("example-foo", &DeleteParams::default())
         .await
         .unwrap();
     let foo_key = ObjectKey::new(Some(NS), "example-foo");
     eventually("reconcile of the deleted foo", || async {
         ctx.absent.lock().contains(&foo_key).then_some(())
+    })
+    .await;
+    eventually("deployment collected with its owner", || async {
+        deps.get_opt("example-dep")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
     })
     .await;
 

@@ -11,6 +11,9 @@
 
 mod support;
 
+#[path = "fidelity/validation.rs"]
+mod validation;
+
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
@@ -331,4 +334,63 @@ async fn the_python_client_script_expects_what_a_real_apiserver_does() {
     let lines = support::python::run_script(python, env.kubeconfig()).await;
     env.stop().await.unwrap();
     assert_eq!(lines, support::python::EXPECTED);
+}
+
+/// Every step of [`validation::steps`] against one server: (what, compared answer, messages).
+async fn validation_answers(client: kube::Client) -> Vec<(String, Value, Value)> {
+    let nss: Api<Namespace> = Api::all(client.clone());
+    nss.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": validation::NS}})).unwrap(),
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    for step in validation::steps() {
+        let (seen, messages) = validation::run(&client, &step).await;
+        out.push((step.what, seen, messages));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fake_validates_defaults_and_scales_like_kube_apiserver() {
+    let Some(env) = Environment::start_or_skip(Options::default())
+        .await
+        .unwrap()
+    else {
+        return;
+    };
+    let real = validation_answers(env.client()).await;
+    env.stop().await.unwrap();
+    // The fake answers as the same minor version as the real server.
+    let minor = reflex_testing::envtest::version()
+        .trim_start_matches("v1.")
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .expect("envtest version v1.MINOR.PATCH");
+    let server = FakeApiServer::start_with(reflex_testing::FakeConfig {
+        minor_version: minor,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let fake = validation_answers(server.client().unwrap()).await;
+    server.shutdown().await;
+    let mut differ = Vec::new();
+    for ((what, r, rm), (_, f, fm)) in real.iter().zip(&fake) {
+        println!("{what}\n  real: {r}\n  fake: {f}");
+        if !rm.is_null() || !fm.is_null() {
+            println!("  real messages: {rm}\n  fake messages: {fm}");
+        }
+        if r != f {
+            differ.push(what.as_str());
+        }
+    }
+    println!("{} steps compared, {} differ", real.len(), differ.len());
+    assert!(
+        differ.is_empty(),
+        "the fake answers differently from kube-apiserver in: {differ:?}"
+    );
 }

@@ -215,7 +215,7 @@ async fn patches_merge_and_bump_generation_only_for_spec_changes() {
         .patch(
             "p",
             &PatchParams::default(),
-            &Patch::Strategic(json!({"spec": {"nodeName": "n1"}})),
+            &Patch::Strategic(json!({"spec": {"activeDeadlineSeconds": 600}})),
         )
         .await
         .unwrap();
@@ -225,13 +225,29 @@ async fn patches_merge_and_bump_generation_only_for_spec_changes() {
         .header("content-type", "application/json-patch+json")
         .body(
             serde_json::to_vec(
-                &json!([{"op": "replace", "path": "/spec/nodeName", "value": "n2"}]),
+                &json!([{"op": "replace", "path": "/spec/containers/0/image", "value": "z"}]),
             )
             .unwrap(),
         )
         .unwrap();
     let patched: Pod = server.client().unwrap().request(req).await.unwrap();
-    assert_eq!(patched.spec.unwrap().node_name.as_deref(), Some("n2"));
+    assert_eq!(
+        patched.spec.unwrap().containers[0].image.as_deref(),
+        Some("z")
+    );
+    // A cluster refuses any other change to a Pod's spec.
+    let refused = api
+        .patch(
+            "p",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"nodeName": "n1"}})),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, kube::Error::Api(e) if e.code == 422 && e.reason == "Invalid"),
+        "{refused:?}"
+    );
 
     let status = api
         .patch_status(

@@ -29,10 +29,12 @@ mod media;
 mod patch;
 mod protobuf;
 mod resources;
+mod scale;
 mod selectors;
 mod server;
 mod status;
 mod storage;
+pub mod validation;
 mod watch;
 
 use std::net::SocketAddr;
@@ -49,7 +51,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use resources::ResourceDef;
+pub use resources::{ResourceDef, ScalePaths, ScaleSelector};
 pub use status::ApiError;
 
 use server::Shared;
@@ -116,7 +118,29 @@ pub struct FakeConfig {
     /// without the feature does (before 1.38, or with `ManagedFieldsOptOut` off): the parameter
     /// is ignored.
     pub drop_managed_fields: bool,
+    /// Refuse what kube-apiserver refuses, with its 422 `Invalid` answers: names per kind,
+    /// labels and annotations, the invariants of the workload and core kinds, immutable fields.
+    /// Default `true`; `false` stores whatever is sent (the fake before this option).
+    pub validation: bool,
+    /// Run what kube-controller-manager runs beside the API server on a cluster: garbage
+    /// collection by `ownerReferences` (the `Background`, `Foreground` and `Orphan` propagation
+    /// policies) and namespace deletion (a deleted namespace's objects are deleted, then the
+    /// namespace). Synchronous: done when the DELETE returns. Default `true`; `false` answers as
+    /// kube-apiserver alone (envtest) does: dependents stay, a deleted namespace stays
+    /// `Terminating`.
+    pub garbage_collection: bool,
+    /// The Kubernetes minor version the fake answers as (`/version`, and the rules that
+    /// changed between releases: Service names, owner reference causes, StatefulSet update
+    /// causes and defaults; see [`validation`]). Default [`NEWEST_MINOR`] (1.37, the newest
+    /// release); [`OLDEST_MINOR`] (1.35) for the oldest supported. Checked against
+    /// kube-apiserver v1.35.4 and v1.37.2; a minor in between answers as 1.35.
+    pub minor_version: u32,
 }
+
+/// The newest Kubernetes minor the fake answers as (1.37).
+pub const NEWEST_MINOR: u32 = 37;
+/// The oldest supported Kubernetes minor (1.35).
+pub const OLDEST_MINOR: u32 = 35;
 
 /// kube-apiserver's size threshold for compressing a response: 128 KiB.
 pub const GZIP_MIN_BYTES: usize = 128 * 1024;
@@ -135,6 +159,9 @@ impl Default for FakeConfig {
             gzip_min_bytes: Some(GZIP_MIN_BYTES),
             gzip_watch_lists: true,
             drop_managed_fields: true,
+            validation: true,
+            garbage_collection: true,
+            minor_version: NEWEST_MINOR,
         }
     }
 }
@@ -307,7 +334,13 @@ impl FakeApiServer {
             source,
         })?;
         let shared = Arc::new(Shared {
-            storage: Mutex::new(Storage::new(config.history_size, config.watch_buffer)),
+            storage: Mutex::new({
+                let mut s = Storage::new(config.history_size, config.watch_buffer);
+                s.validate = config.validation;
+                s.gc = config.garbage_collection;
+                s.minor = config.minor_version;
+                s
+            }),
             faults: faults::Faults::default(),
             bookmark_interval: config.bookmark_interval,
             max_request_body_bytes: config.max_request_body_bytes,

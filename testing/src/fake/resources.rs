@@ -30,6 +30,43 @@ pub struct ResourceDef {
     pub status: bool,
     /// Short names (for kubectl).
     pub short_names: Vec<String>,
+    /// Whether `/scale` is served, and where its fields live in the object.
+    pub scale: Option<ScalePaths>,
+    /// A kind Kubernetes defines (not from a CRD): built-in kinds follow core's metadata rules
+    /// (finalizer names), custom resources apimachinery's.
+    pub builtin: bool,
+}
+
+/// Where a resource's `/scale` subresource reads and writes (JSON pointers into the object),
+/// as a CRD's `subresources.scale` declares them (`.spec.replicas` becomes `/spec/replicas`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScalePaths {
+    /// The desired replica count (`spec.replicas` of the `Scale`).
+    pub spec_replicas: String,
+    /// The observed replica count (`status.replicas`).
+    pub status_replicas: String,
+    /// The label selector (`status.selector`), if the resource has one.
+    pub selector: Option<ScaleSelector>,
+}
+
+/// Where a `Scale`'s `status.selector` comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScaleSelector {
+    /// A `metav1.LabelSelector` object (built-in workloads' `spec.selector`), written out as a
+    /// selector string.
+    LabelSelector(String),
+    /// A string field (a CRD's `labelSelectorPath`).
+    Text(String),
+}
+
+impl ScalePaths {
+    fn workload() -> Self {
+        Self {
+            spec_replicas: "/spec/replicas".into(),
+            status_replicas: "/status/replicas".into(),
+            selector: Some(ScaleSelector::LabelSelector("/spec/selector".into())),
+        }
+    }
 }
 
 impl ResourceDef {
@@ -81,6 +118,12 @@ fn def(
         namespaced,
         status,
         short_names: short.iter().map(|s| s.to_string()).collect(),
+        scale: matches!(
+            (group, plural),
+            ("apps", "deployments" | "replicasets" | "statefulsets")
+        )
+        .then(ScalePaths::workload),
+        builtin: true,
     }
 }
 
@@ -149,6 +192,7 @@ pub fn builtins() -> Vec<ResourceDef> {
             &["sts"],
         ),
         def("apps", "v1", "daemonsets", "DaemonSet", true, true, &["ds"]),
+        def("batch", "v1", "jobs", "Job", true, true, &[]),
         def(
             "coordination.k8s.io",
             "v1",
@@ -254,6 +298,20 @@ pub fn defs_from_crd(crd: &Value) -> Result<Vec<ResourceDef>, ApiError> {
             namespaced,
             status: v.pointer("/subresources/status").is_some(),
             short_names: short_names.clone(),
+            scale: v.pointer("/subresources/scale").map(|sc| {
+                let path = |f: &str| {
+                    sc.get(f)
+                        .and_then(Value::as_str)
+                        .map(|p| p.trim_start_matches('.').replace('.', "/"))
+                        .map(|p| format!("/{p}"))
+                };
+                ScalePaths {
+                    spec_replicas: path("specReplicasPath").unwrap_or_default(),
+                    status_replicas: path("statusReplicasPath").unwrap_or_default(),
+                    selector: path("labelSelectorPath").map(ScaleSelector::Text),
+                }
+            }),
+            builtin: false,
         });
     }
     Ok(out)
@@ -291,6 +349,12 @@ pub fn resource_list(defs: &[&ResourceDef], group_version: &str) -> Value {
             resources.push(json!({
                 "name": format!("{}/status", d.plural), "singularName": "", "namespaced": d.namespaced,
                 "kind": d.kind, "verbs": ["get", "patch", "update"],
+            }));
+        }
+        if d.scale.is_some() {
+            resources.push(json!({
+                "name": format!("{}/scale", d.plural), "singularName": "", "namespaced": d.namespaced,
+                "group": "autoscaling", "version": "v1", "kind": "Scale", "verbs": ["get", "patch", "update"],
             }));
         }
     }

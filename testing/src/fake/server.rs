@@ -310,10 +310,13 @@ fn discovery(
         shared.faults.count_request("discovery", &segs.join("/"));
     }
     let response = match segs {
-        ["version"] => json_response(
-            200,
-            &json!({"major": "1", "minor": "35", "gitVersion": "v1.35.0-reflex-fake", "gitCommit": "", "gitTreeState": "clean", "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.25", "compiler": "gc", "platform": "linux/amd64"}),
-        ),
+        ["version"] => {
+            let minor = st().minor;
+            json_response(
+                200,
+                &json!({"major": "1", "minor": minor.to_string(), "gitVersion": format!("v1.{minor}.0-reflex-fake"), "gitCommit": "", "gitTreeState": "clean", "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.25", "compiler": "gc", "platform": "linux/amd64"}),
+            )
+        }
         // An empty OpenAPI document: kubectl's client-side validation finds no schema for the
         // object's kind and accepts it (a 404 here makes `kubectl apply` fail). kubectl asks for
         // the gnostic protobuf form, hand-encoded here: swagger = "2.0", info {title, version}.
@@ -587,6 +590,9 @@ fn resource(
     let status_only = match t.sub.as_deref() {
         None => false,
         Some("status") if def.status => true,
+        Some("scale") if def.scale.is_some() && matches!(verb, "get" | "update" | "patch") => {
+            return scale_request(shared, &def, verb, &t, ct, body);
+        }
         Some(_) => {
             return Err(ApiError::new(
                 404,
@@ -679,7 +685,9 @@ fn resource(
             };
             let mut s = shared.storage.lock();
             let deleted = s.delete(&t.res, &ns, &name, &opts)?;
-            let pending = s.get(&t.res, &ns, &name).is_ok();
+            // Still held by finalizers when the API server answered (the collector's work that
+            // follows may already have removed it).
+            let pending = deleted.pointer("/metadata/deletionTimestamp").is_some();
             drop(s);
             if pending || RETURNS_DELETED_OBJECT.contains(&def.plural.as_str()) {
                 return Ok(object_response(200, one, &deleted));
@@ -699,12 +707,22 @@ fn resource(
         }
         _ => {
             let sel = selectors(q, &def)?;
+            let opts = if body.is_empty() {
+                json!({})
+            } else {
+                parse_object_body(ct, body)?
+            };
             let mut s = shared.storage.lock();
             let objs = s.snapshot(&t.res, None)?;
             let mut items = Vec::new();
             for ((ons, oname), o) in objs {
                 if (t.ns.is_none() || ons == ns) && sel.matches(&o) {
-                    items.push(s.delete(&t.res, &ons, &oname, &json!({}))?);
+                    match s.delete(&t.res, &ons, &oname, &opts) {
+                        Ok(deleted) => items.push(deleted),
+                        // Collected already, as a dependent of one deleted before it.
+                        Err(e) if e.code == 404 => {}
+                        Err(e) => return Err(e),
+                    }
                 }
             }
             let out = negotiate(accept, Shape::List, shared.drop_managed_fields);
@@ -721,6 +739,54 @@ fn resource(
             ))
         }
     }
+}
+
+/// `GET`, `PUT` and `PATCH` of `/scale`: the object's `Scale`, and writes of its replica count.
+fn scale_request(
+    shared: &Shared,
+    def: &ResourceDef,
+    verb: &str,
+    t: &Target,
+    ct: &str,
+    body: &Bytes,
+) -> Result<Response<Body>, ApiError> {
+    let paths = def
+        .scale
+        .as_ref()
+        .ok_or_else(ApiError::method_not_allowed)?;
+    let ns = t.ns.clone().unwrap_or_default();
+    let name = t.name.clone().unwrap_or_default();
+    let mut s = shared.storage.lock();
+    let current = s.get(&t.res, &ns, &name)?;
+    let scale = match verb {
+        "get" => return Ok(json_response(200, &super::scale::to_scale(paths, &current))),
+        "update" => parse_object_body(ct, body)?,
+        _ => {
+            let patch = parse_body(body)?;
+            let mut doc = super::scale::to_scale(paths, &current);
+            match ct.split(';').next().unwrap_or_default().trim() {
+                "application/json-patch+json" => json_patch(&mut doc, &patch)?,
+                "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
+                    merge_patch(&mut doc, &patch)
+                }
+                other => {
+                    return Err(ApiError::new(
+                        415,
+                        "UnsupportedMediaType",
+                        format!("the body of the request was in an unknown format: {other}"),
+                    ));
+                }
+            }
+            // A patch applies to the latest version unless it carries a resourceVersion.
+            if patch.pointer("/metadata/resourceVersion").is_none() {
+                doc["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
+            }
+            doc
+        }
+    };
+    check_object_shape(&scale)?;
+    let out = super::scale::write(&mut s, def, paths, &ns, &name, &scale)?;
+    Ok(json_response(200, &out))
 }
 
 /// Where a list starts: the resourceVersion it is served at and, for a continued list, the key

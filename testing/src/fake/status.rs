@@ -20,6 +20,19 @@ pub struct ApiError {
     pub details: Option<Box<(String, String, String)>>,
     /// `details.retryAfterSeconds`, also sent as the `Retry-After` header (a 429).
     pub retry_after_seconds: Option<u32>,
+    /// `details.causes`: which fields a 422 `Invalid` refused, and why.
+    pub causes: Vec<StatusCause>,
+}
+
+/// One entry of `details.causes` (`metav1.StatusCause`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusCause {
+    /// `FieldValueRequired`, `FieldValueInvalid`, ...
+    pub reason: &'static str,
+    /// What is wrong, after the field ("Required value", "Invalid value: \"x\": why").
+    pub message: String,
+    /// The field's path (`spec.containers[0].image`).
+    pub field: String,
 }
 
 impl ApiError {
@@ -31,6 +44,7 @@ impl ApiError {
             message: message.into(),
             details: None,
             retry_after_seconds: None,
+            causes: Vec::new(),
         }
     }
 
@@ -126,7 +140,20 @@ impl ApiError {
             "code": self.code,
         });
         if let Some((name, group, kind)) = self.details.as_deref() {
-            s["details"] = json!({ "name": name, "group": group, "kind": kind });
+            s["details"] = json!({ "name": name, "kind": kind });
+            if !group.is_empty() {
+                s["details"]["group"] = json!(group);
+            }
+        }
+        if !self.causes.is_empty() {
+            if !s["details"].is_object() {
+                s["details"] = json!({});
+            }
+            s["details"]["causes"] = self
+                .causes
+                .iter()
+                .map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field}))
+                .collect();
         }
         if let Some(secs) = self.retry_after_seconds {
             if !s["details"].is_object() {

@@ -5,7 +5,7 @@
 //! write bumps the counter, records the event in the history and hands it to every watcher of the
 //! resource with `try_send`, so a slow watcher is dropped (and told 410) instead of blocking writers.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -16,7 +16,9 @@ use tokio::sync::mpsc;
 use super::resources::{ResKey, ResourceDef, builtins, defs_from_crd};
 use super::selectors::Selectors;
 use super::status::ApiError;
+use super::validation;
 
+mod gc;
 mod objects;
 
 pub use objects::now_rfc3339;
@@ -110,6 +112,19 @@ pub struct Storage {
     oldest_rv: u64,
     watchers: Vec<Watcher>,
     watch_buffer: usize,
+    /// Refuse what kube-apiserver refuses (see [`validation`](super::validation)).
+    pub validate: bool,
+    /// Run the garbage collector and the namespace controller (see [`gc`]).
+    pub gc: bool,
+    /// The Kubernetes minor version whose rules apply.
+    pub minor: u32,
+    /// Owner uid to the objects whose `ownerReferences` name it.
+    owned: HashMap<String, BTreeSet<(ResKey, ObjKey)>>,
+    /// uid to where the object is stored.
+    by_uid: HashMap<String, (ResKey, ObjKey)>,
+    /// The next Service cluster IP to hand out (the low 16 bits, in 10.0.0.0/16 above
+    /// 10.0.0.1, which a cluster keeps for the `kubernetes` Service).
+    next_cluster_ip: u32,
 }
 
 impl Storage {
@@ -124,6 +139,12 @@ impl Storage {
             oldest_rv: 1,
             watchers: Vec::new(),
             watch_buffer: watch_buffer.max(1),
+            validate: true,
+            gc: true,
+            minor: super::NEWEST_MINOR,
+            owned: HashMap::new(),
+            by_uid: HashMap::new(),
+            next_cluster_ip: 10,
         };
         for d in builtins() {
             s.objects.entry(d.key()).or_default();
@@ -221,6 +242,21 @@ impl Storage {
             .get(&nskey)
             .is_some_and(|m| m.contains_key(&(String::new(), ns.to_string())))
         {
+            if self.terminating(ns) {
+                let mut e = ApiError::new(
+                    403,
+                    "Forbidden",
+                    format!(
+                        "unable to create new content in namespace {ns} because it is being terminated"
+                    ),
+                );
+                e.causes = vec![super::status::StatusCause {
+                    reason: "NamespaceTerminating",
+                    message: format!("namespace {ns} is being terminated"),
+                    field: "metadata.namespace".into(),
+                }];
+                return Err(e);
+            }
             Ok(())
         } else {
             Err(ApiError::not_found("", "namespaces", ns))
@@ -401,23 +437,27 @@ impl Storage {
         };
         obj["apiVersion"] = json!(d.api_version());
         obj["kind"] = json!(d.kind);
-        apply_create_defaults(&d, &mut obj)?;
+        obj["metadata"]["uid"] = json!(new_uid());
+        apply_create_defaults(&d, &mut obj, self.minor)?;
+        if d.group.is_empty() && d.plural == "services" {
+            self.allocate_cluster_ip(&mut obj);
+        }
+        if self.validate {
+            validation::validate_create(&d, &obj, self.minor)?;
+        }
         self.rv += 1;
         let m = obj["metadata"]
             .as_object_mut()
             .ok_or_else(|| ApiError::bad_request("metadata must be an object"))?;
-        m.insert("uid".into(), json!(new_uid()));
         m.insert("creationTimestamp".into(), json!(now_rfc3339()));
         m.insert("resourceVersion".into(), json!(self.rv.to_string()));
         m.insert("generation".into(), json!(1));
         m.remove("deletionTimestamp");
         m.remove("deletionGracePeriodSeconds");
         let obj = Arc::new(obj);
-        self.objects
-            .entry(res.clone())
-            .or_default()
-            .insert(key, obj.clone());
+        self.put(res, key.clone(), obj.clone());
         self.record(res, EventType::Added, obj.clone(), None);
+        self.collect_if_orphaned(res, &key);
         if let Some(defs) = crd_defs {
             for d in defs {
                 self.register(d);
@@ -523,6 +563,12 @@ impl Storage {
         new["apiVersion"] = json!(d.api_version());
         new["kind"] = json!(d.kind);
         new["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"].clone();
+        if !status_only {
+            apply_update_defaults(&d, &old, &mut new, self.minor);
+        }
+        if self.validate {
+            validation::validate_update(&d, &old, &new, status_only, self.minor)?;
+        }
         if new == *old {
             // No-op updates do not bump the resourceVersion, as on a real apiserver.
             return Ok(old);
@@ -545,16 +591,14 @@ impl Storage {
             name.to_string(),
         );
         let new = Arc::new(new);
-        if new.pointer("/metadata/deletionTimestamp").is_some() && finalizers_empty(&new) {
-            self.objects.entry(res.clone()).or_default().remove(&key);
+        if new.pointer("/metadata/deletionTimestamp").is_some() && !held(&d, &new) {
+            self.take(res, &key);
             self.record(res, EventType::Deleted, new.clone(), Some(old));
-            self.after_delete(&d, &new);
+            self.removed(&d, &new);
         } else {
-            self.objects
-                .entry(res.clone())
-                .or_default()
-                .insert(key, new.clone());
+            self.put(res, key.clone(), new.clone());
             self.record(res, EventType::Modified, new.clone(), Some(old));
+            self.collect_if_orphaned(res, &key);
         }
         tracing::debug!(resource = %res.plural, namespace = ns, name, resource_version = self.rv, "updated");
         Ok(new)
@@ -566,15 +610,27 @@ impl Storage {
             && let Ok(defs) = defs_from_crd(obj)
         {
             for d in defs {
-                self.defs.remove(&d.key());
-                self.objects.remove(&d.key());
                 let key = d.key();
+                self.defs.remove(&key);
+                let keys: Vec<ObjKey> = self
+                    .objects
+                    .get(&key)
+                    .map(|m| m.keys().cloned().collect())
+                    .unwrap_or_default();
+                let gone: Vec<Arc<Value>> =
+                    keys.iter().filter_map(|k| self.take(&key, k)).collect();
+                self.objects.remove(&key);
                 self.watchers.retain(|w| w.res != key);
+                for obj in gone {
+                    self.removed(&d, &obj);
+                }
             }
         }
     }
 
-    /// Deletes an object honouring preconditions and finalizers.
+    /// Deletes an object honouring preconditions, finalizers and the propagation policy of
+    /// `options`. Returns the object as the DELETE answers it: its last state when it is gone,
+    /// or its state with a `deletionTimestamp` while finalizers hold it.
     pub fn delete(
         &mut self,
         res: &ResKey,
@@ -584,6 +640,7 @@ impl Storage {
     ) -> Result<Arc<Value>, ApiError> {
         let d = self.def(res)?;
         let old = self.get(res, ns, name)?;
+        let policy = gc::propagation(options)?;
         if let Some(uid) = options
             .pointer("/preconditions/uid")
             .and_then(Value::as_str)
@@ -622,30 +679,56 @@ impl Storage {
             },
             name.to_string(),
         );
+        if old.pointer("/metadata/deletionTimestamp").is_some() && held(&d, &old) {
+            // Already being deleted: a repeated DELETE answers its current state.
+            return Ok(old);
+        }
+        if d.group.is_empty() && d.plural == "namespaces" {
+            return Ok(self.terminate_namespace(name));
+        }
+        if policy != gc::Propagation::Background {
+            return Ok(self.delete_with(res, &key, policy));
+        }
         self.rv += 1;
         let mut new = (*old).clone();
         new["metadata"]["resourceVersion"] = json!(self.rv.to_string());
-        if !finalizers_empty(&old) {
-            if old.pointer("/metadata/deletionTimestamp").is_some() {
-                self.rv -= 1;
-                return Ok(old);
-            }
+        if held(&d, &old) {
             new["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
             new["metadata"]["deletionGracePeriodSeconds"] = json!(0);
             let new = Arc::new(new);
-            self.objects
-                .entry(res.clone())
-                .or_default()
-                .insert(key, new.clone());
+            self.put(res, key, new.clone());
             self.record(res, EventType::Modified, new.clone(), Some(old));
             return Ok(new);
         }
         let new = Arc::new(new);
-        self.objects.entry(res.clone()).or_default().remove(&key);
+        self.take(res, &key);
         self.record(res, EventType::Deleted, new.clone(), Some(old));
-        self.after_delete(&d, &new);
+        self.removed(&d, &new);
         tracing::debug!(resource = %res.plural, namespace = ns, name, resource_version = self.rv, "deleted");
         Ok(new)
+    }
+
+    /// Gives a new ClusterIP Service its address (`spec.clusterIP` and `spec.clusterIPs`), as a
+    /// cluster's allocator does; headless (`None`) and ExternalName Services get none, an address
+    /// the client chose is kept.
+    fn allocate_cluster_ip(&mut self, obj: &mut Value) {
+        if obj.pointer("/spec/type").and_then(Value::as_str) == Some("ExternalName") {
+            return;
+        }
+        let chosen = obj
+            .pointer("/spec/clusterIP")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let ip = if chosen.is_empty() {
+            let n = self.next_cluster_ip;
+            self.next_cluster_ip = if n >= 0xfffe { 10 } else { n + 1 };
+            format!("10.0.{}.{}", n >> 8, n & 0xff)
+        } else {
+            chosen
+        };
+        obj["spec"]["clusterIP"] = json!(ip);
+        obj["spec"]["clusterIPs"] = json!([ip]);
     }
 
     /// Forgets the history: every resourceVersion before now answers 410.
@@ -738,4 +821,16 @@ impl Storage {
             start_rv,
         })
     }
+}
+
+/// Whether finalizers keep an object whose deletion was asked for: its own, or (a namespace)
+/// those in its spec that the namespace controller removes when the namespace is empty.
+fn held(d: &ResourceDef, obj: &Value) -> bool {
+    let spec_finalizers = d.group.is_empty()
+        && d.plural == "namespaces"
+        && obj
+            .pointer("/spec/finalizers")
+            .and_then(Value::as_array)
+            .is_some_and(|f| !f.is_empty());
+    !finalizers_empty(obj) || spec_finalizers
 }

@@ -1,0 +1,634 @@
+//! Requests a cluster refuses (or rewrites) and what it answers: names, metadata, workload
+//! invariants, immutable fields, defaults read back, `/scale`. Each step's observable answer is
+//! its status code, reason, the causes' field paths and reasons (sorted: kube-apiserver walks
+//! maps in random order) and, for accepted writes, the parts of the object the step names.
+
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+
+/// One request of the sequence, and what of its answer is compared.
+pub struct Step {
+    /// What the step checks (printed beside both answers).
+    pub what: String,
+    method: http::Method,
+    path: String,
+    content_type: &'static str,
+    body: Option<Value>,
+    /// JSON pointers into an accepted answer's object whose values are compared.
+    keep: Vec<&'static str>,
+}
+
+fn step(what: &str, method: http::Method, path: String, body: Option<Value>) -> Step {
+    Step {
+        what: what.to_string(),
+        method,
+        path,
+        content_type: "application/json",
+        body,
+        keep: Vec::new(),
+    }
+}
+
+fn post(what: &str, path: &str, body: Value) -> Step {
+    step(what, http::Method::POST, path.to_string(), Some(body))
+}
+
+fn put(what: &str, path: &str, body: Value) -> Step {
+    step(what, http::Method::PUT, path.to_string(), Some(body))
+}
+
+fn patch(what: &str, path: &str, body: Value) -> Step {
+    let mut s = step(what, http::Method::PATCH, path.to_string(), Some(body));
+    s.content_type = "application/merge-patch+json";
+    s
+}
+
+fn json_patch(what: &str, path: &str, body: Value) -> Step {
+    let mut s = step(what, http::Method::PATCH, path.to_string(), Some(body));
+    s.content_type = "application/json-patch+json";
+    s
+}
+
+fn get(what: &str, path: &str) -> Step {
+    step(what, http::Method::GET, path.to_string(), None)
+}
+
+impl Step {
+    fn keep(mut self, pointers: &[&'static str]) -> Self {
+        self.keep.extend_from_slice(pointers);
+        self
+    }
+}
+
+/// The namespace every step writes in.
+pub const NS: &str = "validation";
+
+fn cm(name: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"k": "v"}})
+}
+
+fn pod_template(labels: Value, containers: Value) -> Value {
+    json!({"metadata": {"labels": labels}, "spec": {"containers": containers}})
+}
+
+fn web() -> Value {
+    json!([{"name": "web", "image": "nginx:1.27"}])
+}
+
+fn deployment(name: &str, spec: Value) -> Value {
+    json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name}, "spec": spec})
+}
+
+/// The sequence: each step runs after the previous one, on a fresh server with namespace `NS`.
+pub fn steps() -> Vec<Step> {
+    let cms = format!("/api/v1/namespaces/{NS}/configmaps");
+    let secrets = format!("/api/v1/namespaces/{NS}/secrets");
+    let pods = format!("/api/v1/namespaces/{NS}/pods");
+    let svcs = format!("/api/v1/namespaces/{NS}/services");
+    let pvcs = format!("/api/v1/namespaces/{NS}/persistentvolumeclaims");
+    let deps = format!("/apis/apps/v1/namespaces/{NS}/deployments");
+    let rss = format!("/apis/apps/v1/namespaces/{NS}/replicasets");
+    let stss = format!("/apis/apps/v1/namespaces/{NS}/statefulsets");
+    let dss = format!("/apis/apps/v1/namespaces/{NS}/daemonsets");
+    let jobs = format!("/apis/batch/v1/namespaces/{NS}/jobs");
+    let app = json!({"matchLabels": {"app": "x"}});
+    let labels = json!({"app": "x"});
+    let mut s = vec![
+        // Names, per kind.
+        post("configmap named Upper-Case", &cms, cm("Upper-Case")),
+        post("configmap named under_score", &cms, cm("under_score")),
+        post("configmap named -leading", &cms, cm("-leading")),
+        post("configmap named with 254 characters", &cms, cm(&"a".repeat(254))),
+        post("configmap named with 253 characters", &cms, cm(&"a".repeat(253)))
+            .keep(&["/kind"]),
+        post(
+            "configmap with generateName Bad_",
+            &cms,
+            json!({"metadata": {"generateName": "Bad_"}}),
+        ),
+        post(
+            "configmap with generateName web-",
+            &cms,
+            json!({"metadata": {"generateName": "web-"}}),
+        )
+        .keep(&["/metadata/generateName"]),
+        post(
+            "namespace named a.b (a DNS label)",
+            "/api/v1/namespaces",
+            json!({"metadata": {"name": "a.b"}}),
+        ),
+        post(
+            "service named 1abc (a DNS-1035 label)",
+            &svcs,
+            json!({"metadata": {"name": "1abc"}, "spec": {"ports": [{"port": 80}]}}),
+        ),
+        // Metadata.
+        post(
+            "label key and value invalid",
+            &cms,
+            json!({"metadata": {"name": "l1", "labels": {"a b": "x"}}}),
+        ),
+        post(
+            "label value -x",
+            &cms,
+            json!({"metadata": {"name": "l2", "labels": {"ok": "-x"}}}),
+        ),
+        post(
+            "label value of 64 characters",
+            &cms,
+            json!({"metadata": {"name": "l3", "labels": {"ok": "v".repeat(64)}}}),
+        ),
+        post(
+            "label key with an empty prefix",
+            &cms,
+            json!({"metadata": {"name": "l4", "labels": {"/x": "v"}}}),
+        ),
+        post(
+            "annotation key with a space",
+            &cms,
+            json!({"metadata": {"name": "a1", "annotations": {"a b": "x"}}}),
+        ),
+        post(
+            "annotation key with upper case (allowed)",
+            &cms,
+            json!({"metadata": {"name": "a2", "annotations": {"Example.COM/Key": "x"}}}),
+        )
+        .keep(&["/metadata/annotations"]),
+        post(
+            "annotations over 256 KiB",
+            &cms,
+            json!({"metadata": {"name": "a3", "annotations": {"big": "x".repeat(262_144)}}}),
+        ),
+        post(
+            "finalizer with a space",
+            &cms,
+            json!({"metadata": {"name": "f1", "finalizers": ["a b"]}}),
+        ),
+        post(
+            "owner reference with nothing set",
+            &cms,
+            json!({"metadata": {"name": "o0", "ownerReferences": [{"apiVersion": "", "kind": "", "name": "", "uid": ""}]}}),
+        ),
+        post(
+            "owner references with two controllers",
+            &cms,
+            json!({"metadata": {"name": "o2", "ownerReferences": [
+                {"apiVersion": "v1", "kind": "Pod", "name": "a", "uid": "1", "controller": true},
+                {"apiVersion": "v1", "kind": "Pod", "name": "b", "uid": "2", "controller": true}
+            ]}}),
+        ),
+        post(
+            "finalizer without a domain",
+            &cms,
+            json!({"metadata": {"name": "f2", "finalizers": ["hold"]}}),
+        ),
+        post(
+            "standard finalizer orphan (allowed)",
+            &cms,
+            json!({"metadata": {"name": "f3", "finalizers": ["orphan"]}}),
+        )
+        .keep(&["/metadata/finalizers"]),
+        post(
+            "owner reference without uid",
+            &cms,
+            json!({"metadata": {"name": "o1", "ownerReferences": [{"apiVersion": "v1", "kind": "Pod", "name": "p", "uid": ""}]}}),
+        ),
+        // ConfigMaps and Secrets.
+        post(
+            "configmap data keys a b and ..x",
+            &cms,
+            json!({"metadata": {"name": "k1"}, "data": {"a b": "1", "..x": "2", "ok.key_1": "3"}}),
+        ),
+        post(
+            "configmap key in data and binaryData",
+            &cms,
+            json!({"metadata": {"name": "k2"}, "data": {"k": "1"}, "binaryData": {"k": "MQ=="}}),
+        ),
+        post(
+            "immutable configmap",
+            &cms,
+            json!({"metadata": {"name": "frozen"}, "data": {"k": "v"}, "immutable": true}),
+        )
+        .keep(&["/immutable", "/data"]),
+        patch(
+            "immutable configmap: data changed",
+            &format!("{cms}/frozen"),
+            json!({"data": {"k": "w"}}),
+        ),
+        patch(
+            "immutable configmap: immutable unset",
+            &format!("{cms}/frozen"),
+            json!({"immutable": false}),
+        ),
+        patch(
+            "immutable configmap: labels changed (allowed)",
+            &format!("{cms}/frozen"),
+            json!({"metadata": {"labels": {"a": "b"}}}),
+        )
+        .keep(&["/metadata/labels", "/data"]),
+        post(
+            "secret with stringData",
+            &secrets,
+            json!({"metadata": {"name": "s1"}, "stringData": {"user": "admin", "k": "over"}, "data": {"k": "eA=="}}),
+        )
+        .keep(&["/data", "/stringData", "/type"]),
+        patch(
+            "secret type changed",
+            &format!("{secrets}/s1"),
+            json!({"type": "example.com/other"}),
+        ),
+        post(
+            "tls secret without its keys",
+            &secrets,
+            json!({"metadata": {"name": "tls"}, "type": "kubernetes.io/tls", "data": {}}),
+        ),
+        post(
+            "immutable secret",
+            &secrets,
+            json!({"metadata": {"name": "s2"}, "data": {"k": "eA=="}, "immutable": true}),
+        )
+        .keep(&["/immutable"]),
+        patch(
+            "immutable secret: data changed",
+            &format!("{secrets}/s2"),
+            json!({"data": {"k": "eQ=="}}),
+        ),
+        // Pods.
+        post(
+            "pod without containers",
+            &pods,
+            json!({"metadata": {"name": "p0"}, "spec": {"containers": []}}),
+        ),
+        post(
+            "pod containers without name or image, duplicated",
+            &pods,
+            json!({"metadata": {"name": "p1"}, "spec": {"containers": [
+                {"image": "x"}, {"name": "a", "image": ""}, {"name": "a", "image": "x"}, {"name": "B", "image": "x"}
+            ]}}),
+        ),
+        post(
+            "pod ports 0 and 70000 and protocol FOO",
+            &pods,
+            json!({"metadata": {"name": "p2"}, "spec": {"containers": [
+                {"name": "a", "image": "x", "ports": [{"containerPort": 0}, {"containerPort": 70000}, {"containerPort": 80, "protocol": "FOO"}]}
+            ]}}),
+        ),
+        post(
+            "pod restartPolicy Sometimes",
+            &pods,
+            json!({"metadata": {"name": "p3"}, "spec": {"restartPolicy": "Sometimes", "containers": [{"name": "a", "image": "x"}]}}),
+        ),
+        post(
+            "pod volumes duplicated",
+            &pods,
+            json!({"metadata": {"name": "p4"}, "spec": {"containers": [{"name": "a", "image": "x"}], "volumes": [
+                {"name": "v", "emptyDir": {}}, {"name": "v", "emptyDir": {}}
+            ]}}),
+        ),
+        post(
+            "pod",
+            &pods,
+            json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "a", "image": "x:1"}, {"name": "b", "image": "x", "ports": [{"containerPort": 80}]}]}}),
+        )
+        .keep(&[
+            "/spec/containers/0/image",
+            "/spec/restartPolicy",
+            "/spec/dnsPolicy",
+            "/spec/schedulerName",
+            "/spec/terminationGracePeriodSeconds",
+            "/spec/securityContext",
+            "/spec/enableServiceLinks",
+            "/spec/containers/0/imagePullPolicy",
+            "/spec/containers/0/terminationMessagePath",
+            "/spec/containers/0/terminationMessagePolicy",
+            "/spec/containers/0/resources",
+            "/spec/containers/1/imagePullPolicy",
+            "/spec/containers/1/ports/0/protocol",
+        ]),
+        json_patch(
+            "pod: image changed (allowed)",
+            &format!("{pods}/p"),
+            json!([{"op": "replace", "path": "/spec/containers/0/image", "value": "x:2"}]),
+        )
+        .keep(&["/spec/containers/0/image"]),
+        json_patch(
+            "pod: a container removed",
+            &format!("{pods}/p"),
+            json!([{"op": "remove", "path": "/spec/containers/1"}]),
+        ),
+        patch(
+            "pod: hostname changed",
+            &format!("{pods}/p"),
+            json!({"spec": {"hostname": "other"}}),
+        ),
+        // Workloads.
+        post(
+            "deployment without selector",
+            &deps,
+            deployment("d0", json!({"template": pod_template(labels.clone(), web())})),
+        ),
+        post(
+            "deployment whose selector misses the template",
+            &deps,
+            deployment(
+                "d1",
+                json!({"selector": {"matchLabels": {"app": "y"}}, "template": pod_template(labels.clone(), web())}),
+            ),
+        ),
+        post(
+            "deployment with an empty selector",
+            &deps,
+            deployment(
+                "d2",
+                json!({"selector": {}, "template": pod_template(labels.clone(), web())}),
+            ),
+        ),
+        post(
+            "deployment without containers",
+            &deps,
+            deployment(
+                "d3",
+                json!({"selector": app, "template": pod_template(labels.clone(), json!([]))}),
+            ),
+        ),
+        post(
+            "deployment with replicas -1",
+            &deps,
+            deployment(
+                "d4",
+                json!({"replicas": -1, "selector": app, "template": pod_template(labels.clone(), web())}),
+            ),
+        ),
+        post(
+            "deployment restarting Never",
+            &deps,
+            deployment(
+                "d5",
+                json!({"selector": app, "template": {"metadata": {"labels": labels}, "spec": {"restartPolicy": "Never", "containers": web()}}}),
+            ),
+        ),
+        post(
+            "deployment with a bad selector expression",
+            &deps,
+            deployment(
+                "d6",
+                json!({"selector": {"matchExpressions": [{"key": "app", "operator": "In", "values": []}, {"key": "b", "operator": "Exists", "values": ["x"]}]}, "template": pod_template(labels.clone(), web())}),
+            ),
+        ),
+        post(
+            "deployment",
+            &deps,
+            deployment(
+                "d",
+                json!({"selector": app, "template": pod_template(labels.clone(), web())}),
+            ),
+        )
+        .keep(&[
+            "/spec/selector",
+            "/spec/replicas",
+            "/spec/revisionHistoryLimit",
+            "/spec/progressDeadlineSeconds",
+            "/spec/strategy",
+            "/spec/template/spec/restartPolicy",
+            "/spec/template/spec/dnsPolicy",
+            "/spec/template/spec/enableServiceLinks",
+            "/spec/template/spec/containers/0/imagePullPolicy",
+        ]),
+        patch(
+            "deployment: selector changed",
+            &format!("{deps}/d"),
+            json!({"spec": {"selector": {"matchLabels": {"app": "x", "b": "c"}}, "template": {"metadata": {"labels": {"b": "c"}}}}}),
+        ),
+        post(
+            "replicaset without selector",
+            &rss,
+            json!({"metadata": {"name": "r0"}, "spec": {"template": pod_template(labels.clone(), web())}}),
+        ),
+        post(
+            "replicaset with an empty selector",
+            &rss,
+            json!({"metadata": {"name": "r1"}, "spec": {"selector": {}, "template": pod_template(labels.clone(), web())}}),
+        ),
+        post(
+            "statefulset with an empty selector",
+            &stss,
+            json!({"metadata": {"name": "s0"}, "spec": {"selector": {}, "serviceName": "s", "template": pod_template(labels.clone(), web())}}),
+        ),
+        post(
+            "statefulset",
+            &stss,
+            json!({"metadata": {"name": "s"}, "spec": {"selector": app, "serviceName": "s", "template": pod_template(labels.clone(), web())}}),
+        )
+        .keep(&[
+            "/spec/serviceName",
+            "/spec/replicas",
+            "/spec/podManagementPolicy",
+            "/spec/updateStrategy",
+            "/spec/revisionHistoryLimit",
+            "/spec/persistentVolumeClaimRetentionPolicy",
+        ]),
+        patch(
+            "statefulset: serviceName changed",
+            &format!("{stss}/s"),
+            json!({"spec": {"serviceName": "t"}}),
+        ),
+        patch(
+            "statefulset: replicas changed (allowed)",
+            &format!("{stss}/s"),
+            json!({"spec": {"replicas": 3}}),
+        )
+        .keep(&["/spec/replicas"]),
+        post(
+            "daemonset with an empty selector",
+            &dss,
+            json!({"metadata": {"name": "ds0"}, "spec": {"selector": {}, "template": pod_template(labels.clone(), web())}}),
+        ),
+        post(
+            "daemonset",
+            &dss,
+            json!({"metadata": {"name": "ds"}, "spec": {"selector": app, "template": pod_template(labels.clone(), web())}}),
+        )
+        .keep(&["/spec/updateStrategy", "/spec/revisionHistoryLimit"]),
+        post(
+            "job without restartPolicy",
+            &jobs,
+            json!({"metadata": {"name": "j0"}, "spec": {"template": {"spec": {"containers": web()}}}}),
+        ),
+        post(
+            "job restarting Always",
+            &jobs,
+            json!({"metadata": {"name": "j1"}, "spec": {"template": {"spec": {"restartPolicy": "Always", "containers": web()}}}}),
+        ),
+        post(
+            "job",
+            &jobs,
+            json!({"metadata": {"name": "j"}, "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": web()}}}}),
+        )
+        .keep(&[
+            "/spec/parallelism",
+            "/spec/completions",
+            "/spec/backoffLimit",
+            "/spec/completionMode",
+            "/spec/suspend",
+            "/spec/podReplacementPolicy",
+            "/spec/manualSelector",
+            "/spec/template/metadata/labels/job-name",
+            "/spec/template/metadata/labels/batch.kubernetes.io~1job-name",
+        ]),
+        patch(
+            "job: template changed",
+            &format!("{jobs}/j"),
+            json!({"spec": {"template": {"spec": {"containers": [{"name": "web", "image": "nginx:1.28"}]}}}}),
+        ),
+        // Services.
+        post(
+            "service without ports",
+            &svcs,
+            json!({"metadata": {"name": "v0"}, "spec": {}}),
+        ),
+        post(
+            "service with two unnamed ports, port 0, type Foo",
+            &svcs,
+            json!({"metadata": {"name": "v1"}, "spec": {"type": "Foo", "ports": [{"port": 80}, {"port": 0}]}}),
+        ),
+        post(
+            "service",
+            &svcs,
+            json!({"metadata": {"name": "v"}, "spec": {"selector": {"app": "x"}, "ports": [{"name": "http", "port": 80}]}}),
+        )
+        .keep(&[
+            "/spec/type",
+            "/spec/sessionAffinity",
+            "/spec/ports/0/protocol",
+            "/spec/ports/0/targetPort",
+            "/spec/ipFamilies",
+            "/spec/ipFamilyPolicy",
+            "/spec/internalTrafficPolicy",
+        ]),
+        patch(
+            "service: clusterIP changed",
+            &format!("{svcs}/v"),
+            json!({"spec": {"clusterIP": "10.0.0.99", "clusterIPs": ["10.0.0.99"]}}),
+        ),
+        post(
+            "headless service without ports (allowed)",
+            &svcs,
+            json!({"metadata": {"name": "h"}, "spec": {"clusterIP": "None"}}),
+        )
+        .keep(&["/spec/clusterIP", "/spec/clusterIPs"]),
+        // Claims.
+        post(
+            "claim without access modes or storage",
+            &pvcs,
+            json!({"metadata": {"name": "c0"}, "spec": {}}),
+        ),
+        post(
+            "claim",
+            &pvcs,
+            json!({"metadata": {"name": "c"}, "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}),
+        )
+        .keep(&["/spec/accessModes"]),
+        patch(
+            "claim: access modes changed",
+            &format!("{pvcs}/c"),
+            json!({"spec": {"accessModes": ["ReadWriteMany"]}}),
+        ),
+    ];
+    // `/scale` of the workloads that have one.
+    s.extend([
+        get("deployment scale", &format!("{deps}/d/scale")).keep(&[
+            "/kind",
+            "/apiVersion",
+            "/metadata/name",
+            "/spec/replicas",
+            "/status/selector",
+        ]),
+        patch(
+            "deployment scale patched",
+            &format!("{deps}/d/scale"),
+            json!({"spec": {"replicas": 4}}),
+        )
+        .keep(&["/kind", "/spec/replicas"]),
+        get("deployment after scale", &format!("{deps}/d")).keep(&["/spec/replicas"]),
+        put(
+            "deployment scale replaced",
+            &format!("{deps}/d/scale"),
+            json!({"apiVersion": "autoscaling/v1", "kind": "Scale", "metadata": {"name": "d", "namespace": NS}, "spec": {"replicas": 2}}),
+        )
+        .keep(&["/kind", "/spec/replicas"]),
+        put(
+            "deployment scale replaced with -1",
+            &format!("{deps}/d/scale"),
+            json!({"apiVersion": "autoscaling/v1", "kind": "Scale", "metadata": {"name": "d", "namespace": NS}, "spec": {"replicas": -1}}),
+        ),
+        put(
+            "deployment scale with a stale resourceVersion",
+            &format!("{deps}/d/scale"),
+            json!({"apiVersion": "autoscaling/v1", "kind": "Scale", "metadata": {"name": "d", "namespace": NS, "resourceVersion": "1"}, "spec": {"replicas": 5}}),
+        ),
+        get("statefulset scale", &format!("{stss}/s/scale"))
+            .keep(&["/kind", "/spec/replicas", "/status/selector"]),
+        get("scale of a missing deployment", &format!("{deps}/missing/scale")),
+        get("configmap has no scale", &format!("{cms}/frozen/scale")),
+    ]);
+    s
+}
+
+/// What a client observes of one step's answer (compared), and the messages of a refusal
+/// (printed beside the other server's, compared only where the step's values are plain strings
+/// and numbers: kube-apiserver quotes Go values where the fake writes JSON).
+pub async fn run(client: &kube::Client, step: &Step) -> (Value, Value) {
+    let mut req = http::Request::builder()
+        .method(step.method.clone())
+        .uri(&step.path)
+        .header(http::header::ACCEPT, "application/json");
+    if step.body.is_some() {
+        req = req.header(http::header::CONTENT_TYPE, step.content_type);
+    }
+    let body = step
+        .body
+        .as_ref()
+        .map(|b| serde_json::to_vec(b).unwrap())
+        .unwrap_or_default();
+    let resp = client
+        .send(req.body(body).unwrap().map(Into::into))
+        .await
+        .unwrap();
+    let code = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    if v["kind"] == "Status" {
+        let causes = v
+            .pointer("/details/causes")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let mut seen: Vec<Value> = causes
+            .iter()
+            .map(|c| json!([c["field"], c["reason"]]))
+            .collect();
+        seen.sort_by_key(|c| c.to_string());
+        seen.dedup();
+        let mut messages: Vec<String> = causes
+            .iter()
+            .map(|c| format!("{}: {}", c["field"], c["message"]))
+            .collect();
+        messages.sort();
+        return (
+            json!({
+                "code": code,
+                "reason": v["reason"],
+                "details kind": v.pointer("/details/kind"),
+                "details group": v.pointer("/details/group"),
+                "causes": seen,
+            }),
+            json!({"message": v["message"], "causes": messages}),
+        );
+    }
+    let kept: serde_json::Map<String, Value> = step
+        .keep
+        .iter()
+        .map(|p| (p.to_string(), v.pointer(p).cloned().unwrap_or(Value::Null)))
+        .collect();
+    (json!({"code": code, "object": kept}), Value::Null)
+}
