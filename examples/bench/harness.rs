@@ -140,6 +140,9 @@ pub fn run(cli: &Cli) -> Result<(), HarnessError> {
         // benchmark measures how fast contenders drain, not how the server sheds them.
         history_size: sizes.events + 10_000,
         watch_buffer: sizes.events + 10_000,
+        // The generated Pods name ReplicaSets that do not exist: a cluster's garbage collector
+        // would delete them.
+        garbage_collection: false,
         ..reflex_testing::FakeConfig::default()
     };
     let server = rt.block_on(reflex_testing::FakeApiServer::start_with(config))?;

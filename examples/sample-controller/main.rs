@@ -406,8 +406,8 @@ fn foo(namespace: &str, name: &str, deployment: &str, replicas: i32) -> Foo {
 /// The number of workload steps (see [`workload_step`]).
 const WORKLOAD_STEPS: u64 = 4;
 
-/// Creates two Foos, scales one and deletes the other (whose Deployment `collect_garbage`
-/// removes).
+/// Creates two Foos, scales one and deletes the other (whose Deployment the embedded server's
+/// garbage collector deletes, as a cluster's does).
 async fn workload_step(client: &kube::Client, step: u64) -> Result<(), kube::Error> {
     let foos: Api<Foo> = Api::namespaced(client.clone(), "default");
     match step {
@@ -435,49 +435,12 @@ async fn workload_step(client: &kube::Client, step: u64) -> Result<(), kube::Err
             .await
             .map(|_| ())
         }
-        // Its Deployment goes with it: see `collect_garbage`.
+        // Its Deployment goes with it: the server collects it through the owner reference.
         _ => foos
             .delete("web", &DeleteParams::default())
             .await
             .map(|_| ()),
     }
-}
-
-/// Stands in for Kubernetes' garbage collector, which the embedded server does not run: deletes
-/// every Deployment whose controlling Foo (by uid) no longer exists. Like the real collector it
-/// also removes a Deployment that a reconcile recreated from a cache that had not yet seen the
-/// Foo's deletion, so the embedded cluster converges the way a real one does.
-async fn collect_garbage(client: &kube::Client) -> Result<(), kube::Error> {
-    let foos: Api<Foo> = Api::all(client.clone());
-    let live: std::collections::BTreeSet<String> = foos
-        .list(&ListParams::default())
-        .await?
-        .into_iter()
-        .filter_map(|f| f.metadata.uid)
-        .collect();
-    let deployments: Api<Deployment> = Api::all(client.clone());
-    for d in deployments.list(&ListParams::default()).await? {
-        let orphaned = d
-            .metadata
-            .owner_references
-            .iter()
-            .flatten()
-            .any(|o| o.controller == Some(true) && o.kind == "Foo" && !live.contains(&o.uid));
-        if orphaned {
-            let api: Api<Deployment> = Api::namespaced(
-                client.clone(),
-                d.metadata.namespace.as_deref().unwrap_or("default"),
-            );
-            let name = d.metadata.name.as_deref().unwrap_or_default();
-            match api.delete(name, &DeleteParams::background()).await {
-                Ok(_) => {}
-                // Gone already: someone else collected it.
-                Err(kube::Error::Api(status)) if status.code == 404 => {}
-                Err(e) => return Err(e),
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Stands in for the Deployment controller and the kubelet: every Deployment's replicas become
@@ -537,9 +500,6 @@ async fn workload(
         }
         if let Err(error) = make_replicas_available(&client).await {
             tracing::warn!(%error, "marking replicas available failed");
-        }
-        if let Err(error) = collect_garbage(&client).await {
-            tracing::warn!(%error, "collecting orphaned deployments failed");
         }
     }
 }

@@ -45,6 +45,17 @@ async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 /// Seeds `n` generated Pods (with managedFields) in namespace `ns`; returns their JSON.
+/// A fake server for the generated Pods, whose owners (ReplicaSets) do not exist: with garbage
+/// collection on, the server would delete them as a cluster's collector does.
+async fn fake_server() -> FakeApiServer {
+    FakeApiServer::start_with(reflex_testing::FakeConfig {
+        garbage_collection: false,
+        ..Default::default()
+    })
+    .await
+    .expect("fake server")
+}
+
 fn seed_pods(server: &FakeApiServer, ns: &str, n: usize, seed: u64) -> Vec<Value> {
     server
         .seed(
@@ -84,7 +95,7 @@ fn new_pod(ns: &str, name: &str, node: &str) -> Pod {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn projected_informer_lists_watches_keys_and_indexes_only_the_projected_fields() {
-    let server = FakeApiServer::start().await.expect("fake server");
+    let server = fake_server().await;
     let seeded = seed_pods(&server, "team-a", 20, 7);
     seed_pods(&server, "team-b", 5, 8);
     let client = server.client().expect("client");
@@ -179,7 +190,7 @@ async fn projected_informer_lists_watches_keys_and_indexes_only_the_projected_fi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metadata_informer_holds_metadata_without_managed_fields_in_the_factory_namespace() {
-    let server = FakeApiServer::start().await.expect("fake server");
+    let server = fake_server().await;
     let seeded = seed_pods(&server, "team-a", 15, 11);
     seed_pods(&server, "team-b", 4, 12);
     let client = server.client().expect("client");
@@ -242,7 +253,7 @@ async fn metadata_informer_holds_metadata_without_managed_fields_in_the_factory_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compact_informer_holds_the_same_objects_as_the_typed_one_and_delivers_arcs() {
-    let server = FakeApiServer::start().await.expect("fake server");
+    let server = fake_server().await;
     let seeded = seed_pods(&server, "team-a", 25, 21);
     let client = server.client().expect("client");
     let factory = SharedInformerFactory::new(client.clone(), FactoryOptions::default());
@@ -306,7 +317,7 @@ async fn compact_informer_holds_the_same_objects_as_the_typed_one_and_delivers_a
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compact_metadata_and_projected_informers_hold_what_their_full_twins_hold() {
-    let server = FakeApiServer::start().await.expect("fake server");
+    let server = fake_server().await;
     // More than two pages of 500, so the compact informers' bounded list backlog is exercised.
     let seeded = seed_pods(&server, "team-a", 1100, 31);
     let client = server.client().expect("client");
@@ -391,7 +402,7 @@ async fn compact_metadata_and_projected_informers_hold_what_their_full_twins_hol
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_compact_dynamic_informer_holds_what_its_full_twin_holds_and_sees_changes() {
-    let server = FakeApiServer::start().await.expect("fake server");
+    let server = fake_server().await;
     let seeded = seed_pods(&server, "team-a", 30, 41);
     let client = server.client().expect("client");
     let factory = SharedInformerFactory::new(client.clone(), FactoryOptions::default());
