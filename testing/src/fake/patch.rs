@@ -1,9 +1,15 @@
-//! JSON merge patch (RFC 7386) and JSON patch (RFC 6902) on `serde_json::Value`.
+//! JSON merge patch (RFC 7386), JSON patch (RFC 6902) and strategic merge patch on
+//! `serde_json::Value`.
 //!
-//! Strategic merge patch and server-side apply are served as merge patches: without schemas the
-//! fake server cannot know list merge keys, and merge semantics are what tests of controllers need.
+//! A strategic merge patch merges the lists of built-in kinds by their patch merge keys
+//! (containers by `name`, ports by `containerPort` or `port`, conditions by `type`, ...) instead
+//! of replacing them, and honours the `$patch`, `$retainKeys`, `$deleteFromPrimitiveList` and
+//! `$setElementOrder` directives that `kubectl apply` and `kubectl patch` send. The keys come
+//! from a table of the common list fields (by field name, not by schema: a field of that name
+//! anywhere in a built-in object merges the same way); any other list is replaced, as a list
+//! without a merge key is on a cluster. Server-side apply is served as a merge patch.
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use super::status::ApiError;
 
@@ -25,6 +31,237 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
             }
         }
         other => *target = other.clone(),
+    }
+}
+
+/// How a strategic merge patch merges a list field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ListMerge {
+    /// Elements are objects matched by this key.
+    Key(&'static str),
+    /// A list of primitives merged as a set (patch values appended when absent).
+    Union,
+}
+
+/// The patch strategy of the common list fields of built-in kinds (their `patchMergeKey` and
+/// `patchStrategy` tags); `None` replaces the list.
+fn list_merge(field: &str, elements: &[Value]) -> Option<ListMerge> {
+    Some(match field {
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "env"
+        | "volumes"
+        | "imagePullSecrets"
+        | "resourceClaims" => ListMerge::Key("name"),
+        // Container ports merge by `containerPort`, Service ports by `port`.
+        "ports" if elements.iter().any(|e| e.get("containerPort").is_some()) => {
+            ListMerge::Key("containerPort")
+        }
+        "ports" => ListMerge::Key("port"),
+        "volumeMounts" => ListMerge::Key("mountPath"),
+        "volumeDevices" => ListMerge::Key("devicePath"),
+        "conditions" => ListMerge::Key("type"),
+        "ownerReferences" => ListMerge::Key("uid"),
+        "hostAliases" => ListMerge::Key("ip"),
+        "topologySpreadConstraints" => ListMerge::Key("topologyKey"),
+        "finalizers" => ListMerge::Union,
+        _ => return None,
+    })
+}
+
+fn bad(message: impl Into<String>) -> ApiError {
+    ApiError::bad_request(message)
+}
+
+/// A flat object as Go prints a map (`map[a:1 b:x]`, keys sorted), nested values as JSON: how
+/// kube-apiserver quotes a list element in a patch error.
+fn go_map(m: &Map<String, Value>) -> String {
+    let mut keys: Vec<&String> = m.keys().collect();
+    keys.sort();
+    let parts: Vec<String> = keys
+        .into_iter()
+        .map(|k| match &m[k] {
+            Value::String(s) => format!("{k}:{s}"),
+            other => format!("{k}:{other}"),
+        })
+        .collect();
+    format!("map[{}]", parts.join(" "))
+}
+
+/// Applies a strategic merge patch in place (a built-in kind's object).
+pub fn strategic_merge_patch(target: &mut Value, patch: &Value) -> Result<(), ApiError> {
+    match patch {
+        Value::Object(p) => {
+            if !target.is_object() {
+                *target = Value::Object(Map::new());
+            }
+            merge_map(target, p)
+        }
+        other => {
+            *target = other.clone();
+            Ok(())
+        }
+    }
+}
+
+fn merge_map(target: &mut Value, patch: &Map<String, Value>) -> Result<(), ApiError> {
+    match patch.get("$patch").and_then(Value::as_str) {
+        None => {}
+        Some("replace") => {
+            let mut p = patch.clone();
+            p.remove("$patch");
+            *target = Value::Object(p);
+            return Ok(());
+        }
+        Some("delete") => {
+            *target = Value::Null;
+            return Ok(());
+        }
+        Some(other) => return Err(bad(format!("Unknown patch type: {other}"))),
+    }
+    let Value::Object(t) = target else {
+        return Ok(());
+    };
+    // Directives first: they name the fields the rest of the patch then merges into.
+    for (k, v) in patch {
+        if let Some(field) = k.strip_prefix("$deleteFromPrimitiveList/") {
+            let remove = v
+                .as_array()
+                .ok_or_else(|| bad(format!("{k} must be a list")))?;
+            if let Some(Value::Array(list)) = t.get_mut(field) {
+                list.retain(|e| !remove.contains(e));
+            }
+        }
+    }
+    for (k, v) in patch {
+        if k.starts_with('$') {
+            continue;
+        }
+        if v.is_null() {
+            t.remove(k);
+            continue;
+        }
+        match v {
+            Value::Object(pm) => {
+                let entry = t.entry(k.clone()).or_insert(Value::Null);
+                if !entry.is_object() {
+                    *entry = Value::Object(Map::new());
+                }
+                merge_map(entry, pm)?;
+                if entry.is_null() {
+                    t.remove(k);
+                }
+            }
+            Value::Array(pl) => {
+                let current = t.remove(k);
+                let merged = merge_list(k, current, pl)?;
+                t.insert(k.clone(), merged);
+            }
+            other => {
+                t.insert(k.clone(), other.clone());
+            }
+        }
+    }
+    if let Some(retain) = patch.get("$retainKeys") {
+        let keep: Vec<&str> = retain
+            .as_array()
+            .ok_or_else(|| bad("$retainKeys must be a list"))?
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        t.retain(|k, _| keep.contains(&k.as_str()));
+    }
+    for (k, v) in patch {
+        if let Some(field) = k.strip_prefix("$setElementOrder/") {
+            let order = v
+                .as_array()
+                .ok_or_else(|| bad(format!("{k} must be a list")))?;
+            if let Some(Value::Array(list)) = t.get_mut(field) {
+                let strategy = list_merge(field, list);
+                let rank = |e: &Value| {
+                    order.iter().position(|o| match strategy {
+                        Some(ListMerge::Key(key)) => o.get(key) == e.get(key),
+                        _ => o == e,
+                    })
+                };
+                // Listed elements in the given order; others keep their place after them.
+                list.sort_by_key(|e| rank(e).unwrap_or(usize::MAX));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn merge_list(field: &str, current: Option<Value>, patch: &[Value]) -> Result<Value, ApiError> {
+    let replace = |patch: &[Value]| {
+        Value::Array(
+            patch
+                .iter()
+                .filter(|e| e.get("$patch").is_none())
+                .cloned()
+                .collect(),
+        )
+    };
+    if patch
+        .iter()
+        .any(|e| e.get("$patch").and_then(Value::as_str) == Some("replace"))
+    {
+        return Ok(replace(patch));
+    }
+    let mut list = match current {
+        Some(Value::Array(l)) => l,
+        _ => Vec::new(),
+    };
+    // The merged list holds the patch's elements first, in the patch's order, then the ones
+    // only the object had, in their order (kube-apiserver's order without `$setElementOrder`).
+    match list_merge(field, patch) {
+        None => Ok(replace(patch)),
+        Some(ListMerge::Union) => {
+            let mut out: Vec<Value> = Vec::new();
+            for e in patch.iter().chain(list.iter()) {
+                if !out.contains(e) {
+                    out.push(e.clone());
+                }
+            }
+            Ok(Value::Array(out))
+        }
+        Some(ListMerge::Key(key)) => {
+            let mut patched: Vec<Value> = Vec::new();
+            for e in patch {
+                let Some(em) = e.as_object() else {
+                    return Err(bad(format!(
+                        "{field}: an element of a list merged by {key} is not an object"
+                    )));
+                };
+                // kube-apiserver answers this one 500, without a reason.
+                let id = em.get(key).ok_or_else(|| {
+                    ApiError::new(
+                        500,
+                        "",
+                        format!(
+                            "map: {} does not contain declared merge key: {key}",
+                            go_map(em)
+                        ),
+                    )
+                })?;
+                let at = list.iter().position(|c| c.get(key) == Some(id));
+                if em.get("$patch").and_then(Value::as_str) == Some("delete") {
+                    if let Some(i) = at {
+                        list.remove(i);
+                    }
+                    continue;
+                }
+                let mut merged = match at {
+                    Some(i) => list.remove(i),
+                    None => Value::Object(Map::new()),
+                };
+                merge_map(&mut merged, em)?;
+                patched.push(merged);
+            }
+            patched.extend(list);
+            Ok(Value::Array(patched))
+        }
     }
 }
 
@@ -151,6 +388,72 @@ pub fn json_patch(target: &mut Value, patch: &Value) -> Result<(), ApiError> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn strategic_patches_merge_lists_by_their_keys() {
+        let mut doc = json!({"spec": {
+            "containers": [
+                {"name": "a", "image": "x:1", "env": [{"name": "A", "value": "1"}], "ports": [{"containerPort": 80}]},
+                {"name": "b", "image": "y:1"}
+            ],
+            "tolerations": [{"key": "k"}]
+        }, "metadata": {"finalizers": ["one"]}});
+        strategic_merge_patch(
+            &mut doc,
+            &json!({"spec": {
+                "containers": [
+                    {"name": "a", "image": "x:2", "env": [{"name": "B", "value": "2"}], "ports": [{"containerPort": 81}]},
+                    {"name": "b", "$patch": "delete"},
+                    {"name": "c", "image": "z"}
+                ],
+                "tolerations": [{"key": "other"}]
+            }, "metadata": {"finalizers": ["two", "one"]}}),
+        )
+        .unwrap();
+        assert_eq!(
+            doc,
+            json!({"spec": {
+                "containers": [
+                    {"name": "a", "image": "x:2",
+                     "env": [{"name": "B", "value": "2"}, {"name": "A", "value": "1"}],
+                     "ports": [{"containerPort": 81}, {"containerPort": 80}]},
+                    {"name": "c", "image": "z"}
+                ],
+                "tolerations": [{"key": "other"}]
+            }, "metadata": {"finalizers": ["two", "one"]}})
+        );
+    }
+
+    #[test]
+    fn strategic_patch_directives_replace_retain_delete_and_order() {
+        let mut doc = json!({"a": {"x": 1, "y": 2}, "b": {"p": 1, "q": 2},
+            "finalizers": ["f1", "f2", "f3"],
+            "volumes": [{"name": "v1"}, {"name": "v2"}], "c": {"z": 1}});
+        strategic_merge_patch(
+            &mut doc,
+            &json!({"a": {"$patch": "replace", "x": 9},
+                "b": {"$retainKeys": ["q", "r"], "r": 3},
+                "$deleteFromPrimitiveList/finalizers": ["f2"],
+                "$setElementOrder/volumes": [{"name": "v2"}, {"name": "v1"}],
+                "c": {"$patch": "delete"}}),
+        )
+        .unwrap();
+        assert_eq!(
+            doc,
+            json!({"a": {"x": 9}, "b": {"q": 2, "r": 3}, "finalizers": ["f1", "f3"],
+                "volumes": [{"name": "v2"}, {"name": "v1"}]})
+        );
+        let err = strategic_merge_patch(
+            &mut json!({}),
+            &json!({"spec": {"containers": [{"image": "x"}]}}),
+        )
+        .unwrap_err();
+        assert_eq!(err.code, 500);
+        assert_eq!(
+            err.message,
+            "map: map[image:x] does not contain declared merge key: name"
+        );
+    }
 
     #[test]
     fn merge_patch_sets_replaces_and_removes_keys() {

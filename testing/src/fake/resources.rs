@@ -33,8 +33,11 @@ pub struct ResourceDef {
     /// Whether `/scale` is served, and where its fields live in the object.
     pub scale: Option<ScalePaths>,
     /// A kind Kubernetes defines (not from a CRD): built-in kinds follow core's metadata rules
-    /// (finalizer names), custom resources apimachinery's.
+    /// (finalizer names) and take strategic merge patches, custom resources do neither.
     pub builtin: bool,
+    /// A custom resource's `openAPIV3Schema` (its version's), which prunes, defaults and
+    /// validates what is written.
+    pub schema: Option<std::sync::Arc<Value>>,
 }
 
 /// Where a resource's `/scale` subresource reads and writes (JSON pointers into the object),
@@ -124,6 +127,7 @@ fn def(
         )
         .then(ScalePaths::workload),
         builtin: true,
+        schema: None,
     }
 }
 
@@ -255,11 +259,18 @@ pub fn defs_from_crd(crd: &Value) -> Result<Vec<ResourceDef>, ApiError> {
             .and_then(Value::as_str)
             .unwrap_or_default();
         if approval.is_empty() {
-            return Err(ApiError::invalid(format!(
-                "CustomResourceDefinition.apiextensions.k8s.io {name:?} is invalid: \
-                 metadata.annotations[api-approved.kubernetes.io]: Required value: protected \
-                 groups must have approval annotation \"api-approved.kubernetes.io\""
-            )));
+            let crd_def = builtins()
+                .into_iter()
+                .find(|d| d.plural == "customresourcedefinitions")
+                .expect("CRDs are built in");
+            return Err(crate::fake::validation::invalid(
+                &crd_def,
+                name,
+                &[crate::fake::validation::FieldError::required(
+                    "metadata.annotations[api-approved.kubernetes.io]",
+                    "protected groups must have approval annotation \"api-approved.kubernetes.io\", see https://github.com/kubernetes/enhancements/pull/1111",
+                )],
+            ));
         }
     }
     let singular = match s("/names/singular") {
@@ -312,6 +323,10 @@ pub fn defs_from_crd(crd: &Value) -> Result<Vec<ResourceDef>, ApiError> {
                 }
             }),
             builtin: false,
+            schema: v
+                .pointer("/schema/openAPIV3Schema")
+                .cloned()
+                .map(std::sync::Arc::new),
         });
     }
     Ok(out)

@@ -135,6 +135,7 @@ pub fn write(
             short_names: Vec::new(),
             scale: None,
             builtin: true,
+            schema: None,
         };
         return Err(validation::invalid(
             &scale_def,

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 
 use super::faults::Faults;
 use super::media::{Output, Shape, negotiate};
-use super::patch::{json_patch, merge_patch};
+use super::patch::{json_patch, merge_patch, strategic_merge_patch};
 use super::resources::{ResKey, ResourceDef, api_group, groups, resource_list};
 use super::selectors::{FieldSelector, LabelSelector, Selectors};
 use super::status::ApiError;
@@ -655,9 +655,20 @@ fn resource(
             let mut doc = (*current).clone();
             match media {
                 "application/json-patch+json" => json_patch(&mut doc, &patch)?,
-                "application/merge-patch+json"
-                | "application/strategic-merge-patch+json"
-                | "application/apply-patch+yaml" => merge_patch(&mut doc, &patch),
+                "application/strategic-merge-patch+json" if def.builtin => {
+                    strategic_merge_patch(&mut doc, &patch)?
+                }
+                // Custom resources have no patch merge keys: a cluster refuses the media type.
+                "application/strategic-merge-patch+json" => {
+                    return Err(ApiError::new(
+                        415,
+                        "UnsupportedMediaType",
+                        "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml",
+                    ));
+                }
+                "application/merge-patch+json" | "application/apply-patch+yaml" => {
+                    merge_patch(&mut doc, &patch)
+                }
                 other => {
                     return Err(ApiError::new(
                         415,
@@ -766,8 +777,9 @@ fn scale_request(
             let mut doc = super::scale::to_scale(paths, &current);
             match ct.split(';').next().unwrap_or_default().trim() {
                 "application/json-patch+json" => json_patch(&mut doc, &patch)?,
-                "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
-                    merge_patch(&mut doc, &patch)
+                "application/merge-patch+json" => merge_patch(&mut doc, &patch),
+                "application/strategic-merge-patch+json" => {
+                    strategic_merge_patch(&mut doc, &patch)?
                 }
                 other => {
                     return Err(ApiError::new(

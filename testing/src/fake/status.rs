@@ -139,6 +139,12 @@ impl ApiError {
             "reason": self.reason,
             "code": self.code,
         });
+        if self.reason.is_empty() {
+            // kube-apiserver's answer to some internal errors carries no reason.
+            if let Some(m) = s.as_object_mut() {
+                m.remove("reason");
+            }
+        }
         if let Some((name, group, kind)) = self.details.as_deref() {
             s["details"] = json!({ "name": name, "kind": kind });
             if !group.is_empty() {

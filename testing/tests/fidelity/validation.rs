@@ -16,6 +16,8 @@ pub struct Step {
     body: Option<Value>,
     /// JSON pointers into an accepted answer's object whose values are compared.
     keep: Vec<&'static str>,
+    /// Repeat until the answer is 200 (a CRD's resource is served a moment after its create).
+    until_ok: bool,
 }
 
 fn step(what: &str, method: http::Method, path: String, body: Option<Value>) -> Step {
@@ -26,6 +28,7 @@ fn step(what: &str, method: http::Method, path: String, body: Option<Value>) -> 
         content_type: "application/json",
         body,
         keep: Vec::new(),
+        until_ok: false,
     }
 }
 
@@ -46,6 +49,19 @@ fn patch(what: &str, path: &str, body: Value) -> Step {
 fn json_patch(what: &str, path: &str, body: Value) -> Step {
     let mut s = step(what, http::Method::PATCH, path.to_string(), Some(body));
     s.content_type = "application/json-patch+json";
+    s
+}
+
+fn strategic(what: &str, path: &str, body: Value) -> Step {
+    let mut s = step(what, http::Method::PATCH, path.to_string(), Some(body));
+    s.content_type = "application/strategic-merge-patch+json";
+    s
+}
+
+/// A GET repeated until it answers 200.
+fn served(what: &str, path: &str) -> Step {
+    let mut s = get(what, path);
+    s.until_ok = true;
     s
 }
 
@@ -77,6 +93,31 @@ fn web() -> Value {
 
 fn deployment(name: &str, spec: Value) -> Value {
     json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name}, "spec": spec})
+}
+
+/// A CRD of a namespaced kind with a schema that exercises each rule the fake checks.
+fn crd(plural: &str, group: &str, kind: &str) -> Value {
+    json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": format!("{plural}.{group}")},
+        "spec": {"group": group, "scope": "Namespaced",
+            "names": {"plural": plural, "singular": kind.to_lowercase(), "kind": kind},
+            "versions": [{"name": "v1", "served": true, "storage": true,
+                "subresources": {"status": {}, "scale": {"specReplicasPath": ".spec.size", "statusReplicasPath": ".status.ready"}},
+                "schema": {"openAPIV3Schema": {"type": "object", "properties": {
+                    "spec": {"type": "object", "required": ["size"], "properties": {
+                        "size": {"type": "integer", "minimum": 0, "maximum": 10},
+                        "ratio": {"type": "number", "minimum": 0, "exclusiveMinimum": true},
+                        "color": {"type": "string", "enum": ["red", "blue"], "default": "red"},
+                        "name": {"type": "string", "maxLength": 5, "pattern": "^[a-z]+$"},
+                        "short": {"type": "string", "minLength": 1},
+                        "tags": {"type": "array", "maxItems": 2, "x-kubernetes-list-type": "set",
+                                 "items": {"type": "string"}},
+                        "extra": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}
+                    }},
+                    "status": {"type": "object", "properties": {"ready": {"type": "integer"}}}
+                }}}}]}
+    })
 }
 
 /// The sequence: each step runs after the previous one, on a fresh server with namespace `NS`.
@@ -534,6 +575,104 @@ pub fn steps() -> Vec<Step> {
             json!({"spec": {"accessModes": ["ReadWriteMany"]}}),
         ),
     ];
+    // Strategic merge patches of built-in kinds.
+    s.extend([
+        strategic(
+            "deployment: strategic patch of one container, a sidecar added",
+            &format!("{deps}/d"),
+            json!({"spec": {"template": {"spec": {"containers": [
+                {"name": "web", "image": "nginx:1.28", "env": [{"name": "A", "value": "1"}]},
+                {"name": "sidecar", "image": "busybox:1.36"}
+            ]}}}}),
+        )
+        .keep(&[
+            "/spec/template/spec/containers/0/name",
+            "/spec/template/spec/containers/0/image",
+            "/spec/template/spec/containers/0/env",
+            "/spec/template/spec/containers/1/name",
+            "/spec/template/spec/containers/1/imagePullPolicy",
+        ]),
+        strategic(
+            "deployment: strategic patch deleting a container and merging env",
+            &format!("{deps}/d"),
+            json!({"spec": {"template": {"spec": {"containers": [
+                {"name": "sidecar", "$patch": "delete"},
+                {"name": "web", "env": [{"name": "B", "value": "2"}]}
+            ]}}}}),
+        )
+        .keep(&["/spec/template/spec/containers"]),
+        strategic(
+            "configmap: strategic patch of finalizers is a union",
+            &format!("{cms}/f3"),
+            json!({"metadata": {"finalizers": ["example.com/a"]}}),
+        )
+        .keep(&["/metadata/finalizers"]),
+        strategic(
+            "service: strategic patch of ports merges by port",
+            &format!("{svcs}/v"),
+            json!({"spec": {"ports": [{"name": "https", "port": 443}]}}),
+        )
+        .keep(&["/spec/ports"]),
+        strategic(
+            "deployment: strategic patch without a merge key",
+            &format!("{deps}/d"),
+            json!({"spec": {"template": {"spec": {"containers": [{"image": "x"}]}}}}),
+        ),
+    ]);
+    // Custom resources: pruning, defaults and the schema's rules.
+    let crds = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions";
+    let widgets = format!("/apis/fidelity.example.com/v1/namespaces/{NS}/widgets");
+    s.extend([
+        post(
+            "crd in a protected group without approval",
+            crds,
+            crd("gadgets", "fidelity.k8s.io", "Gadget"),
+        ),
+        post("crd", crds, crd("widgets", "fidelity.example.com", "Widget"))
+            .keep(&["/metadata/name"]),
+        served("widgets served", &widgets),
+        post(
+            "widget pruned and defaulted",
+            &widgets,
+            json!({"apiVersion": "fidelity.example.com/v1", "kind": "Widget", "metadata": {"name": "w"},
+                   "spec": {"size": 3, "unknown": 1, "extra": {"any": {"thing": 1}}}, "junk": true}),
+        )
+        .keep(&["/spec", "/junk"]),
+        post(
+            "widget without its required field",
+            &widgets,
+            json!({"apiVersion": "fidelity.example.com/v1", "kind": "Widget", "metadata": {"name": "w1"}, "spec": {}}),
+        ),
+        post(
+            "widget with a string for an integer",
+            &widgets,
+            json!({"apiVersion": "fidelity.example.com/v1", "kind": "Widget", "metadata": {"name": "w2"}, "spec": {"size": "3"}}),
+        ),
+        post(
+            "widget breaking every other rule",
+            &widgets,
+            json!({"apiVersion": "fidelity.example.com/v1", "kind": "Widget", "metadata": {"name": "w3"},
+                   "spec": {"size": 11, "color": "pink", "name": "Abcdef", "tags": ["a", "a", "b"], "short": ""}}),
+        ),
+        post(
+            "widget below an exclusive minimum",
+            &widgets,
+            json!({"apiVersion": "fidelity.example.com/v1", "kind": "Widget", "metadata": {"name": "w4"},
+                   "spec": {"size": 1, "ratio": 0}}),
+        ),
+        patch(
+            "widget patched out of bounds",
+            &format!("{widgets}/w"),
+            json!({"spec": {"size": -1}}),
+        ),
+        strategic(
+            "widget strategic patch",
+            &format!("{widgets}/w"),
+            json!({"spec": {"size": 4}}),
+        ),
+        get("widget scale", &format!("{widgets}/w/scale"))
+            .keep(&["/kind", "/spec/replicas"]),
+    ]);
     // `/scale` of the workloads that have one.
     s.extend([
         get("deployment scale", &format!("{deps}/d/scale")).keep(&[
@@ -574,6 +713,16 @@ pub fn steps() -> Vec<Step> {
     s
 }
 
+fn req_clone(builder: &http::request::Builder, body: &[u8]) -> http::Request<Vec<u8>> {
+    let mut req = http::Request::builder()
+        .method(builder.method_ref().cloned().unwrap_or_default())
+        .uri(builder.uri_ref().cloned().unwrap_or_default());
+    for (k, v) in builder.headers_ref().into_iter().flatten() {
+        req = req.header(k, v);
+    }
+    req.body(body.to_vec()).unwrap()
+}
+
 /// What a client observes of one step's answer (compared), and the messages of a refusal
 /// (printed beside the other server's, compared only where the step's values are plain strings
 /// and numbers: kube-apiserver quotes Go values where the fake writes JSON).
@@ -590,10 +739,15 @@ pub async fn run(client: &kube::Client, step: &Step) -> (Value, Value) {
         .as_ref()
         .map(|b| serde_json::to_vec(b).unwrap())
         .unwrap_or_default();
-    let resp = client
-        .send(req.body(body).unwrap().map(Into::into))
-        .await
-        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let resp = loop {
+        let attempt = req_clone(&req, &body);
+        let resp = client.send(attempt.map(Into::into)).await.unwrap();
+        if !step.until_ok || resp.status() == 200 || std::time::Instant::now() > deadline {
+            break resp;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
     let code = resp.status().as_u16();
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
     let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);

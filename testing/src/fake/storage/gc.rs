@@ -52,6 +52,7 @@ pub fn propagation(options: &Value) -> Result<Propagation, ApiError> {
             short_names: Vec::new(),
             scale: None,
             builtin: true,
+            schema: None,
         };
         Err(validation::invalid(&def, "", &[e]))
     };

@@ -443,6 +443,9 @@ impl Storage {
             self.allocate_cluster_ip(&mut obj);
         }
         if self.validate {
+            if let Some(s) = &d.schema {
+                validation::schema::prune_and_default(s, &mut obj);
+            }
             validation::validate_create(&d, &obj, self.minor)?;
         }
         self.rv += 1;
@@ -567,6 +570,9 @@ impl Storage {
             apply_update_defaults(&d, &old, &mut new, self.minor);
         }
         if self.validate {
+            if let Some(s) = &d.schema {
+                validation::schema::prune_and_default(s, &mut new);
+            }
             validation::validate_update(&d, &old, &new, status_only, self.minor)?;
         }
         if new == *old {

@@ -72,7 +72,9 @@ pub(super) fn update(
             if !was.is_empty() && was != now {
                 errs.push(FieldError::invalid(
                     "spec.clusterIPs[0]",
-                    now,
+                    get(new, "/spec/clusterIPs")
+                        .cloned()
+                        .unwrap_or(json!([now])),
                     "may not change once set",
                 ));
             }
@@ -242,7 +244,7 @@ fn pod_spec(spec: &Value, path: &str, errs: &mut Vec<FieldError>) {
         errs.push(FieldError::not_supported(
             format!("{path}.restartPolicy"),
             restart,
-            &["Always", "Never", "OnFailure"],
+            &["Always", "OnFailure", "Never"],
         ));
     }
 }
@@ -516,18 +518,6 @@ fn service(obj: &Value, errs: &mut Vec<FieldError>) {
     let ty = str_at(obj, "/spec/type");
     let ports = array_at(obj, "/spec/ports");
     let headless = str_at(obj, "/spec/clusterIP") == "None";
-    if !ty.is_empty()
-        && !matches!(
-            ty,
-            "ClusterIP" | "NodePort" | "LoadBalancer" | "ExternalName"
-        )
-    {
-        errs.push(FieldError::not_supported(
-            "spec.type",
-            ty,
-            &["ClusterIP", "ExternalName", "LoadBalancer", "NodePort"],
-        ));
-    }
     if ports.is_empty() && !headless && ty != "ExternalName" {
         errs.push(FieldError::required("spec.ports", ""));
     }
@@ -558,6 +548,18 @@ fn service(obj: &Value, errs: &mut Vec<FieldError>) {
                 errs.push(FieldError::invalid(format!("{at}.targetPort"), target, m));
             }
         }
+    }
+    if !ty.is_empty()
+        && !matches!(
+            ty,
+            "ClusterIP" | "NodePort" | "LoadBalancer" | "ExternalName"
+        )
+    {
+        errs.push(FieldError::not_supported(
+            "spec.type",
+            ty,
+            &["ClusterIP", "ExternalName", "LoadBalancer", "NodePort"],
+        ));
     }
 }
 

@@ -14,6 +14,7 @@
 
 mod kinds;
 pub mod names;
+pub mod schema;
 
 use serde_json::Value;
 
@@ -35,6 +36,10 @@ pub enum ErrorType {
     Duplicate,
     /// A value is longer than allowed.
     TooLong,
+    /// A list or map has more elements than allowed.
+    TooMany,
+    /// A value has the wrong JSON type.
+    TypeInvalid,
 }
 
 impl ErrorType {
@@ -46,6 +51,8 @@ impl ErrorType {
             Self::NotSupported => "FieldValueNotSupported",
             Self::Duplicate => "FieldValueDuplicate",
             Self::TooLong => "FieldValueTooLong",
+            Self::TooMany => "FieldValueTooMany",
+            Self::TypeInvalid => "FieldValueTypeInvalid",
         }
     }
 
@@ -57,6 +64,8 @@ impl ErrorType {
             Self::NotSupported => "Unsupported value",
             Self::Duplicate => "Duplicate value",
             Self::TooLong => "Too long",
+            Self::TooMany => "Too many",
+            Self::TypeInvalid => "Invalid value",
         }
     }
 }
@@ -75,7 +84,8 @@ pub struct FieldError {
 }
 
 impl FieldError {
-    fn new(
+    /// An error of any type.
+    pub fn new(
         field: impl Into<String>,
         kind: ErrorType,
         value: Value,
@@ -212,6 +222,12 @@ pub fn validate_create(def: &ResourceDef, obj: &Value, minor: u32) -> Result<(),
     let mut errs = Vec::new();
     object_meta(def, obj, true, minor, &mut errs);
     kinds::create(def, obj, &mut errs);
+    if let Some(s) = &def.schema {
+        schema::validate(s, obj, "", &mut errs);
+    }
+    if let (false, Some(paths)) = (def.builtin, &def.scale) {
+        schema::scale_paths(paths, obj, &mut errs);
+    }
     finish(def, obj, errs)
 }
 
@@ -228,6 +244,12 @@ pub fn validate_update(
     if !status_only {
         kinds::create(def, new, &mut errs);
         kinds::update(def, old, new, minor, &mut errs);
+    }
+    if let Some(s) = &def.schema {
+        schema::validate(s, new, "", &mut errs);
+    }
+    if let (false, Some(paths)) = (def.builtin, &def.scale) {
+        schema::scale_paths(paths, new, &mut errs);
     }
     finish(def, new, errs)
 }
@@ -248,7 +270,7 @@ fn finish(def: &ResourceDef, obj: &Value, errs: Vec<FieldError>) -> Result<(), A
 /// for RBAC kinds, DNS-1123 subdomain for the rest (custom resources included).
 fn name_rule(def: &ResourceDef, minor: u32) -> fn(&str) -> Vec<String> {
     match (def.group.as_str(), def.plural.as_str()) {
-        ("", "namespaces") => names::dns1123_label,
+        ("", "namespaces") => names::namespace_name,
         ("", "services") if minor >= 37 => names::dns1123_label,
         ("", "services") => names::dns1035_label,
         ("rbac.authorization.k8s.io", _) => names::path_segment,
@@ -361,7 +383,12 @@ fn owner_references(refs: &[Value], minor: u32, errs: &mut Vec<FieldError>) {
         let s = |f: &str| r.get(f).and_then(Value::as_str).unwrap_or_default();
         let version = s("apiVersion").rsplit('/').next().unwrap_or_default();
         if version.is_empty() {
-            errs.push(missing(i, "apiVersion", "version must not be empty"));
+            let why = if minor >= 37 {
+                "must not be empty"
+            } else {
+                "version must not be empty"
+            };
+            errs.push(missing(i, "apiVersion", why));
         }
         for f in ["kind", "name", "uid"] {
             if s(f).is_empty() {
@@ -369,13 +396,33 @@ fn owner_references(refs: &[Value], minor: u32, errs: &mut Vec<FieldError>) {
             }
         }
         if r.get("controller").and_then(Value::as_bool) == Some(true) {
-            controllers.push(s("name").to_string());
+            controllers.push(format!("{}/{}", s("kind"), s("name")));
         }
     }
     if controllers.len() > 1 {
+        // Printed in the fields' declared order, as kube-apiserver prints the references.
+        let ordered: Vec<Value> = refs
+            .iter()
+            .map(|r| {
+                let mut m = serde_json::Map::new();
+                for f in [
+                    "apiVersion",
+                    "kind",
+                    "name",
+                    "uid",
+                    "controller",
+                    "blockOwnerDeletion",
+                ] {
+                    if let Some(v) = r.get(f) {
+                        m.insert(f.to_string(), v.clone());
+                    }
+                }
+                Value::Object(m)
+            })
+            .collect();
         errs.push(FieldError::invalid(
             path,
-            Value::Array(refs.to_vec()),
+            Value::Array(ordered),
             format!(
                 "Only one reference can have Controller set to true. Found \"true\" in references for {}",
                 controllers.join(" and ")

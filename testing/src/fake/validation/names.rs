@@ -68,6 +68,15 @@ pub fn dns1123_label(s: &str) -> Vec<String> {
     errs
 }
 
+/// A Namespace name: a DNS-1123 label, refused first for a dot (which would make it look like
+/// a subdomain).
+pub fn namespace_name(s: &str) -> Vec<String> {
+    if s.contains('.') {
+        return vec!["must not contain dots".to_string()];
+    }
+    dns1123_label(s)
+}
+
 /// A DNS-1123 subdomain (most object names).
 pub fn dns1123_subdomain(s: &str) -> Vec<String> {
     let mut errs = Vec::new();
@@ -154,11 +163,11 @@ pub fn qualified_name(s: &str) -> Vec<String> {
     errs
 }
 
-/// A label value: empty, or at most 63 characters of a qualified name's part.
+/// A label value: empty, or at most 63 bytes of a qualified name's part.
 pub fn label_value(s: &str) -> Vec<String> {
     let mut errs = Vec::new();
     if s.len() > LABEL_MAX {
-        errs.push(max_len_error(LABEL_MAX));
+        errs.push(format!("must be no more than {LABEL_MAX} bytes"));
     }
     if !(s.is_empty() || is_qualified_part(s)) {
         errs.push(regex_error(
