@@ -46,7 +46,7 @@ fn widget_crd() -> serde_json::Value {
             "versions": [{
                 "name": "v1", "served": true, "storage": true,
                 "subresources": {"status": {}},
-                "schema": {"openAPIV3Schema": {"type": "object"}}
+                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}
             }]
         }
     })

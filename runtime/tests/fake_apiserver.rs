@@ -106,7 +106,7 @@ fn foo_crd() -> serde_json::Value {
             "versions": [{
                 "name": "v1alpha1", "served": true, "storage": true,
                 "subresources": {"status": {}},
-                "schema": {"openAPIV3Schema": {"type": "object"}}
+                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}
             }]
         }
     })

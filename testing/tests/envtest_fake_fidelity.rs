@@ -364,6 +364,14 @@ const MESSAGES_DIFFER: &[(&str, &str)] = &[
         "kube-apiserver prints the selector without its empty `values`",
     ),
     (
+        "malformed JSON",
+        "each server's JSON parser words its error",
+    ),
+    (
+        "malformed YAML",
+        "each server's YAML parser words its error",
+    ),
+    (
         "widget breaking every other rule",
         "kube-apiserver lists the schema's errors in its own order",
     ),

@@ -406,7 +406,7 @@ async fn wrong_shapes_of_known_fields_are_400_not_a_panic() {
             "name a number",
             Shape::Create,
             json!({"metadata": {"name": 5}}),
-            422,
+            400,
         ),
     ];
     for (name, shape, body, want) in cases {

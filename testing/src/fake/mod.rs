@@ -24,6 +24,7 @@
 //! # }
 //! ```
 
+mod decode;
 mod faults;
 mod media;
 mod patch;

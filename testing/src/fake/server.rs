@@ -17,6 +17,7 @@ use hyper::body::{Frame, Incoming};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 
+use super::decode::{self, FieldValidation};
 use super::faults::Faults;
 use super::media::{Output, Shape, negotiate};
 use super::patch::{json_patch, merge_patch, strategic_merge_patch};
@@ -619,24 +620,37 @@ fn resource(
         ),
         "watch" => watch(shared, &t, q, one),
         "create" => {
-            let obj = parse_object_body(ct, body)?;
+            let fv = field_validation(q, "CreateOptions")?;
+            let mut obj = decode::object_body(&def, ct, body)?;
+            let warnings = known_fields(shared, &def, &mut obj, fv)?;
             let created = shared.storage.lock().create(&t.res, &ns, obj)?;
-            Ok(object_response(201, one, &created))
+            Ok(with_warnings(
+                object_response(201, one, &created),
+                &warnings,
+            ))
         }
         "update" => {
-            let obj = parse_object_body(ct, body)?;
-            Ok(object_response(
-                200,
-                one,
-                &shared
-                    .storage
-                    .lock()
-                    .update(&t.res, &ns, &name, obj, status_only)?,
+            let fv = field_validation(q, "UpdateOptions")?;
+            let mut obj = decode::object_body(&def, ct, body)?;
+            let warnings = known_fields(shared, &def, &mut obj, fv)?;
+            let updated = shared
+                .storage
+                .lock()
+                .update(&t.res, &ns, &name, obj, status_only)?;
+            Ok(with_warnings(
+                object_response(200, one, &updated),
+                &warnings,
             ))
         }
         "patch" => {
-            let patch = parse_body(body)?;
+            let fv = field_validation(q, "PatchOptions")?;
             let media = ct.split(';').next().unwrap_or_default().trim();
+            // An apply configuration is YAML (JSON is YAML too).
+            let patch = if media == "application/apply-patch+yaml" {
+                decode::object_body(&def, "application/yaml", body)?
+            } else {
+                parse_body(body)?
+            };
             let mut s = shared.storage.lock();
             if media == "application/apply-patch+yaml" {
                 if q.get("fieldManager").is_none_or(String::is_empty) {
@@ -648,7 +662,13 @@ fn resource(
                     let mut obj = patch;
                     check_object_shape(&obj)?;
                     obj["metadata"]["name"] = json!(name);
-                    return Ok(object_response(201, one, &s.create(&t.res, &ns, obj)?));
+                    drop(s);
+                    let warnings = known_fields(shared, &def, &mut obj, fv)?;
+                    let created = shared.storage.lock().create(&t.res, &ns, obj)?;
+                    return Ok(with_warnings(
+                        object_response(201, one, &created),
+                        &warnings,
+                    ));
                 }
             }
             let current = s.get(&t.res, &ns, &name)?;
@@ -678,14 +698,15 @@ fn resource(
                 }
             }
             check_object_shape(&doc)?;
+            let warnings = known_fields_locked(&s, &def, &mut doc, fv)?;
             // A patch carrying a resourceVersion is a precondition; otherwise it applies to the latest.
             let precondition = patch.pointer("/metadata/resourceVersion").cloned();
             doc["metadata"]["resourceVersion"] =
                 precondition.unwrap_or_else(|| current["metadata"]["resourceVersion"].clone());
-            Ok(object_response(
-                200,
-                one,
-                &s.update(&t.res, &ns, &name, doc, status_only)?,
+            let updated = s.update(&t.res, &ns, &name, doc, status_only)?;
+            Ok(with_warnings(
+                object_response(200, one, &updated),
+                &warnings,
             ))
         }
         "delete" => {
@@ -750,6 +771,52 @@ fn resource(
             ))
         }
     }
+}
+
+fn field_validation(
+    q: &HashMap<String, String>,
+    options: &str,
+) -> Result<FieldValidation, ApiError> {
+    decode::field_validation(q.get("fieldValidation").map(String::as_str), options)
+}
+
+/// The decode-time checks of a written object: Go types, then the fields the kind does not
+/// have (dropped; refused under `Strict`). Returns the `Warning` header values.
+fn known_fields(
+    shared: &Shared,
+    def: &ResourceDef,
+    obj: &mut Value,
+    fv: FieldValidation,
+) -> Result<Vec<String>, ApiError> {
+    let s = shared.storage.lock();
+    known_fields_locked(&s, def, obj, fv)
+}
+
+fn known_fields_locked(
+    s: &super::storage::Storage,
+    def: &ResourceDef,
+    obj: &mut Value,
+    fv: FieldValidation,
+) -> Result<Vec<String>, ApiError> {
+    if !s.validate {
+        return Ok(Vec::new());
+    }
+    decode::check_types(def, obj)?;
+    let unknown = decode::drop_unknown(def, obj);
+    match fv {
+        FieldValidation::Strict if !unknown.is_empty() => Err(decode::strict_error(def, &unknown)),
+        FieldValidation::Warn => Ok(decode::warnings(&unknown)),
+        _ => Ok(Vec::new()),
+    }
+}
+
+fn with_warnings(mut resp: Response<Body>, warnings: &[String]) -> Response<Body> {
+    for w in warnings {
+        if let Ok(v) = http::HeaderValue::from_str(w) {
+            resp.headers_mut().append("warning", v);
+        }
+    }
+    resp
 }
 
 /// `GET`, `PUT` and `PATCH` of `/scale`: the object's `Scale`, and writes of its replica count.

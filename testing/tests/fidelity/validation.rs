@@ -14,6 +14,8 @@ pub struct Step {
     path: String,
     content_type: &'static str,
     body: Option<Value>,
+    /// A body sent as is (malformed input), instead of `body`.
+    raw: Option<Vec<u8>>,
     /// JSON pointers into an accepted answer's object whose values are compared.
     keep: Vec<&'static str>,
     /// Repeat until the answer is 200 (a CRD's resource is served a moment after its create).
@@ -27,6 +29,7 @@ fn step(what: &str, method: http::Method, path: String, body: Option<Value>) -> 
         path,
         content_type: "application/json",
         body,
+        raw: None,
         keep: Vec::new(),
         until_ok: false,
     }
@@ -49,6 +52,14 @@ fn patch(what: &str, path: &str, body: Value) -> Step {
 fn json_patch(what: &str, path: &str, body: Value) -> Step {
     let mut s = step(what, http::Method::PATCH, path.to_string(), Some(body));
     s.content_type = "application/json-patch+json";
+    s
+}
+
+/// A POST of `bytes` as they are, with `content_type`.
+fn raw(what: &str, path: &str, content_type: &'static str, bytes: &[u8]) -> Step {
+    let mut s = step(what, http::Method::POST, path.to_string(), None);
+    s.content_type = content_type;
+    s.raw = Some(bytes.to_vec());
     s
 }
 
@@ -575,6 +586,70 @@ pub fn steps() -> Vec<Step> {
             json!({"spec": {"accessModes": ["ReadWriteMany"]}}),
         ),
     ];
+    // Bad input.
+    s.extend([
+        raw(
+            "malformed JSON",
+            &cms,
+            "application/json",
+            br#"{"metadata": {"name": "#,
+        ),
+        raw("a JSON array", &cms, "application/json", b"[1, 2]"),
+        raw(
+            "a text/plain body",
+            &cms,
+            "text/plain",
+            br#"{"metadata": {"name": "t"}}"#,
+        ),
+        raw(
+            "a YAML body",
+            &cms,
+            "application/yaml",
+            b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: from-yaml\ndata:\n  k: v\n",
+        )
+        .keep(&["/metadata/name", "/data"]),
+        raw("malformed YAML", &cms, "application/yaml", b"metadata: [\n"),
+        raw(
+            "a number where data wants a string",
+            &cms,
+            "application/json",
+            br#"{"metadata": {"name": "n1"}, "data": {"k": 1}}"#,
+        ),
+        raw(
+            "a number for the name",
+            &cms,
+            "application/json",
+            br#"{"metadata": {"name": 5}}"#,
+        ),
+        raw(
+            "a string where metadata wants an object",
+            &cms,
+            "application/json",
+            br#"{"metadata": "x"}"#,
+        ),
+        post(
+            "an unknown query parameter",
+            &format!("{cms}?colour=blue"),
+            json!({"metadata": {"name": "q1"}}),
+        )
+        .keep(&["/metadata/name"]),
+        post(
+            "an unknown field, strict field validation",
+            &format!("{cms}?fieldValidation=Strict"),
+            json!({"metadata": {"name": "q2"}, "spec": {"x": 1}}),
+        ),
+        post(
+            "an unknown field, field validation ignored",
+            &format!("{cms}?fieldValidation=Ignore"),
+            json!({"metadata": {"name": "q3"}, "spec": {"x": 1}}),
+        )
+        .keep(&["/metadata/name", "/spec"]),
+        post(
+            "an unknown fieldValidation",
+            &format!("{cms}?fieldValidation=Sometimes"),
+            json!({"metadata": {"name": "q4"}}),
+        ),
+    ]);
     // Strategic merge patches of built-in kinds.
     s.extend([
         strategic(
@@ -731,14 +806,14 @@ pub async fn run(client: &kube::Client, step: &Step) -> (Value, Value) {
         .method(step.method.clone())
         .uri(&step.path)
         .header(http::header::ACCEPT, "application/json");
-    if step.body.is_some() {
+    if step.body.is_some() || step.raw.is_some() {
         req = req.header(http::header::CONTENT_TYPE, step.content_type);
     }
-    let body = step
-        .body
-        .as_ref()
-        .map(|b| serde_json::to_vec(b).unwrap())
-        .unwrap_or_default();
+    let body = match (&step.raw, &step.body) {
+        (Some(bytes), _) => bytes.clone(),
+        (None, Some(b)) => serde_json::to_vec(b).unwrap(),
+        (None, None) => Vec::new(),
+    };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let resp = loop {
         let attempt = req_clone(&req, &body);
