@@ -26,6 +26,7 @@
 
 mod decode;
 mod faults;
+mod managed;
 mod media;
 mod patch;
 mod protobuf;

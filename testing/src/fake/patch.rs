@@ -70,6 +70,15 @@ fn list_merge(field: &str, elements: &[Value]) -> Option<ListMerge> {
     })
 }
 
+/// How a list field's elements are identified for field ownership: `Some(Some(key))` by a key
+/// field, `Some(None)` by value (a set of primitives), `None` not at all (the list is atomic).
+pub fn list_key(field: &str, elements: &[Value]) -> Option<Option<&'static str>> {
+    match list_merge(field, elements)? {
+        ListMerge::Key(k) => Some(Some(k)),
+        ListMerge::Union => Some(None),
+    }
+}
+
 fn bad(message: impl Into<String>) -> ApiError {
     ApiError::bad_request(message)
 }
@@ -89,14 +98,24 @@ fn go_map(m: &Map<String, Value>) -> String {
     format!("map[{}]", parts.join(" "))
 }
 
-/// Applies a strategic merge patch in place (a built-in kind's object).
-pub fn strategic_merge_patch(target: &mut Value, patch: &Value) -> Result<(), ApiError> {
-    match patch {
+/// Where a merged list puts its elements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ListOrder {
+    /// The patch's elements first, in its order, then the rest (strategic merge patch).
+    PatchFirst,
+    /// The object's elements where they were, new ones after them (server-side apply).
+    InPlace,
+}
+
+/// Merges an apply configuration into a built-in kind's object: as a strategic merge patch,
+/// but an element already in a list keeps its place and new ones come after.
+pub fn apply_merge(target: &mut Value, config: &Value) -> Result<(), ApiError> {
+    match config {
         Value::Object(p) => {
             if !target.is_object() {
                 *target = Value::Object(Map::new());
             }
-            merge_map(target, p)
+            merge_map(target, p, ListOrder::InPlace)
         }
         other => {
             *target = other.clone();
@@ -105,7 +124,27 @@ pub fn strategic_merge_patch(target: &mut Value, patch: &Value) -> Result<(), Ap
     }
 }
 
-fn merge_map(target: &mut Value, patch: &Map<String, Value>) -> Result<(), ApiError> {
+/// Applies a strategic merge patch in place (a built-in kind's object).
+pub fn strategic_merge_patch(target: &mut Value, patch: &Value) -> Result<(), ApiError> {
+    match patch {
+        Value::Object(p) => {
+            if !target.is_object() {
+                *target = Value::Object(Map::new());
+            }
+            merge_map(target, p, ListOrder::PatchFirst)
+        }
+        other => {
+            *target = other.clone();
+            Ok(())
+        }
+    }
+}
+
+fn merge_map(
+    target: &mut Value,
+    patch: &Map<String, Value>,
+    order: ListOrder,
+) -> Result<(), ApiError> {
     match patch.get("$patch").and_then(Value::as_str) {
         None => {}
         Some("replace") => {
@@ -148,14 +187,14 @@ fn merge_map(target: &mut Value, patch: &Map<String, Value>) -> Result<(), ApiEr
                 if !entry.is_object() {
                     *entry = Value::Object(Map::new());
                 }
-                merge_map(entry, pm)?;
+                merge_map(entry, pm, order)?;
                 if entry.is_null() {
                     t.remove(k);
                 }
             }
             Value::Array(pl) => {
                 let current = t.remove(k);
-                let merged = merge_list(k, current, pl)?;
+                let merged = merge_list(k, current, pl, order)?;
                 t.insert(k.clone(), merged);
             }
             other => {
@@ -193,7 +232,12 @@ fn merge_map(target: &mut Value, patch: &Map<String, Value>) -> Result<(), ApiEr
     Ok(())
 }
 
-fn merge_list(field: &str, current: Option<Value>, patch: &[Value]) -> Result<Value, ApiError> {
+fn merge_list(
+    field: &str,
+    current: Option<Value>,
+    patch: &[Value],
+    order: ListOrder,
+) -> Result<Value, ApiError> {
     let replace = |patch: &[Value]| {
         Value::Array(
             patch
@@ -219,7 +263,11 @@ fn merge_list(field: &str, current: Option<Value>, patch: &[Value]) -> Result<Va
         None => Ok(replace(patch)),
         Some(ListMerge::Union) => {
             let mut out: Vec<Value> = Vec::new();
-            for e in patch.iter().chain(list.iter()) {
+            let all: Vec<&Value> = match order {
+                ListOrder::PatchFirst => patch.iter().chain(list.iter()).collect(),
+                ListOrder::InPlace => list.iter().chain(patch.iter()).collect(),
+            };
+            for e in all {
                 if !out.contains(e) {
                     out.push(e.clone());
                 }
@@ -228,6 +276,7 @@ fn merge_list(field: &str, current: Option<Value>, patch: &[Value]) -> Result<Va
         }
         Some(ListMerge::Key(key)) => {
             let mut patched: Vec<Value> = Vec::new();
+            let mut appended: Vec<Value> = Vec::new();
             for e in patch {
                 let Some(em) = e.as_object() else {
                     return Err(bad(format!(
@@ -252,14 +301,25 @@ fn merge_list(field: &str, current: Option<Value>, patch: &[Value]) -> Result<Va
                     }
                     continue;
                 }
-                let mut merged = match at {
-                    Some(i) => list.remove(i),
-                    None => Value::Object(Map::new()),
-                };
-                merge_map(&mut merged, em)?;
-                patched.push(merged);
+                match (order, at) {
+                    (ListOrder::InPlace, Some(i)) => merge_map(&mut list[i], em, order)?,
+                    (ListOrder::InPlace, None) => {
+                        let mut fresh = Value::Object(Map::new());
+                        merge_map(&mut fresh, em, order)?;
+                        appended.push(fresh);
+                    }
+                    (ListOrder::PatchFirst, at) => {
+                        let mut merged = match at {
+                            Some(i) => list.remove(i),
+                            None => Value::Object(Map::new()),
+                        };
+                        merge_map(&mut merged, em, order)?;
+                        patched.push(merged);
+                    }
+                }
             }
             patched.extend(list);
+            patched.extend(appended);
             Ok(Value::Array(patched))
         }
     }

@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 
 use super::decode::{self, FieldValidation};
 use super::faults::Faults;
+use super::managed;
 use super::media::{Output, Shape, negotiate};
 use super::patch::{json_patch, merge_patch, strategic_merge_patch};
 use super::resources::{ResKey, ResourceDef, api_group, groups, resource_list};
@@ -228,17 +229,34 @@ pub async fn handle(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json")
         .to_string();
+    let user_agent = parts
+        .headers
+        .get(http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let headers = Headers {
+        accept: &accept,
+        content_type: &content_type,
+        user_agent: &user_agent,
+    };
     let response = route(
         &shared,
-        &accept,
+        &headers,
         &parts.method,
         parts.uri.path(),
         &query,
-        &content_type,
         &body,
     )
     .unwrap_or_else(|e| error_response(&e));
     Ok(encode(&shared, &parts.headers, &query, response).await)
+}
+
+/// The request headers the routes read.
+struct Headers<'a> {
+    accept: &'a str,
+    content_type: &'a str,
+    user_agent: &'a str,
 }
 
 struct Target {
@@ -406,13 +424,13 @@ fn discovery(
 
 fn route(
     shared: &Shared,
-    accept: &str,
+    h: &Headers<'_>,
     method: &Method,
     path: &str,
     q: &HashMap<String, String>,
-    ct: &str,
     body: &Bytes,
 ) -> Result<Response<Body>, ApiError> {
+    let accept = h.accept;
     let segs: Vec<&str> = path
         .trim_matches('/')
         .split('/')
@@ -497,7 +515,7 @@ fn route(
             ));
         }
     };
-    resource(shared, accept, method, t, q, ct, body)
+    resource(shared, h, method, t, q, body)
 }
 
 fn selectors(q: &HashMap<String, String>, def: &ResourceDef) -> Result<Selectors, ApiError> {
@@ -550,13 +568,19 @@ const RETURNS_DELETED_OBJECT: &[&str] = &[
 
 fn resource(
     shared: &Shared,
-    accept: &str,
+    h: &Headers<'_>,
     method: &Method,
     t: Target,
     q: &HashMap<String, String>,
-    ct: &str,
     body: &Bytes,
 ) -> Result<Response<Body>, ApiError> {
+    let (accept, ct) = (h.accept, h.content_type);
+    // The manager a write's fields are recorded under.
+    let manager = q
+        .get("fieldManager")
+        .filter(|m| !m.is_empty())
+        .cloned()
+        .unwrap_or_else(|| managed::default_manager(h.user_agent));
     let def = shared.storage.lock().def(&t.res)?;
     let is_watch = t.watch_path || query_bool(q, "watch");
     let verb = match (method, &t.name, is_watch) {
@@ -623,6 +647,9 @@ fn resource(
             let fv = field_validation(q, "CreateOptions")?;
             let mut obj = decode::object_body(&def, ct, body)?;
             let warnings = known_fields(shared, &def, &mut obj, fv)?;
+            if obj.is_object() {
+                managed::record_update(&def, None, &mut obj, &manager, false);
+            }
             let created = shared.storage.lock().create(&t.res, &ns, obj)?;
             Ok(with_warnings(
                 object_response(201, one, &created),
@@ -633,10 +660,12 @@ fn resource(
             let fv = field_validation(q, "UpdateOptions")?;
             let mut obj = decode::object_body(&def, ct, body)?;
             let warnings = known_fields(shared, &def, &mut obj, fv)?;
-            let updated = shared
-                .storage
-                .lock()
-                .update(&t.res, &ns, &name, obj, status_only)?;
+            let mut s = shared.storage.lock();
+            if !status_only && obj.is_object() {
+                let old = s.get(&t.res, &ns, &name)?;
+                managed::record_update(&def, Some(&old), &mut obj, &manager, false);
+            }
+            let updated = s.update(&t.res, &ns, &name, obj, status_only)?;
             Ok(with_warnings(
                 object_response(200, one, &updated),
                 &warnings,
@@ -658,18 +687,37 @@ fn resource(
                         "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch",
                     ));
                 }
-                if s.get(&t.res, &ns, &name).is_err() && !status_only {
-                    let mut obj = patch;
-                    check_object_shape(&obj)?;
-                    obj["metadata"]["name"] = json!(name);
-                    drop(s);
-                    let warnings = known_fields(shared, &def, &mut obj, fv)?;
-                    let created = shared.storage.lock().create(&t.res, &ns, obj)?;
-                    return Ok(with_warnings(
-                        object_response(201, one, &created),
-                        &warnings,
-                    ));
+                check_object_shape(&patch)?;
+                let force = query_bool(q, "force");
+                let current = s.get(&t.res, &ns, &name).ok();
+                if current.is_none() && status_only {
+                    return Err(ApiError::not_found(&def.group, &def.plural, &name));
                 }
+                let mut obj = managed::apply(
+                    &def,
+                    current.as_deref(),
+                    &patch,
+                    &manager,
+                    force,
+                    status_only,
+                )?;
+                obj["metadata"]["name"] = json!(name);
+                let warnings = known_fields_locked(&s, &def, &mut obj, fv)?;
+                return Ok(match current {
+                    None => with_warnings(
+                        object_response(201, one, &s.create(&t.res, &ns, obj)?),
+                        &warnings,
+                    ),
+                    Some(current) => {
+                        // An apply carrying a resourceVersion is a precondition.
+                        if patch.pointer("/metadata/resourceVersion").is_none() {
+                            obj["metadata"]["resourceVersion"] =
+                                current["metadata"]["resourceVersion"].clone();
+                        }
+                        let updated = s.update(&t.res, &ns, &name, obj, status_only)?;
+                        with_warnings(object_response(200, one, &updated), &warnings)
+                    }
+                });
             }
             let current = s.get(&t.res, &ns, &name)?;
             let mut doc = (*current).clone();
@@ -686,9 +734,7 @@ fn resource(
                         "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml",
                     ));
                 }
-                "application/merge-patch+json" | "application/apply-patch+yaml" => {
-                    merge_patch(&mut doc, &patch)
-                }
+                "application/merge-patch+json" => merge_patch(&mut doc, &patch),
                 other => {
                     return Err(ApiError::new(
                         415,
@@ -699,6 +745,9 @@ fn resource(
             }
             check_object_shape(&doc)?;
             let warnings = known_fields_locked(&s, &def, &mut doc, fv)?;
+            if !status_only {
+                managed::record_update(&def, Some(&current), &mut doc, &manager, false);
+            }
             // A patch carrying a resourceVersion is a precondition; otherwise it applies to the latest.
             let precondition = patch.pointer("/metadata/resourceVersion").cloned();
             doc["metadata"]["resourceVersion"] =

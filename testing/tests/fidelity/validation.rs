@@ -49,6 +49,18 @@ fn patch(what: &str, path: &str, body: Value) -> Step {
     s
 }
 
+/// A server-side apply of `body` by `manager` (forced when `force`).
+fn apply(what: &str, path: &str, manager: &str, force: bool, body: Value) -> Step {
+    let mut s = step(
+        what,
+        http::Method::PATCH,
+        format!("{path}?fieldManager={manager}&force={force}"),
+        Some(body),
+    );
+    s.content_type = "application/apply-patch+yaml";
+    s
+}
+
 fn json_patch(what: &str, path: &str, body: Value) -> Step {
     let mut s = step(what, http::Method::PATCH, path.to_string(), Some(body));
     s.content_type = "application/json-patch+json";
@@ -748,6 +760,96 @@ pub fn steps() -> Vec<Step> {
         get("widget scale", &format!("{widgets}/w/scale"))
             .keep(&["/kind", "/spec/replicas"]),
     ]);
+    // Server-side apply and field ownership.
+    let cm_ssa = format!("{cms}/ssa");
+    let dep_ssa = format!("{deps}/ssa");
+    let owners = ["/data", "/metadata/managedFields"];
+    s.extend([
+        apply(
+            "apply creates, its manager owns what it applied",
+            &cm_ssa,
+            "a",
+            false,
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ssa", "labels": {"team": "x"}}, "data": {"k": "1", "shared": "s"}}),
+        )
+        .keep(&owners),
+        apply(
+            "a second manager applying the same value shares it",
+            &cm_ssa,
+            "b",
+            false,
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ssa"}, "data": {"shared": "s"}}),
+        )
+        .keep(&owners),
+        apply(
+            "a second manager applying another value conflicts",
+            &cm_ssa,
+            "b",
+            false,
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ssa"}, "data": {"k": "2", "shared": "t"}}),
+        ),
+        apply(
+            "a forced apply takes the fields",
+            &cm_ssa,
+            "b",
+            true,
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ssa"}, "data": {"k": "2"}}),
+        )
+        .keep(&owners),
+        apply(
+            "an apply drops what only its manager owned",
+            &cm_ssa,
+            "a",
+            false,
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ssa"}}),
+        )
+        .keep(&owners),
+        patch(
+            "an update takes the fields it changes",
+            &format!("{cm_ssa}?fieldManager=editor"),
+            json!({"data": {"k": "3", "new": "n"}}),
+        )
+        .keep(&owners),
+        apply(
+            "an applier conflicts with an updater",
+            &cm_ssa,
+            "b",
+            false,
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ssa"}, "data": {"k": "2"}}),
+        ),
+        apply(
+            "apply without a kind",
+            &cm_ssa,
+            "b",
+            false,
+            json!({"metadata": {"name": "ssa"}, "data": {"k": "2"}}),
+        ),
+        apply(
+            "deployment applied by one manager",
+            &dep_ssa,
+            "a",
+            false,
+            deployment("ssa", json!({"selector": app, "template": pod_template(labels.clone(), web())})),
+        )
+        .keep(&["/metadata/managedFields", "/spec/template/spec/containers"]),
+        apply(
+            "a second manager adds a container by its name",
+            &dep_ssa,
+            "b",
+            false,
+            json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "ssa"},
+                   "spec": {"template": {"spec": {"containers": [{"name": "side", "image": "busybox:1.36"}]}}}}),
+        )
+        .keep(&["/metadata/managedFields", "/spec/template/spec/containers"]),
+        apply(
+            "the second manager changes the first one's image",
+            &dep_ssa,
+            "b",
+            false,
+            json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "ssa"},
+                   "spec": {"template": {"spec": {"containers": [{"name": "web", "image": "nginx:2"}]}}}}),
+        ),
+    ]);
     // `/scale` of the workloads that have one.
     s.extend([
         get("deployment scale", &format!("{deps}/d/scale")).keep(&[
@@ -857,7 +959,28 @@ pub async fn run(client: &kube::Client, step: &Step) -> (Value, Value) {
     let kept: serde_json::Map<String, Value> = step
         .keep
         .iter()
-        .map(|p| (p.to_string(), v.pointer(p).cloned().unwrap_or(Value::Null)))
+        .map(|p| {
+            let mut got = v.pointer(p).cloned().unwrap_or(Value::Null);
+            if *p == "/metadata/managedFields" {
+                // Who owns what; not when (`time`), nor the entries' order.
+                let mut entries: Vec<Value> = got
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|e| {
+                        json!([
+                            e["manager"],
+                            e["operation"],
+                            e["subresource"],
+                            e["fieldsV1"]
+                        ])
+                    })
+                    .collect();
+                entries.sort_by_key(|e| e.to_string());
+                got = json!(entries);
+            }
+            (p.to_string(), got)
+        })
         .collect();
     (json!({"code": code, "object": kept}), Value::Null)
 }
