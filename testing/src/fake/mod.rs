@@ -5,8 +5,16 @@
 //! so it needs no `k8s-openapi` types, and serves any built-in or CRD-defined resource through the
 //! same code. Faults are injected through [`FaultHandle`].
 //!
-//! Where a client can tell, it answers as kube-apiserver v1.35 does (the envtest fidelity test
-//! compares the two): `Accept: application/json;as=PartialObjectMetadata[List];g=meta.k8s.io;v=v1`
+//! Writes get a cluster's answers: [`validation`] refuses what kube-apiserver refuses (422 with
+//! the same causes) and writes the defaults a cluster writes; CRDs' schemas prune, default and
+//! validate custom resources; `/scale` is served; garbage collection by owner references and
+//! namespace deletion run as kube-controller-manager runs them beside a real API server
+//! ([`FakeConfig::garbage_collection`]); strategic merge patches merge lists by their keys and
+//! server-side apply records field ownership in `managedFields`, answering 409 on conflicts.
+//! Answers follow [`FakeConfig::minor_version`] (1.37 by default, or 1.35) where the two differ.
+//!
+//! Where a client can tell, it answers as kube-apiserver does (the envtest fidelity test
+//! compares the two, against v1.35.4 and v1.37.2): `Accept: application/json;as=PartialObjectMetadata[List];g=meta.k8s.io;v=v1`
 //! gets metadata-only objects, lists, and watch events (the first acceptable range of the header
 //! wins; `as=Table` and protobuf are skipped, plain JSON is the fallback); list items carry no
 //! `apiVersion`/`kind`; DELETE answers a `Status` unless the object outlives the call; boolean
