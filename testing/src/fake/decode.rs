@@ -33,19 +33,7 @@ pub fn field_validation(value: Option<&str>, options: &str) -> Result<FieldValid
         "Ignore" => Ok(FieldValidation::Ignore),
         "Strict" => Ok(FieldValidation::Strict),
         other => {
-            let def = ResourceDef {
-                group: "meta.k8s.io".into(),
-                version: "v1".into(),
-                plural: options.to_ascii_lowercase(),
-                singular: options.to_ascii_lowercase(),
-                kind: options.into(),
-                namespaced: false,
-                status: false,
-                short_names: Vec::new(),
-                scale: None,
-                builtin: true,
-                schema: None,
-            };
+            let def = ResourceDef::kind_only("meta.k8s.io", options);
             Err(validation::invalid(
                 &def,
                 "",

@@ -110,28 +110,21 @@ enum ListOrder {
 /// Merges an apply configuration into a built-in kind's object: as a strategic merge patch,
 /// but an element already in a list keeps its place and new ones come after.
 pub fn apply_merge(target: &mut Value, config: &Value) -> Result<(), ApiError> {
-    match config {
-        Value::Object(p) => {
-            if !target.is_object() {
-                *target = Value::Object(Map::new());
-            }
-            merge_map(target, p, ListOrder::InPlace)
-        }
-        other => {
-            *target = other.clone();
-            Ok(())
-        }
-    }
+    merge_root(target, config, ListOrder::InPlace)
 }
 
 /// Applies a strategic merge patch in place (a built-in kind's object).
 pub fn strategic_merge_patch(target: &mut Value, patch: &Value) -> Result<(), ApiError> {
+    merge_root(target, patch, ListOrder::PatchFirst)
+}
+
+fn merge_root(target: &mut Value, patch: &Value, order: ListOrder) -> Result<(), ApiError> {
     match patch {
         Value::Object(p) => {
             if !target.is_object() {
                 *target = Value::Object(Map::new());
             }
-            merge_map(target, p, ListOrder::PatchFirst)
+            merge_map(target, p, order)
         }
         other => {
             *target = other.clone();

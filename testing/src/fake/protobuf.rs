@@ -173,7 +173,8 @@ const SERVICE_ACCOUNT: &[Field] = &[
 
 const TYPE_META: &[Field] = &[(1, "apiVersion", Kind::Str), (2, "kind", Kind::Str)];
 
-fn base64(bytes: &[u8]) -> String {
+/// Standard base64 with padding (Secret data in JSON).
+pub(super) fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {

@@ -82,6 +82,23 @@ impl ResourceDef {
         }
     }
 
+    /// A kind that is not a served resource (an options kind, `Scale`), to name in a 422.
+    pub(crate) fn kind_only(group: &str, kind: &str) -> Self {
+        Self {
+            group: group.into(),
+            version: "v1".into(),
+            plural: kind.to_ascii_lowercase(),
+            singular: kind.to_ascii_lowercase(),
+            kind: kind.into(),
+            namespaced: false,
+            status: false,
+            short_names: Vec::new(),
+            scale: None,
+            builtin: true,
+            schema: None,
+        }
+    }
+
     /// Registry key.
     pub fn key(&self) -> ResKey {
         ResKey {

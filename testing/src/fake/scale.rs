@@ -124,19 +124,7 @@ pub fn write(
         .and_then(Value::as_i64)
         .unwrap_or(0);
     if replicas < 0 {
-        let scale_def = ResourceDef {
-            group: "autoscaling".into(),
-            version: "v1".into(),
-            plural: "scale".into(),
-            singular: "scale".into(),
-            kind: "Scale".into(),
-            namespaced: def.namespaced,
-            status: false,
-            short_names: Vec::new(),
-            scale: None,
-            builtin: true,
-            schema: None,
-        };
+        let scale_def = ResourceDef::kind_only("autoscaling", "Scale");
         return Err(validation::invalid(
             &scale_def,
             name,

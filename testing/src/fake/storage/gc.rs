@@ -41,19 +41,7 @@ pub fn propagation(options: &Value) -> Result<Propagation, ApiError> {
     let policy = options.get("propagationPolicy").and_then(Value::as_str);
     let orphan = options.get("orphanDependents").and_then(Value::as_bool);
     let refuse = |e: FieldError| {
-        let def = ResourceDef {
-            group: "meta.k8s.io".into(),
-            version: "v1".into(),
-            plural: "deleteoptions".into(),
-            singular: "deleteoptions".into(),
-            kind: "DeleteOptions".into(),
-            namespaced: false,
-            status: false,
-            short_names: Vec::new(),
-            scale: None,
-            builtin: true,
-            schema: None,
-        };
+        let def = ResourceDef::kind_only("meta.k8s.io", "DeleteOptions");
         Err(validation::invalid(&def, "", &[e]))
     };
     match (policy, orphan) {
