@@ -9,6 +9,7 @@ Prints one checkable line per step and exits non-zero on the first mismatch, so 
 import json
 import sys
 import threading
+import time
 
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
@@ -231,6 +232,17 @@ def custom_resources():
 
     co = client.CustomObjectsApi()
     args = ("example.com", "v1", NS, "widgets")
+    # A real API server serves a new CRD's resource a moment after the create answers (once it
+    # is Established): wait for it (bounded), as a client must.
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            co.list_namespaced_custom_object(*args)
+            break
+        except ApiException as e:
+            if e.status != 404 or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
     w1 = co.create_namespaced_custom_object(*args, {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w1"}, "spec": {"size": 1}})
     check(w1["metadata"]["uid"], "widget has a uid")
     co.patch_namespaced_custom_object_status(*args, "w1", {"status": {"ready": True}})
