@@ -438,3 +438,145 @@ async fn a_refused_write_changes_nothing() {
     assert_eq!(server.resource_version(), before);
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_repeated_apply_is_a_no_op() {
+    let server = FakeApiServer::start().await.unwrap();
+    let api: Api<ConfigMap> = Api::namespaced(server.client().unwrap(), NS);
+    let config = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a"}, "data": {"k": "v"}});
+    let first = api
+        .patch("a", &PatchParams::apply("m"), &Patch::Apply(&config))
+        .await
+        .unwrap();
+    let again = api
+        .patch("a", &PatchParams::apply("m"), &Patch::Apply(&config))
+        .await
+        .unwrap();
+    assert_eq!(
+        first.metadata.resource_version,
+        again.metadata.resource_version
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn odd_shapes_of_spec_and_status_are_answered_not_a_panic() {
+    let server = FakeApiServer::start().await.unwrap();
+    let client = server.client().unwrap();
+    let send = |method: &str, path: &str, body: Value| {
+        http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("content-type", "application/json")
+            .body(serde_json::to_vec(&body).unwrap())
+            .unwrap()
+    };
+    let nss: Api<Namespace> = Api::all(client.clone());
+    nss.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "odd"}})).unwrap(),
+    )
+    .await
+    .unwrap();
+    for (method, path, body) in [
+        (
+            "PUT",
+            "/api/v1/namespaces/odd",
+            json!({"metadata": {"name": "odd"}, "spec": "x"}),
+        ),
+        (
+            "PUT",
+            "/api/v1/namespaces/odd/status",
+            json!({"metadata": {"name": "odd"}, "status": "s"}),
+        ),
+        (
+            "POST",
+            "/api/v1/namespaces/default/services",
+            json!({"metadata": {"name": "s"}, "spec": "x"}),
+        ),
+    ] {
+        let resp = client
+            .send(send(method, path, body).map(Into::into))
+            .await
+            .unwrap();
+        assert!(
+            resp.status().as_u16() < 500,
+            "{method} {path}: {}",
+            resp.status()
+        );
+    }
+    // The namespace can still be deleted, and goes.
+    nss.delete("odd", &DeleteParams::default()).await.unwrap();
+    assert!(nss.get_opt("odd").await.unwrap().is_none());
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_namespace_keeps_the_namespace_controllers_finalizer() {
+    let server = FakeApiServer::start().await.unwrap();
+    let client = server.client().unwrap();
+    let nss: Api<Namespace> = Api::all(client.clone());
+    let created = nss
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "n"}, "spec": {"finalizers": []}}))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        created.spec.unwrap().finalizers.unwrap(),
+        ["kubernetes".to_string()]
+    );
+    let cms: Api<ConfigMap> = Api::namespaced(client, "n");
+    let held: ConfigMap = serde_json::from_value(
+        json!({"metadata": {"name": "held", "finalizers": ["example.com/hold"]}}),
+    )
+    .unwrap();
+    cms.create(&PostParams::default(), &held).await.unwrap();
+    nss.delete("n", &DeleteParams::default()).await.unwrap();
+    // An update that leaves the spec's finalizers out does not release the namespace.
+    nss.patch(
+        "n",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
+    assert!(nss.get_opt("n").await.unwrap().is_some());
+    cms.patch(
+        "held",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
+    assert!(nss.get_opt("n").await.unwrap().is_none());
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn without_garbage_collection_a_foreground_delete_leaves_the_finalizer_and_dependents() {
+    let server = FakeApiServer::start_with(FakeConfig {
+        garbage_collection: false,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let api: Api<ConfigMap> = Api::namespaced(server.client().unwrap(), NS);
+    let owner = create_cm(&api, "owner", &[]).await;
+    create_cm(&api, "child", &[(&owner, false)]).await;
+    api.delete("owner", &DeleteParams::foreground())
+        .await
+        .unwrap();
+    let owner = api.get("owner").await.unwrap();
+    assert!(
+        owner
+            .metadata
+            .finalizers
+            .unwrap_or_default()
+            .contains(&"foregroundDeletion".to_string())
+    );
+    assert!(exists(&api, "child").await);
+    server.shutdown().await;
+}

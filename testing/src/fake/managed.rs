@@ -255,7 +255,15 @@ fn write_entries(def: &ResourceDef, obj: &mut Value, list: Vec<Entry>) {
             raw["manager"] = json!(e.manager);
             raw["operation"] = json!(e.operation);
             raw["apiVersion"] = json!(def.api_version());
-            raw["time"] = json!(now_rfc3339());
+            // An entry whose fields did not change keeps its time: a repeated write is a
+            // no-op (no new resourceVersion, no event), as on kube-apiserver.
+            let mut before = BTreeSet::new();
+            if let Some(f) = raw.get("fieldsV1") {
+                from_fields_v1(f, &mut Vec::new(), &mut before);
+            }
+            if before != e.set || raw.get("time").is_none() {
+                raw["time"] = json!(now_rfc3339());
+            }
             raw["fieldsType"] = json!("FieldsV1");
             raw["fieldsV1"] = to_fields_v1(&e.set);
             if !e.subresource.is_empty() {
@@ -294,9 +302,14 @@ pub fn record_update(
     let now = fields(def, new, status_only);
     let changed: BTreeSet<Path> = match old {
         None => now.clone(),
+        // A list element changes hands only when it is new; a changed field inside it is the
+        // field's.
         Some(old) => now
             .iter()
-            .filter(|p| value_at(old, p) != value_at(new, p))
+            .filter(|p| match p.last() {
+                Some(Step::Key(_)) => value_at(old, p).is_none(),
+                _ => value_at(old, p) != value_at(new, p),
+            })
             .cloned()
             .collect(),
     };

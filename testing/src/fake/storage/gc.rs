@@ -202,6 +202,10 @@ impl Storage {
         self.put(res, key.clone(), marked.clone());
         self.record(res, EventType::Modified, marked.clone(), Some(old));
         let uid = meta_str(&marked, "uid").to_string();
+        if !self.gc {
+            // kube-apiserver alone: the finalizer stays until a collector removes it.
+            return marked;
+        }
         match policy {
             Propagation::Orphan => {
                 for (dres, dkey) in self.dependents(&uid) {
@@ -333,6 +337,9 @@ impl Storage {
         let mut new = (*old).clone();
         new["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
         new["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+        if !new["status"].is_object() {
+            new["status"] = json!({});
+        }
         new["status"]["phase"] = json!("Terminating");
         self.rv += 1;
         new["metadata"]["resourceVersion"] = json!(self.rv.to_string());
@@ -375,8 +382,31 @@ impl Storage {
         let Some(obj) = self.lookup(&ns_key(), &key) else {
             return;
         };
+        // The namespace controller's `/finalize`: written directly, as an update keeps the
+        // spec's finalizers a client sends.
         let mut new = (*obj).clone();
+        if !new["spec"].is_object() {
+            new["spec"] = json!({});
+        }
         new["spec"]["finalizers"] = json!([]);
-        self.rewrite(&ns_key(), &key, new);
+        self.rv += 1;
+        new["metadata"]["resourceVersion"] = json!(self.rv.to_string());
+        let new = Arc::new(new);
+        if super::held(&self.def_of(&ns_key()), &new) {
+            self.put(&ns_key(), key, new.clone());
+            self.record(&ns_key(), EventType::Modified, new, Some(obj));
+        } else {
+            self.take(&ns_key(), &key);
+            self.record(&ns_key(), EventType::Deleted, new.clone(), Some(obj));
+            let d = self.def_of(&ns_key());
+            self.removed(&d, &new);
+        }
+    }
+
+    fn def_of(&self, res: &ResKey) -> ResourceDef {
+        self.defs
+            .get(res)
+            .cloned()
+            .expect("namespaces are built in")
     }
 }

@@ -81,8 +81,14 @@ pub(super) fn apply_create_defaults(
                     )));
                 }
             }
-            if obj.pointer("/spec/finalizers").is_none() {
-                obj["spec"]["finalizers"] = json!(["kubernetes"]);
+            // A namespace always starts with the namespace controller's finalizer.
+            if !obj["spec"]["finalizers"].is_array() {
+                obj["spec"]["finalizers"] = json!([]);
+            }
+            if let Some(f) = obj["spec"]["finalizers"].as_array_mut()
+                && !f.iter().any(|v| v == "kubernetes")
+            {
+                f.push(json!("kubernetes"));
             }
             obj["status"]["phase"] = json!("Active");
         }
@@ -112,11 +118,21 @@ pub(super) fn apply_create_defaults(
 pub(super) fn apply_update_defaults(d: &ResourceDef, old: &Value, new: &mut Value, minor: u32) {
     match (d.group.as_str(), d.plural.as_str()) {
         ("", "secrets") => merge_string_data(new),
+        // Only the namespace controller changes a namespace's spec finalizers (`/finalize`).
+        ("", "namespaces") => {
+            if let Some(f) = old.pointer("/spec/finalizers") {
+                if !new.get("spec").is_some_and(Value::is_object) {
+                    new["spec"] = json!({});
+                }
+                new["spec"]["finalizers"] = f.clone();
+            }
+        }
         ("", "services") => {
             for f in ["clusterIP", "clusterIPs"] {
-                if new
-                    .pointer(&format!("/spec/{f}"))
-                    .is_none_or(Value::is_null)
+                if new.get("spec").is_some_and(Value::is_object)
+                    && new
+                        .pointer(&format!("/spec/{f}"))
+                        .is_none_or(Value::is_null)
                     && let Some(v) = old.pointer(&format!("/spec/{f}"))
                 {
                     new["spec"][f] = v.clone();
