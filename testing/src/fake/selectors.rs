@@ -52,38 +52,15 @@ fn valid_key(k: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
 }
 
-/// A label name or value: at most 63 characters, alphanumeric at both ends, `-_.` inside.
-fn qualified_name_part(s: &str) -> bool {
-    s.len() <= 63
-        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && s.ends_with(|c: char| c.is_ascii_alphanumeric())
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-}
-
-/// A label key: `name` or `prefix/name`, the prefix a DNS subdomain.
+/// A label key: `name` or `prefix/name`, the prefix a DNS subdomain (the rule objects' labels
+/// are validated by).
 fn valid_label_key(k: &str) -> bool {
-    match k.split_once('/') {
-        None => qualified_name_part(k),
-        Some((prefix, name)) => {
-            !prefix.is_empty()
-                && prefix.len() <= 253
-                && prefix.split('.').all(|l| {
-                    !l.is_empty()
-                        && l.len() <= 63
-                        && l.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-                        && l.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-                        && l.chars()
-                            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-                })
-                && qualified_name_part(name)
-        }
-    }
+    super::validation::names::qualified_name(k).is_empty()
 }
 
-/// A label value: empty, or a qualified name part.
+/// A label value: empty, or at most 63 characters of a qualified name's part.
 fn valid_label_value(v: &str) -> bool {
-    v.is_empty() || qualified_name_part(v)
+    super::validation::names::label_value(v).is_empty()
 }
 
 /// Field labels kube-apiserver v1.35 accepts beyond `metadata.name` and `metadata.namespace`,
