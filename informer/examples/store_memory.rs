@@ -28,7 +28,6 @@
 mod objects;
 
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
@@ -127,7 +126,6 @@ where
             .decode_list::<K>(body)
             .map_err(|e| format!("decoding a page: {e}"))?;
         for obj in page.items {
-            let obj = Arc::new(obj);
             keys.push(store.key_of(&obj).map_err(|e| e.to_string())?);
             store.add(obj).map_err(|e| e.to_string())?;
         }

@@ -105,11 +105,9 @@ fn check_equivalence<K: DeserializeOwned + PartialEq + std::fmt::Debug>(objects:
                 "{name}, page {page}"
             );
             let start = page * 37;
-            assert_eq!(
-                got.items,
-                want[start..start + chunk.len()],
-                "{name}, page {page}"
-            );
+            let got: Vec<&K> = got.items.iter().map(|item| &**item).collect();
+            let want: Vec<&K> = want[start..start + chunk.len()].iter().collect();
+            assert_eq!(got, want, "{name}, page {page}");
         }
     }
 }
@@ -207,7 +205,8 @@ fn a_list_decodes_item_by_item_with_skipping_and_keeps_rv_and_continue() {
         .iter()
         .map(|p| expected::<Pod>(p, &DecodeOptions::default()))
         .collect();
-    assert_eq!(page.items, expected);
+    let items: Vec<Pod> = page.items.iter().map(|item| Pod::clone(item)).collect();
+    assert_eq!(items, expected);
 }
 
 #[test]
@@ -379,21 +378,63 @@ fn malformed_input_yields_typed_errors_with_context() {
             _ => panic!("{name}: want {want:?}, got {err:?}"),
         }
     }
+    // Broken structure names the byte offset and what was expected there; a broken item names
+    // its index and offset, with serde_json's position inside it.
     let list_cases = [
-        r#"{"metadata":{"resourceVersion":"1"},"items":[{"metadata":{"name":"a"}},"#,
-        r#"{"items":{"a":1}}"#,
-        r#"{"items":[{"metadata":{"name":5}}]}"#,
-        "",
+        (
+            r#"{"metadata":{"resourceVersion":"1"},"items":[{"metadata":{"name":"a"}},"#,
+            Err(("the rest of the list (the body ended early)", 71)),
+        ),
+        (
+            r#"{"items":{"a":1}}"#,
+            Err(("an array of items or null", 9)),
+        ),
+        (r#"{"items":[{"metadata":{"name":5}}]}"#, Ok((0, 10))),
+        (
+            r#"{"items":[{"metadata":{}}, {"metadata":{"name":[]}}]}"#,
+            Ok((1, 27)),
+        ),
+        ("", Err(("the rest of the list (the body ended early)", 0))),
+        (" [] ", Err(("'{' opening the list object", 1))),
+        (r#"{"items":[] "x""#, Err(("',' or '}' after a field", 12))),
+        (
+            r#"{"items":[{} {}]}"#,
+            Err(("',' or ']' after a list item", 13)),
+        ),
+        (
+            r#"{"items":[]} {}"#,
+            Err(("nothing after the list object", 13)),
+        ),
+        (r#"{"items":[,]}"#, Err(("a value", 10))),
     ];
-    for json in list_cases {
-        match Decoder::default().decode_list::<Pod>(json.as_bytes()) {
-            Err(DecodeError::Json {
-                what: "list response",
-                source,
-            }) => {
-                assert!(source.line() >= 1, "{json}: error carries a position");
+    for (json, want) in list_cases {
+        let err = Decoder::default()
+            .decode_list::<Pod>(json.as_bytes())
+            .unwrap_err();
+        match (want, &err) {
+            (
+                Err((expected, at)),
+                DecodeError::Syntax {
+                    what: "list response",
+                    offset,
+                    expected: got,
+                },
+            ) => {
+                assert_eq!((*got, *offset), (expected, at), "{json}");
+                assert!(err.to_string().contains(&format!("byte {at}")), "{err}");
             }
-            other => panic!("{json}: {other:?}"),
+            (
+                Ok((at_index, at)),
+                DecodeError::ListItem {
+                    index,
+                    offset,
+                    source,
+                },
+            ) => {
+                assert_eq!((*index, *offset), (at_index, at), "{json}");
+                assert!(source.line() >= 1, "{json}: serde_json's position");
+            }
+            _ => panic!("{json}: want {want:?}, got {err:?}"),
         }
     }
 }

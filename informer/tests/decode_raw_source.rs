@@ -86,7 +86,7 @@ async fn list_sends_the_api_sources_query_and_decodes_items_without_managed_fiel
         let mut full: Pod = serde_json::from_value(json.clone()).unwrap();
         assert!(full.metadata.managed_fields.is_some());
         full.metadata.managed_fields = None;
-        assert_eq!(item, &full);
+        assert_eq!(**item, full);
     }
 
     // Same URL as kube::Api's source for the same parameters.
@@ -291,7 +291,7 @@ async fn projections_list_and_watch_at_the_full_types_url_with_extra_skips() {
         .unwrap()
         .collect()
         .await;
-    assert!(matches!(&events[..], [Ok(WatchEvent::Added(p))] if p == &page.items[0]));
+    assert!(matches!(&events[..], [Ok(WatchEvent::Added(p))] if *p == *page.items[0]));
 }
 
 #[tokio::test]

@@ -19,9 +19,11 @@
 //! - Only optional fields can be skipped: a skipped field the target type requires makes the
 //!   decode fail with [`DecodeError::Json`] ("missing field"), never a panic.
 //!
-//! The same machinery decodes a whole list response item by item straight into a `Vec<K>`
-//! ([`Decoder::decode_list`]) and one line of a watch stream ([`Decoder::decode_event`]); the raw
-//! source [`RawApi`](crate::source::raw::RawApi) uses both. Together with a *projection* (a small
+//! The same machinery decodes a list response item by item as its bytes arrive, each item
+//! straight into an `Arc<K>` ([`ListDecoder`], [`Decoder::decode_list`] for a whole body), and
+//! one line of a watch stream ([`Decoder::decode_event`]); the raw source
+//! [`RawApi`](crate::source::raw::RawApi) uses both, so neither a list body nor a watch stream is
+//! ever held whole. Together with a *projection* (a small
 //! struct with `metadata` and only the fields a controller reads, see [`impl_projection!`](crate::impl_projection)) an
 //! informer holds a fraction of the memory of a typed one.
 //!
@@ -52,14 +54,17 @@ use serde::de::{DeserializeOwned, DeserializeSeed};
 
 use crate::source::{ListPage, WatchEvent};
 
+mod list;
 mod seeds;
 mod skip;
 
+pub use list::ListDecoder;
 use seeds::*;
 pub use skip::SkippingSeed;
 
 /// Why a response, an event or a skip path could not be decoded.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum DecodeError {
     /// The JSON is malformed or does not fit the target type.
     #[error("malformed JSON in {what}")]
@@ -67,6 +72,29 @@ pub enum DecodeError {
         /// What was being decoded: `"object"`, `"list response"` or `"watch event"`.
         what: &'static str,
         /// serde_json's error, with line and column.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The structure of a list response is broken outside its items: `expected` says what the
+    /// decoder looked for at byte `offset` of the body (an incomplete body ends with
+    /// "the rest of the list").
+    #[error("malformed JSON in {what} at byte {offset}: expected {expected}")]
+    Syntax {
+        /// What was being decoded (`"list response"`).
+        what: &'static str,
+        /// The offset in the body, in bytes.
+        offset: u64,
+        /// What the decoder expected there.
+        expected: &'static str,
+    },
+    /// An element of a list response's `items` is malformed or does not fit the target type.
+    #[error("list item {index} (at byte {offset} of the body) does not decode")]
+    ListItem {
+        /// The element's position in `items`, from 0.
+        index: usize,
+        /// Where the element starts in the body, in bytes.
+        offset: u64,
+        /// serde_json's error; its line and column count from the element's start.
         #[source]
         source: serde_json::Error,
     },
@@ -344,20 +372,23 @@ impl Decoder {
         run(json, "object", self.seed::<K>())
     }
 
-    /// Decodes a list response (`{"kind":"PodList","metadata":{...},"items":[...]}`): each item
-    /// straight into the page's `Vec<K>`, with the list's resourceVersion and continue token.
+    /// Decodes a whole list response (`{"kind":"PodList","metadata":{...},"items":[...]}`): each
+    /// item straight into an `Arc` in the page, with the list's resourceVersion and continue
+    /// token. The same as one [`push`](ListDecoder::push) of the body into a
+    /// [`list_decoder`](Self::list_decoder).
     pub fn decode_list<K: DeserializeOwned>(
         &self,
         json: &[u8],
     ) -> Result<ListPage<K>, DecodeError> {
-        run(
-            json,
-            "list response",
-            ListSeed::<K> {
-                node: &self.root,
-                _k: PhantomData,
-            },
-        )
+        let mut list = self.list_decoder();
+        list.push(json)?;
+        list.finish()
+    }
+
+    /// A decoder of one list response that takes its body in chunks as they arrive and decodes
+    /// each item as soon as its last byte is in (see [`ListDecoder`]).
+    pub fn list_decoder<K: DeserializeOwned>(&self) -> ListDecoder<K> {
+        ListDecoder::new(self.root.clone())
     }
 
     /// Decodes one watch event (`{"type":"ADDED","object":{...}}`, one line of a watch stream).

@@ -6,9 +6,9 @@ use std::fmt;
 use std::marker::PhantomData;
 
 use serde::Deserialize;
-use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 
-use crate::source::{INITIAL_EVENTS_END_ANNOTATION, ListPage, WatchEvent};
+use crate::source::{INITIAL_EVENTS_END_ANNOTATION, WatchEvent};
 
 use super::skip::*;
 use super::*;
@@ -20,101 +20,6 @@ pub(super) struct ListMetaLite {
     pub(super) resource_version: Option<String>,
     #[serde(rename = "continue", default)]
     pub(super) continue_token: Option<String>,
-}
-
-pub(super) struct ListSeed<'p, K> {
-    pub(super) node: &'p Node,
-    pub(super) _k: PhantomData<fn() -> K>,
-}
-
-impl<'de, K: Deserialize<'de>> DeserializeSeed<'de> for ListSeed<'_, K> {
-    type Value = ListPage<K>;
-
-    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<ListPage<K>, D::Error> {
-        de.deserialize_map(self)
-    }
-}
-
-impl<'de, K: Deserialize<'de>> Visitor<'de> for ListSeed<'_, K> {
-    type Value = ListPage<K>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a list response object")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ListPage<K>, A::Error> {
-        let mut page = ListPage {
-            items: Vec::new(),
-            resource_version: String::new(),
-            continue_token: None,
-        };
-        while let Some(key) = map.next_key_seed(KeySeed)? {
-            match key.as_str() {
-                "items" => {
-                    page.items = map.next_value_seed(ItemsSeed::<K> {
-                        node: self.node,
-                        _k: PhantomData,
-                    })?;
-                }
-                "metadata" => {
-                    let meta: Option<ListMetaLite> = map.next_value()?;
-                    if let Some(meta) = meta {
-                        page.resource_version = meta.resource_version.unwrap_or_default();
-                        page.continue_token = meta.continue_token.filter(|c| !c.is_empty());
-                    }
-                }
-                _ => {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
-        }
-        Ok(page)
-    }
-}
-
-/// `items`: `null` or an array, each element decoded with the skipping seed into the vector.
-pub(super) struct ItemsSeed<'p, K> {
-    pub(super) node: &'p Node,
-    pub(super) _k: PhantomData<fn() -> K>,
-}
-
-impl<'de, K: Deserialize<'de>> DeserializeSeed<'de> for ItemsSeed<'_, K> {
-    type Value = Vec<K>;
-
-    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<Vec<K>, D::Error> {
-        de.deserialize_option(self)
-    }
-}
-
-impl<'de, K: Deserialize<'de>> Visitor<'de> for ItemsSeed<'_, K> {
-    type Value = Vec<K>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an array of items or null")
-    }
-
-    fn visit_none<E: de::Error>(self) -> Result<Vec<K>, E> {
-        Ok(Vec::new())
-    }
-
-    fn visit_unit<E: de::Error>(self) -> Result<Vec<K>, E> {
-        Ok(Vec::new())
-    }
-
-    fn visit_some<D: Deserializer<'de>>(self, de: D) -> Result<Vec<K>, D::Error> {
-        de.deserialize_seq(self)
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<K>, A::Error> {
-        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
-        while let Some(item) = seq.next_element_seed(SkippingSeed {
-            seed: PhantomData::<K>,
-            node: self.node,
-        })? {
-            items.push(item);
-        }
-        Ok(items)
-    }
 }
 
 #[derive(Clone, Copy)]

@@ -430,7 +430,7 @@ where
             self.shared.tracker.list_page();
             debug!(page = page_no, items = page.items.len(), resource_version = %page.resource_version, "list page");
             self.sink
-                .replace_page(page.items.into_iter().map(Arc::new).collect())
+                .replace_page(page.items)
                 .map_err(ReflectorError::Sink)?;
             match page.continue_token {
                 Some(token) => {

@@ -25,6 +25,7 @@
 //! ```
 
 use std::fmt::Debug;
+use std::sync::Arc;
 
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use kube::api::{PartialObjectMeta, VersionMatch};
@@ -139,7 +140,7 @@ fn from_kube_event<K>(event: KubeWatchEvent<K>) -> WatchEvent<K> {
 
 fn into_page<T: Clone>(list: ObjectList<T>) -> ListPage<T> {
     ListPage {
-        items: list.items,
+        items: list.items.into_iter().map(Arc::new).collect(),
         resource_version: list.metadata.resource_version.unwrap_or_default(),
         continue_token: list.metadata.continue_.filter(|c| !c.is_empty()),
     }

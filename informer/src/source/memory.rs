@@ -267,10 +267,7 @@ where
         };
         let limit = params.limit.filter(|l| *l > 0).map(|l| l as usize);
         let end = limit.map_or(items.len(), |l| (offset + l).min(items.len()));
-        let page_items: Vec<K> = items[offset.min(end)..end]
-            .iter()
-            .map(|o| K::clone(o))
-            .collect();
+        let page_items: Vec<Arc<K>> = items[offset.min(end)..end].to_vec();
         let continue_token = if end < items.len() {
             let id = match &params.continue_token {
                 Some(token) => parse_token(token)?.0,

@@ -26,6 +26,7 @@ pub mod raw;
 
 use std::error::Error as StdError;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -83,8 +84,9 @@ pub struct WatchParams {
 /// One page of a list.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ListPage<K> {
-    /// The objects of this page.
-    pub items: Vec<K>,
+    /// The objects of this page, each in the `Arc` the store and the handlers share (a source
+    /// that decodes builds each one in place, with no second copy of the page).
+    pub items: Vec<Arc<K>>,
     /// The list's resourceVersion (`metadata.resourceVersion`).
     pub resource_version: String,
     /// Token for the next page; `None` on the last page.

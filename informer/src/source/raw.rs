@@ -63,7 +63,8 @@ use tracing::Instrument;
 use super::api::{from_kube_error, from_kube_status, to_kube_list, to_kube_watch};
 use super::gzip::{self, Gunzip};
 use super::{
-    ApiStatus, ListFuture, ListParams, ListWatch, SourceError, WatchEvent, WatchFuture, WatchParams,
+    ApiStatus, ListFuture, ListPage, ListParams, ListWatch, SourceError, WatchEvent, WatchFuture,
+    WatchParams,
 };
 use crate::decode::{DecodeError, DecodeOptions, Decoder};
 
@@ -339,37 +340,52 @@ fn gzip_error(what: &str, err: io::Error) -> SourceError {
     }
 }
 
-/// The whole body of a list response, decompressed as its chunks arrive when it came
-/// gzip-encoded (the compressed body is never held whole), and the bytes that crossed the wire.
-async fn read_body(
+/// How many decompressed bytes a list decodes at a time: the buffer holds at most this much
+/// beyond the item being received.
+const LIST_STEP: usize = 256 * 1024;
+
+/// Decodes a list response's body as its chunks arrive, decompressing it first when it came
+/// gzip-encoded: neither the compressed nor the decompressed body is ever held whole, each item
+/// is decoded once its last byte is in. Returns the page, the body's decompressed length and the
+/// bytes that crossed the wire.
+async fn decode_list_body<K: DeserializeOwned>(
     response: http::Response<Body>,
+    decoder: &Decoder,
     what: &str,
-) -> Result<(Bytes, u64), SourceError> {
+) -> Result<(ListPage<K>, u64, u64), SourceError> {
     let gzip = gzip::is_gzip(response.headers())
         .map_err(|e| SourceError::malformed(format!("{what}: {e}")))?;
-    let body = response.into_body();
-    if !gzip {
-        let bytes = body
-            .collect_bytes()
-            .await
-            .map_err(|e| from_kube_error(e, what))?;
-        let wire = bytes.len() as u64;
-        return Ok((bytes, wire));
-    }
-    let mut gunzip = Gunzip::new();
-    let mut out = BytesMut::new();
-    let mut data = body.into_data_stream();
+    let mut list = decoder.list_decoder::<K>();
+    let mut gunzip = gzip.then(Gunzip::new);
+    let mut wire = 0u64;
+    let mut data = response.into_body().into_data_stream();
     while let Some(chunk) = data.next().await {
-        gunzip.push(chunk.map_err(|e| from_kube_error(e, what))?);
-        gunzip
-            .decode_into(&mut out, usize::MAX)
+        let chunk = chunk.map_err(|e| from_kube_error(e, what))?;
+        match gunzip.as_mut() {
+            None => {
+                wire += chunk.len() as u64;
+                list.push(&chunk)
+                    .map_err(|e| malformed(what.to_owned(), e))?;
+            }
+            Some(gz) => {
+                gz.push(chunk);
+                while gz.has_pending() {
+                    let stop_above = list.buffered() + LIST_STEP;
+                    gz.decode_into(list.buffer(), stop_above)
+                        .map_err(|e| gzip_error(what, e))?;
+                    list.advance().map_err(|e| malformed(what.to_owned(), e))?;
+                }
+            }
+        }
+    }
+    if let Some(gz) = gunzip {
+        wire = gz.wire_bytes();
+        gz.finish_into(list.buffer())
             .map_err(|e| gzip_error(what, e))?;
     }
-    let wire = gunzip.wire_bytes();
-    gunzip
-        .finish_into(&mut out)
-        .map_err(|e| gzip_error(what, e))?;
-    Ok((out.freeze(), wire))
+    let body_bytes = list.offset() + list.buffered() as u64;
+    let page = list.finish().map_err(|e| malformed(what.to_owned(), e))?;
+    Ok((page, body_bytes, wire))
 }
 
 /// Sends `request`; a non-2xx response becomes [`SourceError::Status`] (from its `Status` body,
@@ -582,7 +598,7 @@ impl<K: DeserializeOwned> Lines<K> {
 
 impl<K> ListWatch<K> for RawApi<K>
 where
-    K: DeserializeOwned + Send + 'static,
+    K: DeserializeOwned + Send + Sync + 'static,
 {
     fn list(&self, params: &ListParams) -> ListFuture<K> {
         let client = self.client.clone();
@@ -600,13 +616,10 @@ where
             let request =
                 request.map_err(|e| SourceError::InvalidRequest(format!("{what}: {e}")))?;
             let response = send(&client, request, &what).await?;
-            let (body, wire_bytes) = read_body(response, &what).await?;
-            let page = decoder
-                .decode_list(&body)
-                .map_err(|e| malformed(what.clone(), e))?;
+            let (page, bytes, wire_bytes) = decode_list_body(response, &decoder, &what).await?;
             tracing::debug!(
                 items = page.items.len(),
-                bytes = body.len(),
+                bytes,
                 wire_bytes,
                 resource_version = %page.resource_version,
                 "decoded list page"
