@@ -225,6 +225,13 @@ pub static CONTENDERS: &[Contender] = &[
     },
     Contender {
         workload: Workload::Sync,
+        name: "reflex, one list response",
+        reference: false,
+        runner: rust!(crate::sync::reflex_whole),
+        about: "factory informer listing in one response (page_size: Some(0)), as every relist from a resourceVersion is served",
+    },
+    Contender {
+        workload: Workload::Sync,
         name: "reflex, gzip off",
         reference: false,
         runner: rust!(crate::sync::reflex_identity),

@@ -45,7 +45,7 @@ pub async fn reflex_default(p: Params) -> Run {
         p,
         DecodeOptions::default(),
         false,
-        true,
+        Lists::Streaming,
         WireOptions::default(),
     )
     .await
@@ -57,7 +57,7 @@ pub async fn reflex_identity(p: Params) -> Run {
         p,
         DecodeOptions::default(),
         false,
-        true,
+        Lists::Streaming,
         WireOptions::identity(),
     )
     .await
@@ -69,7 +69,21 @@ pub async fn reflex_paged(p: Params) -> Run {
         p,
         DecodeOptions::default(),
         false,
+        Lists::Pages,
+        WireOptions::default(),
+    )
+    .await
+}
+
+/// Reflex listing in one response (`streaming_lists: false`, `page_size: Some(0)`): the shape
+/// of every relist from a resourceVersion, which kube-apiserver serves from its watch cache in
+/// one response whatever the limit.
+pub async fn reflex_whole(p: Params) -> Run {
+    reflex(
+        p,
+        DecodeOptions::default(),
         false,
+        Lists::Whole,
         WireOptions::default(),
     )
     .await
@@ -81,7 +95,7 @@ pub async fn reflex_full(p: Params) -> Run {
         p,
         DecodeOptions::full(),
         false,
-        true,
+        Lists::Streaming,
         WireOptions::default(),
     )
     .await
@@ -89,14 +103,32 @@ pub async fn reflex_full(p: Params) -> Run {
 
 /// Reflex decoding everything, then a transform dropping managedFields (client-go's way).
 pub async fn reflex_transform(p: Params) -> Run {
-    reflex(p, DecodeOptions::full(), true, true, WireOptions::default()).await
+    reflex(
+        p,
+        DecodeOptions::full(),
+        true,
+        Lists::Streaming,
+        WireOptions::default(),
+    )
+    .await
+}
+
+/// How a contender lists.
+#[derive(Debug, Clone, Copy)]
+enum Lists {
+    /// A streaming list (the default).
+    Streaming,
+    /// Pages of 500.
+    Pages,
+    /// The whole list in one response.
+    Whole,
 }
 
 async fn reflex(
     p: Params,
     decode: DecodeOptions,
     transform: bool,
-    streaming: bool,
+    lists: Lists,
     wire: WireOptions,
 ) -> Run {
     let factory = SharedInformerFactory::new(
@@ -105,7 +137,8 @@ async fn reflex(
             decode,
             wire,
             reflector: ReflectorOptions {
-                streaming_lists: streaming,
+                streaming_lists: matches!(lists, Lists::Streaming),
+                page_size: matches!(lists, Lists::Whole).then_some(0),
                 ..ReflectorOptions::default()
             },
             ..FactoryOptions::default()
