@@ -115,6 +115,11 @@ pub fn run(cli: &Cli) -> Result<(), HarnessError> {
     let selected: Vec<&'static Contender> = CONTENDERS
         .iter()
         .filter(|c| only.is_empty() || only.contains(&c.workload))
+        .filter(|c| {
+            c.reference
+                || cli.matching.is_empty()
+                || cli.matching.iter().any(|m| c.name.contains(m.as_str()))
+        })
         .collect();
     let sizes = Sizes::from_cli(cli);
     let target = target_dir();

@@ -2,7 +2,7 @@
 //! same run.
 //!
 //! ```text
-//! cargo run --release --example bench -- [--quick] [--objects N] [--only WORKLOAD] [--out DIR]
+//! cargo run --release --example bench -- [--quick] [--objects N] [--only WORKLOAD] [--match TEXT] [--out DIR]
 //! ```
 //!
 //! The harness starts a [`reflex_testing::FakeApiServer`] in its own process, seeds it with N
@@ -55,6 +55,10 @@ pub struct Cli {
     /// workqueue-scale or reads (repeatable).
     #[arg(long)]
     only: Vec<String>,
+    /// Run only the contenders whose name contains this text, and each workload's reference
+    /// row (repeatable; `--only` still picks the workloads).
+    #[arg(long = "match")]
+    matching: Vec<String>,
     /// Where results.json and chart.svg go (default: <target>/bench).
     #[arg(long)]
     out: Option<PathBuf>,
