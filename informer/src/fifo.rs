@@ -95,6 +95,13 @@ pub trait ReflectorSink<K>: Send + Sync {
     fn replace_done(&self, resource_version: &str) -> Result<(), FifoError>;
     /// A bookmark (or any event) advanced the resourceVersion without changing an object.
     fn bookmark(&self, _resource_version: &str) {}
+    /// The object the sink's store already holds for `listed` when it is the same version of
+    /// it (same key, same non-empty resourceVersion), ready to be queued again in its place: a
+    /// relist then keeps one copy of every unchanged object instead of two until the store
+    /// takes the new ones. `None` (the default): `listed` is queued.
+    fn cached_version(&self, _listed: &K) -> Option<Arc<K>> {
+        None
+    }
     /// Resolves once fewer than `backlog` keys wait in the sink (or the sink is closed): the
     /// Reflector awaits it between list pages when [`ReflectorOptions::list_backlog`] is set.
     /// The default resolves at once, for sinks that do not queue.

@@ -943,4 +943,27 @@ where
     fn wait_for_room(&self, backlog: usize) -> futures::future::BoxFuture<'_, ()> {
         Box::pin(self.informer.inner.fifo.wait_for_room(backlog))
     }
+    /// The stored object when `listed` is the same version of it. Not with a transform (the
+    /// stored object is the transform's output, and transforming it again would copy it out of
+    /// its shared `Arc`) nor with a compact store (its objects are decoded on every read, so
+    /// there is no copy to share).
+    fn cached_version(&self, listed: &K) -> Option<Arc<K>> {
+        if self.transform.is_some() {
+            return None;
+        }
+        let store = self.informer.inner.indexer.store();
+        if store.is_compact() || store.is_empty() {
+            return None;
+        }
+        let rv = listed
+            .meta()
+            .resource_version
+            .as_deref()
+            .filter(|rv| !rv.is_empty())?;
+        store
+            .get(listed)
+            .ok()
+            .flatten()
+            .filter(|cached| cached.meta().resource_version.as_deref() == Some(rv))
+    }
 }

@@ -126,6 +126,39 @@ async fn expire_next_continue_answers_410_to_the_next_page_only() {
 }
 
 #[tokio::test]
+async fn expire_history_closes_watches_and_their_resource_version_answers_410() {
+    let server = FakeApiServer::start().await.unwrap();
+    let api: Api<ConfigMap> = Api::namespaced(server.client().unwrap(), "default");
+    let created = api.create(&PostParams::default(), &cm("a")).await.unwrap();
+    let rv = created.metadata.resource_version.unwrap();
+    let mut stream = api
+        .watch(&WatchParams::default(), &rv)
+        .await
+        .unwrap()
+        .boxed();
+    let before = server.resource_version();
+    server.faults().expire_history();
+    assert!(
+        stream.try_next().await.unwrap().is_none(),
+        "open watches end"
+    );
+    assert_eq!(server.faults().watch_count(), 0);
+    assert_eq!(server.resource_version(), before + 1);
+    // Resuming from where the watch was (the newest resourceVersion it could know) is refused.
+    match api.watch(&WatchParams::default(), &rv).await.err() {
+        Some(kube::Error::Api(s)) => assert_eq!((s.code, s.reason.as_str()), (410, "Expired")),
+        other => panic!("expected a 410, got {other:?}"),
+    }
+    // A relist still answers, at the new resourceVersion.
+    let list = api.list(&ListParams::default()).await.unwrap();
+    assert_eq!(list.items.len(), 1);
+    assert_eq!(
+        list.metadata.resource_version.unwrap(),
+        (before + 1).to_string()
+    );
+}
+
+#[tokio::test]
 async fn request_count_counts_routed_requests_by_verb_and_resource() {
     let server = FakeApiServer::start().await.unwrap();
     let api: Api<ConfigMap> = Api::namespaced(server.client().unwrap(), "default");

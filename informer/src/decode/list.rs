@@ -24,7 +24,7 @@ use serde::de::DeserializeOwned;
 use super::seeds::ListMetaLite;
 use super::skip::SkippingSeed;
 use super::{DecodeError, Node};
-use crate::source::ListPage;
+use crate::source::{ListPage, Reuse};
 
 const WHAT: &str = "list response";
 
@@ -103,6 +103,7 @@ pub struct ListDecoder<K> {
     items: Vec<Arc<K>>,
     resource_version: String,
     continue_token: Option<String>,
+    reuse: Option<Reuse<K>>,
     _k: PhantomData<fn() -> K>,
 }
 
@@ -127,8 +128,17 @@ impl<K: DeserializeOwned> ListDecoder<K> {
             items: Vec::new(),
             resource_version: String::new(),
             continue_token: None,
+            reuse: None,
             _k: PhantomData,
         }
+    }
+
+    /// Passes every decoded item through `reuse` and keeps what it returns (see
+    /// [`ListWatch::list_reusing`](crate::source::ListWatch::list_reusing)): a replaced copy is
+    /// dropped as soon as it was decoded.
+    pub fn reusing(mut self, reuse: Reuse<K>) -> Self {
+        self.reuse = Some(reuse);
+        self
     }
 
     /// Takes the next bytes of the body and decodes every element they complete.
@@ -254,8 +264,12 @@ impl<K: DeserializeOwned> ListDecoder<K> {
                     let Some(len) = self.scan_value()? else {
                         return Ok(());
                     };
-                    let item = self.decode_item(len)?;
-                    self.items.push(Arc::new(item));
+                    let item = Arc::new(self.decode_item(len)?);
+                    let item = match &self.reuse {
+                        Some(reuse) => reuse(item),
+                        None => item,
+                    };
+                    self.items.push(item);
                     self.consume(len);
                     self.place = Place::AfterItem;
                 }

@@ -76,7 +76,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -88,7 +88,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::fifo::{FifoError, ReflectorSink};
 use crate::key::ObjectKey;
 use crate::source::{
-    ApiStatus, ListParams, ListWatch, SourceError, WatchEvent, WatchParams, WatchStream,
+    ApiStatus, ListParams, ListWatch, Reuse, SourceError, WatchEvent, WatchParams, WatchStream,
 };
 use crate::sync_state::{SyncFailure, SyncTracker, Target};
 
@@ -158,6 +158,17 @@ fn resource_version_of<K: kube::Resource>(obj: &K) -> Option<&str> {
         .resource_version
         .as_deref()
         .filter(|rv| !rv.is_empty())
+}
+
+/// `listed`, or the sink's cached copy of the same version of it (counted in `reused`).
+fn reuse<K>(sink: &dyn ReflectorSink<K>, reused: &AtomicU64, listed: Arc<K>) -> Arc<K> {
+    match sink.cached_version(&listed) {
+        Some(cached) => {
+            reused.fetch_add(1, Ordering::Relaxed);
+            cached
+        }
+        None => listed,
+    }
 }
 
 fn key_of<K: kube::Resource>(obj: &K) -> Option<ObjectKey> {
@@ -406,8 +417,14 @@ where
         let mut params = first.clone();
         let mut page_no = 1u32;
         let mut listed = 0usize;
+        let reused_before = self.shared.reused.load(Ordering::Relaxed);
+        let reuser: Reuse<K> = {
+            let sink = self.sink.clone();
+            let shared = self.shared.clone();
+            Arc::new(move |listed| reuse(&*sink, &shared.reused, listed))
+        };
         let list_rv = loop {
-            let page = match self.source.list(&params).await {
+            let page = match self.source.list_reusing(&params, reuser.clone()).await {
                 Ok(page) => page,
                 Err(e) if page_no > 1 && e.is_expired() => {
                     warn!(page = page_no, error = %e, "continue token expired; relisting in full");
@@ -457,7 +474,8 @@ where
         self.set_last_rv(&list_rv);
         self.shared.tracker.list_done(&list_rv);
         self.shared.relists.fetch_add(1, Ordering::Relaxed);
-        info!(resource_version = %list_rv, items = listed, pages = page_no, "list complete");
+        let reused = self.shared.reused.load(Ordering::Relaxed) - reused_before;
+        info!(resource_version = %list_rv, items = listed, pages = page_no, reused, "list complete");
         Ok(())
     }
 
@@ -499,6 +517,7 @@ where
                 }
             };
             let idle_limit = timeout + self.options.idle_watch_margin;
+            let reused_before = self.shared.reused.load(Ordering::Relaxed);
             let mut objects: BTreeMap<ObjectKey, Arc<K>> = BTreeMap::new();
             loop {
                 let next = match tokio::time::timeout(idle_limit, stream.next()).await {
@@ -520,7 +539,8 @@ where
                 match event {
                     WatchEvent::Added(o) | WatchEvent::Modified(o) => match key_of(&o) {
                         Some(key) => {
-                            objects.insert(key, Arc::new(o));
+                            let o = reuse(&*self.sink, &self.shared.reused, Arc::new(o));
+                            objects.insert(key, o);
                         }
                         None => self.skip_unkeyable(),
                     },
@@ -536,6 +556,7 @@ where
                     } => {
                         self.sink.replace_begin();
                         let count = objects.len();
+                        let reused = self.shared.reused.load(Ordering::Relaxed) - reused_before;
                         self.sink
                             .replace_page(objects.into_values().collect())
                             .map_err(ReflectorError::Sink)?;
@@ -546,7 +567,7 @@ where
                         self.shared.tracker.list_done(&resource_version);
                         self.unavailable = false;
                         self.shared.relists.fetch_add(1, Ordering::Relaxed);
-                        info!(resource_version = %resource_version, items = count, "streaming list complete");
+                        info!(resource_version = %resource_version, items = count, reused, "streaming list complete");
                         return Ok(Some(stream));
                     }
                     WatchEvent::Bookmark { .. } => {}

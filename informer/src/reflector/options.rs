@@ -155,6 +155,7 @@ pub(super) struct Shared {
     pub(super) tracker: Arc<SyncTracker>,
     pub(super) last_sync_resource_version: RwLock<String>,
     pub(super) relists: AtomicU64,
+    pub(super) reused: AtomicU64,
     pub(super) watch_restarts: AtomicU64,
     pub(super) malformed_events: AtomicU64,
     pub(super) idle_watches: AtomicU64,
@@ -167,6 +168,7 @@ impl Shared {
             tracker,
             last_sync_resource_version: RwLock::default(),
             relists: AtomicU64::default(),
+            reused: AtomicU64::default(),
             watch_restarts: AtomicU64::default(),
             malformed_events: AtomicU64::default(),
             idle_watches: AtomicU64::default(),
@@ -203,6 +205,13 @@ impl ReflectorHandle {
     /// Completed (re)lists, streaming lists included.
     pub fn relists(&self) -> u64 {
         self.shared.relists.load(Ordering::Relaxed)
+    }
+
+    /// Listed objects replaced by the sink's cached copy of the same version
+    /// ([`ReflectorSink::cached_version`](crate::fifo::ReflectorSink::cached_version)): on a
+    /// relist, the unchanged objects that cost no second copy.
+    pub fn reused_objects(&self) -> u64 {
+        self.shared.reused.load(Ordering::Relaxed)
     }
 
     /// Watches restarted without a relist (clean close, malformed event, idle watch).

@@ -266,6 +266,10 @@ impl SourceError {
 
 /// The future a [`ListWatch::list`] returns.
 pub type ListFuture<K> = BoxFuture<'static, Result<ListPage<K>, SourceError>>;
+/// What [`ListWatch::list_reusing`] passes each listed object through: it returns the object to
+/// keep, the listed one or an equal one the caller already holds (a relist keeps the cached copy
+/// of every object whose resourceVersion did not change, so only what changed costs memory).
+pub type Reuse<K> = Arc<dyn Fn(Arc<K>) -> Arc<K> + Send + Sync>;
 /// The stream of a watch: events, or errors (a malformed event, a broken connection).
 pub type WatchStream<K> = BoxStream<'static, Result<WatchEvent<K>, SourceError>>;
 /// The future a [`ListWatch::watch`] returns: the stream once the server accepted the watch.
@@ -284,6 +288,21 @@ pub type WatchFuture<K> = BoxFuture<'static, Result<WatchStream<K>, SourceError>
 pub trait ListWatch<K>: Send + Sync + 'static {
     /// Lists one page.
     fn list(&self, params: &ListParams) -> ListFuture<K>;
+    /// Lists one page like [`list`](Self::list), passing every object through `reuse` and
+    /// keeping what it returns. A source that decodes objects one by one calls it as each is
+    /// decoded, so a listed copy that `reuse` replaces is dropped at once instead of living
+    /// until the page is complete ([`RawApi`](raw::RawApi) does); the default lists, then maps.
+    fn list_reusing(&self, params: &ListParams, reuse: Reuse<K>) -> ListFuture<K>
+    where
+        K: Send + Sync + 'static,
+    {
+        let page = self.list(params);
+        Box::pin(async move {
+            let mut page = page.await?;
+            page.items = page.items.into_iter().map(|item| reuse(item)).collect();
+            Ok(page)
+        })
+    }
     /// Starts a watch.
     fn watch(&self, params: &WatchParams) -> WatchFuture<K>;
     /// A short description of what is listed (resource and namespace), for logs.

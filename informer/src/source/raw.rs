@@ -63,8 +63,8 @@ use tracing::Instrument;
 use super::api::{from_kube_error, from_kube_status, to_kube_list, to_kube_watch};
 use super::gzip::{self, Gunzip};
 use super::{
-    ApiStatus, ListFuture, ListPage, ListParams, ListWatch, SourceError, WatchEvent, WatchFuture,
-    WatchParams,
+    ApiStatus, ListFuture, ListPage, ListParams, ListWatch, Reuse, SourceError, WatchEvent,
+    WatchFuture, WatchParams,
 };
 use crate::decode::{DecodeError, DecodeOptions, Decoder};
 
@@ -351,11 +351,15 @@ const LIST_STEP: usize = 256 * 1024;
 async fn decode_list_body<K: DeserializeOwned>(
     response: http::Response<Body>,
     decoder: &Decoder,
+    reuse: Option<Reuse<K>>,
     what: &str,
 ) -> Result<(ListPage<K>, u64, u64), SourceError> {
     let gzip = gzip::is_gzip(response.headers())
         .map_err(|e| SourceError::malformed(format!("{what}: {e}")))?;
     let mut list = decoder.list_decoder::<K>();
+    if let Some(reuse) = reuse {
+        list = list.reusing(reuse);
+    }
     let mut gunzip = gzip.then(Gunzip::new);
     let mut wire = 0u64;
     let mut data = response.into_body().into_data_stream();
@@ -596,11 +600,12 @@ impl<K: DeserializeOwned> Lines<K> {
     }
 }
 
-impl<K> ListWatch<K> for RawApi<K>
+impl<K> RawApi<K>
 where
     K: DeserializeOwned + Send + Sync + 'static,
 {
-    fn list(&self, params: &ListParams) -> ListFuture<K> {
+    /// A list request, decoding each item as it arrives (through `reuse`, if any).
+    fn list_with(&self, params: &ListParams, reuse: Option<Reuse<K>>) -> ListFuture<K> {
         let client = self.client.clone();
         let decoder = self.decoder.clone();
         let url = self.request.url_path.clone();
@@ -616,7 +621,8 @@ where
             let request =
                 request.map_err(|e| SourceError::InvalidRequest(format!("{what}: {e}")))?;
             let response = send(&client, request, &what).await?;
-            let (page, bytes, wire_bytes) = decode_list_body(response, &decoder, &what).await?;
+            let (page, bytes, wire_bytes) =
+                decode_list_body(response, &decoder, reuse, &what).await?;
             tracing::debug!(
                 items = page.items.len(),
                 bytes,
@@ -628,6 +634,19 @@ where
         }
         .instrument(span)
         .boxed()
+    }
+}
+
+impl<K> ListWatch<K> for RawApi<K>
+where
+    K: DeserializeOwned + Send + Sync + 'static,
+{
+    fn list(&self, params: &ListParams) -> ListFuture<K> {
+        self.list_with(params, None)
+    }
+
+    fn list_reusing(&self, params: &ListParams, reuse: Reuse<K>) -> ListFuture<K> {
+        self.list_with(params, Some(reuse))
     }
 
     fn watch(&self, params: &WatchParams) -> WatchFuture<K> {

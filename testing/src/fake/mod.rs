@@ -287,6 +287,16 @@ impl FaultHandle {
         self.shared.storage.lock().compact();
     }
 
+    /// Expires every client's history at once: the resourceVersion advances (as a write to an
+    /// unrelated resource would), the history is compacted and every open watch is closed, so
+    /// each watch that resumes from the resourceVersion it had reached answers `410 Expired` and
+    /// its client relists, as after an etcd compaction that outran a watch.
+    pub fn expire_history(&self) {
+        let mut storage = self.shared.storage.lock();
+        storage.advance_and_compact();
+        storage.drop_watchers();
+    }
+
     /// Expires the next continue token: when the next list request carrying one arrives, the
     /// resourceVersion advances (as a write to an unrelated resource would) and the history is
     /// compacted before the request is served, so it answers `410 Expired` as a real apiserver

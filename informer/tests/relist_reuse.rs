@@ -1,0 +1,179 @@
+//! A relist keeps the cached copy of every object whose resourceVersion did not change: after a
+//! forced 410, the store holds the very same `Arc`s for the unchanged objects and new ones for
+//! what changed, whether the relist streams, pages or comes in one response. With a transform
+//! or a compact store nothing is reused (the cached object is not the listed one's equal, or
+//! there is no shared copy).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use reflex_informer::factory::{FactoryOptions, InformerSpec, SharedInformerFactory};
+use reflex_informer::key::ObjectKey;
+use reflex_informer::reflector::ReflectorOptions;
+use reflex_informer::{SharedIndexInformer, resource_version};
+use reflex_testing::FakeApiServer;
+use serde_json::json;
+
+const N: usize = 40;
+
+/// Polls `cond` every 10 ms for up to 30 s.
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..3000 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Mode {
+    Streaming,
+    Pages,
+    OneResponse,
+    Transform,
+    Compact,
+}
+
+fn spec(mode: Mode) -> InformerSpec<ConfigMap> {
+    match mode {
+        Mode::Transform => InformerSpec::<ConfigMap>::typed().transform(Arc::new(|cm| cm)),
+        Mode::Compact => InformerSpec::<ConfigMap>::typed().compact(),
+        Mode::Streaming | Mode::Pages | Mode::OneResponse => InformerSpec::<ConfigMap>::typed(),
+    }
+}
+
+fn reflector(mode: Mode) -> ReflectorOptions {
+    ReflectorOptions {
+        streaming_lists: matches!(mode, Mode::Streaming | Mode::Transform),
+        page_size: match mode {
+            Mode::Pages => Some(7),
+            Mode::OneResponse => Some(0),
+            _ => None,
+        },
+        ..ReflectorOptions::default()
+    }
+}
+
+fn snapshot(informer: &SharedIndexInformer<ConfigMap>) -> BTreeMap<ObjectKey, Arc<ConfigMap>> {
+    informer
+        .indexer()
+        .snapshot()
+        .iter()
+        .map(|(k, o)| (k.clone(), o.clone()))
+        .collect()
+}
+
+/// Runs the scenario; returns how many objects the relist reused.
+async fn relist_after_410(mode: Mode) -> u64 {
+    let server = FakeApiServer::start().await.unwrap();
+    for i in 0..N {
+        server
+            .seed(json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": format!("cm-{i}"), "namespace": "default"},
+                "data": {"i": i.to_string()}}))
+            .unwrap();
+    }
+    let factory = SharedInformerFactory::new(
+        server.client().unwrap(),
+        FactoryOptions {
+            reflector: reflector(mode),
+            ..FactoryOptions::default()
+        },
+    );
+    let informer = factory.informer_with(spec(mode)).unwrap();
+    factory.start();
+    assert!(
+        factory
+            .wait_for_cache_sync(Some(Duration::from_secs(30)))
+            .await
+            .values()
+            .all(|s| s.has_synced())
+    );
+    let stats = informer.reflector_stats().unwrap();
+    assert_eq!(
+        stats.reused_objects(),
+        0,
+        "{mode:?}: nothing to reuse on the first list"
+    );
+    let before = snapshot(&informer);
+    assert_eq!(before.len(), N);
+
+    // One object changes while the informer watches; then the history is gone.
+    let changed = ObjectKey::new(Some("default"), "cm-3");
+    server
+        .update(json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "cm-3", "namespace": "default"}, "data": {"i": "changed"}}))
+        .unwrap();
+    eventually("the update reaches the store", || {
+        informer
+            .indexer()
+            .get_by_key(&changed)
+            .is_some_and(|cm| cm.data.as_ref().unwrap()["i"] == "changed")
+    })
+    .await;
+    let updated = informer.indexer().get_by_key(&changed).unwrap();
+    // A second change the watch will not see: it is made after the history expired.
+    let relists = stats.relists();
+    server.faults().expire_history();
+    let unseen = ObjectKey::new(Some("default"), "cm-5");
+    server
+        .update(json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "cm-5", "namespace": "default"}, "data": {"i": "unseen"}}))
+        .unwrap();
+    let target = server.resource_version().to_string();
+    eventually("the relist reaches the store", || {
+        stats.relists() > relists
+            && resource_version::compare(&informer.last_store_resource_version(), &target)
+                .is_ok_and(|o| o.is_ge())
+    })
+    .await;
+    let after = snapshot(&informer);
+    assert_eq!(after.len(), N);
+    let reuses = mode_reuses(mode);
+    for (key, obj) in &after {
+        let same = Arc::ptr_eq(obj, &before[key]);
+        if key == &unseen {
+            assert!(!same, "{mode:?}: {key} changed during the gap");
+            assert_eq!(obj.data.as_ref().unwrap()["i"], "unseen");
+        } else if key == &changed {
+            // Its cached copy is the one the watch delivered, of the listed version.
+            assert!(!same, "{mode:?}: {key} changed before the gap");
+            assert_eq!(Arc::ptr_eq(obj, &updated), reuses, "{mode:?}: {key}");
+        } else {
+            assert_eq!(same, reuses, "{mode:?}: {key} is unchanged");
+        }
+    }
+    let reused = stats.reused_objects();
+    factory.shutdown().await;
+    server.shutdown().await;
+    reused
+}
+
+fn mode_reuses(mode: Mode) -> bool {
+    matches!(mode, Mode::Streaming | Mode::Pages | Mode::OneResponse)
+}
+
+#[tokio::test]
+async fn a_streaming_relist_keeps_the_unchanged_objects() {
+    assert_eq!(relist_after_410(Mode::Streaming).await, (N - 1) as u64);
+}
+
+#[tokio::test]
+async fn a_paged_relist_keeps_the_unchanged_objects() {
+    assert_eq!(relist_after_410(Mode::Pages).await, (N - 1) as u64);
+}
+
+#[tokio::test]
+async fn a_one_response_relist_keeps_the_unchanged_objects() {
+    assert_eq!(relist_after_410(Mode::OneResponse).await, (N - 1) as u64);
+}
+
+#[tokio::test]
+async fn with_a_transform_or_a_compact_store_nothing_is_reused() {
+    assert_eq!(relist_after_410(Mode::Transform).await, 0);
+    assert_eq!(relist_after_410(Mode::Compact).await, 0);
+}
