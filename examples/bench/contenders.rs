@@ -113,6 +113,13 @@ const SYNC_COLUMNS: &[Column] = &[
     col("peak_rss_mib", "peak RSS (MiB)", Better::Lower),
     col("kib_per_object", "KiB/Pod", Better::Lower),
     col("wire_mib", "MiB from server", Better::Lower),
+    col("peak_over_synced", "peak/synced RSS", Better::Lower),
+    col("relist_s", "relist (s)", Better::Lower),
+    col(
+        "relist_peak_over_synced",
+        "relist peak/synced",
+        Better::Lower,
+    ),
 ];
 const STEADY_COLUMNS: &[Column] = &[
     col("events_per_s", "events/s", Better::Higher),

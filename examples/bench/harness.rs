@@ -207,6 +207,11 @@ pub fn run(cli: &Cli) -> Result<(), HarnessError> {
         let mut writer_error = None;
         let mut writer_took = None;
         let outcome = protocol::run_child(cmd, child_bound(&sizes), cli.verbose, || {
+            if contender.workload == Workload::Sync {
+                // A synced contender asks for its relist: every watch is told 410.
+                server.faults().expire_history();
+                return;
+            }
             let rate = match contender.workload {
                 Workload::Steady => Some(sizes.rate),
                 Workload::Burst => Some(0),
@@ -295,8 +300,27 @@ fn describe(e: &ProtocolError) -> String {
 
 /// Adds the harness's derived figures and flags a sync that did not see every Pod.
 fn check(contender: &Contender, sizes: &Sizes, mut o: Outcome) -> Outcome {
-    let mib = o.peak_rss_kib as f64 / 1024.0;
+    let mut mib = o.peak_rss_kib as f64 / 1024.0;
+    // A contender that relisted after its sync reset its peak when it had synced and reported
+    // the peak until then: the harness's reading is the relist's peak.
+    if let Some(sync_peak) = o.figures.get("sync_peak_mib").copied() {
+        o.figures.insert("relist_peak_mib".into(), mib);
+        mib = sync_peak;
+        o.peak_rss_kib = (sync_peak * 1024.0) as u64;
+    }
     o.figures.insert("peak_rss_mib".into(), mib);
+    if let Some(synced) = o
+        .figures
+        .get("synced_rss_mib")
+        .copied()
+        .filter(|s| *s > 0.0)
+    {
+        o.figures.insert("peak_over_synced".into(), mib / synced);
+        if let Some(relist) = o.figures.get("relist_peak_mib").copied() {
+            o.figures
+                .insert("relist_peak_over_synced".into(), relist / synced);
+        }
+    }
     o.figures
         .insert("rss_at_result_mib".into(), o.rss_kib as f64 / 1024.0);
     if contender.workload == Workload::Sync {

@@ -15,7 +15,8 @@
 //! go to `--out` (default `<target>/bench/`).
 //!
 //! Workloads (`--only`): `sync` (initial sync of N Pods; with the floors: the server serving the
-//! list to a client that discards it, and plain serde_json decoding), `steady` (updates written
+//! list to a client that discards it, and plain serde_json decoding; Reflex's rows then relist
+//! once, forced by a 410, and report the relist's time and peak against the synced resident set), `steady` (updates written
 //! at `--rate` per second, each carrying its write time, to an informer with 4 handlers
 //! enqueueing into a rate-limited queue: latency), `burst` (the same, written as fast as the
 //! server takes them: events per second sustained), `workqueue` (add/get/done over 10k keys with 50%

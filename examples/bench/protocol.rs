@@ -3,7 +3,8 @@
 //!
 //! The child writes lines to stdout:
 //! - `READY` when a workload needs the harness to act (the steady-state workload: the informer
-//!   has synced, the harness may start writing),
+//!   has synced, the harness may start writing; Reflex's sync contenders: synced, the harness
+//!   expires the server's history so that the informer relists),
 //! - `RESULT {json}` with its figures (an object of name -> number),
 //! - `ERROR message` when it failed.
 //!

@@ -244,7 +244,59 @@ where
         "with_managed_fields".into(),
         with_managed_fields(&informer) as f64,
     );
+    relist(&informer, &mut f).await?;
     Ok((f, Box::new((factory, informer)) as Keep))
+}
+
+/// The relist phase: records the resident set once synced and the peak until then, resets the
+/// peak (`/proc/self/clear_refs`), and says `READY`, on which the harness expires the server's
+/// history and closes the watches ([`FaultHandle::expire_history`]): the informer's watch
+/// resumes, answers 410 and the informer relists, as after an etcd compaction that outran it.
+/// The harness's reading of the peak is then the relist's. `relist_s` runs from `READY` until
+/// the store reflects the relist.
+///
+/// [`FaultHandle::expire_history`]: reflex_testing::FaultHandle::expire_history
+async fn relist<K>(
+    informer: &reflex_informer::SharedIndexInformer<K>,
+    f: &mut Figures,
+) -> Result<(), String>
+where
+    K: kube::Resource + Send + Sync + 'static,
+{
+    let me = std::process::id();
+    let mib = |field: &str| {
+        crate::protocol::status_kib(me, field)
+            .map(|kib| kib as f64 / 1024.0)
+            .map_err(|e| e.to_string())
+    };
+    f.insert("synced_rss_mib".into(), mib("VmRSS:")?);
+    f.insert("sync_peak_mib".into(), mib("VmHWM:")?);
+    std::fs::write("/proc/self/clear_refs", "5")
+        .map_err(|e| format!("resetting the peak resident set: {e}"))?;
+    let stats = informer
+        .reflector_stats()
+        .ok_or("the informer has no reflector")?;
+    let before = stats.relists();
+    let start = Instant::now();
+    crate::protocol::ready();
+    loop {
+        if stats.relists() > before {
+            let listed = stats.last_sync_resource_version();
+            let applied = informer.last_store_resource_version();
+            if reflex_informer::resource_version::compare(&applied, &listed)
+                .is_ok_and(|o| o.is_ge())
+            {
+                break;
+            }
+        }
+        if start.elapsed() > SYNC_BOUND {
+            return Err(format!("no relist within {SYNC_BOUND:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    f.insert("relist_s".into(), start.elapsed().as_secs_f64());
+    f.insert("relisted_rss_mib".into(), mib("VmRSS:")?);
+    Ok(())
 }
 
 /// How many cached objects still carry managedFields: the proof of each mode.
