@@ -95,12 +95,16 @@ pub trait ReflectorSink<K>: Send + Sync {
     fn replace_done(&self, resource_version: &str) -> Result<(), FifoError>;
     /// A bookmark (or any event) advanced the resourceVersion without changing an object.
     fn bookmark(&self, _resource_version: &str) {}
-    /// The object the sink's store already holds for `listed` when it is the same version of
-    /// it (same key, same non-empty resourceVersion), ready to be queued again in its place: a
-    /// relist then keeps one copy of every unchanged object instead of two until the store
-    /// takes the new ones. `None` (the default): `listed` is queued.
-    fn cached_version(&self, _listed: &K) -> Option<Arc<K>> {
-        None
+    /// Takes one object of a (re)list as soon as it was decoded, before it waits for the rest
+    /// of the list, and returns what [`replace_page`](Self::replace_page) will be given in its
+    /// place. The Reflector passes every page item and every initial event of a streaming list
+    /// through it. A sink may substitute the copy its store already holds of the same version
+    /// of the object (same key, same non-empty resourceVersion; [`Listed::Cached`]), so that a
+    /// relist keeps one copy of every unchanged object instead of two until the store takes the
+    /// new ones, or prepare the object now (the informer applies its transform here, so the
+    /// untransformed copy is dropped at once). The default returns `listed` unchanged.
+    fn listed(&self, listed: Arc<K>) -> Listed<K> {
+        Listed::Fresh(listed)
     }
     /// Resolves once fewer than `backlog` keys wait in the sink (or the sink is closed): the
     /// Reflector awaits it between list pages when [`ReflectorOptions::list_backlog`] is set.
@@ -109,6 +113,24 @@ pub trait ReflectorSink<K>: Send + Sync {
     /// [`ReflectorOptions::list_backlog`]: crate::reflector::ReflectorOptions::list_backlog
     fn wait_for_room(&self, _backlog: usize) -> BoxFuture<'_, ()> {
         Box::pin(std::future::ready(()))
+    }
+}
+
+/// What [`ReflectorSink::listed`] made of a listed object.
+#[derive(Debug)]
+pub enum Listed<K> {
+    /// The listed object (possibly prepared, e.g. transformed).
+    Fresh(Arc<K>),
+    /// The sink's cached copy of the same version, which replaces the listed one.
+    Cached(Arc<K>),
+}
+
+impl<K> Listed<K> {
+    /// The object to queue.
+    pub fn into_object(self) -> Arc<K> {
+        match self {
+            Listed::Fresh(o) | Listed::Cached(o) => o,
+        }
     }
 }
 

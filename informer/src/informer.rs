@@ -63,8 +63,8 @@ use tracing::Instrument;
 
 use crate::delta_fifo::DeltaFifo;
 use crate::fifo::{
-    DeltaType, Fifo, FifoError, FifoMode, KnownObjects, Pop, PopError, Popped, ProcessError,
-    ReflectorSink,
+    DeltaType, Fifo, FifoError, FifoMode, KnownObjects, Listed, Pop, PopError, Popped,
+    ProcessError, ReflectorSink,
 };
 use crate::handler::{DeletedFinalStateUnknown, DeltaObject};
 use crate::handler::{ProcessorError, Registration, ResourceEventHandler};
@@ -910,8 +910,8 @@ where
     fn replace_begin(&self) {
         self.informer.inner.fifo.replace_begin();
     }
+    /// The items went through [`listed`](ReflectorSink::listed) (transformed or cached).
     fn replace_page(&self, items: Vec<Arc<K>>) -> Result<(), FifoError> {
-        let items = items.into_iter().map(|o| self.apply(o)).collect();
         self.informer.inner.fifo.replace_page(items)
     }
     fn replace_done(&self, resource_version: &str) -> Result<(), FifoError> {
@@ -943,27 +943,24 @@ where
     fn wait_for_room(&self, backlog: usize) -> futures::future::BoxFuture<'_, ()> {
         Box::pin(self.informer.inner.fifo.wait_for_room(backlog))
     }
-    /// The stored object when `listed` is the same version of it. Not with a transform (the
-    /// stored object is the transform's output, and transforming it again would copy it out of
-    /// its shared `Arc`) nor with a compact store (its objects are decoded on every read, so
-    /// there is no copy to share).
-    fn cached_version(&self, listed: &K) -> Option<Arc<K>> {
-        if self.transform.is_some() {
-            return None;
-        }
+    /// The stored object when `listed` is the same version of it, else `listed` transformed.
+    /// Not with a compact store: its objects are decoded on every read, so there is no copy to
+    /// share. With a transform, the stored object is the transform's output for that version
+    /// (a transform must be idempotent, as client-go's), so it stands for the listed one too.
+    fn listed(&self, listed: Arc<K>) -> Listed<K> {
         let store = self.informer.inner.indexer.store();
-        if store.is_compact() || store.is_empty() {
-            return None;
+        if !store.is_compact()
+            && !store.is_empty()
+            && let Some(rv) = listed
+                .meta()
+                .resource_version
+                .as_deref()
+                .filter(|rv| !rv.is_empty())
+            && let Ok(Some(cached)) = store.get(&listed)
+            && cached.meta().resource_version.as_deref() == Some(rv)
+        {
+            return Listed::Cached(cached);
         }
-        let rv = listed
-            .meta()
-            .resource_version
-            .as_deref()
-            .filter(|rv| !rv.is_empty())?;
-        store
-            .get(listed)
-            .ok()
-            .flatten()
-            .filter(|cached| cached.meta().resource_version.as_deref() == Some(rv))
+        Listed::Fresh(self.apply(listed))
     }
 }

@@ -85,7 +85,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::fifo::{FifoError, ReflectorSink};
+use crate::fifo::{FifoError, Listed, ReflectorSink};
 use crate::key::ObjectKey;
 use crate::source::{
     ApiStatus, ListParams, ListWatch, Reuse, SourceError, WatchEvent, WatchParams, WatchStream,
@@ -160,14 +160,15 @@ fn resource_version_of<K: kube::Resource>(obj: &K) -> Option<&str> {
         .filter(|rv| !rv.is_empty())
 }
 
-/// `listed`, or the sink's cached copy of the same version of it (counted in `reused`).
+/// What the sink makes of `listed` ([`ReflectorSink::listed`]); a cached copy kept in its place
+/// is counted in `reused`.
 fn reuse<K>(sink: &dyn ReflectorSink<K>, reused: &AtomicU64, listed: Arc<K>) -> Arc<K> {
-    match sink.cached_version(&listed) {
-        Some(cached) => {
+    match sink.listed(listed) {
+        Listed::Cached(cached) => {
             reused.fetch_add(1, Ordering::Relaxed);
             cached
         }
-        None => listed,
+        Listed::Fresh(listed) => listed,
     }
 }
 
