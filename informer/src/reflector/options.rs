@@ -208,7 +208,7 @@ impl ReflectorHandle {
     }
 
     /// Listed objects replaced by the sink's cached copy of the same version
-    /// ([`ReflectorSink::cached_version`](crate::fifo::ReflectorSink::cached_version)): on a
+    /// ([`ReflectorSink::listed`](crate::fifo::ReflectorSink::listed)): on a
     /// relist, the unchanged objects that cost no second copy.
     pub fn reused_objects(&self) -> u64 {
         self.shared.reused.load(Ordering::Relaxed)
