@@ -125,15 +125,6 @@ pub enum Listed<K> {
     Cached(Arc<K>),
 }
 
-impl<K> Listed<K> {
-    /// The object to queue.
-    pub fn into_object(self) -> Arc<K> {
-        match self {
-            Listed::Fresh(o) | Listed::Cached(o) => o,
-        }
-    }
-}
-
 /// A boxed error from a processing closure.
 pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 

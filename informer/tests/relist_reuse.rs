@@ -73,7 +73,8 @@ fn snapshot(informer: &SharedIndexInformer<ConfigMap>) -> BTreeMap<ObjectKey, Ar
         .collect()
 }
 
-/// Runs the scenario; returns how many objects the relist reused.
+/// Runs the scenario; returns how many listed objects were reused: at least the `N - 1`
+/// unchanged ones of the forced relist (a legitimate further relist reuses more).
 async fn relist_after_410(mode: Mode) -> u64 {
     let server = FakeApiServer::start().await.unwrap();
     for i in 0..N {
@@ -168,22 +169,22 @@ fn mode_reuses(mode: Mode) -> bool {
 
 #[tokio::test]
 async fn a_streaming_relist_keeps_the_unchanged_objects() {
-    assert_eq!(relist_after_410(Mode::Streaming).await, (N - 1) as u64);
+    assert!(relist_after_410(Mode::Streaming).await >= (N - 1) as u64);
 }
 
 #[tokio::test]
 async fn a_paged_relist_keeps_the_unchanged_objects() {
-    assert_eq!(relist_after_410(Mode::Pages).await, (N - 1) as u64);
+    assert!(relist_after_410(Mode::Pages).await >= (N - 1) as u64);
 }
 
 #[tokio::test]
 async fn a_one_response_relist_keeps_the_unchanged_objects() {
-    assert_eq!(relist_after_410(Mode::OneResponse).await, (N - 1) as u64);
+    assert!(relist_after_410(Mode::OneResponse).await >= (N - 1) as u64);
 }
 
 #[tokio::test]
 async fn a_relist_with_a_transform_keeps_the_unchanged_transformed_objects() {
-    assert_eq!(relist_after_410(Mode::Transform).await, (N - 1) as u64);
+    assert!(relist_after_410(Mode::Transform).await >= (N - 1) as u64);
 }
 
 #[tokio::test]
