@@ -64,6 +64,7 @@ use crate::decode::DecodeOptions;
 use crate::fifo::FifoMode;
 use crate::informer::{InformerError, InformerOptions, SharedIndexInformer, Transform};
 use crate::reflector::ReflectorOptions;
+use crate::shard::ShardHandle;
 use crate::source::ListWatch;
 use crate::source::raw::{RawApi, WireOptions};
 use crate::store::{CompactOptions, Indexer, KeyFunc, meta_key_func};
@@ -124,14 +125,16 @@ pub enum InformerView {
 }
 
 /// How [`SharedInformerFactory::wait_for_cache_sync`] names an informer: the resource, what it
-/// decodes and whether its store is compact. Displayed as, for example, `pods.v1 (Pod)`,
-/// `deployments.apps/v1 (metadata, compact)`.
+/// decodes, whether its store is compact and which shard it holds. Displayed as, for example,
+/// `pods.v1 (Pod)`, `deployments.apps/v1 (metadata, compact)`, `pods.v1 (Pod, shard 1)`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct InformerId {
     resource: String,
     version: String,
     view: InformerView,
     compact: bool,
+    /// The [`ShardHandle::id`] of a sharded informer.
+    shard: Option<u64>,
 }
 
 impl InformerId {
@@ -154,6 +157,11 @@ impl InformerId {
     pub fn is_compact(&self) -> bool {
         self.compact
     }
+
+    /// Whether it holds one shard of the resource ([`InformerSpec::shard`]).
+    pub fn is_sharded(&self) -> bool {
+        self.shard.is_some()
+    }
 }
 
 impl fmt::Display for InformerId {
@@ -171,6 +179,9 @@ impl fmt::Display for InformerId {
         write!(f, "{}{sep}{} ({view}", self.resource, self.version)?;
         if self.compact {
             f.write_str(", compact")?;
+        }
+        if let Some(shard) = self.shard {
+            write!(f, ", shard {shard}")?;
         }
         f.write_str(")")
     }
@@ -212,6 +223,7 @@ pub struct InformerSpec<K> {
     compact: Option<MakeCompact<K>>,
     transform: Option<Transform<K>>,
     resync: Option<Duration>,
+    shard: Option<ShardHandle>,
 }
 
 impl<K> fmt::Debug for InformerSpec<K> {
@@ -220,6 +232,7 @@ impl<K> fmt::Debug for InformerSpec<K> {
             .field("id", &self.key.id)
             .field("transform", &self.transform.is_some())
             .field("resync", &self.resync)
+            .field("shard", &self.shard)
             .finish()
     }
 }
@@ -254,6 +267,7 @@ where
             version: K::version(&dt).into_owned(),
             view: InformerView::Typed(std::any::type_name::<K>()),
             compact: false,
+            shard: None,
         };
         let source: MakeSource<K> = Box::new(|factory: &SharedInformerFactory| {
             let namespace = factory.namespace_for(cluster_scoped::<K::Scope>());
@@ -284,6 +298,7 @@ where
             version: R::version(&dt).into_owned(),
             view: InformerView::Metadata,
             compact: false,
+            shard: None,
         };
         let source: MakeSource<PartialObjectMeta<R>> =
             Box::new(|factory: &SharedInformerFactory| {
@@ -326,6 +341,7 @@ impl InformerSpec<DynamicObject> {
             version: resource.version.clone(),
             view: InformerView::Dynamic,
             compact: false,
+            shard: None,
         };
         let ar = resource.clone();
         let source: MakeSource<DynamicObject> = Box::new(move |factory: &SharedInformerFactory| {
@@ -360,6 +376,7 @@ where
             compact: None,
             transform: None,
             resync: None,
+            shard: None,
         }
     }
 
@@ -399,6 +416,16 @@ where
     /// [`default_resync`](FactoryOptions::default_resync).
     pub fn resync(mut self, period: Duration) -> Self {
         self.resync = Some(period);
+        self
+    }
+
+    /// Holds only the shard `handle` selects (see [`crate::shard`]): lists and watches carry its
+    /// `shardSelector`, what a server that does not shard sends outside it is dropped, and a
+    /// new selector set on the handle relists. A sharded informer is shared only with the specs
+    /// of the same handle (its clones): an unsharded informer of the resource is another one.
+    pub fn shard(mut self, handle: ShardHandle) -> Self {
+        self.key.id.shard = Some(handle.id());
+        self.shard = Some(handle);
         self
     }
 }
@@ -602,6 +629,9 @@ impl SharedInformerFactory {
             }
             None => Indexer::with_key_func(spec.key_fn),
         };
+        if let Some(shard) = spec.shard {
+            options.reflector.shard = Some(shard);
+        }
         let source = (spec.source)(self);
         let informer = SharedIndexInformer::with_indexer(source, indexer, options);
         if let Some(transform) = spec.transform {

@@ -47,6 +47,7 @@
 //! | [`lag`] | measuring how far the store lags behind the server |
 //! | [`written`] | read-your-writes: writes recorded per key until the store shows them |
 //! | [`resource_version`] | comparing resourceVersions (KEP-5504) |
+//! | [`shard`] | shards of a resource: KEP-5866 hash ranges, the selector, the client-side filter |
 //! | [`decode`] | decoding that skips what nobody reads (`managedFields`, configured paths) while parsing |
 
 pub mod decode;
@@ -64,6 +65,7 @@ pub mod lister;
 mod processor;
 pub mod reflector;
 pub mod resource_version;
+pub mod shard;
 pub mod source;
 pub mod store;
 pub mod sync_state;

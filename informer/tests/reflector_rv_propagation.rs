@@ -26,6 +26,7 @@ impl ListWatch<ConfigMap> for Scripted {
             items: Vec::new(),
             resource_version: String::new(),
             continue_token: None,
+            shard_info: None,
         }))
         .boxed()
     }

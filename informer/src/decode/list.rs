@@ -103,6 +103,7 @@ pub struct ListDecoder<K> {
     items: Vec<Arc<K>>,
     resource_version: String,
     continue_token: Option<String>,
+    shard_info: Option<String>,
     reuse: Option<Reuse<K>>,
     _k: PhantomData<fn() -> K>,
 }
@@ -128,6 +129,7 @@ impl<K: DeserializeOwned> ListDecoder<K> {
             items: Vec::new(),
             resource_version: String::new(),
             continue_token: None,
+            shard_info: None,
             reuse: None,
             _k: PhantomData,
         }
@@ -180,6 +182,7 @@ impl<K: DeserializeOwned> ListDecoder<K> {
             items: self.items,
             resource_version: self.resource_version,
             continue_token: self.continue_token,
+            shard_info: self.shard_info,
         })
     }
 
@@ -236,6 +239,7 @@ impl<K: DeserializeOwned> ListDecoder<K> {
                         if let Some(meta) = meta {
                             self.resource_version = meta.resource_version.unwrap_or_default();
                             self.continue_token = meta.continue_token.filter(|c| !c.is_empty());
+                            self.shard_info = meta.shard_info.map(|s| s.selector);
                         }
                     }
                     self.consume(len);

@@ -20,6 +20,15 @@ pub(super) struct ListMetaLite {
     pub(super) resource_version: Option<String>,
     #[serde(rename = "continue", default)]
     pub(super) continue_token: Option<String>,
+    #[serde(rename = "shardInfo", default)]
+    pub(super) shard_info: Option<ShardInfoLite>,
+}
+
+/// `metadata.shardInfo` of a list: the shard selector the server applied.
+#[derive(Deserialize)]
+pub(super) struct ShardInfoLite {
+    #[serde(default)]
+    pub(super) selector: String,
 }
 
 #[derive(Clone, Copy)]

@@ -87,6 +87,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::fifo::{FifoError, Listed, ReflectorSink};
 use crate::key::ObjectKey;
+use crate::shard::{ShardFiltering, ShardSelector};
 use crate::source::{
     ApiStatus, ListParams, ListWatch, Reuse, SourceError, WatchEvent, WatchParams, WatchStream,
 };
@@ -188,6 +189,8 @@ enum WatchEnd {
     Malformed(SourceError),
     /// Silent for longer than allowed: restart.
     Idle(Duration),
+    /// The shard's selector changed: relist with the new one, at once.
+    Reshard,
     /// With a 429 `ERROR` event: back off (at least the server's `Retry-After`) and re-watch
     /// from the last resourceVersion, without relisting (client-go does the same).
     Throttled(ApiStatus),
@@ -212,6 +215,33 @@ pub struct Reflector<K> {
     /// round), then streams again.
     list_next_round: bool,
     backoff: Backoff,
+    /// The shard selector of this round (taken from the handle when the round starts), its
+    /// query, and the handle's change notifications seen up to then.
+    round_shard: Option<RoundShard>,
+    /// The last round ended because the shard changed: relist without a backoff.
+    reshard_now: bool,
+}
+
+/// What a round of a sharded Reflector filters by.
+struct RoundShard {
+    selector: Arc<ShardSelector>,
+    query: String,
+    changes: tokio::sync::watch::Receiver<u64>,
+}
+
+impl RoundShard {
+    /// Resolves once the handle's selector changed after the round started.
+    async fn changed(changes: Option<&mut tokio::sync::watch::Receiver<u64>>) {
+        match changes {
+            Some(rx) => {
+                if rx.changed().await.is_err() {
+                    // The handle is gone with its sender: nothing will change again.
+                    std::future::pending::<()>().await;
+                }
+            }
+            None => std::future::pending::<()>().await,
+        }
+    }
 }
 
 impl<K> Reflector<K>
@@ -238,6 +268,8 @@ where
             unavailable: false,
             paginated: false,
             list_next_round: false,
+            round_shard: None,
+            reshard_now: false,
         }
     }
 
@@ -286,6 +318,10 @@ where
                     outcome = self.list_and_watch() => outcome,
                 };
                 let delay = match outcome {
+                    Ok(()) if std::mem::take(&mut self.reshard_now) => {
+                        info!(resource_version = %self.last_rv, "shard changed; relisting");
+                        Duration::ZERO
+                    }
                     Ok(()) => {
                         debug!(resource_version = %self.last_rv, "relisting");
                         self.backoff.next_delay()
@@ -351,7 +387,57 @@ where
         self.options.streaming_lists && self.options.list_backlog.is_none() && !fallback
     }
 
+    /// Takes this round's shard selector from the handle.
+    fn begin_round_shard(&mut self) {
+        self.round_shard = self.options.shard.as_ref().map(|handle| {
+            let mut changes = handle.subscribe();
+            changes.borrow_and_update();
+            let selector = handle.current();
+            RoundShard {
+                query: selector.query(),
+                selector,
+                changes,
+            }
+        });
+        if let Some(shard) = &self.round_shard {
+            info!(shard = %shard.selector, "listing the shard");
+        }
+    }
+
+    /// The `shardSelector` of this round's requests.
+    fn shard_query(&self) -> Option<String> {
+        self.round_shard.as_ref().map(|s| s.query.clone())
+    }
+
+    /// Whether `obj` belongs to this round's shard (always, unsharded).
+    fn in_shard(&self, obj: &K) -> bool {
+        self.round_shard
+            .as_ref()
+            .is_none_or(|s| s.selector.matches(obj.meta()))
+    }
+
+    /// Counts objects the server sent outside the shard.
+    fn dropped_outside_shard(&self, n: u64) {
+        if let Some(handle) = &self.options.shard {
+            handle.count_dropped(n);
+        }
+    }
+
+    /// Records who filtered a completed list (the latest list is the best witness: a server
+    /// may gain or lose the feature between rounds).
+    fn shard_list_done(&self, filtering: ShardFiltering) {
+        if let (Some(handle), Some(_)) = (&self.options.shard, &self.round_shard) {
+            handle.set_filtering(filtering);
+            info!(
+                filtering = filtering.as_str(),
+                dropped = handle.dropped(),
+                "shard listed"
+            );
+        }
+    }
+
     async fn list_and_watch(&mut self) -> Result<(), ReflectorError> {
+        self.begin_round_shard();
         let stream = if self.streams_this_round() {
             match self.watch_list().await {
                 Ok(Some(stream)) => Some(stream),
@@ -411,6 +497,7 @@ where
             resource_version_match: None,
             label_selector: self.options.label_selector.clone(),
             field_selector: self.options.field_selector.clone(),
+            shard_selector: self.shard_query(),
         };
         info!(resource_version = %rv, limit = ?limit, "listing");
         self.shared.tracker.list_started();
@@ -418,6 +505,8 @@ where
         let mut params = first.clone();
         let mut page_no = 1u32;
         let mut listed = 0usize;
+        let mut echoed = true;
+        let mut dropped = 0u64;
         let reused_before = self.shared.reused.load(Ordering::Relaxed);
         let reuser: Reuse<K> = {
             let sink = self.sink.clone();
@@ -436,6 +525,8 @@ where
                     };
                     page_no = 1;
                     listed = 0;
+                    echoed = true;
+                    dropped = 0;
                     continue;
                 }
                 Err(e) => return Err(ReflectorError::List(e)),
@@ -443,6 +534,13 @@ where
             if page_no == 1 && rv == "0" && page.continue_token.is_some() && params.limit.is_some()
             {
                 self.paginated = true;
+            }
+            let mut page = page;
+            if let Some(shard) = &self.round_shard {
+                echoed &= page.shard_info.as_deref() == Some(shard.query.as_str());
+                let before = page.items.len();
+                page.items.retain(|o| shard.selector.matches(o.meta()));
+                dropped += (before - page.items.len()) as u64;
             }
             listed += page.items.len();
             self.shared.tracker.list_page();
@@ -472,6 +570,12 @@ where
         self.sink
             .replace_done(&list_rv)
             .map_err(ReflectorError::Sink)?;
+        self.dropped_outside_shard(dropped);
+        self.shard_list_done(if echoed && dropped == 0 {
+            ShardFiltering::Server
+        } else {
+            ShardFiltering::Client
+        });
         self.set_last_rv(&list_rv);
         self.shared.tracker.list_done(&list_rv);
         self.shared.relists.fetch_add(1, Ordering::Relaxed);
@@ -497,6 +601,7 @@ where
                 send_initial_events: true,
                 label_selector: self.options.label_selector.clone(),
                 field_selector: self.options.field_selector.clone(),
+                shard_selector: self.shard_query(),
             };
             info!(resource_version = %rv, "starting streaming list");
             self.shared.tracker.list_started();
@@ -520,6 +625,7 @@ where
             let idle_limit = timeout + self.options.idle_watch_margin;
             let reused_before = self.shared.reused.load(Ordering::Relaxed);
             let mut objects: BTreeMap<ObjectKey, Arc<K>> = BTreeMap::new();
+            let mut dropped = 0u64;
             loop {
                 let next = match tokio::time::timeout(idle_limit, stream.next()).await {
                     Ok(next) => next,
@@ -538,6 +644,10 @@ where
                     Some(Ok(event)) => event,
                 };
                 match event {
+                    WatchEvent::Added(o) | WatchEvent::Modified(o) if !self.in_shard(&o) => {
+                        dropped += 1;
+                    }
+                    WatchEvent::Deleted(o) if !self.in_shard(&o) => dropped += 1,
                     WatchEvent::Added(o) | WatchEvent::Modified(o) => match key_of(&o) {
                         Some(key) => {
                             let o = reuse(&*self.sink, &self.shared.reused, Arc::new(o));
@@ -564,6 +674,14 @@ where
                         self.sink
                             .replace_done(&resource_version)
                             .map_err(ReflectorError::Sink)?;
+                        // A streaming list carries no shardInfo: only a dropped object says
+                        // the server did not shard.
+                        self.dropped_outside_shard(dropped);
+                        self.shard_list_done(if dropped == 0 {
+                            ShardFiltering::Unconfirmed
+                        } else {
+                            ShardFiltering::Client
+                        });
                         self.set_last_rv(&resource_version);
                         self.shared.tracker.list_done(&resource_version);
                         self.unavailable = false;
@@ -612,6 +730,7 @@ where
                         send_initial_events: false,
                         label_selector: self.options.label_selector.clone(),
                         field_selector: self.options.field_selector.clone(),
+                        shard_selector: self.shard_query(),
                     };
                     debug!(resource_version = %started_rv, timeout_s = timeout.as_secs(), "starting watch");
                     match self.source.watch(&params).await {
@@ -664,6 +783,10 @@ where
                     );
                     tokio::time::sleep(delay).await;
                 }
+                WatchEnd::Reshard => {
+                    self.reshard_now = true;
+                    return Ok(());
+                }
                 WatchEnd::Idle(limit) => {
                     self.shared.idle_watches.fetch_add(1, Ordering::Relaxed);
                     self.shared.watch_restarts.fetch_add(1, Ordering::Relaxed);
@@ -685,8 +808,15 @@ where
         let mut events = 0u64;
         // Synthetic ADDED events of a watch from "" or "0" come in no resourceVersion order.
         let mut propagate = !matches!(started_rv, "" | "0");
+        // A clone has seen what the round's receiver saw: it wakes on a change since then.
+        let mut changes = self.round_shard.as_ref().map(|s| s.changes.clone());
         loop {
-            let next = match tokio::time::timeout(idle_limit, stream.next()).await {
+            let next = tokio::select! {
+                biased;
+                _ = RoundShard::changed(changes.as_mut()) => return WatchEnd::Reshard,
+                next = tokio::time::timeout(idle_limit, stream.next()) => next,
+            };
+            let next = match next {
                 Ok(next) => next,
                 Err(_) => return WatchEnd::Idle(idle_limit),
             };
@@ -705,6 +835,14 @@ where
             };
             events += 1;
             let (written, rv, added) = match event {
+                WatchEvent::Added(o) | WatchEvent::Modified(o) | WatchEvent::Deleted(o)
+                    if !self.in_shard(&o) =>
+                {
+                    // Not ours (a server that does not shard sent it): its resourceVersion is
+                    // progress all the same.
+                    self.dropped_outside_shard(1);
+                    (Ok(()), resource_version_of(&o).map(str::to_owned), false)
+                }
                 WatchEvent::Added(o) => {
                     let rv = resource_version_of(&o).map(str::to_owned);
                     (self.sink.add(Arc::new(o)), rv, true)

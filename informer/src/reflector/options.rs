@@ -9,6 +9,7 @@ use std::time::Duration;
 use parking_lot::RwLock;
 
 use crate::fifo::FifoError;
+use crate::shard::ShardHandle;
 use crate::source::SourceError;
 use crate::sync_state::{SyncState, SyncTracker};
 
@@ -89,6 +90,10 @@ pub struct ReflectorOptions {
     /// (the factory's compact informers use two pages); it does not slow a list whose consumer
     /// keeps up. `Some(0)` is read as `Some(1)`: the next page waits for an empty queue.
     pub list_backlog: Option<usize>,
+    /// The shard this Reflector lists and watches (see [`crate::shard`]): its selector goes to
+    /// the server as `shardSelector`, what arrives outside it is dropped, and a change of the
+    /// selector through the handle relists. `None`: the whole resource.
+    pub shard: Option<ShardHandle>,
 }
 
 impl Default for ReflectorOptions {
@@ -103,6 +108,7 @@ impl Default for ReflectorOptions {
             label_selector: None,
             field_selector: None,
             list_backlog: None,
+            shard: None,
         }
     }
 }

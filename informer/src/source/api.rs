@@ -143,6 +143,9 @@ fn into_page<T: Clone>(list: ObjectList<T>) -> ListPage<T> {
         items: list.items.into_iter().map(Arc::new).collect(),
         resource_version: list.metadata.resource_version.unwrap_or_default(),
         continue_token: list.metadata.continue_.filter(|c| !c.is_empty()),
+        // kube's list parameters carry no shardSelector: the server never shards for this
+        // source, and a sharded Reflector filters on the client.
+        shard_info: None,
     }
 }
 
@@ -240,6 +243,7 @@ mod tests {
             resource_version_match: Some(ResourceVersionMatch::NotOlderThan),
             label_selector: Some("app=web".into()),
             field_selector: Some("metadata.name=a".into()),
+            shard_selector: None,
         });
         assert_eq!(lp.limit, Some(500));
         assert_eq!(lp.resource_version.as_deref(), Some("42"));
@@ -277,6 +281,7 @@ mod tests {
             send_initial_events: true,
             label_selector: Some("a=b".into()),
             field_selector: None,
+            shard_selector: None,
         });
         assert!(wp.bookmarks && wp.send_initial_events);
         assert_eq!(wp.timeout, Some(400));

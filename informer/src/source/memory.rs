@@ -294,6 +294,7 @@ where
             items: page_items,
             resource_version: snapshot_rv.to_string(),
             continue_token,
+            shard_info: None,
         })
     }
 

@@ -60,6 +60,9 @@ pub struct ListParams {
     pub label_selector: Option<String>,
     /// Field selector, as in `fieldSelector`.
     pub field_selector: Option<String>,
+    /// Shard selector, as in `shardSelector` (KEP-5866, see [`crate::shard`]); a server that
+    /// does not shard ignores it, so whoever sets it also filters what comes back.
+    pub shard_selector: Option<String>,
 }
 
 /// Parameters of one watch request.
@@ -79,6 +82,8 @@ pub struct WatchParams {
     pub label_selector: Option<String>,
     /// Field selector, as in `fieldSelector`.
     pub field_selector: Option<String>,
+    /// Shard selector, as in `shardSelector` (see [`ListParams::shard_selector`]).
+    pub shard_selector: Option<String>,
 }
 
 /// One page of a list.
@@ -91,6 +96,9 @@ pub struct ListPage<K> {
     pub resource_version: String,
     /// Token for the next page; `None` on the last page.
     pub continue_token: Option<String>,
+    /// The shard selector the server applied (`metadata.shardInfo.selector`); `None` when it
+    /// did not shard the list (no selector asked, or a server that ignores it).
+    pub shard_info: Option<String>,
 }
 
 /// A `metav1.Status` failure, as sent in an HTTP error response or a watch `ERROR` event.

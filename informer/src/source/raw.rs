@@ -291,6 +291,7 @@ impl<K> RawApi<K> {
         params: &ListParams,
     ) -> Result<http::Request<Vec<u8>>, kube::core::request::Error> {
         let request = self.request.list(&to_kube_list(params))?;
+        let request = with_shard_selector(request, params.shard_selector.as_deref());
         Ok(self.negotiate(request, METADATA_LIST_ACCEPT))
     }
 
@@ -301,6 +302,7 @@ impl<K> RawApi<K> {
         rv: &str,
     ) -> Result<http::Request<Vec<u8>>, kube::core::request::Error> {
         let request = self.request.watch(&to_kube_watch(params), rv)?;
+        let request = with_shard_selector(request, params.shard_selector.as_deref());
         Ok(self.negotiate(request, METADATA_WATCH_ACCEPT))
     }
 
@@ -324,6 +326,26 @@ impl<K> RawApi<K> {
         headers.insert(http::header::ACCEPT_ENCODING, self.wire.accept_encoding());
         request
     }
+}
+
+/// Adds `shardSelector` to a list or watch request (kube's parameters have no such field).
+fn with_shard_selector(
+    mut request: http::Request<Vec<u8>>,
+    selector: Option<&str>,
+) -> http::Request<Vec<u8>> {
+    let Some(selector) = selector else {
+        return request;
+    };
+    let uri = request.uri().to_string();
+    let pair: String = form_urlencoded::Serializer::new(String::new())
+        .append_pair("shardSelector", selector)
+        .finish();
+    let sep = if uri.contains('?') { '&' } else { '?' };
+    // The URI was valid and the pair is percent-encoded, so the result parses.
+    if let Ok(with) = format!("{uri}{sep}{pair}").parse() {
+        *request.uri_mut() = with;
+    }
+    request
 }
 
 fn malformed(context: String, err: DecodeError) -> SourceError {

@@ -42,6 +42,7 @@ mod resources;
 mod scale;
 mod selectors;
 mod server;
+mod shard;
 mod status;
 mod storage;
 pub mod validation;
@@ -128,6 +129,13 @@ pub struct FakeConfig {
     /// without the feature does (before 1.38, or with `ManagedFieldsOptOut` off): the parameter
     /// is ignored.
     pub drop_managed_fields: bool,
+    /// Honour `shardSelector` on lists, watches and collection deletes (KEP-5866, kube-apiserver
+    /// 1.36+ with the alpha `ShardedListAndWatch` gate on): only the objects whose 64-bit FNV-1a
+    /// hash of `metadata.uid` or `metadata.namespace` lies in a range asked for, and lists echo
+    /// the selector in `metadata.shardInfo`. Default `true`; `false` answers as a cluster without
+    /// the gate (its default) does: the parameter is ignored and no `shardInfo` is sent. A fake
+    /// answering as 1.35 ([`minor_version`](Self::minor_version)) ignores it too.
+    pub sharded_list_and_watch: bool,
     /// Refuse what kube-apiserver refuses, with its 422 `Invalid` answers: names per kind,
     /// labels and annotations, the invariants of the workload and core kinds, immutable fields.
     /// Default `true`; `false` stores whatever is sent (the fake before this option).
@@ -169,6 +177,7 @@ impl Default for FakeConfig {
             gzip_min_bytes: Some(GZIP_MIN_BYTES),
             gzip_watch_lists: true,
             drop_managed_fields: true,
+            sharded_list_and_watch: true,
             validation: true,
             garbage_collection: true,
             minor_version: NEWEST_MINOR,
@@ -367,6 +376,7 @@ impl FakeApiServer {
             gzip_min_bytes: config.gzip_min_bytes,
             gzip_watch_lists: config.gzip_watch_lists,
             drop_managed_fields: config.drop_managed_fields,
+            sharded_list_and_watch: config.sharded_list_and_watch && config.minor_version >= 36,
         });
         let cancel = CancellationToken::new();
         let task = tokio::spawn(accept_loop(listener, shared.clone(), cancel.clone()));

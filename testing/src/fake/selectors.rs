@@ -5,6 +5,7 @@
 
 use serde_json::Value;
 
+use super::shard::ShardSelector;
 use super::status::ApiError;
 
 /// One label requirement.
@@ -260,17 +261,21 @@ pub struct Selectors {
     pub labels: LabelSelector,
     /// Field selector.
     pub fields: FieldSelector,
+    /// Shard selector (`shardSelector`, when the fake shards).
+    pub shard: Option<ShardSelector>,
 }
 
 impl Selectors {
     /// Whether the object is selected.
     pub fn matches(&self, obj: &Value) -> bool {
-        self.labels.matches(obj) && self.fields.matches(obj)
+        self.labels.matches(obj)
+            && self.fields.matches(obj)
+            && self.shard.as_ref().is_none_or(|s| s.matches(obj))
     }
 
     /// No requirement at all: everything matches.
     pub fn is_empty(&self) -> bool {
-        self.labels.0.is_empty() && self.fields.0.is_empty()
+        self.labels.0.is_empty() && self.fields.0.is_empty() && self.shard.is_none()
     }
 }
 

@@ -24,6 +24,7 @@ use super::media::{Output, Shape, negotiate};
 use super::patch::{json_patch, merge_patch, strategic_merge_patch};
 use super::resources::{ResKey, ResourceDef, api_group, groups, resource_list};
 use super::selectors::{FieldSelector, LabelSelector, Selectors};
+use super::shard::ShardSelector;
 use super::status::ApiError;
 use super::storage::{Storage, WatchFrom};
 use super::watch::{WatchOptions, stream};
@@ -45,6 +46,8 @@ pub struct Shared {
     pub gzip_min_bytes: Option<usize>,
     /// Streaming-list watches are gzip-compressed, one member per event.
     pub gzip_watch_lists: bool,
+    /// `shardSelector` is honoured (KEP-5866's `ShardedListAndWatch`).
+    pub sharded_list_and_watch: bool,
     /// KEP-5958's `drop=metadata.managedFields` is honoured.
     pub drop_managed_fields: bool,
 }
@@ -518,12 +521,26 @@ fn route(
     resource(shared, h, method, t, q, body)
 }
 
-fn selectors(q: &HashMap<String, String>, def: &ResourceDef) -> Result<Selectors, ApiError> {
+fn selectors(
+    shared: &Shared,
+    q: &HashMap<String, String>,
+    def: &ResourceDef,
+) -> Result<Selectors, ApiError> {
     let fields = FieldSelector::parse(q.get("fieldSelector").map(String::as_str).unwrap_or(""))?;
     fields.check_supported(&def.group, &def.plural)?;
+    let labels = LabelSelector::parse(q.get("labelSelector").map(String::as_str).unwrap_or(""))?;
+    // kube-apiserver reads the parameter only with the gate on (1.36+), and parses it after the
+    // label and field selectors; an empty value is no selector.
+    let shard = match q.get("shardSelector").filter(|s| !s.is_empty()) {
+        Some(expr) if shared.sharded_list_and_watch => {
+            Some(ShardSelector::parse(expr).map_err(|why| ApiError::invalid_shard_selector(&why))?)
+        }
+        _ => None,
+    };
     Ok(Selectors {
-        labels: LabelSelector::parse(q.get("labelSelector").map(String::as_str).unwrap_or(""))?,
+        labels,
         fields,
+        shard,
     })
 }
 
@@ -787,7 +804,7 @@ fn resource(
             ))
         }
         _ => {
-            let sel = selectors(q, &def)?;
+            let sel = selectors(shared, q, &def)?;
             let opts = if body.is_empty() {
                 json!({})
             } else {
@@ -993,7 +1010,7 @@ fn list(
     out: Output,
 ) -> Result<Response<Body>, ApiError> {
     let def = shared.storage.lock().def(&t.res)?;
-    let sel = selectors(q, &def)?;
+    let sel = selectors(shared, q, &def)?;
     let limit: usize = match q.get("limit") {
         Some(l) => l
             .parse()
@@ -1051,6 +1068,9 @@ fn list(
         meta["continue"] = json!(c);
         meta["remainingItemCount"] = json!(remaining);
     }
+    if let Some(shard) = &sel.shard {
+        meta["shardInfo"] = json!({"selector": shard.canonical()});
+    }
     Ok(bytes_response(
         200,
         out.list_bytes(&def.api_version(), &def.kind, &meta, items),
@@ -1063,7 +1083,7 @@ fn watch(
     q: &HashMap<String, String>,
     out: Output,
 ) -> Result<Response<Body>, ApiError> {
-    let sel = selectors(q, &shared.storage.lock().def(&t.res)?)?;
+    let sel = selectors(shared, q, &shared.storage.lock().def(&t.res)?)?;
     let rv = q.get("resourceVersion").map(String::as_str).unwrap_or("");
     let send_initial = query_bool(q, "sendInitialEvents");
     if send_initial && q.get("resourceVersionMatch").map(String::as_str) != Some("NotOlderThan") {

@@ -114,6 +114,12 @@ impl ApiError {
         Self::new(422, "Invalid", message)
     }
 
+    /// A `shardSelector` kube-apiserver cannot parse. Its registry returns a plain error, which
+    /// the handler answers as a 500 with no reason (`StatusReasonUnknown`).
+    pub fn invalid_shard_selector(why: &str) -> Self {
+        Self::new(500, "", format!("invalid shard selector: {why}"))
+    }
+
     /// 410 Expired (resourceVersion or continue token too old).
     pub fn gone(message: impl Into<String>) -> Self {
         Self::new(410, "Expired", message)
