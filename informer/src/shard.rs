@@ -359,6 +359,8 @@ struct HandleShared {
     id: u64,
     selector: RwLock<Arc<ShardSelector>>,
     changed: watch::Sender<u64>,
+    /// The version of the selector of the last completed list.
+    listed: watch::Sender<Option<u64>>,
     filtering: AtomicU8,
     dropped: AtomicU64,
 }
@@ -401,6 +403,7 @@ impl ShardHandle {
                 id: NEXT_HANDLE_ID.fetch_add(1, Ordering::Relaxed),
                 selector: RwLock::new(Arc::new(selector)),
                 changed: watch::Sender::new(0),
+                listed: watch::Sender::new(None),
                 filtering: AtomicU8::new(0),
                 dropped: AtomicU64::new(0),
             }),
@@ -441,6 +444,24 @@ impl ShardHandle {
     /// A receiver that sees every [`set`](Self::set) (its value is the version).
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.shared.changed.subscribe()
+    }
+
+    /// The version of the selector the last completed list was made with (`None` before the
+    /// first).
+    pub fn listed_version(&self) -> Option<u64> {
+        *self.shared.listed.borrow()
+    }
+
+    /// Resolves once a list made with selector version `version` or later has completed (its
+    /// objects are on their way into the store: the informer pops them next).
+    pub async fn wait_listed(&self, version: u64) {
+        let mut rx = self.shared.listed.subscribe();
+        // The sender lives in `self`: the channel cannot close while this waits.
+        let _ = rx.wait_for(|v| v.is_some_and(|v| v >= version)).await;
+    }
+
+    pub(crate) fn set_listed(&self, version: u64) {
+        self.shared.listed.send_replace(Some(version));
     }
 
     /// Who filtered the last list (see [`ShardFiltering`]).

@@ -12,6 +12,7 @@
 //! | [`metrics`] | Prometheus metrics of controllers, work queues and informers on one registry |
 //! | [`retry`] | `retry_on_conflict` for read-modify-write loops |
 //! | [`serve`] | `/metrics`, `/healthz`, `/readyz` over HTTP |
+//! | [`sharding`] | a controller split across replicas by hash slots on Leases, with safe hand-off |
 //! | [`signal`] | a shutdown token cancelled on SIGINT or SIGTERM |
 
 pub mod controller;
@@ -20,6 +21,7 @@ pub mod leader_election;
 pub mod metrics;
 pub mod retry;
 pub mod serve;
+pub mod sharding;
 pub mod signal;
 
 pub use controller::{

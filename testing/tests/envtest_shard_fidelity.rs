@@ -27,8 +27,11 @@ fn fnv1a64(bytes: &[u8]) -> u64 {
     })
 }
 
+/// `[start, end)` ranges of the hash space.
+type Ranges = Vec<(u128, u128)>;
+
 /// The selectors sent, each with the ranges it selects (`None`: refused by a server that shards).
-fn selectors() -> Vec<(&'static str, String, Option<Vec<(u128, u128)>>)> {
+fn selectors() -> Vec<(&'static str, String, Option<Ranges>)> {
     let top = 1u128 << 64;
     vec![
         ("lower half", LOWER.into(), Some(vec![(0, 1 << 63)])),

@@ -224,6 +224,7 @@ pub struct Reflector<K> {
 
 /// What a round of a sharded Reflector filters by.
 struct RoundShard {
+    version: u64,
     selector: Arc<ShardSelector>,
     query: String,
     changes: tokio::sync::watch::Receiver<u64>,
@@ -391,9 +392,10 @@ where
     fn begin_round_shard(&mut self) {
         self.round_shard = self.options.shard.as_ref().map(|handle| {
             let mut changes = handle.subscribe();
-            changes.borrow_and_update();
+            let version = *changes.borrow_and_update();
             let selector = handle.current();
             RoundShard {
+                version,
                 query: selector.query(),
                 selector,
                 changes,
@@ -426,8 +428,9 @@ where
     /// Records who filtered a completed list (the latest list is the best witness: a server
     /// may gain or lose the feature between rounds).
     fn shard_list_done(&self, filtering: ShardFiltering) {
-        if let (Some(handle), Some(_)) = (&self.options.shard, &self.round_shard) {
+        if let (Some(handle), Some(round)) = (&self.options.shard, &self.round_shard) {
             handle.set_filtering(filtering);
+            handle.set_listed(round.version);
             info!(
                 filtering = filtering.as_str(),
                 dropped = handle.dropped(),

@@ -133,10 +133,13 @@ use crate::metrics::Metrics;
 
 mod involved;
 mod queue;
+mod sharded;
 mod worker;
 
+use crate::sharding::ShardGate;
 use involved::*;
 pub use queue::ControllerQueue;
+use sharded::Sharded;
 use worker::*;
 
 /// What a successful reconcile asks for next.
@@ -321,6 +324,11 @@ pub struct ControllerSummary {
     /// Keys retried instead of reconciled because their own write was not in the cache yet
     /// ([`ControllerOptions::read_your_writes`]).
     pub awaited_own_writes: u64,
+    /// Keys not reconciled because this replica does not hold their slot now
+    /// ([`Controller::shards`]); their owner reconciles them.
+    pub not_owned: u64,
+    /// Reconciles aborted because their slot was being lost ([`Controller::shards`]).
+    pub fenced: u64,
 }
 
 #[derive(Debug, Default)]
@@ -332,6 +340,8 @@ struct Counters {
     dropped: AtomicU64,
     abandoned: AtomicU64,
     awaited_own_writes: AtomicU64,
+    not_owned: AtomicU64,
+    fenced: AtomicU64,
 }
 
 /// Live counters of a controller; a cheap-clone handle obtained before `run`.
@@ -352,6 +362,8 @@ impl ControllerMetrics {
             dropped: c.dropped.load(Ordering::Relaxed),
             abandoned: c.abandoned.load(Ordering::Relaxed),
             awaited_own_writes: c.awaited_own_writes.load(Ordering::Relaxed),
+            not_owned: c.not_owned.load(Ordering::Relaxed),
+            fenced: c.fenced.load(Ordering::Relaxed),
         }
     }
 }
@@ -366,6 +378,7 @@ pub struct Controller<K> {
     queue: Option<Queue>,
     options: ControllerOptions,
     metrics: ControllerMetrics,
+    shards: Option<ShardGate>,
 }
 
 impl<K> fmt::Debug for Controller<K> {
@@ -491,6 +504,7 @@ where
             queue: None,
             options: ControllerOptions::default(),
             metrics: ControllerMetrics::default(),
+            shards: None,
         }
     }
 
@@ -584,6 +598,17 @@ where
         self
     }
 
+    /// Reconciles only the keys of the slots this replica holds in a sharded group (see
+    /// [`crate::sharding`]): other keys are skipped (their owner reconciles them), a slot's
+    /// reconciles are aborted when it is lost, and its cached keys are queued when it becomes
+    /// active. The primary informer must hold the sharder's shard
+    /// ([`Sharder::informer_shard`](crate::sharding::Sharder::informer_shard)); children
+    /// (`owns`, `watches`) map to their owner's key, so to the owner's slot.
+    pub fn shards(mut self, gate: ShardGate) -> Self {
+        self.shards = Some(gate);
+        self
+    }
+
     /// Sets the rare knobs (name, sync timeout, shutdown token and grace).
     pub fn options(mut self, options: ControllerOptions) -> Self {
         self.options = options;
@@ -618,6 +643,7 @@ where
             queue,
             options,
             metrics,
+            shards,
         } = self;
         let name = options.name.clone();
         let queue = queue.unwrap_or_else(|| default_queue(&options));
@@ -633,6 +659,10 @@ where
             let gate: OwnWrites = Arc::new(move |key: &ObjectKey| primary.pending_write(key));
             gate
         });
+        let sharded = match shards {
+            Some(gate) => Some(Arc::new(Sharded::start(gate, &primary, &queue)?)),
+            None => None,
+        };
         let primary_mapper: Mapper<K> = Arc::new(move |obj: &K| key_of(obj).into_iter().collect());
         let mut involved: Vec<Arc<dyn Involved>> = vec![Arc::new(Watched {
             name: format!("primary:{}", owner.kind),
@@ -647,6 +677,9 @@ where
             Ok(true) => {}
             stopped_or_failed => {
                 queue.shut_down();
+                if let Some(s) = sharded.and_then(Arc::into_inner) {
+                    s.stop();
+                }
                 informers.stop().await;
                 return stopped_or_failed.map(|_| metrics.snapshot());
             }
@@ -662,6 +695,7 @@ where
             counters: metrics.counters.clone(),
             recorder,
             own_writes,
+            shards: sharded.clone(),
             stop: options.shutdown.clone(),
         });
         let mut worker_set = JoinSet::new();
@@ -683,6 +717,10 @@ where
         // Every worker has returned, so nothing is in flight: the drain has nothing to wait
         // for, and keys still queued are dropped (the next start lists everything anyway).
         queue.shut_down();
+        drop(worker);
+        if let Some(s) = sharded.and_then(Arc::into_inner) {
+            s.stop();
+        }
         informers.stop().await;
         let summary = metrics.snapshot();
         tracing::info!(parent: &span, reconciles = summary.reconciles, errors = summary.errors, requeues = summary.requeues, panics = summary.panics, "controller stopped");

@@ -51,6 +51,8 @@ pub(super) struct Worker<C, R, P> {
     pub(super) recorder: Option<ControllerRecorder>,
     /// With read-your-writes: what a key's own write still waits for in the cache.
     pub(super) own_writes: Option<OwnWrites>,
+    /// In a sharded group: which keys this replica reconciles now.
+    pub(super) shards: Option<Arc<Sharded>>,
     pub(super) stop: CancellationToken,
 }
 
@@ -88,6 +90,20 @@ where
 
     /// Reconciles `key`, handed out at `priority` (a retry or requeue keeps it).
     pub(super) async fn process(&self, key: &ObjectKey, priority: i32) {
+        let slot = match &self.shards {
+            None => None,
+            Some(shards) => match shards.enter(key) {
+                Some(guard) => Some(guard),
+                None => {
+                    // Another replica holds the key's slot (or it is moving): the holder
+                    // reconciles it, and this replica queues it again if the slot comes here.
+                    self.counters.not_owned.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(controller = %self.name, key = %key, "key's slot not held here; skipped");
+                    self.queue.forget(key);
+                    return;
+                }
+            },
+        };
         if let Some(own_writes) = &self.own_writes
             && let Some(expected) = own_writes(key)
         {
@@ -106,10 +122,24 @@ where
         let span = tracing::info_span!("reconcile", controller = %self.name, key = %key);
         let active = self.recorder.as_ref().map(ControllerRecorder::started);
         let started = Instant::now();
-        let outcome = AssertUnwindSafe((self.reconcile)(key.clone(), self.ctx.clone()))
+        let reconcile = AssertUnwindSafe((self.reconcile)(key.clone(), self.ctx.clone()))
             .catch_unwind()
-            .instrument(span.clone())
-            .await;
+            .instrument(span.clone());
+        let outcome = match &slot {
+            None => reconcile.await,
+            Some(guard) => tokio::select! {
+                biased;
+                () = guard.fence().cancelled() => {
+                    // The slot is being lost: stop before another replica may start on it.
+                    self.counters.fenced.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(parent: &span, "slot lost; reconcile aborted");
+                    self.queue.forget(key);
+                    return;
+                }
+                outcome = reconcile => outcome,
+            },
+        };
+        drop(slot);
         if let Some(r) = &self.recorder {
             let result = match &outcome {
                 Ok(Ok(action)) if action.requeue_delay().is_some() => ReconcileResult::RequeueAfter,
