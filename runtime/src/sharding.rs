@@ -67,7 +67,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
@@ -140,9 +140,10 @@ impl ShardLeases for KubeShardLeases {
 }
 
 /// A group's Leases in memory, for tests: clones share them, so replicas in one process
-/// coordinate through it; each Lease is an [`InMemoryLease`] (partitions per Lease with
-/// [`InMemoryLease::set_unavailable`], or for a whole replica with
-/// [`set_unavailable_for`](Self::set_unavailable_for)).
+/// coordinate through it; each Lease is an [`InMemoryLease`] (cut one off with
+/// [`InMemoryLease::set_unavailable`]; to cut off one replica from all of them, wrap this in
+/// a [`ShardLeases`] of your own that fails while partitioned, as the runtime's sharding test
+/// does).
 #[derive(Clone, Default)]
 pub struct InMemoryShardLeases {
     leases: Arc<Mutex<BTreeMap<String, InMemoryLease>>>,
@@ -695,71 +696,105 @@ impl<L: ShardLeases> Sharder<L> {
                     return slot;
                 }
             };
-            elector
-                .run_while_leader(&stop, |leading| {
-                    let state = state.clone();
-                    let stop = stop.clone();
-                    async move {
-                        let fence = CancellationToken::new();
-                        let inflight = Arc::new(AtomicUsize::new(0));
-                        let idle = Arc::new(Notify::new());
-                        state.active.write().insert(
-                            slot,
-                            ActiveSlot {
-                                fence: fence.clone(),
-                                inflight: inflight.clone(),
-                                idle: idle.clone(),
-                            },
-                        );
-                        let took = assigned_at.elapsed();
-                        state.handoffs.fetch_add(1, Ordering::Relaxed);
-                        *state.last_handoff.lock() = Some(took);
-                        tracing::info!(took_ms = took.as_millis() as u64, "slot active");
-                        let _ = state.activated.send(slot);
-                        leading.cancelled().await;
-                        // No new reconciles of the slot from here on.
-                        state.active.write().remove(&slot);
-                        let graceful = stop.is_cancelled();
-                        let drained = async {
-                            while inflight.load(Ordering::Acquire) > 0 {
-                                let notified = idle.notified();
-                                if inflight.load(Ordering::Acquire) == 0 {
-                                    break;
-                                }
-                                notified.await;
-                            }
-                        };
-                        if graceful {
-                            if tokio::time::timeout(state.config.release_grace, drained)
-                                .await
-                                .is_err()
-                            {
-                                tracing::warn!(
-                                    inflight = inflight.load(Ordering::Relaxed),
-                                    "release grace over; aborting the slot's reconciles"
-                                );
-                            }
-                        } else {
-                            tracing::warn!("slot lease lost; aborting the slot's reconciles");
+            // The campaign stops when `stop` comes before a term. Within a term, `stop` is
+            // handled by the term itself, which drains while the Lease is still renewed (the
+            // elector stops renewing once its own shutdown token is cancelled, and a drain
+            // longer than the lease duration would let another replica in).
+            let campaign = CancellationToken::new();
+            let in_term = Arc::new(AtomicBool::new(false));
+            let stop_campaign = {
+                let (stop, campaign, in_term) = (stop.clone(), campaign.clone(), in_term.clone());
+                async move {
+                    stop.cancelled().await;
+                    loop {
+                        if !in_term.load(Ordering::Acquire) {
+                            campaign.cancel();
+                            return;
                         }
-                        fence.cancel();
-                        // Aborted reconciles drop their guards as their futures are dropped.
-                        let rest = async {
-                            while inflight.load(Ordering::Acquire) > 0 {
-                                let notified = idle.notified();
-                                if inflight.load(Ordering::Acquire) == 0 {
-                                    break;
-                                }
-                                notified.await;
-                            }
-                        };
-                        rest.await;
-                        tracing::info!(graceful, "slot inactive");
+                        // A term is running: it sees `stop` and ends; then the campaign stops.
+                        tokio::time::sleep(Duration::from_millis(10)).await;
                     }
-                })
-                .await;
+                }
+            };
+            let terms = elector.run_while_leader(&campaign, |leading| {
+                let state = state.clone();
+                let stop = stop.clone();
+                let in_term = in_term.clone();
+                async move {
+                    in_term.store(true, Ordering::Release);
+                    let fence = CancellationToken::new();
+                    let inflight = Arc::new(AtomicUsize::new(0));
+                    let idle = Arc::new(Notify::new());
+                    state.active.write().insert(
+                        slot,
+                        ActiveSlot {
+                            fence: fence.clone(),
+                            inflight: inflight.clone(),
+                            idle: idle.clone(),
+                        },
+                    );
+                    let took = assigned_at.elapsed();
+                    state.handoffs.fetch_add(1, Ordering::Relaxed);
+                    *state.last_handoff.lock() = Some(took);
+                    tracing::info!(took_ms = took.as_millis() as u64, "slot active");
+                    let _ = state.activated.send(slot);
+                    let graceful = tokio::select! {
+                        biased;
+                        () = leading.cancelled() => false,
+                        () = stop.cancelled() => true,
+                    };
+                    // No new reconciles of the slot from here on.
+                    state.active.write().remove(&slot);
+                    if graceful {
+                        if tokio::time::timeout(
+                            state.config.release_grace,
+                            drained(&inflight, &idle),
+                        )
+                        .await
+                        .is_err()
+                        {
+                            tracing::warn!(
+                                inflight = inflight.load(Ordering::Relaxed),
+                                "release grace over; aborting the slot's reconciles"
+                            );
+                        }
+                    } else {
+                        tracing::warn!("slot lease lost; aborting the slot's reconciles");
+                    }
+                    fence.cancel();
+                    // Aborted reconciles drop their guards as their futures are dropped.
+                    drained(&inflight, &idle).await;
+                    tracing::info!(graceful, "slot inactive");
+                    in_term.store(false, Ordering::Release);
+                    graceful
+                }
+            });
+            // A graceful term's end completes `run_while_leader` (it releases the Lease); a
+            // lost one campaigns again until `stop`.
+            tokio::pin!(terms);
+            tokio::pin!(stop_campaign);
+            tokio::select! {
+                _ = &mut terms => {}
+                () = &mut stop_campaign => {
+                    terms.await;
+                }
+            }
             slot
         }
+    }
+}
+
+/// Resolves once no reconcile of a slot is in flight (`idle` is notified by the last guard).
+async fn drained(inflight: &AtomicUsize, idle: &Notify) {
+    loop {
+        // Registered before the check (`enable`), so a notification between the two is not lost.
+        let notified = idle.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if inflight.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        notified.await;
     }
 }
 

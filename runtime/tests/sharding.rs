@@ -109,10 +109,29 @@ struct Ctx {
     cache: SharedIndexInformer<ConfigMap>,
 }
 
+/// A key in flight in the shared fence, out of it when dropped (also when a fenced reconcile's
+/// future is dropped mid-way).
+struct InFlight<'a> {
+    world: &'a World,
+    key: ObjectKey,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.world.in_flight.lock().remove(&self.key);
+    }
+}
+
 async fn reconcile(key: ObjectKey, ctx: Arc<Ctx>) -> Result<Action, std::convert::Infallible> {
     if !ctx.world.in_flight.lock().insert(key.clone()) {
         ctx.world.violations.fetch_add(1, Ordering::SeqCst);
+        eprintln!("{key} reconciled by two replicas at once");
+        return Ok(Action::done());
     }
+    let _in_flight = InFlight {
+        world: &ctx.world,
+        key: key.clone(),
+    };
     let rv = ctx
         .cache
         .indexer()
@@ -122,7 +141,6 @@ async fn reconcile(key: ObjectKey, ctx: Arc<Ctx>) -> Result<Action, std::convert
     if let Some(rv) = rv {
         ctx.world.reconciled.lock().insert(key.clone(), rv);
     }
-    ctx.world.in_flight.lock().remove(&key);
     Ok(Action::done())
 }
 
