@@ -31,6 +31,11 @@
 //! | `reflex_informer_sync_state` | gauge | `resource` | [`SyncState::code`](reflex_informer::SyncState::code): 0 starting, 1 listing, 2 synced, 3 failing before a sync, 4 failing after one (serving the old cache), 5 stopped |
 //! | `reflex_informer_last_error_timestamp_seconds` | gauge | `resource` | Unix time of the last list or watch failure (absent before the first) |
 //! | `reflex_informer_store_resource_version` | gauge | `resource` | the resourceVersion the store reflects (client-go's `store_resource_version`; absent while it is not a KEP-5504 integer) |
+//! | `reflex_sharding_slots` | gauge | `group` | with [`Metrics::register_sharding`]: the slots the hash space is cut into |
+//! | `reflex_sharding_owned_slots` | gauge | `group` | slots this replica reconciles now |
+//! | `reflex_sharding_members` | gauge | `group` | live members this replica sees |
+//! | `reflex_sharding_handoffs_total` | counter | `group` | slots this replica took over |
+//! | `reflex_sharding_handoff_seconds` | histogram | `group` | from being assigned a slot to reconciling it (the old holder's release or Lease expiry and the cache's list included) |
 //!
 //! The `result` series of a controller exist (at 0) from the moment it starts, as in
 //! controller-runtime, so a rate over them is defined before the first reconcile.
@@ -90,6 +95,8 @@ use reflex_informer::handler::handler_fn;
 use reflex_informer::{InformerError, SharedIndexInformer};
 use reflex_workqueue::metrics::PrometheusMetricsProvider;
 
+use crate::sharding::ShardGate;
+
 /// Why an informer could not be registered.
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
@@ -97,6 +104,9 @@ pub enum MetricsError {
     /// the same series.
     #[error("an informer is already registered as resource {0:?}")]
     DuplicateResource(String),
+    /// A sharding group is already registered; two would report the same series.
+    #[error("a sharding group {0:?} is already registered")]
+    DuplicateGroup(String),
     /// The counting handler could not be added (the informer was stopped).
     #[error("registering the metrics handler on informer {resource:?} failed")]
     Informer {
@@ -114,6 +124,73 @@ type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
 fn reconcile_histogram() -> Histogram {
     // 1 ms doubling to about 65 s: reconciles are API round trips, from cache hits to slow writes.
     Histogram::new(exponential_buckets(0.001, 2.0, 17))
+}
+
+fn handoff_histogram() -> Histogram {
+    // 100 ms doubling to about 27 min: from a released slot and a short list to a lease expiry
+    // and a list of many objects.
+    Histogram::new(exponential_buckets(0.1, 2.0, 15))
+}
+
+fn group_label(group: &str) -> Labels {
+    vec![("group".to_owned(), group.to_owned())]
+}
+
+/// Reads the registered sharding gates on every scrape.
+struct ShardingCollector {
+    gates: Arc<RwLock<Vec<ShardGate>>>,
+}
+
+impl fmt::Debug for ShardingCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ShardingCollector")
+            .field("groups", &self.gates.read().len())
+            .finish()
+    }
+}
+
+impl Collector for ShardingCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let gates = self.gates.read().clone();
+        if gates.is_empty() {
+            return Ok(());
+        }
+        type GateSeries = (&'static str, &'static str, fn(&ShardGate) -> i64);
+        let gauges: [GateSeries; 3] = [
+            (
+                "reflex_sharding_slots",
+                "Slots the hash space is cut into",
+                |g| i64::from(g.slots()),
+            ),
+            (
+                "reflex_sharding_owned_slots",
+                "Slots this replica reconciles now",
+                |g| g.active_slots().len() as i64,
+            ),
+            (
+                "reflex_sharding_members",
+                "Live members this replica sees",
+                |g| g.members().len() as i64,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for g in &gates {
+                ConstGauge::new(value(g)).encode(family.encode_family(&group_label(g.group()))?)?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "reflex_sharding_handoffs",
+            "Slots this replica took over",
+            None,
+            MetricType::Counter,
+        )?;
+        for g in &gates {
+            ConstCounter::new(g.handoffs().0)
+                .encode(family.encode_family(&group_label(g.group()))?)?;
+        }
+        Ok(())
+    }
 }
 
 fn lag_histogram() -> Histogram {
@@ -302,6 +379,8 @@ struct Inner {
     informer_events: Family<Labels, Counter>,
     informer_lag: HistogramFamily,
     probes: Probes,
+    shards: Arc<RwLock<Vec<ShardGate>>>,
+    handoff_time: HistogramFamily,
     workqueue: Arc<PrometheusMetricsProvider>,
 }
 
@@ -334,6 +413,8 @@ impl Metrics {
             informer_events: Family::default(),
             informer_lag: Family::new_with_constructor(lag_histogram as fn() -> Histogram),
             probes: Arc::default(),
+            shards: Arc::default(),
+            handoff_time: Family::new_with_constructor(handoff_histogram as fn() -> Histogram),
             workqueue: Arc::new(PrometheusMetricsProvider::new(registry)),
         };
         registry.register(
@@ -378,6 +459,14 @@ impl Metrics {
         );
         registry.register_collector(Box::new(InformerCollector {
             probes: inner.probes.clone(),
+        }));
+        registry.register(
+            "reflex_sharding_handoff_seconds",
+            "Time from being assigned a slot to reconciling it",
+            inner.handoff_time.clone(),
+        );
+        registry.register_collector(Box::new(ShardingCollector {
+            gates: inner.shards.clone(),
         }));
         Metrics {
             inner: Arc::new(inner),
@@ -445,6 +534,23 @@ impl Metrics {
         }));
         probes.push((resource.to_owned(), Arc::new(informer.clone())));
         tracing::debug!(resource, "informer metrics registered");
+        Ok(())
+    }
+
+    /// Reports a sharded replica's slots, members and hand-offs under its group (see
+    /// [`crate::sharding`]). A group registered twice is refused.
+    pub fn register_sharding(&self, gate: &ShardGate) -> Result<(), MetricsError> {
+        let mut gates = self.inner.shards.write();
+        if gates.iter().any(|g| g.group() == gate.group()) {
+            return Err(MetricsError::DuplicateGroup(gate.group().to_owned()));
+        }
+        let histogram = self
+            .inner
+            .handoff_time
+            .get_or_create(&group_label(gate.group()))
+            .clone();
+        gate.on_handoff(Arc::new(move |d| histogram.observe(d.as_secs_f64())));
+        gates.push(gate.clone());
         Ok(())
     }
 

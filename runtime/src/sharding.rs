@@ -335,7 +335,11 @@ struct State {
     members: watch::Sender<Vec<String>>,
     handoffs: AtomicU64,
     last_handoff: Mutex<Option<Duration>>,
+    on_handoff: Mutex<Vec<HandoffObserver>>,
 }
+
+/// Called with the duration of every slot this replica takes over.
+pub type HandoffObserver = Arc<dyn Fn(Duration) + Send + Sync>;
 
 /// Admission of reconciles by slot: what a sharded [`Controller`](crate::controller::Controller)
 /// asks before reconciling a key. Cloned from [`Sharder::gate`].
@@ -377,6 +381,28 @@ impl Drop for SlotGuard {
 }
 
 impl ShardGate {
+    /// The controller group.
+    pub fn group(&self) -> &str {
+        &self.state.config.group
+    }
+
+    /// This replica's identity.
+    pub fn identity(&self) -> &str {
+        &self.state.config.identity
+    }
+
+    /// How many slots the hash space is cut into.
+    pub fn slots(&self) -> u32 {
+        self.state.config.slots
+    }
+
+    /// Calls `observer` with the duration of every slot this replica takes over from now on
+    /// (from being assigned the slot to reconciling it: the old holder's release or Lease
+    /// expiry, and the cache's list, included).
+    pub fn on_handoff(&self, observer: HandoffObserver) {
+        self.state.on_handoff.lock().push(observer);
+    }
+
     /// The field keys are placed by.
     pub fn field(&self) -> ShardField {
         self.state.config.field
@@ -468,6 +494,7 @@ impl<L: ShardLeases> Sharder<L> {
                 members: watch::Sender::new(Vec::new()),
                 handoffs: AtomicU64::new(0),
                 last_handoff: Mutex::new(None),
+                on_handoff: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -736,6 +763,10 @@ impl<L: ShardLeases> Sharder<L> {
                     let took = assigned_at.elapsed();
                     state.handoffs.fetch_add(1, Ordering::Relaxed);
                     *state.last_handoff.lock() = Some(took);
+                    let observers = state.on_handoff.lock().clone();
+                    for observe in observers {
+                        observe(took);
+                    }
                     tracing::info!(took_ms = took.as_millis() as u64, "slot active");
                     let _ = state.activated.send(slot);
                     let graceful = tokio::select! {
