@@ -14,7 +14,8 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, PersistentVolumeClaim};
 use kube::api::{
-    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch,
+    PatchParams, PostParams,
 };
 use reflex_testing::envtest::{Environment, Options};
 use serde_json::json;
@@ -410,4 +411,159 @@ where
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Three sample-controller processes with `--shards` against a real kube-apiserver (sharding
+/// its lists and watches where it can: v1.36+ with the gate on): the Foos are split between
+/// them, each Foo's Deployment is created once, by one of them; after one is killed (SIGKILL,
+/// nothing released) its Foos are taken over once its Leases expire, and new and scaled Foos
+/// converge on the two left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sample_controller_replicas_as_processes_share_the_foos_and_take_over_from_a_killed_one() {
+    let _serial = SERIAL.lock().await;
+    let minor: u32 = reflex_testing::envtest::version()
+        .trim_start_matches('v')
+        .split('.')
+        .nth(1)
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
+    let options = Options {
+        apiserver_args: if minor >= 36 {
+            vec!["--feature-gates=ShardedListAndWatch=true".to_owned()]
+        } else {
+            Vec::new()
+        },
+        ..Options::default()
+    };
+    let Some(env) = Environment::start_or_skip(options)
+        .await
+        .expect("start envtest")
+    else {
+        return;
+    };
+    let client = env.client();
+    let kubeconfig = env.kubeconfig().to_str().expect("utf-8 path").to_owned();
+    let start = |name: &str| {
+        LiveExample::start(
+            "sample-controller",
+            &[
+                "--kubeconfig",
+                &kubeconfig,
+                "--shards",
+                "6",
+                "--identity",
+                name,
+                "--shard-lease-seconds",
+                "3",
+            ],
+        )
+    };
+    let mut replicas = Vec::new();
+    for name in ["r0", "r1", "r2"] {
+        let mut example = start(name);
+        example = blocking(move || {
+            example.wait_for("sharding", LIMIT, |l| l.starts_with("sharding: 6 slots"));
+            example
+        })
+        .await;
+        replicas.push(example);
+    }
+    let gvk = GroupVersionKind::gvk("samplecontroller.k8s.io", "v1alpha1", "Foo");
+    let foos: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), "default", &ApiResource::from_gvk(&gvk));
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    let create = |i: usize, replicas: i32| {
+        let foos = foos.clone();
+        async move {
+            let foo: DynamicObject = serde_json::from_value(json!({
+                "apiVersion": "samplecontroller.k8s.io/v1alpha1",
+                "kind": "Foo",
+                "metadata": {"name": format!("foo-{i}"), "namespace": "default"},
+                "spec": {"deploymentName": format!("foo-{i}-app"), "replicas": replicas}
+            }))
+            .unwrap();
+            // The CRD may take a moment to be served after it was established.
+            poll(|| {
+                let foos = foos.clone();
+                let foo = foo.clone();
+                async move { foos.create(&PostParams::default(), &foo).await.ok() }
+            })
+            .await
+        }
+    };
+    let converged = |want: BTreeMap<String, i32>| {
+        let deployments = deployments.clone();
+        async move {
+            poll(|| {
+                let deployments = deployments.clone();
+                let want = want.clone();
+                async move {
+                    let list = deployments.list(&ListParams::default()).await.ok()?;
+                    let have: BTreeMap<String, i32> = list
+                        .items
+                        .iter()
+                        .filter_map(|d| {
+                            Some((d.metadata.name.clone()?, d.spec.as_ref()?.replicas?))
+                        })
+                        .collect();
+                    (have == want).then_some(())
+                }
+            })
+            .await
+        }
+    };
+    let mut want = BTreeMap::new();
+    for i in 0..12 {
+        create(i, 1).await;
+        want.insert(format!("foo-{i}-app"), 1);
+    }
+    converged(want.clone()).await;
+
+    // r2 dies without releasing; new Foos and a scale of every Foo converge on r0 and r1.
+    drop(replicas.pop());
+    for i in 12..16 {
+        create(i, 1).await;
+        want.insert(format!("foo-{i}-app"), 1);
+    }
+    for i in 0..12 {
+        foos.patch(
+            &format!("foo-{i}"),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 2}})),
+        )
+        .await
+        .expect("scale a Foo");
+        want.insert(format!("foo-{i}-app"), 2);
+    }
+    converged(want).await;
+
+    let mut created: BTreeMap<String, usize> = BTreeMap::new();
+    for example in replicas {
+        example.interrupt();
+        let lines = blocking(move || example.finish(LIMIT)).await;
+        // Both survivors hold three of the six slots: each reconciled some of the 16 Foos
+        // (the chance that one held none of them is 2^-15).
+        assert!(
+            lines.iter().any(|l| l.contains(" deployment foo-")),
+            "a replica that reconciled nothing:\n{}",
+            lines.join("\n")
+        );
+        for l in &lines {
+            if let Some(name) = l
+                .split_whitespace()
+                .next()
+                .filter(|_| l.contains(" created deployment "))
+            {
+                *created.entry(name.to_owned()).or_default() += 1;
+            }
+        }
+    }
+    // Each Deployment was created once: by a live replica, or by the killed one (whose lines
+    // are gone with it); never twice.
+    assert!(created.values().all(|&n| n == 1), "{created:?}");
+    assert!(
+        (12..16).all(|i| created.contains_key(&format!("default/foo-{i}"))),
+        "the Foos created after the kill were created by the two left: {created:?}"
+    );
+    env.stop().await.expect("stop envtest");
 }

@@ -8,8 +8,11 @@
 //! copies the Deployment's `availableReplicas` into `Foo.status`. Each outcome is recorded as an
 //! `events.k8s.io/v1` Event on the Foo and printed as one line. With `--leader-elect`, only the
 //! replica holding the `sample-controller` Lease reconciles, while every replica's informers (from
-//! one `SharedInformerFactory`) keep their caches warm. `--metrics-addr` serves Prometheus metrics
-//! (reconciles, work queue, informers), `/healthz` and `/readyz` (caches synced, leader).
+//! one `SharedInformerFactory`) keep their caches warm. With `--shards N`, replicas share the
+//! Foos instead: each caches and reconciles the Foos of the hash slots it holds (member and slot
+//! Leases in `--lease-namespace`; a slot moves only once released or expired). `--metrics-addr`
+//! serves Prometheus metrics (reconciles, work queue, informers, sharding), `/healthz` and
+//! `/readyz` (caches synced, leader).
 //!
 //! With no `--kubeconfig` and no `--cluster`, an embedded fake API server plays the cluster: a
 //! workload creates Foos, scales one and deletes another, and a stand-in for the Deployment
@@ -18,6 +21,7 @@
 //! ```text
 //! cargo run --example sample-controller                        # embedded, until Ctrl-C
 //! cargo run --example sample-controller -- --kubeconfig ~/.kube/config --leader-elect
+//! cargo run --example sample-controller -- --kubeconfig ~/.kube/config --shards 16 # per replica
 //! ```
 
 #![allow(
@@ -45,7 +49,7 @@ use kube::CustomResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use prometheus_client::registry::Registry;
 use reflex::informer::SharedIndexInformer;
-use reflex::informer::factory::{FactoryOptions, SharedInformerFactory};
+use reflex::informer::factory::{FactoryOptions, InformerSpec, SharedInformerFactory};
 use reflex::informer::key::ObjectKey;
 use reflex::informer::lister::Lister;
 use reflex::runtime::controller::{Action, Controller, ControllerOptions, default_error_policy};
@@ -53,6 +57,7 @@ use reflex::runtime::events::{EventRecorder, EventType, KubeEventSink, RecorderC
 use reflex::runtime::leader_election::{KubeLease, LeaderElectionConfig, LeaderElector};
 use reflex::runtime::metrics::Metrics;
 use reflex::runtime::serve::{HealthServer, ServeConfig};
+use reflex::runtime::sharding::{KubeShardLeases, ShardGate, Sharder, ShardingConfig};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -69,8 +74,19 @@ struct Args {
     #[arg(long, default_value_t = 2)]
     workers: usize,
     /// Only reconcile while holding the `sample-controller` Lease.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "shards")]
     leader_elect: bool,
+    /// Share the Foos with the other replicas started with `--shards`: the hash space is cut
+    /// into this many slots, split over the live replicas by their member Leases; each replica
+    /// caches and reconciles only its slots' Foos (see `reflex::runtime::sharding`).
+    #[arg(long)]
+    shards: Option<u32>,
+    /// This replica's identity among sharded replicas (default: `sample-controller-<pid>`).
+    #[arg(long)]
+    identity: Option<String>,
+    /// Lease duration of sharding, in seconds (renew deadline 2/3 of it, retry period 2/15).
+    #[arg(long, default_value_t = 15)]
+    shard_lease_seconds: u64,
     /// Namespace of the Lease.
     #[arg(long, default_value = "default")]
     lease_namespace: String,
@@ -113,6 +129,12 @@ enum SampleError {
     /// Leader election is misconfigured.
     #[error("leader election is misconfigured")]
     LeaderElection(#[source] reflex::runtime::leader_election::LeaderElectionError),
+    /// Sharding is misconfigured.
+    #[error("sharding is misconfigured")]
+    Sharding(#[source] reflex::runtime::sharding::ShardingError),
+    /// The sharded Foo informer could not be made.
+    #[error("cannot make the sharded Foo informer")]
+    Factory(#[source] reflex::informer::factory::FactoryError),
     /// The signal handlers could not be installed.
     #[error("cannot install the Ctrl-C handler")]
     Signal(#[source] std::io::Error),
@@ -581,10 +603,14 @@ async fn run_controller(
     ctx: Arc<Ctx>,
     workers: usize,
     metrics: Metrics,
+    shards: Option<ShardGate>,
     stop: CancellationToken,
 ) -> Result<(), SampleError> {
-    let summary = Controller::new(foos)
-        .owns(deployments)
+    let mut controller = Controller::new(foos).owns(deployments);
+    if let Some(gate) = shards {
+        controller = controller.shards(gate);
+    }
+    let summary = controller
         .workers(workers)
         .options(ControllerOptions {
             name: "sample-controller".into(),
@@ -618,10 +644,44 @@ async fn run(args: Args) -> Result<(), SampleError> {
         ..FactoryOptions::default()
     };
     let factory = SharedInformerFactory::new(client.clone(), options);
-    let foos = factory.informer::<Foo>();
+    let identity = args
+        .identity
+        .clone()
+        .unwrap_or_else(|| format!("sample-controller-{}", std::process::id()));
+    let sharder = match args.shards {
+        Some(slots) => {
+            let lease = Duration::from_secs(args.shard_lease_seconds.max(1));
+            let config = ShardingConfig {
+                slots,
+                lease_duration: lease,
+                renew_deadline: lease * 2 / 3,
+                retry_period: lease * 2 / 15,
+                ..ShardingConfig::new("sample-controller", identity.clone())
+            };
+            let leases = KubeShardLeases::new(Api::<Lease>::namespaced(
+                client.clone(),
+                &args.lease_namespace,
+            ));
+            let sharder = Sharder::new(leases, config).map_err(SampleError::Sharding)?;
+            println!("sharding: {slots} slots, as {identity}");
+            Some(sharder)
+        }
+        None => None,
+    };
+    let foos = match &sharder {
+        Some(sharder) => factory
+            .informer_with(InformerSpec::<Foo>::typed().shard(sharder.informer_shard()))
+            .map_err(SampleError::Factory)?,
+        None => factory.informer::<Foo>(),
+    };
     let deployments = factory.informer::<Deployment>();
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry);
+    if let Some(sharder) = &sharder {
+        metrics
+            .register_sharding(&sharder.gate())
+            .map_err(SampleError::Metrics)?;
+    }
     metrics
         .register_informer("foos.samplecontroller.k8s.io", &foos)
         .map_err(SampleError::Metrics)?;
@@ -645,7 +705,6 @@ async fn run(args: Args) -> Result<(), SampleError> {
     });
 
     let elector = if args.leader_elect {
-        let identity = format!("sample-controller-{}", std::process::id());
         let lease = KubeLease::new(
             Api::<Lease>::namespaced(client.clone(), &args.lease_namespace),
             "sample-controller",
@@ -682,6 +741,8 @@ async fn run(args: Args) -> Result<(), SampleError> {
         None => None,
     };
 
+    let gate = sharder.as_ref().map(Sharder::gate);
+    let sharding = sharder.map(|sharder| tokio::spawn(sharder.run(stop.clone())));
     let controller = {
         let (foos, deployments, ctx) = (foos.clone(), deployments.clone(), ctx.clone());
         let (workers, metrics, stop) = (args.workers, metrics.clone(), stop.clone());
@@ -696,6 +757,7 @@ async fn run(args: Args) -> Result<(), SampleError> {
                             ctx.clone(),
                             workers,
                             metrics.clone(),
+                            None,
                             leading,
                         )
                     })
@@ -708,6 +770,7 @@ async fn run(args: Args) -> Result<(), SampleError> {
                 ctx,
                 workers,
                 metrics,
+                gate,
                 stop,
             )),
         }
@@ -752,6 +815,12 @@ async fn run(args: Args) -> Result<(), SampleError> {
     match controller.await {
         Ok(result) => result?,
         Err(e) => tracing::error!(error = %e, "controller task failed"),
+    }
+    if let Some(sharding) = sharding {
+        // Its slots are released once their reconciles are done: other replicas take over.
+        if let Err(e) = sharding.await {
+            tracing::error!(error = %e, "sharding task failed");
+        }
     }
     recorder_task.join().await;
     if let Some(health) = health {
