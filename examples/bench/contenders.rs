@@ -34,6 +34,8 @@ pub enum Workload {
     WorkqueueScale,
     /// Cache get and list-by-namespace with a concurrent writer.
     Reads,
+    /// Sharded controllers: one replica of three beside one that does it all, and a hand-off.
+    Shard,
 }
 
 /// Whether a figure is better when higher or when lower.
@@ -62,13 +64,14 @@ const fn col(key: &'static str, label: &'static str, better: Better) -> Column {
 
 impl Workload {
     /// Every workload, in table order.
-    pub const ALL: [Workload; 6] = [
+    pub const ALL: [Workload; 7] = [
         Workload::Sync,
         Workload::Steady,
         Workload::Burst,
         Workload::Workqueue,
         Workload::WorkqueueScale,
         Workload::Reads,
+        Workload::Shard,
     ];
 
     /// The name used by `--only` and in the child flags.
@@ -80,6 +83,7 @@ impl Workload {
             Workload::Workqueue => "workqueue",
             Workload::WorkqueueScale => "workqueue-scale",
             Workload::Reads => "reads",
+            Workload::Shard => "shard",
         }
     }
 
@@ -104,6 +108,7 @@ impl Workload {
             Workload::Workqueue => QUEUE_COLUMNS,
             Workload::WorkqueueScale => QUEUE_SCALE_COLUMNS,
             Workload::Reads => READ_COLUMNS,
+            Workload::Shard => SHARD_COLUMNS,
         }
     }
 }
@@ -148,6 +153,15 @@ const READ_COLUMNS: &[Column] = &[
     col("get_per_s", "get/s", Better::Higher),
     col("reader_get_per_s", "Reader get/s", Better::Higher),
     col("list_ns_per_s", "list by ns/s", Better::Higher),
+];
+
+const SHARD_COLUMNS: &[Column] = &[
+    col("synced_s", "time to reconciling (s)", Better::Lower),
+    col("objects", "objects cached", Better::Lower),
+    col("reconciles", "reconciles", Better::Lower),
+    col("slots", "slots held", Better::Lower),
+    col("handoff_s", "hand-off (s)", Better::Lower),
+    col("moved", "objects moved", Better::Lower),
 ];
 
 /// How a contender runs.
@@ -411,6 +425,27 @@ pub static CONTENDERS: &[Contender] = &[
         reference: false,
         runner: Runner::Go,
         about: "cache.NewIndexer GetByKey and ByIndex(namespace)",
+    },
+    Contender {
+        workload: Workload::Shard,
+        name: "reflex, one replica",
+        reference: true,
+        runner: rust!(crate::shard::one_replica),
+        about: "one member of a 16-slot group: holds every slot, caches and reconciles every Pod",
+    },
+    Contender {
+        workload: Workload::Shard,
+        name: "reflex, 1 of 3 replicas",
+        reference: false,
+        runner: rust!(crate::shard::one_of_three),
+        about: "one of three members (server-side shardSelector): caches and reconciles its slots only",
+    },
+    Contender {
+        workload: Workload::Shard,
+        name: "reflex, hand-off of a third",
+        reference: false,
+        runner: rust!(crate::shard::handoff),
+        about: "three replicas in one process; one leaves: time until its slots reconcile on the two left",
     },
 ];
 

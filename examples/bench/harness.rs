@@ -108,7 +108,7 @@ pub fn run(cli: &Cli) -> Result<(), HarnessError> {
     for w in &cli.only {
         only.extend(Workload::parse(w).ok_or_else(|| {
             HarnessError::Usage(format!(
-                "unknown workload {w:?} (sync, steady, burst, workqueue, workqueue-scale, reads)"
+                "unknown workload {w:?} (sync, steady, burst, workqueue, workqueue-scale, reads, shard)"
             ))
         })?);
     }

@@ -21,7 +21,9 @@
 //! enqueueing into a rate-limited queue: latency), `burst` (the same, written as fast as the
 //! server takes them: events per second sustained), `workqueue` (add/get/done over 10k keys with 50%
 //! duplicates; `--only workqueue` also runs `workqueue-scale`: the same over 1M keys at 8 and
-//! 1,000 workers), `reads` (get and list-by-namespace with a concurrent writer).
+//! 1,000 workers), `reads` (get and list-by-namespace with a concurrent writer), `shard` (sharded
+//! controllers: one replica of three beside one that holds everything, and the hand-off of a
+//! third when a replica leaves).
 //!
 //! No figure is asserted: CI runs `--quick` so the harness cannot rot.
 
@@ -31,6 +33,7 @@ mod protocol;
 mod queue;
 mod reads;
 mod report;
+mod shard;
 mod steady;
 mod sync;
 
@@ -53,7 +56,7 @@ pub struct Cli {
     #[arg(long)]
     objects: Option<usize>,
     /// Run only this workload: sync, steady, burst, workqueue (with workqueue-scale),
-    /// workqueue-scale or reads (repeatable).
+    /// workqueue-scale, reads or shard (repeatable).
     #[arg(long)]
     only: Vec<String>,
     /// Run only the contenders whose name contains this text, and each workload's reference
