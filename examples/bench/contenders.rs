@@ -160,6 +160,7 @@ const SHARD_COLUMNS: &[Column] = &[
     col("objects", "objects cached", Better::Lower),
     col("reconciles", "reconciles", Better::Lower),
     col("slots", "slots held", Better::Lower),
+    col("peak_rss_mib", "peak RSS (MiB)", Better::Lower),
     col("handoff_s", "hand-off (s)", Better::Lower),
     col("moved", "objects moved", Better::Lower),
 ];

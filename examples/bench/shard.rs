@@ -23,6 +23,7 @@ use parking_lot::Mutex;
 use reflex_informer::SharedIndexInformer;
 use reflex_informer::factory::{FactoryOptions, InformerSpec, SharedInformerFactory};
 use reflex_informer::key::ObjectKey;
+use reflex_informer::shard::{ShardRange, fnv1a64};
 use reflex_runtime::controller::{Action, Controller, ControllerOptions, default_error_policy};
 use reflex_runtime::sharding::{KubeShardLeases, ShardGate, Sharder, ShardingConfig, assign};
 use tokio_util::sync::CancellationToken;
@@ -138,12 +139,43 @@ async fn until(what: &str, mut cond: impl FnMut() -> bool) -> Result<(), String>
     Ok(())
 }
 
-/// Whether `r` reconciles `slots` slots, its cache holds their objects (listed), and every
-/// cached object was reconciled.
-fn settled(r: &Replica, slots: usize) -> bool {
+/// How many Pods the server holds in each slot, read before the clock starts: metadata only,
+/// in pages of 500, so the peak memory of the row is not this list's.
+async fn per_slot(client: &kube::Client) -> Result<Vec<usize>, String> {
+    let pods: kube::Api<Pod> = kube::Api::all(client.clone());
+    let mut counts = vec![0usize; SLOTS as usize];
+    let mut params = kube::api::ListParams::default().limit(500);
+    loop {
+        let page = pods
+            .list_metadata(&params)
+            .await
+            .map_err(|e| format!("listing the Pods: {e}"))?;
+        for pod in &page.items {
+            let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+            counts[ShardRange::slot_of(fnv1a64(uid.as_bytes()), SLOTS) as usize] += 1;
+        }
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(token) => params = params.continue_token(&token),
+            None => return Ok(counts),
+        }
+    }
+}
+
+/// The number of slots member `index` of `members` is assigned, and of Pods they hold.
+fn share(members: &[String], index: usize, counts: &[usize]) -> (usize, usize) {
+    let owners = assign(members, SLOTS);
+    let slots: Vec<usize> = (0..SLOTS as usize)
+        .filter(|&s| owners[s] == index)
+        .collect();
+    (slots.len(), slots.iter().map(|&s| counts[s]).sum())
+}
+
+/// Whether `r` reconciles its `slots` slots, its cache holds exactly their `objects` Pods, and
+/// it reconciled every one of them.
+fn settled(r: &Replica, (slots, objects): (usize, usize)) -> bool {
     r.gate.active_slots().len() == slots
-        && r.cache.has_synced()
-        && r.seen.keys.lock().len() >= r.cache.indexer().len()
+        && r.cache.indexer().len() == objects
+        && r.seen.keys.lock().len() >= objects
 }
 
 fn figures(took: Duration, r: &Replica) -> Figures {
@@ -161,9 +193,13 @@ fn figures(took: Duration, r: &Replica) -> Figures {
 /// The reference: one replica holds every slot.
 pub async fn one_replica(p: Params) -> Run {
     let client = crate::sync::client(&p.server)?;
+    let total: usize = per_slot(&client).await?.iter().sum();
     let started = Instant::now();
     let r = start(&client, "bench-one", "replica-0")?;
-    until("one replica settled", || settled(&r, SLOTS as usize)).await?;
+    until("one replica settled", || {
+        settled(&r, (SLOTS as usize, total))
+    })
+    .await?;
     let figures = figures(started.elapsed(), &r);
     Ok((figures, Box::new(r) as Keep))
 }
@@ -179,7 +215,7 @@ pub async fn one_of_three(p: Params) -> Run {
     let members: Vec<String> = ["replica-0", "replica-1", "replica-2"]
         .map(String::from)
         .to_vec();
-    let mine = assign(&members, SLOTS).iter().filter(|&&m| m == 0).count();
+    let mine = share(&members, 0, &per_slot(&client).await?);
     let started = Instant::now();
     let r = start(&client, group, "replica-0")?;
     until("the replica's share settled", || {
@@ -193,6 +229,7 @@ pub async fn one_of_three(p: Params) -> Run {
 /// Three replicas; one leaves; the time until its third reconciles on the two left.
 pub async fn handoff(p: Params) -> Run {
     let client = crate::sync::client(&p.server)?;
+    let counts = per_slot(&client).await?;
     let group = "bench-handoff";
     let names = ["replica-0", "replica-1", "replica-2"];
     let replicas: Vec<Replica> = names
@@ -200,11 +237,11 @@ pub async fn handoff(p: Params) -> Run {
         .map(|n| start(&client, group, n))
         .collect::<Result<_, _>>()?;
     let members: Vec<String> = names.map(String::from).to_vec();
-    let owners = assign(&members, SLOTS);
     until("three replicas settled", || {
-        replicas.iter().enumerate().all(|(i, r)| {
-            settled(r, owners.iter().filter(|&&m| m == i).count()) && r.gate.members().len() == 3
-        })
+        replicas
+            .iter()
+            .enumerate()
+            .all(|(i, r)| settled(r, share(&members, i, &counts)) && r.gate.members().len() == 3)
     })
     .await?;
     let mut replicas = replicas;
@@ -222,10 +259,10 @@ pub async fn handoff(p: Params) -> Run {
     }
     let started = Instant::now();
     leaving.stop().await;
+    let two: Vec<String> = members[..2].to_vec();
     until(
-        "the leaving replica's objects reconciled by the two left",
+        "the two left settled, the leaving replica's objects reconciled",
         || {
-            let active: usize = replicas.iter().map(|r| r.gate.active_slots().len()).sum();
             let reconciled = replicas
                 .iter()
                 .map(|r| {
@@ -233,7 +270,11 @@ pub async fn handoff(p: Params) -> Run {
                     moved_keys.iter().filter(|k| keys.contains(*k)).count()
                 })
                 .sum::<usize>();
-            active == SLOTS as usize && reconciled >= moved
+            reconciled >= moved
+                && replicas.iter().enumerate().all(|(i, r)| {
+                    let (slots, objects) = share(&two, i, &counts);
+                    r.gate.active_slots().len() == slots && r.cache.indexer().len() == objects
+                })
         },
     )
     .await?;
@@ -241,13 +282,7 @@ pub async fn handoff(p: Params) -> Run {
     let figures = Figures::from([
         ("handoff_s".to_string(), took.as_secs_f64()),
         ("moved".to_string(), moved as f64),
-        (
-            "objects".to_string(),
-            replicas
-                .iter()
-                .map(|r| r.cache.indexer().len())
-                .sum::<usize>() as f64,
-        ),
+        ("objects".to_string(), counts.iter().sum::<usize>() as f64),
     ]);
     Ok((figures, Box::new(replicas) as Keep))
 }
