@@ -28,6 +28,10 @@
 //! - **Synced before reconciling.** The new owner first widens its informer's shard selector to
 //!   the slot and waits until that list is in its cache, then takes the Lease; once it holds it,
 //!   every cached key of the slot is queued, so nothing that arrived meanwhile is missed.
+//! - **Within a lease duration.** The sharder reads its group's Leases every retry period and
+//!   remembers when each last changed; a new owner's slot elector starts from that observation,
+//!   so a dead holder's slot is taken a lease duration after it last renewed (plus a few retry
+//!   periods), not a lease duration after the new owner first looked.
 //! - **Idle is stable.** With no change of members, renewals write the same assignment: nothing
 //!   moves.
 //!
@@ -466,10 +470,11 @@ struct Running {
     stop: CancellationToken,
 }
 
-/// What a member Lease looked like when last seen, and when.
+/// What a Lease of the group (member or slot) looked like when last seen to change, and when.
 struct Seen {
     version: Option<String>,
     holder: String,
+    lease: Lease,
     at: Instant,
 }
 
@@ -557,9 +562,10 @@ impl<L: ShardLeases> Sharder<L> {
             let mut running: BTreeMap<u32, Running> = BTreeMap::new();
             let mut slots: JoinSet<u32> = JoinSet::new();
             let prefix = config.member_lease("");
+            let group_prefix = format!("{}-", config.group);
             loop {
                 let members = self
-                    .live_members(&prefix, &mut seen, member.is_leader())
+                    .live_members(&group_prefix, &prefix, &mut seen, member.is_leader())
                     .await;
                 let owners = assign(&members, config.slots);
                 let mine: BTreeSet<u32> = owners
@@ -590,7 +596,13 @@ impl<L: ShardLeases> Sharder<L> {
                     let stop = CancellationToken::new();
                     let assigned_at = Instant::now();
                     running.insert(slot, Running { stop: stop.clone() });
-                    let task = self.slot_task(slot, stop, assigned_at);
+                    // What this process saw of the slot's Lease, and since when: a holder that
+                    // stopped renewing is judged expired from then, not from the new elector's
+                    // first read.
+                    let seed = seen
+                        .get(&config.slot_lease(slot))
+                        .map(|s| (s.lease.clone(), s.at));
+                    let task = self.slot_task(slot, stop, assigned_at, seed);
                     slots.spawn(task.instrument(tracing::info_span!("slot", slot)));
                 }
                 let tick = tokio::time::sleep(config.retry_period);
@@ -626,17 +638,19 @@ impl<L: ShardLeases> Sharder<L> {
         .await
     }
 
-    /// The live members: those whose member Lease has a holder and was seen to change within
-    /// the lease duration (this replica while it holds its own), sorted.
+    /// Reads the group's Leases (members and slots, one list) into `seen`, and returns the
+    /// live members: those whose member Lease has a holder and was seen to change within the
+    /// lease duration (this replica while it holds its own), sorted.
     async fn live_members(
         &self,
+        group_prefix: &str,
         prefix: &str,
         seen: &mut HashMap<String, Seen>,
         self_alive: bool,
     ) -> Vec<String> {
         let config = &self.state.config;
         let now = Instant::now();
-        match self.leases.list(prefix).await {
+        match self.leases.list(group_prefix).await {
             Ok(leases) => {
                 let mut names = BTreeSet::new();
                 for lease in leases {
@@ -656,6 +670,7 @@ impl<L: ShardLeases> Sharder<L> {
                             *s = Seen {
                                 version,
                                 holder,
+                                lease,
                                 at: now,
                             };
                         }
@@ -665,6 +680,7 @@ impl<L: ShardLeases> Sharder<L> {
                                 Seen {
                                     version,
                                     holder,
+                                    lease,
                                     at: now,
                                 },
                             );
@@ -704,6 +720,7 @@ impl<L: ShardLeases> Sharder<L> {
         slot: u32,
         stop: CancellationToken,
         assigned_at: Instant,
+        seed: Option<(Lease, Instant)>,
     ) -> impl Future<Output = u32> + Send + 'static {
         let state = self.state.clone();
         let store = self.leases.lease(&state.config.slot_lease(slot));
@@ -723,6 +740,9 @@ impl<L: ShardLeases> Sharder<L> {
                     return slot;
                 }
             };
+            if let Some((lease, at)) = seed {
+                elector.seed_observation(lease, at);
+            }
             // The campaign stops when `stop` comes before a term. Within a term, `stop` is
             // handled by the term itself, which drains while the Lease is still renewed (the
             // elector stops renewing once its own shutdown token is cancelled, and a drain

@@ -384,6 +384,19 @@ impl<S: LeaseStore> LeaderElector<S> {
         self.state.send_replace(LeaderState::default());
     }
 
+    /// Starts from an observation made earlier by this process (`lease` as it was read at
+    /// `observed_at`), so a Lease that has not changed since counts as expired once
+    /// `observed_at + lease_duration` has passed, not a full lease duration after this elector
+    /// first reads it. Only for records this process itself read at that instant: expiry stays
+    /// judged by local observation.
+    pub(crate) fn seed_observation(&self, lease: Lease, observed_at: Instant) {
+        let mut o = self.observed.lock();
+        if o.lease.is_none() {
+            o.lease = Some(lease);
+            o.observed_at = observed_at;
+        }
+    }
+
     /// Records a freshly read or written Lease; the observation time moves only when the record
     /// (spec) changed.
     fn observe(&self, lease: Lease) {
