@@ -25,8 +25,8 @@
 //! // The second of four equal shards, by uid.
 //! let second = ShardSelector::new(ShardField::Uid, [ShardRange::slot(1, 4).unwrap()]);
 //! assert_eq!(
-//!     second.query(),
-//!     "shardRange(object.metadata.uid, '0x4000000000000000', '0x8000000000000000')"
+//!     second.query().as_deref(),
+//!     Some("shardRange(object.metadata.uid, '0x4000000000000000', '0x8000000000000000')")
 //! );
 //! assert!(second.matches_hash(0x4000_0000_0000_0000));
 //! assert!(!second.matches_hash(0x8000_0000_0000_0000));
@@ -92,14 +92,21 @@ pub enum ShardField {
     /// `object.metadata.namespace`: a namespace's objects share a shard (cluster-scoped objects
     /// all hash the empty namespace).
     Namespace,
+    /// The uid of the object's controller (its `ownerReferences` entry with `controller: true`;
+    /// empty without one): the children of an object sharded by [`Uid`](Self::Uid) land in their
+    /// owner's shard. No API server shards by it, so no `shardSelector` is sent: the client
+    /// filters.
+    ControllerUid,
 }
 
 impl ShardField {
-    /// The field path in a shard selector.
-    pub fn path(self) -> &'static str {
+    /// The field path in a shard selector; `None` for a field servers do not shard by
+    /// ([`ControllerUid`](Self::ControllerUid)).
+    pub fn path(self) -> Option<&'static str> {
         match self {
-            ShardField::Uid => "object.metadata.uid",
-            ShardField::Namespace => "object.metadata.namespace",
+            ShardField::Uid => Some("object.metadata.uid"),
+            ShardField::Namespace => Some("object.metadata.namespace"),
+            ShardField::ControllerUid => None,
         }
     }
 
@@ -109,6 +116,12 @@ impl ShardField {
         match self {
             ShardField::Uid => meta.uid.as_deref().unwrap_or(""),
             ShardField::Namespace => meta.namespace.as_deref().unwrap_or(""),
+            ShardField::ControllerUid => meta
+                .owner_references
+                .iter()
+                .flatten()
+                .find(|r| r.controller == Some(true))
+                .map_or("", |r| r.uid.as_str()),
         }
     }
 
@@ -271,9 +284,11 @@ impl ShardSelector {
     }
 
     /// The `shardSelector` query parameter, in the form kube-apiserver echoes back in
-    /// `shardInfo.selector`. A selector of no ranges cannot be said to a server (it refuses an
-    /// empty one); it asks for the smallest range, `[0, 1)`, and the client filters the rest.
-    pub fn query(&self) -> String {
+    /// `shardInfo.selector`; `None` for a field servers do not shard by. A selector of no ranges
+    /// cannot be said to a server (it refuses an empty one); it asks for the smallest range,
+    /// `[0, 1)`, and the client filters the rest.
+    pub fn query(&self) -> Option<String> {
+        let path = self.field.path()?;
         let smallest = [ShardRange { start: 0, end: 1 }];
         let ranges: &[ShardRange] = if self.ranges.is_empty() {
             &smallest
@@ -284,23 +299,24 @@ impl ShardSelector {
             .iter()
             .map(|r| {
                 format!(
-                    "shardRange({}, '{}', '{}')",
-                    self.field.path(),
+                    "shardRange({path}, '{}', '{}')",
                     hex_bound(r.start.into()),
                     hex_bound(r.end)
                 )
             })
             .collect::<Vec<_>>()
             .join(" || ")
+            .into()
     }
 }
 
 impl fmt::Display for ShardSelector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let field = self.field.path().unwrap_or("controller uid (client-side)");
         if self.ranges.is_empty() {
-            return write!(f, "{}: nothing", self.field.path());
+            return write!(f, "{field}: nothing");
         }
-        write!(f, "{}:", self.field.path())?;
+        write!(f, "{field}:")?;
         for r in &self.ranges {
             write!(f, " {r}")?;
         }
@@ -553,8 +569,8 @@ mod tests {
         );
         assert!(all.is_everything());
         assert_eq!(
-            all.query(),
-            "shardRange(object.metadata.uid, '0x0000000000000000', '0x10000000000000000')"
+            all.query().as_deref(),
+            Some("shardRange(object.metadata.uid, '0x0000000000000000', '0x10000000000000000')")
         );
     }
 
@@ -568,17 +584,49 @@ mod tests {
             ],
         );
         assert_eq!(
-            s.query(),
-            "shardRange(object.metadata.namespace, '0x0000000000000000', '0x4000000000000000') || \
-             shardRange(object.metadata.namespace, '0x8000000000000000', '0xc000000000000000')"
+            s.query().as_deref(),
+            Some(
+                "shardRange(object.metadata.namespace, '0x0000000000000000', '0x4000000000000000') || \
+                 shardRange(object.metadata.namespace, '0x8000000000000000', '0xc000000000000000')"
+            )
         );
         let none = ShardSelector::new(ShardField::Uid, []);
         assert!(none.is_empty());
         assert!(!none.matches_hash(0));
         assert_eq!(
-            none.query(),
-            "shardRange(object.metadata.uid, '0x0000000000000000', '0x0000000000000001')"
+            none.query().as_deref(),
+            Some("shardRange(object.metadata.uid, '0x0000000000000000', '0x0000000000000001')")
         );
+    }
+
+    #[test]
+    fn children_shard_by_their_controllers_uid_on_the_client_only() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+        let owner = |uid: &str, controller: bool| OwnerReference {
+            uid: uid.into(),
+            controller: Some(controller),
+            ..OwnerReference::default()
+        };
+        let child = ObjectMeta {
+            uid: Some("child".into()),
+            owner_references: Some(vec![owner("other", false), owner("parent", true)]),
+            ..Default::default()
+        };
+        assert_eq!(ShardField::ControllerUid.value_of(&child), "parent");
+        assert_eq!(
+            ShardField::ControllerUid.value_of(&ObjectMeta::default()),
+            ""
+        );
+        let parent = ObjectMeta {
+            uid: Some("parent".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            ShardField::ControllerUid.hash_of(&child),
+            ShardField::Uid.hash_of(&parent)
+        );
+        let s = ShardSelector::new(ShardField::ControllerUid, [ShardRange::slot(0, 2).unwrap()]);
+        assert_eq!(s.query(), None, "no server shards by it");
     }
 
     #[test]

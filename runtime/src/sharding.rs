@@ -38,8 +38,9 @@
 //! # Using it
 //!
 //! Give the primary informer the sharder's [`ShardHandle`] ([`Sharder::informer_shard`], through
-//! `InformerSpec::shard`), give the controller the gate ([`Controller::shards`]), and run the
-//! sharder beside the controller:
+//! `InformerSpec::shard`), the informers of its children [`Sharder::owned_shard`] (they then hold
+//! only the children of this replica's objects, filtered by their controller's uid), give the
+//! controller the gate ([`Controller::shards`]), and run the sharder beside the controller:
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -463,6 +464,8 @@ pub struct Sharder<L: ShardLeases> {
     leases: L,
     state: Arc<State>,
     informer_shard: ShardHandle,
+    /// The shard of the children's informers, once asked for ([`Sharder::owned_shard`]).
+    owned_shard: Mutex<Option<ShardHandle>>,
 }
 
 /// A slot task's handle in the sharder loop.
@@ -492,6 +495,7 @@ impl<L: ShardLeases> Sharder<L> {
         Ok(Sharder {
             leases,
             informer_shard,
+            owned_shard: Mutex::new(None),
             state: Arc::new(State {
                 config,
                 active: RwLock::new(HashMap::new()),
@@ -508,6 +512,36 @@ impl<L: ShardLeases> Sharder<L> {
     /// this replica owns or is taking over. It starts empty.
     pub fn informer_shard(&self) -> ShardHandle {
         self.informer_shard.clone()
+    }
+
+    /// The shard for the informers of the primary's children (`Controller::owns`; give it to
+    /// their `InformerSpec::shard`): the same slots, by the uid of each child's controller (by
+    /// namespace when the group shards by namespace), so a replica caches only the children of
+    /// the objects it reconciles. No server shards by a controller's uid: those informers list
+    /// everything and filter on the client (with [`ShardField::Namespace`] the server does).
+    /// Once asked for, a slot is taken only when this informer's list with it is in too. Ask
+    /// before [`run`](Self::run).
+    pub fn owned_shard(&self) -> ShardHandle {
+        let field = match self.state.config.field {
+            ShardField::Uid => ShardField::ControllerUid,
+            other => other,
+        };
+        self.owned_shard
+            .lock()
+            .get_or_insert_with(|| ShardHandle::new(ShardSelector::new(field, [])))
+            .clone()
+    }
+
+    /// Gives both shards (the primary's, the children's if asked for) these slots.
+    fn set_slots(&self, slots: &BTreeSet<u32>) {
+        let selector = self.selector(slots.iter().copied());
+        if let Some(owned) = &*self.owned_shard.lock() {
+            owned.set(ShardSelector::new(
+                owned.current().field(),
+                selector.ranges().to_vec(),
+            ));
+        }
+        self.informer_shard.set(selector);
     }
 
     /// The gate a sharded controller reconciles through.
@@ -587,7 +621,7 @@ impl<L: ShardLeases> Sharder<L> {
                 }
                 // The informer holds what we own and what we still hold.
                 let wanted: BTreeSet<u32> = mine.iter().chain(running.keys()).copied().collect();
-                self.informer_shard.set(self.selector(wanted));
+                self.set_slots(&wanted);
                 // Take what became ours.
                 for &slot in &mine {
                     if running.contains_key(&slot) {
@@ -629,7 +663,7 @@ impl<L: ShardLeases> Sharder<L> {
                 r.stop.cancel();
             }
             while slots.join_next().await.is_some() {}
-            self.informer_shard.set(self.selector([]));
+            self.set_slots(&BTreeSet::new());
             member_stop.cancel();
             while heartbeat.join_next().await.is_some() {}
             tracing::info!("sharder stopped");
@@ -724,14 +758,19 @@ impl<L: ShardLeases> Sharder<L> {
     ) -> impl Future<Output = u32> + Send + 'static {
         let state = self.state.clone();
         let store = self.leases.lease(&state.config.slot_lease(slot));
-        let shard = self.informer_shard.clone();
+        let shards: Vec<ShardHandle> = std::iter::once(self.informer_shard.clone())
+            .chain(self.owned_shard.lock().clone())
+            .collect();
         async move {
-            // Synced before reconciling: the informer's list with this slot is in.
-            let want = shard.version();
+            // Synced before reconciling: the informers' lists with this slot are in.
+            let listed = futures::future::join_all(shards.iter().map(|shard| {
+                let want = shard.version();
+                async move { shard.wait_listed(want).await }
+            }));
             tokio::select! {
                 biased;
                 () = stop.cancelled() => return slot,
-                () = shard.wait_listed(want) => {}
+                _ = listed => {}
             }
             let elector = match LeaderElector::new(store, state.config.election()) {
                 Ok(e) => e,

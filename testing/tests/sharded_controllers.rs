@@ -8,9 +8,10 @@
 //!
 //! Checked throughout: no key is reconciled by two replicas at once (a fence shared by the
 //! replicas' reconciles); checked when stable: every slot's Lease has exactly one holder, among
-//! the live replicas, each replica's cache holds exactly its slots' objects, every object's
-//! latest version was reconciled, and each replica's metrics say how many slots it holds and
-//! how many members it sees.
+//! the live replicas, each replica's cache holds exactly its slots' ConfigMaps and the Secrets
+//! they control (the children's informer shards by its controller's uid, on the client), every
+//! object's latest version was reconciled, and each replica's metrics say how many slots it
+//! holds and how many members it sees.
 //!
 //! Lease timings are short (1.5 s lease) so the scenario runs in seconds; the assertions wait
 //! for conditions, never for durations.
@@ -21,7 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use parking_lot::Mutex;
 use prometheus_client::registry::Registry;
 use reflex_informer::factory::{FactoryOptions, InformerSpec, SharedInformerFactory};
@@ -170,6 +171,8 @@ struct Replica {
     name: String,
     leases: Partitionable,
     cache: SharedIndexInformer<ConfigMap>,
+    /// The ConfigMaps' Secrets (`owns`), sharded by their controller's uid.
+    secrets: SharedIndexInformer<Secret>,
     shard: ShardHandle,
     registry: Registry,
     shutdown: CancellationToken,
@@ -213,8 +216,12 @@ async fn start_replica(client: &kube::Client, world: &Arc<World>, name: &str) ->
     let cache = factory
         .informer_with(InformerSpec::<ConfigMap>::typed().shard(shard.clone()))
         .unwrap();
+    let secrets = factory
+        .informer_with(InformerSpec::<Secret>::typed().shard(sharder.owned_shard()))
+        .unwrap();
     let shutdown = CancellationToken::new();
     let controller = Controller::new(cache.clone())
+        .owns(secrets.clone())
         .shards(sharder.gate())
         .workers(4)
         .options(ControllerOptions {
@@ -239,6 +246,7 @@ async fn start_replica(client: &kube::Client, world: &Arc<World>, name: &str) ->
         name: name.to_owned(),
         leases,
         cache,
+        secrets,
         shard,
         registry,
         shutdown,
@@ -274,6 +282,15 @@ impl Replica {
             .collect()
     }
 
+    fn cached_secrets(&self) -> BTreeSet<ObjectKey> {
+        self.secrets
+            .indexer()
+            .snapshot()
+            .iter()
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
     /// A sharding series of this replica's `/metrics` text.
     fn metric(&self, name: &str) -> Option<f64> {
         let mut text = String::new();
@@ -302,6 +319,24 @@ async fn server_state(client: &kube::Client) -> BTreeMap<ObjectKey, (u32, String
                     cm.metadata.resource_version.clone().unwrap(),
                 ),
             )
+        })
+        .collect()
+}
+
+/// The server's Secrets: key → the slot of their controller (the ConfigMap).
+async fn server_secrets(client: &kube::Client) -> BTreeMap<ObjectKey, u32> {
+    let api: kube::Api<Secret> = kube::Api::namespaced(client.clone(), "default");
+    api.list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|s| {
+            let owner = s.metadata.owner_references.as_ref()?.first()?.uid.clone();
+            Some((
+                ObjectKey::new(Some("default"), s.metadata.name.as_deref()?),
+                ShardRange::slot_of(fnv1a64(owner.as_bytes()), SLOTS),
+            ))
         })
         .collect()
 }
@@ -352,7 +387,16 @@ async fn stable(what: &str, live: &[&Replica], world: &World, client: &kube::Cli
         || async move {
             let holders = slot_holders(client).await;
             let state = server_state(client).await;
+            let secrets = server_secrets(client).await;
             for r in live {
+                let want: BTreeSet<ObjectKey> = secrets
+                    .iter()
+                    .filter(|(_, slot)| holders.get(slot) == Some(&r.name))
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                if r.cached_secrets() != want {
+                    return false;
+                }
                 let want: BTreeSet<ObjectKey> = state
                     .iter()
                     .filter(|(_, (slot, _))| holders.get(slot) == Some(&r.name))
@@ -407,12 +451,22 @@ async fn stable(what: &str, live: &[&Replica], world: &World, client: &kube::Cli
 /// The scenario on the server `client` talks to; `filtering` is who should have filtered.
 async fn scenario(client: kube::Client, filtering: ShardFiltering) {
     let cms: kube::Api<ConfigMap> = kube::Api::namespaced(client.clone(), "default");
+    let secrets: kube::Api<Secret> = kube::Api::namespaced(client.clone(), "default");
     for i in 0..OBJECTS {
         let cm: ConfigMap = serde_json::from_value(
             json!({"metadata": {"name": format!("cm-{i}")}, "data": {"v": "0"}}),
         )
         .unwrap();
-        cms.create(&Default::default(), &cm).await.unwrap();
+        let cm = cms.create(&Default::default(), &cm).await.unwrap();
+        // Each ConfigMap controls a Secret: the children shard with their owner.
+        let secret: Secret = serde_json::from_value(json!({
+            "metadata": {"name": format!("secret-{i}"), "ownerReferences": [{
+                "apiVersion": "v1", "kind": "ConfigMap", "name": format!("cm-{i}"),
+                "uid": cm.metadata.uid, "controller": true}]},
+            "stringData": {"k": "v"}
+        }))
+        .unwrap();
+        secrets.create(&Default::default(), &secret).await.unwrap();
     }
     let world = Arc::new(World::default());
 

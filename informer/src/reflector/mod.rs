@@ -226,7 +226,8 @@ pub struct Reflector<K> {
 struct RoundShard {
     version: u64,
     selector: Arc<ShardSelector>,
-    query: String,
+    /// `None` for a field no server shards by: nothing is sent, the client filters.
+    query: Option<String>,
     changes: tokio::sync::watch::Receiver<u64>,
 }
 
@@ -408,7 +409,7 @@ where
 
     /// The `shardSelector` of this round's requests.
     fn shard_query(&self) -> Option<String> {
-        self.round_shard.as_ref().map(|s| s.query.clone())
+        self.round_shard.as_ref().and_then(|s| s.query.clone())
     }
 
     /// Whether `obj` belongs to this round's shard (always, unsharded).
@@ -540,7 +541,7 @@ where
             }
             let mut page = page;
             if let Some(shard) = &self.round_shard {
-                echoed &= page.shard_info.as_deref() == Some(shard.query.as_str());
+                echoed &= shard.query.is_some() && page.shard_info == shard.query;
                 let before = page.items.len();
                 page.items.retain(|o| shard.selector.matches(o.meta()));
                 dropped += (before - page.items.len()) as u64;

@@ -603,7 +603,9 @@ where
     /// reconciles are aborted when it is lost, and its cached keys are queued when it becomes
     /// active. The primary informer must hold the sharder's shard
     /// ([`Sharder::informer_shard`](crate::sharding::Sharder::informer_shard)); children
-    /// (`owns`, `watches`) map to their owner's key, so to the owner's slot.
+    /// (`owns`, `watches`) map to their owner's key, so to the owner's slot, and the informers
+    /// of `owns` children can hold only this replica's share too
+    /// ([`Sharder::owned_shard`](crate::sharding::Sharder::owned_shard)).
     pub fn shards(mut self, gate: ShardGate) -> Self {
         self.shards = Some(gate);
         self
