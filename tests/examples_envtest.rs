@@ -421,12 +421,7 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sample_controller_replicas_as_processes_share_the_foos_and_take_over_from_a_killed_one() {
     let _serial = SERIAL.lock().await;
-    let minor: u32 = reflex_testing::envtest::version()
-        .trim_start_matches('v')
-        .split('.')
-        .nth(1)
-        .and_then(|m| m.parse().ok())
-        .unwrap_or(0);
+    let minor = reflex_testing::envtest::minor_version().unwrap_or(0);
     let options = Options {
         apiserver_args: if minor >= 36 {
             vec!["--feature-gates=ShardedListAndWatch=true".to_owned()]

@@ -142,6 +142,24 @@ pub fn version() -> String {
     std::env::var(VERSION_ENV).unwrap_or_else(|_| KUBERNETES_VERSION.to_owned())
 }
 
+/// The Kubernetes minor of [`version`] (`37` for `v1.37.2`), for tests whose expectations
+/// depend on the release (a feature gate that exists from 1.36, say); `None` if the version is
+/// not `v1.MINOR.PATCH`.
+///
+/// ```
+/// // SAFETY: a doctest is a process of its own, with no other thread reading the environment.
+/// unsafe { std::env::set_var("REFLEX_ENVTEST_VERSION", "v1.35.4") };
+/// assert_eq!(reflex_testing::envtest::minor_version(), Some(35));
+/// ```
+pub fn minor_version() -> Option<u32> {
+    version()
+        .strip_prefix("v1.")?
+        .split('.')
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// The default bin directory: `$REFLEX_ENVTEST_BIN`, else `<target dir>/envtest/<version>/bin`
 /// (the [`version`]), where the target dir is `$CARGO_TARGET_DIR` or the workspace's `target/`.
 pub fn bin_dir() -> PathBuf {

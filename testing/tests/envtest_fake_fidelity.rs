@@ -401,12 +401,7 @@ async fn the_fake_validates_defaults_and_scales_like_kube_apiserver() {
     let real = validation_answers(env.client()).await;
     env.stop().await.unwrap();
     // The fake answers as the same minor version as the real server.
-    let minor = reflex_testing::envtest::version()
-        .trim_start_matches("v1.")
-        .split('.')
-        .next()
-        .and_then(|m| m.parse().ok())
-        .expect("envtest version v1.MINOR.PATCH");
+    let minor = reflex_testing::envtest::minor_version().expect("envtest version v1.MINOR.PATCH");
     let server = FakeApiServer::start_with(reflex_testing::FakeConfig {
         minor_version: minor,
         ..Default::default()

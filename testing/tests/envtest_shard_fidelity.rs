@@ -189,12 +189,7 @@ async fn observe(client: kube::Client, sharding: bool) -> Vec<(String, Value)> {
 
 #[tokio::test]
 async fn shard_selectors_answer_like_kube_apiserver() {
-    let minor: u32 = reflex_testing::envtest::version()
-        .trim_start_matches('v')
-        .split('.')
-        .nth(1)
-        .and_then(|m| m.parse().ok())
-        .unwrap_or(0);
+    let minor = reflex_testing::envtest::minor_version().unwrap_or(0);
     // The gate exists from 1.36; before that the parameter is unknown and ignored.
     let gates: &[bool] = if minor >= 36 {
         &[true, false]

@@ -562,12 +562,7 @@ async fn replicas_filter_on_the_client_when_the_server_does_not_shard() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_split_the_slots_and_hand_them_off_safely_on_kube_apiserver() {
-    let minor: u32 = reflex_testing::envtest::version()
-        .trim_start_matches('v')
-        .split('.')
-        .nth(1)
-        .and_then(|m| m.parse().ok())
-        .unwrap_or(0);
+    let minor = reflex_testing::envtest::minor_version().unwrap_or(0);
     // v1.36+ shards with the gate on; v1.35 has no such feature and the client filters.
     let (args, filtering) = if minor >= 36 {
         (
