@@ -273,7 +273,9 @@ where
                 }
                 if let Some(key) = state.queue.pop_front() {
                     let is_in_initial_list = !state.has_synced();
-                    let was_initial = state.initial_pending.remove(&key);
+                    // It leaves the initial population once processed (in the store), not when
+                    // taken: `has_synced()` must not be true while it is still on its way.
+                    let was_initial = state.initial_pending.contains(&key);
                     let deltas = state.items.remove(&key).unwrap_or_default();
                     drop(state);
                     self.drained.notify_waiters();
@@ -285,13 +287,14 @@ where
                     };
                     // A requeue needs the deltas back: keep a cheap copy (Arc clones).
                     let copy = popped.deltas.clone();
-                    return match process(popped) {
+                    let processed = process(popped);
+                    if was_initial && !matches!(processed, Err(ProcessError::Requeue(_))) {
+                        self.state.lock().initial_pending.remove(&key);
+                    }
+                    return match processed {
                         Ok(t) => Ok(t),
                         Err(ProcessError::Requeue(source)) => {
                             let mut state = self.state.lock();
-                            if was_initial {
-                                state.initial_pending.insert(key.clone());
-                            }
                             state.requeue(key.clone(), copy);
                             drop(state);
                             self.notify.notify_one();

@@ -404,6 +404,21 @@ async fn pops_between_pages_count_towards_sync() {
 }
 
 #[tokio::test]
+async fn has_synced_stays_false_while_the_last_item_of_the_first_relist_is_processed() {
+    // A reader that sees `has_synced()` must see the store holding the whole first list: the
+    // last item counts only once its processing (the store write) is done.
+    let fifo = fifo_with(None);
+    fifo.replace_page(vec![cm("a", 1)]).unwrap();
+    fifo.replace_done("5").unwrap();
+    let synced_while_processing = fifo
+        .pop(|_popped| Ok::<_, ProcessError>(fifo.has_synced()))
+        .await
+        .unwrap();
+    assert!(!synced_while_processing);
+    assert!(fifo.has_synced());
+}
+
+#[tokio::test]
 async fn has_synced_stays_false_until_every_tombstone_of_the_first_relist_is_popped() {
     let store = known(&[("foo", 5), ("bar", 6), ("baz", 7)]);
     let fifo = fifo_with(Some(&store));

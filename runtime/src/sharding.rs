@@ -25,9 +25,13 @@
 //!   handing out the slot's keys, lets in-flight reconciles finish (up to
 //!   [`release_grace`](ShardingConfig::release_grace), then aborts them) and only then releases
 //!   the Lease. A replica that died without releasing loses its slots when their Leases expire.
-//! - **Synced before reconciling.** The new owner first widens its informer's shard selector to
-//!   the slot and waits until that list is in its cache, then takes the Lease; once it holds it,
-//!   every cached key of the slot is queued, so nothing that arrived meanwhile is missed.
+//! - **Listed before reconciling.** The new owner first widens its informers' shard selectors to
+//!   the slot and waits until their lists with it have completed (the objects are then on their
+//!   way from the informer's queue into its store), then takes the Lease; once it holds it, every
+//!   cached key of the slot is queued, and so are the keys of the slot's objects it saw deleted
+//!   while the slot moved (their deletes reach no other replica), so nothing that arrived
+//!   meanwhile is missed. An object still between the informer's queue and its store when the
+//!   slot becomes active is queued by its add event.
 //! - **Within a lease duration.** The sharder reads its group's Leases every retry period and
 //!   remembers when each last changed; a new owner's slot elector starts from that observation,
 //!   so a dead holder's slot is taken a lease duration after it last renewed (plus a few retry
@@ -273,6 +277,19 @@ pub enum ShardingError {
         /// The slot count.
         slots: u32,
     },
+    /// `lease_duration <= renew_deadline + retry_period`: a holder could still reconcile when
+    /// another may take its slot.
+    #[error(
+        "lease duration {lease_duration:?} must exceed renew deadline {renew_deadline:?} plus retry period {retry_period:?}"
+    )]
+    Timing {
+        /// The configured lease duration.
+        lease_duration: Duration,
+        /// The configured renew deadline.
+        renew_deadline: Duration,
+        /// The configured retry period.
+        retry_period: Duration,
+    },
     /// The Lease timings or identity are invalid.
     #[error("invalid sharding lease configuration")]
     Election(#[from] LeaderElectionError),
@@ -491,6 +508,15 @@ impl<L: ShardLeases> Sharder<L> {
             });
         }
         config.election().validate()?;
+        if config.lease_duration <= config.renew_deadline + config.retry_period {
+            // A holder renewing last at T gives up by T + retry period + renew deadline; the
+            // lease must outlast that, or a new holder could start before the old one stops.
+            return Err(ShardingError::Timing {
+                lease_duration: config.lease_duration,
+                renew_deadline: config.renew_deadline,
+                retry_period: config.retry_period,
+            });
+        }
         let informer_shard = ShardHandle::new(ShardSelector::new(config.field, []));
         Ok(Sharder {
             leases,
@@ -595,6 +621,8 @@ impl<L: ShardLeases> Sharder<L> {
             let mut seen: HashMap<String, Seen> = HashMap::new();
             let mut running: BTreeMap<u32, Running> = BTreeMap::new();
             let mut slots: JoinSet<u32> = JoinSet::new();
+            // Which slot each task runs, to know which one ended even when it panicked.
+            let mut tasks: HashMap<tokio::task::Id, u32> = HashMap::new();
             let prefix = config.member_lease("");
             let group_prefix = format!("{}-", config.group);
             loop {
@@ -637,7 +665,8 @@ impl<L: ShardLeases> Sharder<L> {
                         .get(&config.slot_lease(slot))
                         .map(|s| (s.lease.clone(), s.at));
                     let task = self.slot_task(slot, stop, assigned_at, seed);
-                    slots.spawn(task.instrument(tracing::info_span!("slot", slot)));
+                    let handle = slots.spawn(task.instrument(tracing::info_span!("slot", slot)));
+                    tasks.insert(handle.id(), slot);
                 }
                 let tick = tokio::time::sleep(config.retry_period);
                 tokio::pin!(tick);
@@ -645,10 +674,17 @@ impl<L: ShardLeases> Sharder<L> {
                     tokio::select! {
                         biased;
                         () = shutdown.cancelled() => break,
-                        Some(done) = slots.join_next(), if !slots.is_empty() => {
-                            if let Ok(slot) = done {
+                        Some(done) = slots.join_next_with_id(), if !slots.is_empty() => {
+                            let id = match &done {
+                                Ok((id, _)) => *id,
+                                Err(e) => e.id(),
+                            };
+                            if let Some(slot) = tasks.remove(&id) {
                                 running.remove(&slot);
-                                tracing::info!(slot, "slot released");
+                                match done {
+                                    Ok(_) => tracing::info!(slot, "slot released"),
+                                    Err(error) => tracing::error!(slot, %error, "slot task failed"),
+                                }
                             }
                         }
                         () = &mut tick => break,
@@ -683,8 +719,11 @@ impl<L: ShardLeases> Sharder<L> {
         self_alive: bool,
     ) -> Vec<String> {
         let config = &self.state.config;
+        let listed = self.leases.list(group_prefix).await;
+        // When the records were read at the latest: a renewal seen here happened before it, so
+        // an expiry judged from it is never early.
         let now = Instant::now();
-        match self.leases.list(group_prefix).await {
+        match listed {
             Ok(leases) => {
                 let mut names = BTreeSet::new();
                 for lease in leases {
@@ -811,6 +850,15 @@ impl<L: ShardLeases> Sharder<L> {
                     let fence = CancellationToken::new();
                     let inflight = Arc::new(AtomicUsize::new(0));
                     let idle = Arc::new(Notify::new());
+                    // However the term ends (its end, a panic, the future dropped): the slot
+                    // admits nothing more and what it admitted is aborted.
+                    let _term = TermGuard {
+                        state: state.clone(),
+                        slot,
+                        fence: fence.clone(),
+                        inflight: inflight.clone(),
+                        in_term: in_term.clone(),
+                    };
                     state.active.write().insert(
                         slot,
                         ActiveSlot {
@@ -824,7 +872,12 @@ impl<L: ShardLeases> Sharder<L> {
                     *state.last_handoff.lock() = Some(took);
                     let observers = state.on_handoff.lock().clone();
                     for observe in observers {
-                        observe(took);
+                        let observed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            observe(took);
+                        }));
+                        if observed.is_err() {
+                            tracing::error!("a hand-off observer panicked");
+                        }
                     }
                     tracing::info!(took_ms = took.as_millis() as u64, "slot active");
                     let _ = state.activated.send(slot);
@@ -836,17 +889,22 @@ impl<L: ShardLeases> Sharder<L> {
                     // No new reconciles of the slot from here on.
                     state.active.write().remove(&slot);
                     if graceful {
-                        if tokio::time::timeout(
-                            state.config.release_grace,
-                            drained(&inflight, &idle),
-                        )
-                        .await
-                        .is_err()
-                        {
-                            tracing::warn!(
-                                inflight = inflight.load(Ordering::Relaxed),
-                                "release grace over; aborting the slot's reconciles"
-                            );
+                        // Draining while the Lease is renewed; if it is lost meanwhile (renewals
+                        // failing past the renew deadline), stop at once: another replica may
+                        // take the slot a lease duration after the last renewal.
+                        let drain =
+                            tokio::time::timeout(state.config.release_grace, drained(&inflight, &idle));
+                        tokio::select! {
+                            biased;
+                            () = leading.cancelled() => {
+                                tracing::warn!("slot lease lost while draining; aborting the slot's reconciles");
+                            }
+                            drained = drain => if drained.is_err() {
+                                tracing::warn!(
+                                    inflight = inflight.load(Ordering::Relaxed),
+                                    "release grace over; aborting the slot's reconciles"
+                                );
+                            }
                         }
                     } else {
                         tracing::warn!("slot lease lost; aborting the slot's reconciles");
@@ -855,7 +913,6 @@ impl<L: ShardLeases> Sharder<L> {
                     // Aborted reconciles drop their guards as their futures are dropped.
                     drained(&inflight, &idle).await;
                     tracing::info!(graceful, "slot inactive");
-                    in_term.store(false, Ordering::Release);
                     graceful
                 }
             });
@@ -871,6 +928,31 @@ impl<L: ShardLeases> Sharder<L> {
             }
             slot
         }
+    }
+}
+
+/// Ends a slot's term whatever ends it: removes the slot from the active ones (if it is still
+/// this term's), cancels its fence (admitted reconciles abort) and marks the term over.
+struct TermGuard {
+    state: Arc<State>,
+    slot: u32,
+    fence: CancellationToken,
+    inflight: Arc<AtomicUsize>,
+    in_term: Arc<AtomicBool>,
+}
+
+impl Drop for TermGuard {
+    fn drop(&mut self) {
+        let mut active = self.state.active.write();
+        if active
+            .get(&self.slot)
+            .is_some_and(|a| Arc::ptr_eq(&a.inflight, &self.inflight))
+        {
+            active.remove(&self.slot);
+        }
+        drop(active);
+        self.fence.cancel();
+        self.in_term.store(false, Ordering::Release);
     }
 }
 

@@ -571,6 +571,9 @@ where
                 None => break page.resource_version,
             }
         };
+        // Known before the store can report the list synced: whoever sees it synced sees its
+        // resourceVersion too.
+        self.set_last_rv(&list_rv);
         self.sink
             .replace_done(&list_rv)
             .map_err(ReflectorError::Sink)?;
@@ -580,7 +583,6 @@ where
         } else {
             ShardFiltering::Client
         });
-        self.set_last_rv(&list_rv);
         self.shared.tracker.list_done(&list_rv);
         self.shared.relists.fetch_add(1, Ordering::Relaxed);
         let reused = self.shared.reused.load(Ordering::Relaxed) - reused_before;
@@ -675,6 +677,7 @@ where
                         self.sink
                             .replace_page(objects.into_values().collect())
                             .map_err(ReflectorError::Sink)?;
+                        self.set_last_rv(&resource_version);
                         self.sink
                             .replace_done(&resource_version)
                             .map_err(ReflectorError::Sink)?;
@@ -686,7 +689,6 @@ where
                         } else {
                             ShardFiltering::Client
                         });
-                        self.set_last_rv(&resource_version);
                         self.shared.tracker.list_done(&resource_version);
                         self.unavailable = false;
                         self.shared.relists.fetch_add(1, Ordering::Relaxed);

@@ -90,10 +90,10 @@ where
 
     /// Reconciles `key`, handed out at `priority` (a retry or requeue keeps it).
     pub(super) async fn process(&self, key: &ObjectKey, priority: i32) {
-        let slot = match &self.shards {
-            None => None,
+        let (slot, gone_hash) = match &self.shards {
+            None => (None, None),
             Some(shards) => match shards.enter(key) {
-                Some(guard) => Some(guard),
+                Some((guard, gone)) => (Some(guard), gone),
                 None => {
                     // Another replica holds the key's slot (or it is moving): the holder
                     // reconciles it, and this replica queues it again if the slot comes here.
@@ -140,6 +140,10 @@ where
             },
         };
         drop(slot);
+        if let (Some(shards), Some(hash), Ok(Ok(_))) = (&self.shards, gone_hash, &outcome) {
+            // The object was gone and its reconcile is done: its last hash can go too.
+            shards.reconciled(key, hash);
+        }
         if let Some(r) = &self.recorder {
             let result = match &outcome {
                 Ok(Ok(action)) if action.requeue_delay().is_some() => ReconcileResult::RequeueAfter,
