@@ -4,6 +4,9 @@
 #[path = "support/objects.rs"]
 mod objects;
 
+#[path = "support/wait.rs"]
+mod wait;
+
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
@@ -14,6 +17,7 @@ use reflex_informer::factory::{FactoryOptions, InformerSpec, SharedInformerFacto
 use reflex_informer::key::ObjectKey;
 use reflex_testing::FakeApiServer;
 use serde_json::Value;
+use wait::eventually;
 
 /// What a scheduler-like controller reads of a Pod.
 #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
@@ -32,17 +36,6 @@ struct PodNodeSpec {
 reflex_informer::impl_projection!(PodNode => Pod);
 
 const BY_NODE: &str = "by-node";
-
-/// Polls `cond` every 20 ms for up to 30 s; fails with `what` if it never holds.
-async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    for _ in 0..1500 {
-        if cond() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("timed out after 30 s waiting for: {what}");
-}
 
 /// Seeds `n` generated Pods (with managedFields) in namespace `ns`; returns their JSON.
 /// A fake server for the generated Pods, whose owners (ReplicaSets) do not exist: with garbage

@@ -4,6 +4,9 @@
 //! transform (the cached object is the transform's output for that version; a new version is
 //! transformed as it is decoded). A compact store has no shared copy to keep: nothing is reused.
 
+#[path = "support/wait.rs"]
+mod wait;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,19 +18,9 @@ use reflex_informer::reflector::ReflectorOptions;
 use reflex_informer::{SharedIndexInformer, resource_version};
 use reflex_testing::FakeApiServer;
 use serde_json::json;
+use wait::eventually;
 
 const N: usize = 40;
-
-/// Polls `cond` every 10 ms for up to 30 s.
-async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    for _ in 0..3000 {
-        if cond() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("timed out waiting for: {what}");
-}
 
 #[derive(Debug, Clone, Copy)]
 enum Mode {

@@ -76,7 +76,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
@@ -826,19 +826,15 @@ impl<L: ShardLeases> Sharder<L> {
             // elector stops renewing once its own shutdown token is cancelled, and a drain
             // longer than the lease duration would let another replica in).
             let campaign = CancellationToken::new();
-            let in_term = Arc::new(AtomicBool::new(false));
+            let in_term = Arc::new(watch::Sender::new(false));
             let stop_campaign = {
-                let (stop, campaign, in_term) = (stop.clone(), campaign.clone(), in_term.clone());
+                let (stop, campaign) = (stop.clone(), campaign.clone());
+                let mut term = in_term.subscribe();
                 async move {
                     stop.cancelled().await;
-                    loop {
-                        if !in_term.load(Ordering::Acquire) {
-                            campaign.cancel();
-                            return;
-                        }
-                        // A term is running: it sees `stop` and ends; then the campaign stops.
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
+                    // A running term sees `stop` and ends; then the campaign stops.
+                    let _ = term.wait_for(|running| !running).await;
+                    campaign.cancel();
                 }
             };
             let terms = elector.run_while_leader(&campaign, |leading| {
@@ -846,7 +842,7 @@ impl<L: ShardLeases> Sharder<L> {
                 let stop = stop.clone();
                 let in_term = in_term.clone();
                 async move {
-                    in_term.store(true, Ordering::Release);
+                    in_term.send_replace(true);
                     let fence = CancellationToken::new();
                     let inflight = Arc::new(AtomicUsize::new(0));
                     let idle = Arc::new(Notify::new());
@@ -938,7 +934,7 @@ struct TermGuard {
     slot: u32,
     fence: CancellationToken,
     inflight: Arc<AtomicUsize>,
-    in_term: Arc<AtomicBool>,
+    in_term: Arc<watch::Sender<bool>>,
 }
 
 impl Drop for TermGuard {
@@ -952,7 +948,7 @@ impl Drop for TermGuard {
         }
         drop(active);
         self.fence.cancel();
-        self.in_term.store(false, Ordering::Release);
+        self.in_term.send_replace(false);
     }
 }
 

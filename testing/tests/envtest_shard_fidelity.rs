@@ -14,18 +14,13 @@ use futures::TryStreamExt;
 use http_body_util::BodyExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::api::{Api, PostParams};
+use reflex_informer::shard::fnv1a64;
 use reflex_testing::envtest::{Environment, Options};
 use reflex_testing::{FakeApiServer, FakeConfig};
 use serde_json::{Value, json};
 
 const NS: &str = "sharding";
 const LOWER: &str = "shardRange(object.metadata.uid, '0x0000000000000000', '0x8000000000000000')";
-
-fn fnv1a64(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
 
 /// `[start, end)` ranges of the hash space.
 type Ranges = Vec<(u128, u128)>;
