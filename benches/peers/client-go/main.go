@@ -12,9 +12,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -49,6 +51,9 @@ type params struct {
 	rounds      int
 	scaleKeys   int
 	scaleRounds int
+	kubeconfig  string
+	contentType string
+	relist      bool
 }
 
 type figures map[string]float64
@@ -68,6 +73,9 @@ func main() {
 	flag.IntVar(&p.rounds, "rounds", 0, "workqueue rounds (the median counts)")
 	flag.IntVar(&p.scaleKeys, "scale-keys", 0, "distinct keys of the workqueue scale rows")
 	flag.IntVar(&p.scaleRounds, "scale-rounds", 0, "rounds of the workqueue scale rows (the median counts)")
+	flag.StringVar(&p.kubeconfig, "kubeconfig", "", "kubeconfig of a real API server (envtest's); --server is then ignored")
+	flag.StringVar(&p.contentType, "content-type", "json", "json, or protobuf (application/vnd.kubernetes.protobuf, JSON accepted as a fallback)")
+	flag.BoolVar(&p.relist, "relist", false, "the Rust sync contenders' relist phase (not run by this peer)")
 	flag.Parse()
 	klog.SetOutput(io.Discard)
 	klog.LogToStderr(false)
@@ -76,7 +84,7 @@ func main() {
 	var keep any
 	var err error
 	switch p.workload {
-	case "sync":
+	case "sync", "sync-envtest":
 		f, keep, err = initialSync(p)
 	case "steady":
 		f, keep, err = steadyState(p)
@@ -104,14 +112,88 @@ func main() {
 	}
 }
 
-func clientset(server string) (*kubernetes.Clientset, error) {
+func clientset(p params) (*kubernetes.Clientset, error) {
 	// No client-side throttling (QPS < 0), as kube-rs has none: the comparison is of the
 	// machinery, not of a rate limit.
-	return kubernetes.NewForConfig(&rest.Config{Host: server, QPS: -1, ContentConfig: rest.ContentConfig{ContentType: "application/json"}})
+	config := &rest.Config{Host: p.server, QPS: -1}
+	if p.kubeconfig != "" {
+		c, err := fromKubeconfig(p.kubeconfig)
+		if err != nil {
+			return nil, err
+		}
+		config = c
+	}
+	switch p.contentType {
+	case "json", "":
+		config.ContentConfig = rest.ContentConfig{ContentType: "application/json"}
+	case "protobuf":
+		// What kube-controller-manager and the scheduler ask for.
+		config.ContentConfig = rest.ContentConfig{
+			ContentType:        "application/vnd.kubernetes.protobuf",
+			AcceptContentTypes: "application/vnd.kubernetes.protobuf,application/json",
+		}
+	default:
+		return nil, fmt.Errorf("unknown --content-type %q (json or protobuf)", p.contentType)
+	}
+	config.WrapTransport = func(rt http.RoundTripper) http.RoundTripper { return countingTransport{rt} }
+	return kubernetes.NewForConfig(config)
+}
+
+// Responses by media type, so that a protobuf row shows the server answered in protobuf (a
+// server that cannot falls back to JSON without telling the informer).
+var protobufResponses, jsonResponses atomic.Int64
+
+type countingTransport struct{ next http.RoundTripper }
+
+func (t countingTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := t.next.RoundTrip(req)
+	if err == nil {
+		switch ct := resp.Header.Get("Content-Type"); {
+		case strings.HasPrefix(ct, "application/vnd.kubernetes.protobuf"):
+			protobufResponses.Add(1)
+		case strings.HasPrefix(ct, "application/json"):
+			jsonResponses.Add(1)
+		}
+	}
+	return resp, err
+}
+
+// fromKubeconfig reads the one-cluster, one-token kubeconfig that Reflex's envtest harness
+// writes (JSON, a CA file and a bearer token): the full clientcmd machinery is not needed for it.
+func fromKubeconfig(path string) (*rest.Config, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var kc struct {
+		Clusters []struct {
+			Cluster struct {
+				Server string `json:"server"`
+				CA     string `json:"certificate-authority"`
+			} `json:"cluster"`
+		} `json:"clusters"`
+		Users []struct {
+			User struct {
+				Token string `json:"token"`
+			} `json:"user"`
+		} `json:"users"`
+	}
+	if err := json.Unmarshal(raw, &kc); err != nil {
+		return nil, fmt.Errorf("kubeconfig %s: %w", path, err)
+	}
+	if len(kc.Clusters) != 1 || len(kc.Users) != 1 {
+		return nil, fmt.Errorf("kubeconfig %s: expected one cluster and one user", path)
+	}
+	return &rest.Config{
+		Host:            kc.Clusters[0].Cluster.Server,
+		BearerToken:     kc.Users[0].User.Token,
+		TLSClientConfig: rest.TLSClientConfig{CAFile: kc.Clusters[0].Cluster.CA},
+		QPS:             -1,
+	}, nil
 }
 
 func initialSync(p params) (figures, any, error) {
-	cs, err := clientset(p.server)
+	cs, err := clientset(p)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -127,7 +209,13 @@ func initialSync(p params) (figures, any, error) {
 	}
 	elapsed := time.Since(start)
 	n := len(informer.GetStore().ListKeys())
-	return figures{"synced_s": elapsed.Seconds(), "objects": float64(n)}, []any{factory, informer, stop}, nil
+	f := figures{
+		"synced_s":           elapsed.Seconds(),
+		"objects":            float64(n),
+		"protobuf_responses": float64(protobufResponses.Load()),
+		"json_responses":     float64(jsonResponses.Load()),
+	}
+	return f, []any{factory, informer, stop}, nil
 }
 
 // recorder keeps the latencies of stamped updates seen by the first handler.
@@ -198,7 +286,7 @@ func (r *recorder) figures() (figures, error) {
 }
 
 func steadyState(p params) (figures, any, error) {
-	cs, err := clientset(p.server)
+	cs, err := clientset(p)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -376,7 +464,7 @@ func medianOf(xs []float64) float64 {
 }
 
 func cacheReads(p params) (figures, any, error) {
-	cs, err := clientset(p.server)
+	cs, err := clientset(p)
 	if err != nil {
 		return nil, nil, err
 	}
