@@ -36,6 +36,8 @@ pub enum Workload {
     Reads,
     /// Sharded controllers: one replica of three beside one that does it all, and a hand-off.
     Shard,
+    /// The initial sync against envtest's real kube-apiserver (see [`crate::envtest`]).
+    SyncEnvtest,
 }
 
 /// Whether a figure is better when higher or when lower.
@@ -64,7 +66,7 @@ const fn col(key: &'static str, label: &'static str, better: Better) -> Column {
 
 impl Workload {
     /// Every workload, in table order.
-    pub const ALL: [Workload; 7] = [
+    pub const ALL: [Workload; 8] = [
         Workload::Sync,
         Workload::Steady,
         Workload::Burst,
@@ -72,6 +74,7 @@ impl Workload {
         Workload::WorkqueueScale,
         Workload::Reads,
         Workload::Shard,
+        Workload::SyncEnvtest,
     ];
 
     /// The name used by `--only` and in the child flags.
@@ -84,6 +87,7 @@ impl Workload {
             Workload::WorkqueueScale => "workqueue-scale",
             Workload::Reads => "reads",
             Workload::Shard => "shard",
+            Workload::SyncEnvtest => "sync-envtest",
         }
     }
 
@@ -109,6 +113,7 @@ impl Workload {
             Workload::WorkqueueScale => QUEUE_SCALE_COLUMNS,
             Workload::Reads => READ_COLUMNS,
             Workload::Shard => SHARD_COLUMNS,
+            Workload::SyncEnvtest => ENVTEST_COLUMNS,
         }
     }
 }
@@ -125,6 +130,13 @@ const SYNC_COLUMNS: &[Column] = &[
         "relist peak/synced",
         Better::Lower,
     ),
+];
+const ENVTEST_COLUMNS: &[Column] = &[
+    col("synced_s", "time to synced (s)", Better::Lower),
+    col("peak_rss_mib", "peak RSS (MiB)", Better::Lower),
+    col("kib_per_object", "KiB/Pod", Better::Lower),
+    col("body_mib", "MiB decoded", Better::Lower),
+    col("protobuf_responses", "protobuf responses", Better::Higher),
 ];
 const STEADY_COLUMNS: &[Column] = &[
     col("events_per_s", "events/s", Better::Higher),
@@ -170,8 +182,8 @@ const SHARD_COLUMNS: &[Column] = &[
 pub enum Runner {
     /// This binary, re-executed with `--contender`.
     Rust(RustFn),
-    /// The client-go peer binary, with `--workload`.
-    Go,
+    /// The client-go peer binary, with `--workload` and these further flags.
+    Go(&'static [&'static str]),
 }
 
 /// One row of the table.
@@ -312,7 +324,7 @@ pub static CONTENDERS: &[Contender] = &[
         workload: Workload::Sync,
         name: "client-go informer",
         reference: false,
-        runner: Runner::Go,
+        runner: Runner::Go(&[]),
         about: "SharedInformerFactory Pod informer, WaitForCacheSync",
     },
     Contender {
@@ -333,7 +345,7 @@ pub static CONTENDERS: &[Contender] = &[
         workload: Workload::Steady,
         name: "client-go informer",
         reference: false,
-        runner: Runner::Go,
+        runner: Runner::Go(&[]),
         about: "informer, 4 handlers adding keys to a TypedRateLimitingQueue, 1 worker",
     },
     Contender {
@@ -354,7 +366,7 @@ pub static CONTENDERS: &[Contender] = &[
         workload: Workload::Burst,
         name: "client-go informer",
         reference: false,
-        runner: Runner::Go,
+        runner: Runner::Go(&[]),
         about: "as in steady, updates written unpaced",
     },
     Contender {
@@ -389,7 +401,7 @@ pub static CONTENDERS: &[Contender] = &[
         workload: Workload::Workqueue,
         name: "client-go workqueue",
         reference: false,
-        runner: Runner::Go,
+        runner: Runner::Go(&[]),
         about: "workqueue.NewTyped[int], worker goroutines, GOMAXPROCS=2",
     },
     Contender {
@@ -403,7 +415,7 @@ pub static CONTENDERS: &[Contender] = &[
         workload: Workload::WorkqueueScale,
         name: "client-go workqueue, 1M keys (100k in --quick)",
         reference: false,
-        runner: Runner::Go,
+        runner: Runner::Go(&[]),
         about: "workqueue.NewTyped[int], 2M adds over 1M keys, 8 and 1000 goroutines, GOMAXPROCS=2",
     },
     Contender {
@@ -424,7 +436,7 @@ pub static CONTENDERS: &[Contender] = &[
         workload: Workload::Reads,
         name: "client-go indexer",
         reference: false,
-        runner: Runner::Go,
+        runner: Runner::Go(&[]),
         about: "cache.NewIndexer GetByKey and ByIndex(namespace)",
     },
     Contender {
@@ -447,6 +459,83 @@ pub static CONTENDERS: &[Contender] = &[
         reference: false,
         runner: rust!(crate::shard::handoff),
         about: "three replicas in one process; one leaves: time until its slots reconcile on the two left",
+    },
+    Contender {
+        workload: Workload::SyncEnvtest,
+        name: "serde_json decode (floor)",
+        reference: false,
+        runner: rust!(crate::envtest::json_floor),
+        about: "the real server's JSON pages of 500, serde_json into k8s_openapi Pods; only decode time counted",
+    },
+    Contender {
+        workload: Workload::SyncEnvtest,
+        name: "reflex decoder (floor)",
+        reference: false,
+        runner: rust!(crate::envtest::reflex_decoder_floor),
+        about: "the same JSON pages through Reflex's decoder (managedFields skipped); only decode time counted",
+    },
+    Contender {
+        workload: Workload::SyncEnvtest,
+        name: "protobuf decode, k8s-pb (floor)",
+        reference: false,
+        runner: rust!(crate::envtest::protobuf_floor),
+        about: "the same pages in protobuf, prost into k8s-pb's PodList (no conversion); only decode time counted",
+    },
+    Contender {
+        workload: Workload::SyncEnvtest,
+        name: "metadata JSON, reflex decoder (floor)",
+        reference: false,
+        runner: rust!(crate::envtest::json_metadata_floor),
+        about: "PartialObjectMetadataList pages in JSON through Reflex's decoder; only decode time counted",
+    },
+    Contender {
+        workload: Workload::SyncEnvtest,
+        name: "metadata protobuf, k8s-pb into k8s_openapi (floor)",
+        reference: false,
+        runner: rust!(crate::envtest::protobuf_metadata_floor),
+        about: "PartialObjectMetadataList pages in protobuf, prost then ObjectMeta converted; only decode time counted",
+    },
+    Contender {
+        workload: Workload::SyncEnvtest,
+        name: "reflex",
+        reference: true,
+        runner: rust!(crate::sync::reflex_default),
+        about: "factory informer with the defaults (streaming list, gzip, managedFields skipped)",
+    },
+    Contender {
+        workload: Workload::SyncEnvtest,
+        name: "reflex, metadata-only",
+        reference: false,
+        runner: rust!(crate::sync::reflex_metadata),
+        about: "InformerSpec::<PartialObjectMeta<Pod>>::metadata()",
+    },
+    Contender {
+        workload: Workload::SyncEnvtest,
+        name: "reflex, projected",
+        reference: false,
+        runner: rust!(crate::sync::reflex_projected),
+        about: "informer::<PodPlacement>() (metadata, nodeName, phase)",
+    },
+    Contender {
+        workload: Workload::SyncEnvtest,
+        name: "kube-runtime reflector",
+        reference: false,
+        runner: rust!(crate::sync::kube_runtime),
+        about: "kube_runtime::reflector(store, watcher(Api::all, Config::default()))",
+    },
+    Contender {
+        workload: Workload::SyncEnvtest,
+        name: "client-go informer (JSON)",
+        reference: false,
+        runner: Runner::Go(&["--content-type", "json"]),
+        about: "SharedInformerFactory Pod informer, ContentType application/json",
+    },
+    Contender {
+        workload: Workload::SyncEnvtest,
+        name: "client-go informer (protobuf)",
+        reference: false,
+        runner: Runner::Go(&["--content-type", "protobuf"]),
+        about: "the same with ContentType application/vnd.kubernetes.protobuf (kube-controller-manager's)",
     },
 ];
 

@@ -78,6 +78,8 @@ pub struct Sizes {
     pub scale_keys: usize,
     /// Rounds of the workqueue scale rows.
     pub scale_rounds: usize,
+    /// Pods created in envtest's kube-apiserver for `sync-envtest`.
+    pub envtest_pods: usize,
 }
 
 impl Sizes {
@@ -98,6 +100,9 @@ impl Sizes {
             rounds: if cli.quick { 3 } else { 11 },
             scale_keys: if cli.quick { 100_000 } else { 1_000_000 },
             scale_rounds: if cli.quick { 3 } else { 5 },
+            envtest_pods: cli
+                .envtest_objects
+                .unwrap_or(if cli.quick { 1_000 } else { 10_000 }),
         }
     }
 }
@@ -108,7 +113,7 @@ pub fn run(cli: &Cli) -> Result<(), HarnessError> {
     for w in &cli.only {
         only.extend(Workload::parse(w).ok_or_else(|| {
             HarnessError::Usage(format!(
-                "unknown workload {w:?} (sync, steady, burst, workqueue, workqueue-scale, reads, shard)"
+                "unknown workload {w:?} (sync, steady, burst, workqueue, workqueue-scale, reads, shard, sync-envtest)"
             ))
         })?);
     }
@@ -129,7 +134,7 @@ pub fn run(cli: &Cli) -> Result<(), HarnessError> {
         source,
     })?;
 
-    let peer = if selected.iter().any(|c| matches!(c.runner, Runner::Go)) {
+    let peer = if selected.iter().any(|c| matches!(c.runner, Runner::Go(_))) {
         build_peer(&target.join("bench"))?
     } else {
         None
@@ -150,13 +155,37 @@ pub fn run(cli: &Cli) -> Result<(), HarnessError> {
         garbage_collection: false,
         ..reflex_testing::FakeConfig::default()
     };
-    let server = rt.block_on(reflex_testing::FakeApiServer::start_with(config))?;
-    let mut steady_pods = {
-        let _guard = rt.enter();
-        seed(&server, &sizes)?
+    // The fake serves every workload but `sync-envtest`; it is started only when one runs.
+    let server = if selected.iter().any(|c| c.workload != Workload::SyncEnvtest) {
+        Some(rt.block_on(reflex_testing::FakeApiServer::start_with(config))?)
+    } else {
+        None
     };
+    let mut steady_pods = match &server {
+        Some(server) => {
+            let _guard = rt.enter();
+            seed(server, &sizes)?
+        }
+        None => Vec::new(),
+    };
+    // The real control plane, for `sync-envtest`: Err(why) makes its rows say why not.
+    let control_plane: Option<Result<reflex_testing::envtest::Environment, String>> = selected
+        .iter()
+        .any(|c| c.workload == Workload::SyncEnvtest)
+        .then(|| {
+            let env = rt.block_on(crate::envtest::start())?.ok_or_else(|| {
+                "skipped: envtest's kube-apiserver and etcd are not built (scripts/envtest/run)"
+                    .to_string()
+            })?;
+            rt.block_on(crate::envtest::seed(
+                &env,
+                sizes.envtest_pods,
+                sizes.namespaces,
+            ))?;
+            Ok(env)
+        });
     let params = Params {
-        server: server.url(),
+        server: server.as_ref().map(|s| s.url()).unwrap_or_default(),
         pods: sizes.pods,
         namespaces: sizes.namespaces,
         steady_pods: sizes.steady_pods,
@@ -166,6 +195,8 @@ pub fn run(cli: &Cli) -> Result<(), HarnessError> {
         rounds: sizes.rounds,
         scale_keys: sizes.scale_keys,
         scale_rounds: sizes.scale_rounds,
+        kubeconfig: String::new(),
+        relist: false,
     };
 
     let exe = std::env::current_exe().map_err(|source| HarnessError::Write {
@@ -174,6 +205,27 @@ pub fn run(cli: &Cli) -> Result<(), HarnessError> {
     })?;
     let mut rows = Vec::new();
     for contender in selected {
+        let mut params = params.clone();
+        match contender.workload {
+            // Only the fake can be told to expire its history, which forces the relist.
+            Workload::Sync => params.relist = true,
+            Workload::SyncEnvtest => match &control_plane {
+                Some(Ok(env)) => {
+                    params.kubeconfig = env.kubeconfig().display().to_string();
+                    params.pods = sizes.envtest_pods;
+                    params.steady_pods = 0;
+                }
+                Some(Err(why)) => {
+                    rows.push(Row {
+                        contender,
+                        outcome: Err(why.clone()),
+                    });
+                    continue;
+                }
+                None => unreachable!("the control plane is started when a sync-envtest row runs"),
+            },
+            _ => {}
+        }
         let cmd = match contender.runner {
             Runner::Rust(_) => {
                 let mut cmd = Command::new(&exe);
@@ -181,7 +233,7 @@ pub fn run(cli: &Cli) -> Result<(), HarnessError> {
                 cmd.args(params.to_args());
                 Some(cmd)
             }
-            Runner::Go => peer.as_ref().map(|bin| {
+            Runner::Go(extra) => peer.as_ref().map(|bin| {
                 let mut cmd = Command::new(bin);
                 // The Go peer runs the burst with its steady-state code, as the Rust rows do.
                 let workload = match contender.workload {
@@ -190,6 +242,7 @@ pub fn run(cli: &Cli) -> Result<(), HarnessError> {
                 };
                 cmd.arg("--workload").arg(workload.name());
                 cmd.args(params.to_args());
+                cmd.args(extra);
                 cmd.env("GOMAXPROCS", "2");
                 cmd
             }),
@@ -203,10 +256,18 @@ pub fn run(cli: &Cli) -> Result<(), HarnessError> {
         };
         eprintln!("bench: {} ...", contender.id());
         let started = Instant::now();
-        let sent_before = server.faults().response_bytes();
+        // What the fake sent (after any compression); envtest's server is not counted.
+        let fake = server
+            .as_ref()
+            .filter(|_| contender.workload != Workload::SyncEnvtest);
+        let sent_before = fake.map(|s| s.faults().response_bytes());
         let mut writer_error = None;
         let mut writer_took = None;
         let outcome = protocol::run_child(cmd, child_bound(&sizes), cli.verbose, || {
+            if contender.workload == Workload::SyncEnvtest {
+                return;
+            }
+            let Some(server) = &server else { return };
             if contender.workload == Workload::Sync {
                 // A synced contender asks for its relist: every watch is told 410.
                 server.faults().expire_history();
@@ -219,7 +280,7 @@ pub fn run(cli: &Cli) -> Result<(), HarnessError> {
             };
             if let Some(rate) = rate {
                 match rt.block_on(crate::steady::write(
-                    &server,
+                    server,
                     &mut steady_pods,
                     sizes.events,
                     rate,
@@ -233,9 +294,11 @@ pub fn run(cli: &Cli) -> Result<(), HarnessError> {
             (_, Some(e)) => Err(format!("the steady-state writer failed: {e}")),
             (Ok(mut o), None) => {
                 // What the contender's requests cost on the wire (after any compression).
-                let sent = server.faults().response_bytes() - sent_before;
-                o.figures
-                    .insert("wire_mib".into(), sent as f64 / (1024.0 * 1024.0));
+                if let (Some(fake), Some(before)) = (fake, sent_before) {
+                    let sent = fake.faults().response_bytes() - before;
+                    o.figures
+                        .insert("wire_mib".into(), sent as f64 / (1024.0 * 1024.0));
+                }
                 // How fast the harness could write: a contender's events/s near this figure
                 // was bounded by the writer (the fake server's write path), not by itself.
                 if let Some(took) = writer_took {
@@ -259,7 +322,14 @@ pub fn run(cli: &Cli) -> Result<(), HarnessError> {
         }
         rows.push(Row { contender, outcome });
     }
-    rt.block_on(server.shutdown());
+    if let Some(server) = server {
+        rt.block_on(server.shutdown());
+    }
+    if let Some(Ok(env)) = control_plane
+        && let Err(e) = rt.block_on(env.stop())
+    {
+        eprintln!("bench: stopping envtest: {e}");
+    }
 
     let machine = report::machine();
     println!("{}", report::table(&rows, &sizes, &machine));
@@ -323,9 +393,13 @@ fn check(contender: &Contender, sizes: &Sizes, mut o: Outcome) -> Outcome {
     }
     o.figures
         .insert("rss_at_result_mib".into(), o.rss_kib as f64 / 1024.0);
-    if contender.workload == Workload::Sync {
+    if matches!(contender.workload, Workload::Sync | Workload::SyncEnvtest) {
         // Every contender lists all namespaces, the steady-state Pods included.
-        let expected = sizes.pods + sizes.steady_pods;
+        let expected = if contender.workload == Workload::SyncEnvtest {
+            sizes.envtest_pods
+        } else {
+            sizes.pods + sizes.steady_pods
+        };
         o.figures.insert(
             "kib_per_object".into(),
             o.peak_rss_kib as f64 / expected.max(1) as f64,

@@ -23,11 +23,15 @@
 //! duplicates; `--only workqueue` also runs `workqueue-scale`: the same over 1M keys at 8 and
 //! 1,000 workers), `reads` (get and list-by-namespace with a concurrent writer), `shard` (sharded
 //! controllers: one replica of three beside one that holds everything, and the hand-off of a
-//! third when a replica leaves).
+//! third when a replica leaves), `sync-envtest` (the initial sync against a real kube-apiserver
+//! and etcd from reflex-testing's envtest, Pods created through the API: Reflex, kube-runtime,
+//! client-go with JSON and with protobuf, and decode floors of the same pages in JSON and in
+//! protobuf; skipped when the control plane is not built, see [`envtest`]).
 //!
 //! No figure is asserted: CI runs `--quick` so the harness cannot rot.
 
 mod contenders;
+mod envtest;
 mod harness;
 mod protocol;
 mod queue;
@@ -56,7 +60,7 @@ pub struct Cli {
     #[arg(long)]
     objects: Option<usize>,
     /// Run only this workload: sync, steady, burst, workqueue (with workqueue-scale),
-    /// workqueue-scale, reads or shard (repeatable).
+    /// workqueue-scale, reads, shard or sync-envtest (repeatable).
     #[arg(long)]
     only: Vec<String>,
     /// Run only the contenders whose name contains this text, and each workload's reference
@@ -69,6 +73,9 @@ pub struct Cli {
     /// Updates per second written in the steady-state workload.
     #[arg(long)]
     rate: Option<u64>,
+    /// Pods created in envtest's kube-apiserver for `sync-envtest` (default 10,000; 1,000 quick).
+    #[arg(long)]
+    envtest_objects: Option<usize>,
     /// Show the children's stderr and stray output.
     #[arg(long)]
     verbose: bool,
@@ -113,6 +120,13 @@ pub struct Params {
     /// Rounds of the workqueue scale rows (the median counts).
     #[arg(long, hide = true, default_value_t = 0)]
     pub scale_rounds: usize,
+    /// Kubeconfig of a real API server (the `sync-envtest` workload); `server` is then unused.
+    #[arg(long, hide = true, default_value = "")]
+    pub kubeconfig: String,
+    /// Whether a sync contender, once synced, asks for and times a relist (the fake can force
+    /// one; a real server cannot be told to).
+    #[arg(long, hide = true, default_value_t = false, action = clap::ArgAction::Set)]
+    pub relist: bool,
 }
 
 impl Params {
@@ -139,6 +153,9 @@ impl Params {
             self.scale_keys.to_string(),
             "--scale-rounds".into(),
             self.scale_rounds.to_string(),
+            "--kubeconfig".into(),
+            self.kubeconfig.clone(),
+            format!("--relist={}", self.relist),
         ]
     }
 }

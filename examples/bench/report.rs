@@ -65,7 +65,7 @@ pub fn table(rows: &[Row], sizes: &Sizes, machine: &Value) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "\nReflex side by side ({} mode): {} Pods in {} namespaces; steady state: {} updates at {}/s over {} Pods; reads: {} ms per phase, writer at {}/s; workqueue: median of {} rounds, scale rows {} keys, median of {} rounds",
+        "\nReflex side by side ({} mode): {} Pods in {} namespaces; steady state: {} updates at {}/s over {} Pods; reads: {} ms per phase, writer at {}/s; workqueue: median of {} rounds, scale rows {} keys, median of {} rounds; sync-envtest: {} Pods in kube-apiserver {}",
         if sizes.quick { "quick" } else { "full" },
         sizes.pods,
         sizes.namespaces,
@@ -77,6 +77,8 @@ pub fn table(rows: &[Row], sizes: &Sizes, machine: &Value) -> String {
         sizes.rounds,
         sizes.scale_keys,
         sizes.scale_rounds,
+        sizes.envtest_pods,
+        reflex_testing::envtest::version(),
     );
     let _ = writeln!(
         out,

@@ -132,7 +132,7 @@ async fn reflex(
     wire: WireOptions,
 ) -> Run {
     let factory = SharedInformerFactory::new(
-        client(&p.server)?,
+        crate::envtest::client(&p).await?,
         FactoryOptions {
             decode,
             wire,
@@ -155,16 +155,17 @@ async fn reflex(
     let informer = factory
         .informer_with(spec)
         .map_err(|e| format!("informer: {e}"))?;
-    timed_sync(factory, informer).await
+    timed_sync(factory, informer, p.relist).await
 }
 
 /// Reflex's metadata-only informer.
 pub async fn reflex_metadata(p: Params) -> Run {
-    let factory = SharedInformerFactory::new(client(&p.server)?, FactoryOptions::default());
+    let factory =
+        SharedInformerFactory::new(crate::envtest::client(&p).await?, FactoryOptions::default());
     let informer = factory
         .informer_with(InformerSpec::<PartialObjectMeta<Pod>>::metadata())
         .map_err(|e| format!("informer: {e}"))?;
-    timed_sync(factory, informer).await
+    timed_sync(factory, informer, p.relist).await
 }
 
 /// What a scheduler-like controller reads of a Pod: its node and phase (issue 9's projection).
@@ -194,9 +195,10 @@ reflex_informer::impl_projection!(PodPlacement => Pod);
 
 /// Reflex's projected informer: only `PodPlacement` is ever built.
 pub async fn reflex_projected(p: Params) -> Run {
-    let factory = SharedInformerFactory::new(client(&p.server)?, FactoryOptions::default());
+    let factory =
+        SharedInformerFactory::new(crate::envtest::client(&p).await?, FactoryOptions::default());
     let informer = factory.informer::<PodPlacement>();
-    let (mut f, keep) = timed_sync(factory, informer.clone()).await?;
+    let (mut f, keep) = timed_sync(factory, informer.clone(), p.relist).await?;
     // Read every projection once, so the fields are not dead code to the optimiser either.
     let placed = informer
         .indexer()
@@ -210,27 +212,31 @@ pub async fn reflex_projected(p: Params) -> Run {
 
 /// Reflex's compact store: each Pod kept as LZ4-compressed JSON, decoded on read.
 pub async fn reflex_compact(p: Params) -> Run {
-    let factory = SharedInformerFactory::new(client(&p.server)?, FactoryOptions::default());
+    let factory =
+        SharedInformerFactory::new(crate::envtest::client(&p).await?, FactoryOptions::default());
     let informer = factory
         .informer_with(InformerSpec::<Pod>::typed().compact())
         .map_err(|e| format!("informer: {e}"))?;
-    timed_sync(factory, informer).await
+    timed_sync(factory, informer, p.relist).await
 }
 
 /// Reflex's metadata-only informer over a compact store: the smallest cache of the Pods.
 pub async fn reflex_compact_metadata(p: Params) -> Run {
-    let factory = SharedInformerFactory::new(client(&p.server)?, FactoryOptions::default());
+    let factory =
+        SharedInformerFactory::new(crate::envtest::client(&p).await?, FactoryOptions::default());
     let informer = factory
         .informer_with(InformerSpec::<PartialObjectMeta<Pod>>::metadata().compact())
         .map_err(|e| format!("informer: {e}"))?;
-    timed_sync(factory, informer).await
+    timed_sync(factory, informer, p.relist).await
 }
 
 /// Starts `factory` (which made `informer`), times it to synced and reports the objects cached
-/// and how many still carry managedFields; the factory and informer are kept alive.
+/// and how many still carry managedFields, then (with `relist`) times a relist; the factory and
+/// informer are kept alive.
 async fn timed_sync<K>(
     factory: SharedInformerFactory,
     informer: reflex_informer::SharedIndexInformer<K>,
+    relist_too: bool,
 ) -> Run
 where
     K: kube::Resource + Send + Sync + 'static,
@@ -244,7 +250,9 @@ where
         "with_managed_fields".into(),
         with_managed_fields(&informer) as f64,
     );
-    relist(&informer, &mut f).await?;
+    if relist_too {
+        relist(&informer, &mut f).await?;
+    }
     Ok((f, Box::new((factory, informer)) as Keep))
 }
 
@@ -327,7 +335,7 @@ async fn wait_synced(factory: &SharedInformerFactory) -> Result<(), String> {
 pub async fn kube_runtime(p: Params) -> Run {
     use kube_runtime::WatchStreamExt;
     use kube_runtime::{reflector, watcher};
-    let api: kube::Api<Pod> = kube::Api::all(client(&p.server)?);
+    let api: kube::Api<Pod> = kube::Api::all(crate::envtest::client(&p).await?);
     let (reader, writer) = reflector::store::<Pod>();
     let start = Instant::now();
     let stream = reflector(writer, watcher(api, watcher::Config::default())).default_backoff();
