@@ -36,8 +36,10 @@ impl Default for CompactOptions {
 }
 
 /// An object's packed form, in one allocation of exactly its size: an 8-byte id, unique within
-/// its store, that names it in the cache of decoded objects, then its JSON (LZ4-compressed, with
-/// LZ4's 4-byte length prefix, if so configured).
+/// its store, that names it in the cache of decoded objects; the object's resourceVersion (one
+/// length byte, then its bytes; length zero when it has none or it is longer than 255 bytes),
+/// so that a write of the same version can keep this form without decoding it; then its JSON
+/// (LZ4-compressed, with LZ4's 4-byte length prefix, if so configured).
 #[derive(Clone)]
 pub(super) struct Packed(Arc<[u8]>);
 
@@ -50,8 +52,14 @@ impl Packed {
         u64::from_le_bytes(id)
     }
 
+    /// The resourceVersion of the packed object, if it had one (of at most 255 bytes).
+    pub(super) fn version(&self) -> Option<&[u8]> {
+        let len = usize::from(self.0[ID_LEN]);
+        (len > 0).then(|| &self.0[ID_LEN + 1..ID_LEN + 1 + len])
+    }
+
     pub(super) fn payload(&self) -> &[u8] {
-        &self.0[ID_LEN..]
+        &self.0[ID_LEN + 1 + usize::from(self.0[ID_LEN])..]
     }
 }
 
@@ -128,6 +136,7 @@ impl<K> DecodedCache<K> {
 pub(super) struct Codec<K> {
     encode: fn(&K, &mut Vec<u8>) -> Result<(), serde_json::Error>,
     decode: fn(&[u8]) -> Result<K, serde_json::Error>,
+    version: fn(&K) -> Option<&str>,
     compress: bool,
     next_id: AtomicU64,
     cache: Mutex<DecodedCache<K>>,
@@ -143,11 +152,16 @@ fn decode_json<K: DeserializeOwned>(bytes: &[u8]) -> Result<K, serde_json::Error
     serde_json::from_slice(bytes)
 }
 
-impl<K: Serialize + DeserializeOwned> Codec<K> {
+fn resource_version<K: kube::Resource>(obj: &K) -> Option<&str> {
+    obj.meta().resource_version.as_deref()
+}
+
+impl<K: Serialize + DeserializeOwned + kube::Resource> Codec<K> {
     pub(super) fn new(options: &CompactOptions) -> Self {
         Codec {
             encode: encode_json::<K>,
             decode: decode_json::<K>,
+            version: resource_version::<K>,
             compress: options.compress,
             next_id: AtomicU64::new(0),
             cache: Mutex::new(DecodedCache {
@@ -162,6 +176,17 @@ impl<K: Serialize + DeserializeOwned> Codec<K> {
 }
 
 impl<K> Codec<K> {
+    /// Whether `packed` is the packed form of `obj`'s version: both have the same non-empty
+    /// resourceVersion. The API server gives every change of an object a new resourceVersion,
+    /// so such a write (a relist's or a resync's copy of an unchanged object) keeps `packed`
+    /// instead of encoding the object again and decoding the old one.
+    pub(super) fn same_version(&self, packed: &Packed, obj: &K) -> bool {
+        match ((self.version)(obj), packed.version()) {
+            (Some(listed), Some(stored)) => !listed.is_empty() && listed.as_bytes() == stored,
+            _ => false,
+        }
+    }
+
     /// Packs `obj` and caches it as the decoded form of the new packed bytes.
     pub(super) fn pack(&self, key: &ObjectKey, obj: &Arc<K>) -> Result<Packed, StoreError> {
         let encode_error = |reason: String| StoreError::Encode {
@@ -174,6 +199,15 @@ impl<K> Codec<K> {
         json.clear();
         packed.clear();
         packed.extend_from_slice(&id.to_le_bytes());
+        let version =
+            (self.version)(obj).and_then(|rv| Some((u8::try_from(rv.len()).ok()?, rv.as_bytes())));
+        match version {
+            Some((len, rv)) => {
+                packed.push(len);
+                packed.extend_from_slice(rv);
+            }
+            None => packed.push(0),
+        }
         if self.compress {
             (self.encode)(obj, json).map_err(|e| encode_error(e.to_string()))?;
             let len = u32::try_from(json.len())

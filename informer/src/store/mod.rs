@@ -80,6 +80,12 @@
 //! two pages, so at most a few pages of decoded objects wait in the DeltaFIFO. An `Indexer::compact`
 //! under an informer of your own wants the same reflector options.
 //!
+//! A packed object records its resourceVersion beside its bytes, and a write of an object in
+//! the version the store holds keeps the packed form: a relist or a resync of a compact store
+//! neither encodes its unchanged objects again nor decodes the old ones, so it allocates
+//! nothing long-lived for them (a new packed form per object, freed old ones in between,
+//! fragmented the heap of a relisting compact store).
+//!
 //! # Contract
 //!
 //! - Objects are stored as `Arc<K>` and handed out as clones of that `Arc`: nothing is deep-cloned.
@@ -557,6 +563,16 @@ where
         }
     }
 
+    /// Whether a compact store holds `obj`'s version under `key` (never for a normal store,
+    /// whose writes cost no encoding).
+    fn holds_version(&self, key: &ObjectKey, obj: &K) -> bool {
+        let Some(codec) = &self.store.shared.codec else {
+            return false;
+        };
+        matches!(self.store.shared.current.load().items.get(key),
+            Some(Slot::Packed(packed)) if codec.same_version(packed, obj))
+    }
+
     /// Applies `change` to a copy of the current state and publishes it, writers serialized.
     fn write<R>(&self, change: impl FnOnce(&mut Snapshot<K>) -> R) -> R {
         let _writer = self.store.shared.writer.lock();
@@ -588,8 +604,18 @@ where
     }
 
     /// Stores `obj` (inserting or replacing); returns the object it replaced.
+    ///
+    /// A compact store keeps the packed form it holds when `obj` has the same non-empty
+    /// resourceVersion (a relist's or a resync's copy of an unchanged object): nothing is
+    /// encoded or decoded, and `obj` itself is returned as the replaced object, being the same
+    /// version of it.
     pub fn add(&self, obj: Arc<K>) -> Result<Option<Arc<K>>, StoreError> {
         let key = self.stored_key(&obj)?;
+        if self.holds_version(&key, &obj) {
+            // The write takes effect at the read above, where it changed nothing; a later
+            // write of another version supersedes it as it would any write.
+            return Ok(Some(obj));
+        }
         let slot = self.slot_of(&key, &obj)?;
         Ok(self.write(|s| s.put(key, slot, &obj)))
     }
@@ -615,15 +641,31 @@ where
 
     /// Replaces the whole content with `objs` (indexes rebuilt), as one atomic change.
     ///
-    /// Nothing is changed if any object cannot be keyed.
+    /// Nothing is changed if any object cannot be keyed. A compact store keeps the packed form
+    /// of every object it holds in the same version (see [`add`](Self::add)).
     pub fn replace(&self, objs: impl IntoIterator<Item = Arc<K>>) -> Result<(), StoreError> {
         let mut objects = crate::hash::FastHashMap::default();
         for obj in objs {
             objects.insert(self.stored_key(&obj)?, obj);
         }
         let mut slots = Vec::with_capacity(objects.len());
-        for (key, obj) in &objects {
-            slots.push((key.clone(), self.slot_of(key, obj)?));
+        {
+            let current = self.store.shared.current.load();
+            for (key, obj) in &objects {
+                let kept = match (&self.store.shared.codec, current.items.get(key)) {
+                    (Some(codec), Some(Slot::Packed(packed)))
+                        if codec.same_version(packed, obj) =>
+                    {
+                        Some(Slot::Packed(packed.clone()))
+                    }
+                    _ => None,
+                };
+                let slot = match kept {
+                    Some(slot) => slot,
+                    None => self.slot_of(key, obj)?,
+                };
+                slots.push((key.clone(), slot));
+            }
         }
         let items = KeyMap::from_entries(slots);
         self.write(|s| {
@@ -681,5 +723,103 @@ mod tests {
             assert!(scratch.json.capacity() <= compact::SCRATCH_KEEP);
             assert!(scratch.packed.capacity() <= compact::SCRATCH_KEEP);
         }
+    }
+
+    fn versioned(
+        name: &str,
+        rv: Option<&str>,
+        value: &str,
+    ) -> Arc<k8s_openapi::api::core::v1::ConfigMap> {
+        Arc::new(k8s_openapi::api::core::v1::ConfigMap {
+            metadata: kube::api::ObjectMeta {
+                namespace: Some("ns".into()),
+                name: Some(name.into()),
+                resource_version: rv.map(str::to_owned),
+                ..Default::default()
+            },
+            data: Some([("v".to_owned(), value.to_owned())].into()),
+            ..Default::default()
+        })
+    }
+
+    /// The packed form a compact store holds under `obj`'s key.
+    fn packed_of<K: Send + Sync + 'static>(store: &Indexer<K>, obj: &K) -> compact::Packed {
+        let key = store.key_of(obj).unwrap();
+        match store.snapshot().items.get(&key) {
+            Some(Slot::Packed(packed)) => packed.clone(),
+            _ => panic!("{key} is not packed"),
+        }
+    }
+
+    #[test]
+    fn a_compact_store_keeps_the_packed_form_of_a_write_in_the_stored_version() {
+        use k8s_openapi::api::core::v1::ConfigMap;
+
+        for compress in [true, false] {
+            let store = Indexer::<ConfigMap>::compact(CompactOptions {
+                cache_capacity: 0,
+                compress,
+            });
+            let first = versioned("a", Some("7"), "first");
+            assert!(store.add(first.clone()).unwrap().is_none());
+            let packed = packed_of(&store, &first);
+            assert_eq!(packed.version(), Some(&b"7"[..]));
+
+            // Same version: the stored form stays, and the written object is what it replaced.
+            // The differing data stands in for an equal copy: the version alone decides.
+            let relisted = versioned("a", Some("7"), "same version");
+            let old = store.update(relisted.clone()).unwrap().unwrap();
+            assert!(Arc::ptr_eq(&old, &relisted));
+            assert_eq!(
+                packed_of(&store, &first).id(),
+                packed.id(),
+                "not packed again"
+            );
+            let key = store.key_of(&first).unwrap();
+            assert_eq!(store.get_by_key(&key).as_deref(), Some(&*first));
+            let replace_kept = {
+                store.replace([relisted.clone()]).unwrap();
+                packed_of(&store, &first).id()
+            };
+            assert_eq!(replace_kept, packed.id(), "a replace keeps it too");
+            assert_eq!(store.by_index(NAMESPACE_INDEX, "ns").unwrap().len(), 1);
+
+            // A new version is packed again, and the old one decoded for the caller.
+            let second = versioned("a", Some("8"), "second");
+            let old = store.update(second.clone()).unwrap().unwrap();
+            assert_eq!(*old, *first);
+            assert_ne!(packed_of(&store, &second).id(), packed.id());
+            assert_eq!(store.get_by_key(&key).as_deref(), Some(&*second));
+        }
+    }
+
+    #[test]
+    fn a_compact_store_packs_again_objects_without_a_usable_version() {
+        use k8s_openapi::api::core::v1::ConfigMap;
+
+        let store = Indexer::<ConfigMap>::compact(CompactOptions::default());
+        let long = "9".repeat(256);
+        for rv in [None, Some(""), Some(long.as_str())] {
+            let first = versioned("a", rv, "first");
+            store.add(first.clone()).unwrap();
+            let packed = packed_of(&store, &first);
+            assert_eq!(packed.version(), None, "{rv:?}");
+            let again = versioned("a", rv, "again");
+            let old = store.update(again.clone()).unwrap().unwrap();
+            assert!(
+                !Arc::ptr_eq(&old, &again),
+                "{rv:?}: the stored object was replaced"
+            );
+            assert_ne!(packed_of(&store, &again).id(), packed.id(), "{rv:?}");
+            let key = store.key_of(&again).unwrap();
+            assert_eq!(store.get_by_key(&key).as_deref(), Some(&*again), "{rv:?}");
+        }
+        // A 255-byte version is recorded, and read back whole.
+        let max = "5".repeat(255);
+        let obj = versioned("b", Some(&max), "x");
+        store.add(obj.clone()).unwrap();
+        assert_eq!(packed_of(&store, &obj).version(), Some(max.as_bytes()));
+        let key = store.key_of(&obj).unwrap();
+        assert_eq!(store.get_by_key(&key).as_deref(), Some(&*obj));
     }
 }
