@@ -504,6 +504,13 @@ pub static CONTENDERS: &[Contender] = &[
     },
     Contender {
         workload: Workload::SyncEnvtest,
+        name: "reflex, paged list",
+        reference: false,
+        runner: rust!(crate::sync::reflex_paged),
+        about: "factory informer listing in pages of 500 (streaming_lists: false), managedFields skipped",
+    },
+    Contender {
+        workload: Workload::SyncEnvtest,
         name: "reflex, metadata-only",
         reference: false,
         runner: rust!(crate::sync::reflex_metadata),
