@@ -145,7 +145,7 @@ pub async fn client(p: &Params) -> Result<kube::Client, String> {
     kube::Client::try_from(config).map_err(|e| format!("kube client: {e}"))
 }
 
-/// One page's body and the time it took to arrive.
+/// One page's body, read whole (the floors time only its decoding).
 async fn page(client: &kube::Client, token: &str, accept: &str) -> Result<Vec<u8>, String> {
     let path = if token.is_empty() {
         format!("/api/v1/pods?limit={PAGE}")

@@ -181,10 +181,10 @@ impl<K> Codec<K> {
     /// so such a write (a relist's or a resync's copy of an unchanged object) keeps `packed`
     /// instead of encoding the object again and decoding the old one.
     pub(super) fn same_version(&self, packed: &Packed, obj: &K) -> bool {
-        match ((self.version)(obj), packed.version()) {
-            (Some(listed), Some(stored)) => !listed.is_empty() && listed.as_bytes() == stored,
-            _ => false,
-        }
+        // A packed form records no empty version, so an empty one never matches.
+        packed
+            .version()
+            .is_some_and(|stored| (self.version)(obj).map(str::as_bytes) == Some(stored))
     }
 
     /// Packs `obj` and caches it as the decoded form of the new packed bytes.

@@ -563,16 +563,6 @@ where
         }
     }
 
-    /// Whether a compact store holds `obj`'s version under `key` (never for a normal store,
-    /// whose writes cost no encoding).
-    fn holds_version(&self, key: &ObjectKey, obj: &K) -> bool {
-        let Some(codec) = &self.store.shared.codec else {
-            return false;
-        };
-        matches!(self.store.shared.current.load().items.get(key),
-            Some(Slot::Packed(packed)) if codec.same_version(packed, obj))
-    }
-
     /// Applies `change` to a copy of the current state and publishes it, writers serialized.
     fn write<R>(&self, change: impl FnOnce(&mut Snapshot<K>) -> R) -> R {
         let _writer = self.store.shared.writer.lock();
@@ -611,7 +601,14 @@ where
     /// version of it.
     pub fn add(&self, obj: Arc<K>) -> Result<Option<Arc<K>>, StoreError> {
         let key = self.stored_key(&obj)?;
-        if self.holds_version(&key, &obj) {
+        if self
+            .store
+            .shared
+            .current
+            .load()
+            .packed_in_version(&key, &obj)
+            .is_some()
+        {
             // The write takes effect at the read above, where it changed nothing; a later
             // write of another version supersedes it as it would any write.
             return Ok(Some(obj));
@@ -652,16 +649,8 @@ where
         {
             let current = self.store.shared.current.load();
             for (key, obj) in &objects {
-                let kept = match (&self.store.shared.codec, current.items.get(key)) {
-                    (Some(codec), Some(Slot::Packed(packed)))
-                        if codec.same_version(packed, obj) =>
-                    {
-                        Some(Slot::Packed(packed.clone()))
-                    }
-                    _ => None,
-                };
-                let slot = match kept {
-                    Some(slot) => slot,
+                let slot = match current.packed_in_version(key, obj) {
+                    Some(packed) => Slot::Packed(packed.clone()),
                     None => self.slot_of(key, obj)?,
                 };
                 slots.push((key.clone(), slot));

@@ -175,6 +175,18 @@ impl<K> Snapshot<K> {
         }
     }
 
+    /// In a compact store, the packed form under `key` when it is `obj`'s version (same
+    /// non-empty resourceVersion): a write of `obj` can keep it. Never in a normal store, whose
+    /// writes cost no encoding.
+    pub(super) fn packed_in_version(&self, key: &ObjectKey, obj: &K) -> Option<&Packed> {
+        match (self.items.get(key), &self.codec) {
+            (Some(Slot::Packed(packed)), Some(codec)) if codec.same_version(packed, obj) => {
+                Some(packed)
+            }
+            _ => None,
+        }
+    }
+
     /// The object in `slot`, lent when it is stored as itself.
     pub(super) fn lend<'a>(&'a self, slot: &'a Slot<K>) -> Option<StoreRef<'a, K>> {
         match (slot, &self.codec) {
